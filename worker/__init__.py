@@ -1,0 +1,1 @@
+"""mjqueue's runtime: settings, the upstream client, the ledger, admission, webhooks, CLI."""
