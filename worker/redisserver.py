@@ -33,6 +33,7 @@ class RedisServer:
     port: int = field(default_factory=free_port)
     appendonly: bool = True
     process: subprocess.Popen[bytes] | None = None
+    new_session: bool = False  # `mjq up`: Ctrl-C reaches only mjq, which stops Redis last
 
     @property
     def url(self) -> str:
@@ -52,7 +53,8 @@ class RedisServer:
             "--logfile", "valkey.log",
             "--protected-mode", "no",
         ]
-        self.process = subprocess.Popen(args, cwd=self.data_dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(args, cwd=self.data_dir, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL, start_new_session=self.new_session)
         deadline = time.monotonic() + timeout_s
         client = redis.Redis.from_url(self.url)
         while True:

@@ -105,6 +105,18 @@ class Settings(BaseSettings):
     state_dir: Path = Field(Path(".mjq"), description="State of `mjq up`: embedded Redis data, logs.")
     image_ttl_s: PositiveSeconds = Field(86_400.0, description="TTL of input images kept in Redis by hash.")
 
+    # Worker internals
+    submit_max_attempts: int = Field(
+        8, ge=1, description="Submit attempts (queue full / 429 / 5xx / not sent) before a job fails."
+    )
+    housekeeping_interval_s: PositiveSeconds = Field(
+        1.0, description="Beat period of housekeeping: admit parked jobs, reclaim leases, find overdue polls."
+    )
+    poll_batch_size: int = Field(
+        100, ge=1, le=500, description="Most due jobs one poll fetches together with list-by-condition."
+    )
+    download_attempts: int = Field(3, ge=1, description="Tries to download a final image before giving up.")
+
     # Flower
     flower_port: int = Field(5555, ge=1, le=65535, description="Port of Flower in `mjq up`.")
 

@@ -1,0 +1,250 @@
+"""docker-compose.yml, Dockerfile, .env.example and flower.conf: parsed, and every service started locally.
+
+No Docker engine runs here, so the compose file is checked the way that matters: its structure (AOF,
+volumes, healthchecks, scalable worker, simulator profile), every MJQ_ variable it or .env.example names
+is a real setting, and each service's command and healthcheck, with hosts, ports and paths mapped to this
+machine, really starts and turns healthy.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from worker.redisserver import free_port
+from worker.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+COMPOSE = ROOT / "docker-compose.yml"
+APP_SERVICES = ("worker", "beat", "webhook", "flower", "simulator")
+
+
+def load_compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+    assert isinstance(data, dict)
+    return data
+
+
+def interpolate(value: str, env: Mapping[str, str]) -> str:
+    """Compose's ${VAR}, ${VAR:-default}, ${VAR:?err} and $$ (enough of it for our file)."""
+
+    def sub(match: re.Match[str]) -> str:
+        name, op, arg = match.group(1), match.group(2), match.group(3) or ""
+        if env.get(name):
+            return env[name]
+        if op == ":?":
+            raise AssertionError(f"{name} is required: {arg}")
+        return arg if op == ":-" else ""
+
+    value = re.sub(r"\$\{([A-Z0-9_]+)(?:(:-|:\?)([^}]*))?\}", sub, value)
+    return value.replace("$$", "$")
+
+
+def mjq_names(text: str) -> set[str]:
+    return set(re.findall(r"\bMJQ_[A-Z0-9_]+\b", text))
+
+
+def settings_names() -> set[str]:
+    return {f"MJQ_{name.upper()}" for name in Settings.model_fields}
+
+
+# ---------------------------------------------------------------------------------------------- structure
+
+
+def test_compose_structure() -> None:
+    data = load_compose()
+    services = data["services"]
+    assert set(services) == {"redis", *APP_SERVICES}
+    redis_svc = services["redis"]
+    command = redis_svc["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
+    assert any(v.endswith(":/data") for v in redis_svc["volumes"])
+    assert "redis-data" in data["volumes"]
+    for name, svc in services.items():
+        assert "healthcheck" in svc, f"{name} has no healthcheck"
+        assert svc["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL")
+    for name in APP_SERVICES:
+        svc = services[name]
+        assert svc["env_file"] == ".env", name
+        assert svc["build"] == "." and svc["image"] == "mjqueue:latest"
+    worker = services["worker"]
+    assert "container_name" not in worker and "ports" not in worker  # `--scale worker=N` must work
+    assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert services["simulator"]["profiles"] == ["sim"]
+    assert all("profiles" not in services[n] for n in ("redis", "worker", "beat", "webhook", "flower"))
+    assert services["flower"]["command"][-1] == "--conf=/app/flower.conf"
+    assert services["flower"]["environment"]["FLOWER_DB"].startswith("/state/")
+    assert "COPY flower.conf" in (ROOT / "Dockerfile").read_text()
+
+
+def test_every_mjq_variable_is_a_setting() -> None:
+    known = settings_names()
+    for path in (COMPOSE, ROOT / ".env.example", ROOT / "Dockerfile"):
+        names = mjq_names(path.read_text(encoding="utf-8"))
+        assert names, path
+        assert names <= known, f"{path.name}: not settings: {sorted(names - known)}"
+    # .env.example is valid as written: the settings load from exactly that file.
+    env_lines = [
+        line
+        for line in (ROOT / ".env.example").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    values = dict(line.split("=", 1) for line in env_lines)
+    settings = Settings(
+        _env_file=None, **{k[4:].lower(): v for k, v in values.items() if k.startswith("MJQ_") and v}
+    )
+    assert settings.slots_fast == 3
+
+
+def test_flower_conf_values(tmp_path: Path) -> None:
+    """Flower executes flower.conf as Python: check what it defines, with and without the env."""
+    namespace: dict[str, Any] = {}
+    env = {"FLOWER_BASIC_AUTH": "admin:pw1, ops:pw2", "FLOWER_PORT": "6001", "FLOWER_DB": str(tmp_path / "f")}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        exec(compile((ROOT / "flower.conf").read_text(), "flower.conf", "exec"), namespace)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    assert namespace["basic_auth"] == ["admin:pw1", "ops:pw2"]
+    assert namespace["port"] == 6001 and isinstance(namespace["port"], int)
+    assert namespace["persistent"] is True and namespace["db"] == str(tmp_path / "f")
+    assert isinstance(namespace["state_save_interval"], int) and namespace["state_save_interval"] > 0
+    assert isinstance(namespace["max_tasks"], int) and isinstance(namespace["purge_offline_workers"], int)
+    assert namespace["natural_time"] is True
+    columns = namespace["tasks_columns"].split(",")
+    assert {"name", "state", "kwargs", "result", "runtime"} <= set(columns)
+    from flower.views.tasks import TASK_COLUMNS
+
+    assert set(columns) <= set(TASK_COLUMNS), "flower would silently drop unknown columns"
+
+    class FakeTask:
+        kwargs = "{'prompt': 'x', 'base64_array': ['data:image/png;base64," + "A" * 5000 + "']}"
+        args = "()"
+        result = "y" * 1000
+
+    shown = namespace["format_task"](FakeTask())
+    assert "AAAA" not in shown.kwargs and len(shown.result) <= 300
+
+
+# ---------------------------------------------------------------------------------------------- run locally
+
+
+class LocalMap:
+    """Maps container names, ports and paths of the compose file onto this machine."""
+
+    def __init__(self, tmp: Path, redis_url: str) -> None:
+        self.tmp = tmp
+        self.sim_port = free_port()
+        self.ports = {"8787": str(self.sim_port), "8788": str(free_port()), "5555": str(free_port())}
+        self.redis_url = redis_url
+
+    def text(self, value: str) -> str:
+        value = interpolate(value, {})
+        value = value.replace("redis://redis:6379/0", self.redis_url)
+        value = value.replace("http://simulator:8787", f"http://127.0.0.1:{self.sim_port}")
+        value = value.replace("/app/flower.conf", str(ROOT / "flower.conf"))
+        for container_port, local_port in self.ports.items():
+            value = value.replace(f"127.0.0.1:{container_port}", f"127.0.0.1:{local_port}")
+        value = re.sub(r"(?<![\w.])/(state|media)\b", lambda m: str(self.tmp / m.group(1)), value)
+        return value.replace("0.0.0.0", "127.0.0.1")
+
+    def argv(self, argv: list[str]) -> list[str]:
+        mapped = [self.ports.get(a, self.text(a)) for a in argv]
+        if mapped[0] in ("mjq", "celery", "python"):
+            mapped[0] = str(BIN / mapped[0])
+        return mapped
+
+    def env(self, svc: Mapping[str, Any]) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MJQ_", "FLOWER_"))}
+        env.update(
+            {k: self.ports.get(str(v), self.text(str(v))) for k, v in svc.get("environment", {}).items()}
+        )
+        env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+        env["HOSTNAME"] = socket.gethostname()
+        env["FLOWER_UNAUTHENTICATED_API"] = "true"
+        return env
+
+
+def healthy(test: list[str], env: Mapping[str, str], local: LocalMap) -> bool:
+    argv = local.argv(list(test[1:])) if test[0] == "CMD" else ["sh", "-c", local.text(test[1])]
+    done = subprocess.run(argv, env=dict(env), cwd=ROOT, capture_output=True, timeout=30)
+    return done.returncode == 0
+
+
+@pytest.fixture
+def started() -> Iterator[list[subprocess.Popen[bytes]]]:
+    procs: list[subprocess.Popen[bytes]] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_each_service_command_starts_and_turns_healthy(
+    tmp_path: Path, redis_url: str, started: list[subprocess.Popen[bytes]]
+) -> None:
+    services = load_compose()["services"]
+    local = LocalMap(tmp_path, redis_url)
+    (tmp_path / "state").mkdir()
+    (tmp_path / "media").mkdir()
+    envs = {}
+    for name in ("simulator", "webhook", "worker", "beat", "flower"):
+        svc = services[name]
+        envs[name] = local.env(svc)
+        argv = local.argv(list(svc["command"]))
+        log = (tmp_path / f"{name}.log").open("wb")
+        started.append(
+            subprocess.Popen(
+                argv,
+                env=envs[name],
+                cwd=tmp_path,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
+    pending = {"simulator", "webhook", "worker", "beat", "flower"}
+    deadline = time.monotonic() + 60
+    while pending and time.monotonic() < deadline:
+        for name in sorted(pending):
+            if healthy(services[name]["healthcheck"]["test"], envs[name], local):
+                pending.discard(name)
+        for proc, name in zip(started, ("simulator", "webhook", "worker", "beat", "flower"), strict=True):
+            if proc.poll() is not None:
+                log = (tmp_path / f"{name}.log").read_text(errors="replace")[-3000:]
+                raise AssertionError(f"{name} exited with {proc.returncode}: {shlex.join(proc.args)}\n{log}")
+        time.sleep(0.5)
+    assert not pending, f"never healthy: {sorted(pending)}"
+    # The worker is really connected to our Redis and serves our queues.
+    from celery import Celery
+
+    probe = Celery("probe", broker=redis_url)
+    replies = probe.control.inspect(timeout=2).active_queues() or {}
+    probe.close()
+    queues = {q["name"] for qs in replies.values() for q in qs}
+    assert {"interactive", "batch", "track"} <= queues

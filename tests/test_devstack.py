@@ -1,0 +1,140 @@
+"""`mjq up` and `mjq demo` as a new user meets them: real subprocesses, real ports, Ctrl-C, files on disk."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import redis
+
+from tests.support.mjq import BIN, mjq
+from worker.devstack import QUEUES, worker_argv
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MJQ_", "FLOWER_"))}
+    env.update(extra)
+    env["COLUMNS"] = "200"
+    return env
+
+
+def port_closed(url: str) -> bool:
+    match = re.search(r":(\d+)", url.split("//", 1)[1])
+    assert match, url
+    try:
+        socket.create_connection(("127.0.0.1", int(match.group(1))), timeout=0.5).close()
+    except OSError:
+        return True
+    return False
+
+
+def processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_worker_command_matches_the_app() -> None:
+    from worker.app import QUEUES as APP_QUEUES
+
+    assert QUEUES == APP_QUEUES
+    argv = worker_argv(concurrency=3, beat=True, hostname="w@x", schedule=Path("/tmp/s"))
+    assert argv[argv.index("--queues") + 1] == ",".join(APP_QUEUES)
+    assert "-E" in argv and "--beat" in argv and argv[argv.index("--concurrency") + 1] == "3"
+
+
+def test_mjq_up_runs_the_tree_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    proc = subprocess.Popen(
+        [str(BIN / "mjq"), "up", "--ephemeral", "--time-factor", "0.01", "--concurrency", "4"],
+        env=clean_env(MJQ_STATE_DIR=str(state), MJQ_MEDIA_DIR=str(tmp_path / "media")),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    output: list[str] = []
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            output.append(line)
+            lines.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + 60
+    while not any("mjqueue is up" in line for line in output):
+        assert proc.poll() is None, "".join(output)
+        assert time.monotonic() < deadline, "".join(output)
+        time.sleep(0.2)
+    time.sleep(0.3)
+    text = "".join(output)
+    redis_url = re.search(r"redis\s+(redis://\S+)", text).group(1)  # type: ignore[union-attr]
+    flower_url = re.search(r"flower\s+(http://\S+)", text).group(1)  # type: ignore[union-attr]
+    sim_url = re.search(r"upstream\s+(http://\S+)", text).group(1)  # type: ignore[union-attr]
+    assert f"export MJQ_REDIS_URL={redis_url}" in text
+    try:
+        client = redis.Redis.from_url(redis_url, decode_responses=True)
+        assert client.config_get("appendonly")["appendonly"] == "yes"
+        assert Path(client.config_get("dir")["dir"]).resolve() == (state / "redis").resolve()
+        client.close()
+        # A job through the tree proves the env (Redis, simulator, media dir) reached every child.
+        run = mjq(
+            None,
+            "imagine",
+            "a lighthouse from mjq up",
+            "--wait",
+            "--json",
+            env={"MJQ_REDIS_URL": redis_url, "MJQ_MEDIA_DIR": str(tmp_path / "media")},
+            timeout=60,
+        )
+        assert run.code == 0, (run, text)
+        [job] = run.json()
+        assert job["status"] == "succeeded"
+        assert Path(job["image_path"]).resolve().is_relative_to((tmp_path / "media").resolve())
+        assert re.search(r"worker \| .*ready", "".join(output)), "worker logs are not prefixed"
+        assert (state / "logs" / "worker.log").stat().st_size > 0
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=40)
+    assert code == 0, "".join(output)[-3000:]
+    assert all(port_closed(url) for url in (redis_url, flower_url, sim_url))
+    time.sleep(0.5)
+    assert processes_mentioning(str(state)) == [], "children left running"
+
+
+def test_new_user_demo_finishes_with_a_gallery(tmp_path: Path) -> None:
+    """A reduced `mjq demo` from an empty directory with no configuration at all."""
+    started = time.monotonic()
+    done = subprocess.run(
+        [str(BIN / "mjq"), "demo", "--size", "5", "--time-factor", "0.01", "--no-open"],
+        env=clean_env(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    gallery = tmp_path / ".mjq" / "demo" / "gallery.html"
+    assert str(gallery) in done.stdout.replace("\n", "")
+    html = gallery.read_text()
+    manifest = (tmp_path / ".mjq" / "demo" / "manifest.jsonl").read_text().splitlines()
+    # 5 prompts + U1-4 (4) + U1-4 (4) + U2>zoom (2) + V1 (1) + U3 (1) = 17 jobs, each with an embedded image.
+    assert len(manifest) == 17
+    assert html.count('<img src="data:image/jpeg;base64,') == 17
+    assert "demo finished" in done.stdout and "failed" in done.stdout
+    assert time.monotonic() - started < 90

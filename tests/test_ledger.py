@@ -1,0 +1,117 @@
+"""The ledger's atomic transitions against a real Redis: idempotent create, first terminal wins, counters."""
+
+from __future__ import annotations
+
+import threading
+
+import redis
+
+from worker.ledger import Ledger
+
+
+def make(redis_client: redis.Redis, job_id: str = "j1", batch: str = "b1") -> Ledger:
+    ledger = Ledger(redis_client)
+    ledger.create_job(job_id, {"batch_id": batch, "mode": "fast", "kind": "imagine", "prompt": "a fox"})
+    return ledger
+
+
+def test_create_is_idempotent_and_counts_once(redis_client: redis.Redis) -> None:
+    ledger = make(redis_client)
+    assert ledger.create_job("j1", {"batch_id": "b1", "mode": "fast"}) == (False, "queued")
+    batch = ledger.batch("b1")
+    assert batch["total"] == 1
+    assert batch["counts"]["queued"] == 1
+    assert batch["status"] == "active"
+    assert [b["batch_id"] for b in ledger.batches()] == ["b1"]
+
+
+def test_first_terminal_transition_wins_under_contention(redis_client: redis.Redis) -> None:
+    ledger = make(redis_client)
+    ledger.transition("j1", "submitting", from_states=["queued"])
+    ledger.transition("j1", "submitted", from_states=["submitting"], upstream="u1", inflight=1.0)
+    wins: list[str] = []
+
+    def settle(to: str) -> None:
+        ok, _, _ = Ledger(redis_client).transition("j1", to, forward=True, release=True)
+        if ok:
+            wins.append(to)
+
+    threads = [threading.Thread(target=settle, args=(s,)) for s in ["succeeded", "failed"] * 10]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) == 1
+    batch = ledger.batch("b1")
+    assert batch["counts"][wins[0]] == 1
+    assert sum(batch["counts"].values()) == 1
+    assert batch["status"] == "finished"
+    assert redis_client.zscore("mjq:inflight", "j1") is None
+    assert redis_client.zscore("mjq:finishing", "j1") is not None
+    assert ledger.job_by_upstream("u1")["job_id"] == "j1"  # type: ignore[index]
+
+
+def test_forward_refuses_regressions_and_stale_progress(redis_client: redis.Redis) -> None:
+    ledger = make(redis_client)
+    ledger.transition("j1", "submitting", from_states=["queued"])
+    assert ledger.transition("j1", "running", forward=True, progress=40)[0]
+    assert not ledger.transition("j1", "submitted", forward=True)[0]  # regression
+    assert not ledger.transition("j1", "running", forward=True, progress=30)[0]  # older progress event
+    assert ledger.transition("j1", "running", forward=True, progress=60)[0]
+    assert ledger.transition("j1", "succeeded", forward=True)[0]
+    assert not ledger.transition("j1", "running", forward=True, progress=99)[0]  # event after success
+    assert ledger.get_job("j1")["status"] == "succeeded"  # type: ignore[index]
+
+
+def test_gate_refuses_when_breaker_tripped_or_batch_paused(redis_client: redis.Redis) -> None:
+    ledger = make(redis_client)
+    assert ledger.trip_breaker("out of credit")
+    assert not ledger.trip_breaker("second reason")
+    assert ledger.transition("j1", "submitting", from_states=["queued"], gate=True)[2] == "breaker"
+    assert ledger.breaker()["reason"] == "out of credit"
+    ledger.clear_breaker()
+    ledger.set_batch_status("b1", "paused")
+    assert ledger.transition("j1", "submitting", from_states=["queued"], gate=True)[2] == "paused"
+    ledger.set_batch_status("b1", "active")
+    assert ledger.transition("j1", "submitting", from_states=["queued"], gate=True)[0]
+
+
+def test_pause_moves_parked_jobs_to_held_and_back(redis_client: redis.Redis) -> None:
+    ledger = make(redis_client)
+    assert ledger.park("j1", {"task": "tasks.imagine", "id": "j1"}, 5.0) == "parked"
+    assert ledger.waiting_count("fast") == 1
+    assert ledger.set_batch_status("b1", "paused") == 1
+    assert ledger.waiting_count("fast") == 0
+    assert ledger.batch("b1")["status"] == "paused"
+    assert ledger.set_batch_status("b1", "active") == 1
+    assert redis_client.zscore("mjq:waiting:fast", "j1") == 5.0
+
+
+def test_claim_due_takes_own_job_and_other_due_jobs_once(redis_client: redis.Redis) -> None:
+    ledger = Ledger(redis_client)
+    redis_client.zadd("mjq:inflight", {"a": 10.0, "b": 11.0, "c": 500.0})
+    assert sorted(ledger.claim_due("a", 100.0, 30.0, 10)) == ["a", "b"]
+    assert ledger.claim_due("b", 100.0, 30.0, 10) == []  # b was claimed (re-scheduled) by a's poll
+    assert redis_client.zscore("mjq:inflight", "b") == 130.0
+
+
+def test_planned_and_skipped_counts(redis_client: redis.Redis) -> None:
+    ledger = make(redis_client)
+    ledger.add_planned("b1", 3)
+    ledger.create_job("child", {"batch_id": "b1", "mode": "fast", "parent_job": "j1"})
+    ledger.mark_skipped("b1", 2, "parent failed")
+    batch = ledger.batch("b1")
+    assert batch["planned"] == 0
+    assert batch["counts"]["skipped"] == 2
+    assert batch["total"] == 4
+    assert [c["job_id"] for c in ledger.children("j1")] == ["child"]
+
+
+def test_requeue_resets_terminal_jobs(redis_client: redis.Redis) -> None:
+    ledger = make(redis_client)
+    ledger.transition("j1", "failed", forward=True, fields={"fail_reason": "boom"}, upstream="u9")
+    assert ledger.requeue_jobs(["j1"]) == 1
+    job = ledger.get_job("j1")
+    assert job is not None and job["status"] == "queued" and "fail_reason" not in job
+    assert ledger.batch("b1")["counts"]["failed"] == 0
+    assert ledger.job_by_upstream("u9") is None

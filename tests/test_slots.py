@@ -1,0 +1,84 @@
+"""Cluster-wide slots: leases, reclaim, ordering, pacing and the daily cap, against a real Redis."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import redis
+
+from worker.ledger import Ledger
+from worker.settings import Settings
+from worker.slots import Slots
+
+
+def slots_for(client: redis.Redis, **kw: object) -> Slots:
+    return Slots(client, Settings(slots_fast=3, slot_lease_s=30.0, **kw))  # type: ignore[arg-type]
+
+
+def test_never_more_than_n_under_threads(redis_client: redis.Redis) -> None:
+    slots = slots_for(redis_client)
+    admitted: list[str] = []
+    lock = threading.Lock()
+
+    def grab(i: int) -> None:
+        if Slots(redis_client, slots.settings).try_admit("fast", f"j{i}", float(i)).admitted:
+            with lock:
+                admitted.append(f"j{i}")
+
+    threads = [threading.Thread(target=grab, args=(i,)) for i in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(admitted) == 3
+    assert slots.in_use("fast") == 3
+    assert slots.try_admit("fast", admitted[0], 0.0).reason == "held"  # a holder is confirmed, not recounted
+
+
+def test_expired_lease_is_reclaimed(redis_client: redis.Redis) -> None:
+    slots = Slots(redis_client, Settings(slots_fast=1, slot_lease_s=0.2))
+    assert slots.try_admit("fast", "crashed", 1.0).admitted
+    assert slots.try_admit("fast", "next", 2.0).reason == "slots"
+    time.sleep(0.3)
+    assert slots.try_admit("fast", "next", 2.0).admitted
+
+
+def test_admit_next_pops_best_parked_jobs_in_order(redis_client: redis.Redis) -> None:
+    ledger = Ledger(redis_client)
+    slots = slots_for(redis_client)
+    for i, prio in enumerate([5, 5, 2, 5]):
+        ledger.create_job(f"w{i}", {"mode": "fast"})
+        ledger.park(f"w{i}", {"task": "t", "id": f"w{i}"}, prio * 1e13 + i)
+    assert slots.try_admit("fast", "newcomer", 9e13).reason == "queue"  # parked jobs go first
+    assert slots.admit_next("fast") == ["w2", "w0", "w1"]
+    assert slots.admit_next("fast") == []
+    slots.release("fast", "w0")
+    assert slots.admit_next("fast") == ["w3"]
+
+
+def test_pacing_and_daily_cap(redis_client: redis.Redis) -> None:
+    paced = Slots(redis_client, Settings(slots_fast=5, submit_interval_s=0.3))
+    assert paced.try_admit("fast", "a", 1.0).admitted
+    assert paced.try_admit("fast", "b", 2.0).reason == "pacing"
+    time.sleep(0.35)
+    assert paced.try_admit("fast", "b", 2.0).admitted
+    redis_client.flushall()
+    capped = Slots(redis_client, Settings(slots_fast=5, daily_cap=2))
+    assert capped.try_admit("fast", "a", 1.0).admitted
+    assert capped.try_admit("fast", "b", 1.0).admitted
+    assert capped.try_admit("fast", "c", 1.0).reason == "daily_cap"
+
+
+def test_breaker_and_paused_batch_refuse_and_drop_lease(redis_client: redis.Redis) -> None:
+    ledger = Ledger(redis_client)
+    slots = slots_for(redis_client)
+    ledger.create_job("p", {"mode": "fast", "batch_id": "b"})
+    assert slots.try_admit("fast", "p", 1.0).admitted
+    ledger.set_batch_status("b", "paused")
+    assert slots.try_admit("fast", "p", 1.0).reason == "paused"
+    assert slots.in_use("fast") == 0
+    ledger.set_batch_status("b", "active")
+    ledger.trip_breaker("401")
+    assert slots.try_admit("fast", "p", 1.0).reason == "breaker"
+    assert slots.admit_next("fast") == []

@@ -1,0 +1,79 @@
+"""The Celery app ``mjqueue``: broker and results on Redis, three queues, reliability options, beat schedule.
+
+``celery -A worker.app worker -E -P threads -c 8 -Q interactive,track,batch`` runs it; ``celery -A worker.app
+beat`` (or ``worker -B``) runs the housekeeping entry. Queues are read in the order given to ``-Q`` (the
+Redis transport's ``priority`` strategy), so a single interactive request starts before queued batch work.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+from celery import Celery
+from kombu import Queue
+
+from worker.settings import Settings, get_settings
+
+QUEUES = ("interactive", "track", "batch")
+TASK_MODULES = ("tasks.submit", "tasks.track", "tasks.followups", "tasks.pipelines")
+
+
+def visibility_timeout_s(settings: Settings) -> int:
+    """Longer than any countdown we schedule (polls, submit retries) and than any task runs."""
+    longest = max(
+        settings.poll_max_s,
+        settings.webhook_poll_s,
+        settings.submit_retry_max_s,
+        max(settings.expected_duration_s(m) for m in ("fast", "relax", "turbo")),
+    )
+    return int(max(3600.0, 4 * longest))
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    url = settings.effective_redis_url
+    transport = {
+        "visibility_timeout": visibility_timeout_s(settings),
+        "queue_order_strategy": "priority",
+    }
+    return {
+        "broker_url": url,
+        "result_backend": url,
+        "broker_transport_options": transport,
+        "result_backend_transport_options": {"visibility_timeout": visibility_timeout_s(settings)},
+        "broker_connection_retry_on_startup": True,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "result_extended": True,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_default_queue": "interactive",
+        "task_queues": [Queue(name, routing_key=name) for name in QUEUES],
+        "task_routes": {"tasks.track.*": {"queue": "track"}},
+        "worker_hijack_root_logger": False,
+        "beat_schedule": {
+            "mjq-housekeeping": {
+                "task": "tasks.track.housekeeping",
+                "schedule": settings.housekeeping_interval_s,
+                "options": {"queue": "track", "expires": max(5.0, 5 * settings.housekeeping_interval_s)},
+            }
+        },
+        "timezone": "UTC",
+    }
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    celery_app = Celery("mjqueue")
+    celery_app.conf.update(celery_config(settings))
+    # Only modules that exist: follow-ups and plans land from another work stream.
+    celery_app.conf.include = [m for m in TASK_MODULES if importlib.util.find_spec(m) is not None]
+    return celery_app
+
+
+app = create_app()

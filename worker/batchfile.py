@@ -1,0 +1,570 @@
+"""Prompt files (``.txt``, ``.csv``, ``.jsonl``) turned into a list of jobs ready to enqueue.
+
+Reading a file never sends anything: it validates every row, expands Midjourney permutations on our side
+(so each variant is its own tracked, resumable job), normalises prompts, inlines local image files as data
+URIs, and gives each job a stable idempotency key so that submitting the same file again does not create
+the jobs already done.  Rows that cannot run are collected as :class:`Reject` (row, field, reason) and
+written to ``<file>.rejected.csv``; the rest of the file still runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import re
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+MODES = ("fast", "relax", "turbo")
+BOTS = {
+    "mj": "MID_JOURNEY",
+    "midjourney": "MID_JOURNEY",
+    "mid_journey": "MID_JOURNEY",
+    "niji": "NIJI_JOURNEY",
+    "niji_journey": "NIJI_JOURNEY",
+}
+FIELDS = ("prompt", "id", "mode", "bot", "images", "then", "priority", "tags")
+MAX_PERMUTATIONS = 100
+MAX_ROW_CHARS = 64 * 1024
+MAX_PROMPT_CHARS = 8192
+MAX_NESTING = 8
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$")
+_DASH_RE = re.compile(r"[\u2012\u2013\u2014\u2015\u2212](?=[A-Za-z])")
+_IMAGINE_RE = re.compile(r"^\s*/imagine\b\s*(?:prompt\s*:)?\s*", re.IGNORECASE)
+_MODE_FLAG_RE = re.compile(r"(?:^|\s)--(fast|relax|turbo)(?=\s|$)", re.IGNORECASE)
+_SPACE_RE = re.compile(r"\s+")
+
+
+class RowError(ValueError):
+    """One invalid row; ``field`` names the column (or ``line`` for the row as a whole)."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class BatchFileError(ValueError):
+    """The file as a whole cannot be read (missing, unknown format, no prompt column)."""
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """Values for rows that do not set their own (from the command line)."""
+
+    mode: str | None = None
+    bot: str = "mj"
+    then: str | None = None
+    priority: int | None = None
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BatchJob:
+    """One job to enqueue: an expanded, normalised prompt with everything the producer API needs."""
+
+    job_id: str
+    row: int
+    prompt: str
+    mode: str
+    bot_type: str
+    base64_array: tuple[str, ...] = ()
+    then: str | None = None
+    priority: int | None = None
+    tags: tuple[str, ...] = ()
+
+    def task_kwargs(self, batch_id: str | None) -> dict[str, Any]:
+        """Keyword arguments of ``tasks.imagine`` for this job (JSON-serialisable)."""
+        kwargs: dict[str, Any] = {
+            "prompt": self.prompt,
+            "bot_type": self.bot_type,
+            "mode": self.mode,
+            "job_id": self.job_id,
+            "batch_id": batch_id,
+        }
+        if self.base64_array:
+            kwargs["base64_array"] = list(self.base64_array)
+        if self.then:
+            kwargs["then"] = self.then
+        if self.priority is not None:
+            kwargs["priority"] = self.priority
+        return kwargs
+
+
+@dataclass(frozen=True)
+class Reject:
+    row: int
+    field: str
+    reason: str
+    text: str = ""
+
+
+@dataclass
+class BatchPlan:
+    """The result of reading a prompt file: jobs to run, rows refused, and notes (ignored columns)."""
+
+    path: Path
+    jobs: list[BatchJob] = field(default_factory=list)
+    rejected: list[Reject] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    rows: int = 0
+
+    def count_by_mode(self) -> dict[str, int]:
+        counts = Counter(job.mode for job in self.jobs)
+        return {mode: counts[mode] for mode in MODES if counts[mode]}
+
+    def followups_by_plan(self) -> dict[str, int]:
+        """How many jobs carry each follow-up plan (the plan text as written)."""
+        return dict(Counter(job.then for job in self.jobs if job.then))
+
+    @property
+    def rejected_path(self) -> Path:
+        return rejected_path(self.path)
+
+    def write_rejects(self) -> Path | None:
+        """Write ``<file>.rejected.csv`` (or remove a stale one when every row is fine)."""
+        target = self.rejected_path
+        if not self.rejected:
+            target.unlink(missing_ok=True)
+            return None
+        with target.open("w", encoding="utf-8", newline="") as out:
+            writer = csv.writer(out)
+            writer.writerow(["row", "field", "reason", "text"])
+            for rej in self.rejected:
+                writer.writerow([rej.row, rej.field, rej.reason, rej.text])
+        return target
+
+
+def rejected_path(path: Path) -> Path:
+    return path.with_name(path.name + ".rejected.csv")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Prompt text: normalisation and permutations
+
+
+def normalise(prompt: str) -> str:
+    """Strip a pasted ``/imagine prompt:``, turn autocorrected long dashes into ``--``, collapse spaces."""
+    text = _IMAGINE_RE.sub("", prompt, count=1)
+    text = _DASH_RE.sub("--", text)
+    return _SPACE_RE.sub(" ", text).strip()
+
+
+_Seq = list["str | _Group"]
+
+
+@dataclass
+class _Group:
+    alternatives: list[_Seq]
+
+
+def _parse_seq(text: str, pos: int, depth: int) -> tuple[_Seq, int]:
+    parts: _Seq = []
+    buf: list[str] = []
+    while pos < len(text):
+        ch = text[pos]
+        if ch == "\\" and pos + 1 < len(text) and text[pos + 1] in ",{}\\":
+            buf.append(text[pos + 1])
+            pos += 2
+            continue
+        if ch == "{":
+            if depth >= MAX_NESTING:
+                raise RowError("prompt", f"permutations nested deeper than {MAX_NESTING}")
+            if buf:
+                parts.append("".join(buf))
+                buf = []
+            group, pos = _parse_group(text, pos + 1, depth + 1)
+            parts.append(group)
+            continue
+        if depth and ch in ",}":
+            break
+        if ch == "}":
+            raise RowError("prompt", f"unmatched '}}' at character {pos + 1}")
+        buf.append(ch)
+        pos += 1
+    if buf:
+        parts.append("".join(buf))
+    return parts, pos
+
+
+def _parse_group(text: str, pos: int, depth: int) -> tuple[_Group, int]:
+    start = pos
+    alternatives: list[_Seq] = []
+    while True:
+        seq, pos = _parse_seq(text, pos, depth)
+        alternatives.append(seq)
+        if pos >= len(text):
+            raise RowError("prompt", f"unclosed '{{' at character {start}")
+        if text[pos] == "}":
+            return _Group(alternatives), pos + 1
+        pos += 1  # the comma between alternatives
+
+
+def _count(seq: _Seq) -> int:
+    groups = (part for part in seq if isinstance(part, _Group))
+    return math.prod(sum(_count(alt) for alt in group.alternatives) for group in groups)
+
+
+def _expand(seq: _Seq) -> Iterator[str]:
+    if not seq:
+        yield ""
+        return
+    head, rest = seq[0], seq[1:]
+    if isinstance(head, str):
+        heads = [head]
+    else:
+        heads = [variant.strip() for alt in head.alternatives for variant in _expand(alt)]
+    for first in heads:
+        for tail in _expand(rest):
+            yield first + tail
+
+
+def expand_permutations(prompt: str, cap: int = MAX_PERMUTATIONS) -> list[str]:
+    """``a {red, green} bird`` -> two prompts; nested groups and ``\\,`` escapes as Midjourney does.
+
+    The count is computed before expanding, so a prompt that would explode is refused without building it.
+    Identical variants are kept once (the same prompt twice would be paid for twice).
+    """
+    seq, _ = _parse_seq(prompt, 0, 0)
+    total = _count(seq)
+    if total > cap:
+        raise RowError("prompt", f"{total} permutations, more than the cap of {cap}")
+    return list(dict.fromkeys(normalise(p) for p in _expand(seq)))
+
+
+# --------------------------------------------------------------------------------------------------------
+# Reading rows of each format
+
+
+@dataclass(frozen=True)
+class _RawRow:
+    row: int
+    values: Mapping[str, Any]
+    text: str
+
+
+def _decode(data: bytes) -> str:
+    """Decode keeping undecodable bytes as lone surrogates, so a bad line rejects only that row."""
+    text = data.decode("utf-8", errors="surrogateescape")
+    return text.removeprefix("\ufeff")
+
+
+def _has_bad_bytes(value: str) -> bool:
+    return any("\udc80" <= ch <= "\udcff" for ch in value)
+
+
+def _short(text: str, limit: int = 200) -> str:
+    clean = text.encode("utf-8", errors="replace").decode("utf-8", errors="replace")
+    clean = clean.replace("\r", " ").replace("\n", " ")
+    return clean if len(clean) <= limit else clean[: limit - 1] + "…"
+
+
+def _read_txt(text: str) -> Iterator[_RawRow | Reject]:
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        yield _RawRow(number, {"prompt": line}, line)
+
+
+def _read_jsonl(text: str) -> Iterator[_RawRow | Reject]:
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        if len(line) > MAX_ROW_CHARS:
+            yield Reject(number, "line", f"row longer than {MAX_ROW_CHARS} characters", _short(line))
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield Reject(number, "line", f"invalid JSON: {exc.msg} at column {exc.colno}", _short(line))
+            continue
+        if not isinstance(value, dict):
+            yield Reject(number, "line", "not a JSON object", _short(line))
+            continue
+        yield _RawRow(number, value, line)
+
+
+def _read_csv(text: str, warnings: list[str]) -> Iterator[_RawRow | Reject]:
+    csv.field_size_limit(max(MAX_ROW_CHARS * 4, 1 << 20))
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader)
+    except StopIteration:
+        return
+    except csv.Error as exc:
+        raise BatchFileError(f"cannot read the CSV header: {exc}") from None
+    names = [name.strip().lower() for name in header]
+    if "prompt" not in names:
+        found = ", ".join(header) or "nothing"
+        raise BatchFileError(f"the CSV header has no 'prompt' column (found: {found})")
+    unknown = [n for n in names if n and n not in FIELDS]
+    if unknown:
+        warnings.append(f"ignored columns: {', '.join(unknown)} (known: {', '.join(FIELDS)})")
+    line_end = reader.line_num
+    while True:
+        start = line_end + 1
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            line_end = reader.line_num
+            yield Reject(start, "line", f"malformed CSV: {exc}")
+            continue
+        line_end = reader.line_num
+        if not any(cell.strip() for cell in record):
+            continue
+        raw = ",".join(record)
+        if len(record) > len(names):
+            yield Reject(start, "line", f"{len(record)} cells for {len(names)} columns", _short(raw))
+            continue
+        values = {name: cell for name, cell in zip(names, record, strict=False) if name in FIELDS}
+        yield _RawRow(start, values, raw)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Field validation
+
+
+def _text_field(values: Mapping[str, Any], name: str) -> str | None:
+    value = values.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise RowError(name, f"must be text, not {type(value).__name__}")
+    text = str(value).strip()
+    return text or None
+
+
+def _list_field(values: Mapping[str, Any], name: str, separators: str) -> list[str]:
+    value = values.get(name)
+    if value is None:
+        return []
+    if isinstance(value, list):
+        if not all(isinstance(item, str) for item in value):
+            raise RowError(name, "must be a list of strings")
+        items = value
+    elif isinstance(value, str):
+        items = re.split(f"[{re.escape(separators)}]", value)
+    else:
+        raise RowError(name, f"must be text or a list, not {type(value).__name__}")
+    return [item.strip() for item in items if item.strip()]
+
+
+def parse_mode(value: str | None, field: str = "mode") -> str | None:
+    if value is None:
+        return None
+    mode = value.strip().lower()
+    if mode not in MODES:
+        raise RowError(field, f"unknown mode {value!r} (use fast, relax or turbo)")
+    return mode
+
+
+def parse_bot(value: str, field: str = "bot") -> str:
+    bot = BOTS.get(value.strip().lower())
+    if bot is None:
+        raise RowError(field, f"unknown bot {value!r} (use mj or niji)")
+    return bot
+
+
+def parse_priority(value: Any, field: str = "priority") -> int | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError
+        number = int(value)
+    except (TypeError, ValueError):
+        raise RowError(field, f"must be a whole number 0-9, not {value!r}") from None
+    if not 0 <= number <= 9:
+        raise RowError(field, f"must be between 0 and 9, not {number}")
+    return number
+
+
+def validate_plan(text: str | None, field: str = "then") -> str | None:
+    """Check a follow-up plan with the plan compiler itself, so a typo is refused before anything runs."""
+    if text is None or not text.strip():
+        return None
+    from tasks.pipelines import parse as parse_plan
+
+    try:
+        parse_plan(text)
+    except ValueError as exc:
+        raise RowError(field, str(exc)) from None
+    return text.strip()
+
+
+class ImageLoader:
+    """Turns the ``images`` cell into image prompts: local files become data URIs, URLs stay URLs.
+
+    Files are read once per path (a reference image used by 500 rows is loaded once).  Relative paths
+    are relative to the prompt file.
+    """
+
+    def __init__(self, base_dir: Path) -> None:
+        self.base_dir = base_dir
+        self._cache: dict[Path, str] = {}
+
+    def load(self, ref: str) -> str:
+        from worker import media
+
+        if ref.startswith("data:"):
+            media.parse_data_uri(ref, "images")
+            return ref
+        path = Path(ref).expanduser()
+        if not path.is_absolute():
+            path = self.base_dir / path
+        path = path.resolve()
+        if path not in self._cache:
+            try:
+                size = path.stat().st_size
+                if size > media.MAX_IMAGE_BYTES:
+                    raise RowError("images", f"{ref}: {size} bytes, more than {media.MAX_IMAGE_BYTES}")
+                data = path.read_bytes()
+            except OSError as exc:
+                raise RowError("images", f"{ref}: cannot read ({exc.strerror or exc})") from None
+            uri = media.to_data_uri(data)
+            try:
+                media.parse_data_uri(uri, "images")
+            except ValueError as exc:
+                raise RowError("images", f"{ref}: {exc}") from None
+            self._cache[path] = uri
+        return self._cache[path]
+
+
+def _split_images(refs: list[str], loader: ImageLoader) -> tuple[list[str], list[str]]:
+    """(URLs to put in front of the prompt, data URIs for ``base64_array``)."""
+    urls: list[str] = []
+    inline: list[str] = []
+    for ref in refs:
+        if ref.startswith(("http://", "https://")):
+            if any(ch.isspace() for ch in ref):
+                raise RowError("images", f"{ref!r}: a URL cannot contain spaces")
+            urls.append(ref)
+        else:
+            inline.append(loader.load(ref))
+    return urls, inline
+
+
+def auto_job_id(file_name: str, row: int, prompt: str) -> str:
+    """A key that is the same every time the same file is read: the file name, the row and the prompt."""
+    digest = hashlib.sha256(f"{file_name}\n{row}\n{prompt}".encode()).hexdigest()[:12]
+    stem = re.sub(r"[^A-Za-z0-9]+", "-", Path(file_name).stem).strip("-")[:24] or "batch"
+    return f"{stem}-r{row}-{digest}"
+
+
+def _build_jobs(
+    raw: _RawRow,
+    file_name: str,
+    defaults: Defaults,
+    loader: ImageLoader,
+    cap: int,
+    plan_check: Callable[[str | None], str | None],
+) -> list[BatchJob]:
+    if len(raw.text) > MAX_ROW_CHARS:
+        raise RowError("line", f"row longer than {MAX_ROW_CHARS} characters")
+    for name, value in raw.values.items():
+        cells = value if isinstance(value, list) else [value]
+        if any(isinstance(cell, str) and _has_bad_bytes(cell) for cell in cells):
+            raise RowError(name, "not valid UTF-8")
+    prompt_text = _text_field(raw.values, "prompt")
+    if prompt_text is None:
+        raise RowError("prompt", "empty prompt")
+    row_id = _text_field(raw.values, "id")
+    if row_id is not None and not _ID_RE.match(row_id):
+        raise RowError("id", "use 1-100 letters, digits or . _ : - (starting with a letter or digit)")
+    flagged = _MODE_FLAG_RE.search(prompt_text)
+    mode = (
+        parse_mode(_text_field(raw.values, "mode"))
+        or (flagged.group(1).lower() if flagged else None)
+        or defaults.mode
+        or "fast"
+    )
+    bot_value = _text_field(raw.values, "bot")
+    bot = parse_bot(bot_value) if bot_value else parse_bot(defaults.bot)
+    then_value = _text_field(raw.values, "then")
+    then = plan_check(then_value) if then_value else defaults.then
+    priority = parse_priority(raw.values.get("priority"))
+    priority = defaults.priority if priority is None else priority
+    tags = tuple(_list_field(raw.values, "tags", ";,")) or defaults.tags
+    if any(len(tag) > 64 for tag in tags):
+        raise RowError("tags", "a tag is longer than 64 characters")
+    urls, inline = _split_images(_list_field(raw.values, "images", ";\n"), loader)
+    variants = expand_permutations(normalise(prompt_text), cap)
+    jobs = []
+    for index, variant in enumerate(variants, start=1):
+        prompt = " ".join([*urls, variant]) if urls else variant
+        if not variant:
+            raise RowError("prompt", "empty prompt after normalisation")
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise RowError("prompt", f"longer than {MAX_PROMPT_CHARS} characters")
+        if row_id is None:
+            job_id = auto_job_id(file_name, raw.row, prompt)
+        else:
+            job_id = row_id if len(variants) == 1 else f"{row_id}.{index}"
+        jobs.append(
+            BatchJob(
+                job_id=job_id,
+                row=raw.row,
+                prompt=prompt,
+                mode=mode,
+                bot_type=bot,
+                base64_array=tuple(inline),
+                then=then,
+                priority=priority,
+                tags=tags,
+            )
+        )
+    return jobs
+
+
+def read_batch_file(
+    path: Path | str, defaults: Defaults | None = None, *, max_permutations: int = MAX_PERMUTATIONS
+) -> BatchPlan:
+    """Read a prompt file; never raises for a bad row (see ``BatchPlan.rejected``), only for a bad file."""
+    path = Path(path)
+    defaults = defaults or Defaults()
+    plan_check = validate_plan
+    if defaults.then:
+        defaults = replace(defaults, then=plan_check(defaults.then))
+    try:
+        text = _decode(path.read_bytes())
+    except OSError as exc:
+        raise BatchFileError(f"cannot read {path}: {exc.strerror or exc}") from None
+    plan = BatchPlan(path=path)
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        rows: Iterator[_RawRow | Reject] = _read_txt(text)
+    elif suffix == ".csv":
+        rows = _read_csv(text, plan.warnings)
+    elif suffix in (".jsonl", ".ndjson"):
+        rows = _read_jsonl(text)
+    else:
+        raise BatchFileError(f"unknown prompt file type {suffix or '(none)'!r}: use .txt, .csv or .jsonl")
+    loader = ImageLoader(path.parent)
+    seen: dict[str, int] = {}
+    for item in rows:
+        plan.rows += 1
+        if isinstance(item, Reject):
+            plan.rejected.append(item)
+            continue
+        try:
+            jobs = _build_jobs(item, path.name, defaults, loader, max_permutations, plan_check)
+            clash = next((job.job_id for job in jobs if seen.get(job.job_id, item.row) != item.row), None)
+            if clash is not None:
+                raise RowError("id", f"id {clash!r} already used by row {seen[clash]}")
+        except RowError as exc:
+            plan.rejected.append(Reject(item.row, exc.field, exc.reason, _short(item.text)))
+            continue
+        for job in jobs:
+            if job.job_id not in seen:
+                seen[job.job_id] = item.row
+                plan.jobs.append(job)
+    return plan

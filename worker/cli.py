@@ -1,0 +1,787 @@
+"""`mjq`: enqueue prompt files and single prompts, watch and steer batches, export results, run the stack.
+
+Every command fails with one readable line and a hint (never a traceback) for the errors people meet:
+an unreachable Redis, bad configuration, a bad prompt file, invalid input.  ``--json`` gives scripts a
+stable shape.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import re
+import sys
+import time
+import webbrowser
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+import typer
+from pydantic import SecretStr
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+from rich.text import Text
+
+from worker.batchfile import (
+    MAX_PERMUTATIONS,
+    BatchFileError,
+    BatchJob,
+    BatchPlan,
+    Defaults,
+    RowError,
+    parse_bot,
+    parse_mode,
+    read_batch_file,
+    validate_plan,
+)
+from worker.progress import FAILED, Snapshot, watch
+from worker.settings import Settings, SettingsError, get_settings
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+app = typer.Typer(
+    name="mjq",
+    help="mjqueue: Midjourney jobs through Celery + Redis.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class CliError(Exception):
+    """A failure explained to a person: what went wrong, and what to do about it."""
+
+    def __init__(self, message: str, hint: str | None = None, code: int = 1) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.code = code
+
+
+def safe_url(url: str) -> str:
+    """A URL without its password, fit for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def explain(exc: BaseException) -> CliError | None:
+    """Map the errors people meet onto one line with a hint; None for real bugs (they keep a traceback)."""
+    if isinstance(exc, CliError):
+        return exc
+    if isinstance(exc, SettingsError):
+        return CliError(str(exc), "fix the variable in the environment or .env; `mjq config` shows all", 2)
+    if (
+        isinstance(exc, redis.ConnectionError | redis.TimeoutError)
+        or type(exc).__name__ == "OperationalError"
+    ):
+        url = safe_url(get_settings().effective_redis_url) if _settings_ok() else "the configured URL"
+        return CliError(
+            f"cannot reach Redis at {url}: is `mjq up` running?",
+            "start it with `mjq up`, or set MJQ_REDIS_URL to your Redis",
+        )
+    if isinstance(exc, BatchFileError):
+        return CliError(
+            str(exc), "prompt files are .txt (one per line), .csv (header with 'prompt') or .jsonl", 2
+        )
+    if isinstance(exc, RowError):
+        return CliError(str(exc), "see `mjq batch --help` for the follow-up plan syntax", 2)
+    if isinstance(exc, ValueError):  # InvalidInput and friends: the message names the field
+        return CliError(str(exc), "nothing was queued", 2)
+    if type(exc).__module__.startswith("worker.mjapi"):
+        return CliError(str(exc))
+    return None
+
+
+def _settings_ok() -> bool:
+    try:
+        get_settings()
+    except SettingsError:
+        return False
+    return True
+
+
+def cli_command(name: str | None = None, **kwargs: Any) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Register a command whose known errors print as one line (exit 1/2) instead of a traceback."""
+
+    def decorate(func: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(func)
+        def wrapper(*args: P.args, **kw: P.kwargs) -> R:
+            try:
+                return func(*args, **kw)
+            except (typer.Exit, typer.Abort):
+                raise
+            except Exception as exc:
+                known = explain(exc)
+                if known is None:
+                    raise
+                fail(known)
+
+        app.command(name, **kwargs)(wrapper)
+        return wrapper
+
+    return decorate
+
+
+def fail(error: CliError) -> NoReturn:
+    err_console.print(f"[bold red]mjq:[/] {error.message}", markup=True, soft_wrap=True)
+    if error.hint:
+        err_console.print(f"  [dim]hint:[/] {error.hint}", markup=True, soft_wrap=True)
+    raise typer.Exit(error.code)
+
+
+def print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, ensure_ascii=False, default=str, indent=2) + "\n")
+
+
+# --------------------------------------------------------------------------------------------------------
+# The stream C boundary: ledger, controls and the producer API, in one place.
+
+
+class Backend:
+    """Ledger, controls and the producer API behind one small object (one Redis connection)."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        from worker.ledger import Ledger
+
+        self.settings = settings or get_settings()
+        self.redis = redis.Redis.from_url(self.settings.effective_redis_url, decode_responses=True)
+        self.redis.ping()
+        self.ledger = Ledger(self.redis)
+
+    def close(self) -> None:
+        self.redis.close()
+
+    def batch(self, batch_id: str) -> dict[str, Any]:
+        info = self.ledger.batch(batch_id)
+        if not info or not (info.get("total") or info.get("planned") or info.get("counts")):
+            raise CliError(f"no batch {batch_id!r}", "`mjq status` lists the batches")
+        return dict(info)
+
+    def snapshot(self, batch_id: str) -> Snapshot:
+        return Snapshot.from_batch(batch_id, self.ledger.batch(batch_id) or {})
+
+    def submit(self, kwargs: Mapping[str, Any]) -> str:
+        """Enqueue one imagine job through the producer API (validated there); returns its job id."""
+        import tasks
+
+        result = tasks.imagine.delay(**kwargs)
+        return str(kwargs.get("job_id") or getattr(result, "id", ""))
+
+
+@contextmanager
+def backend() -> Iterator[Backend]:
+    handle = Backend()
+    try:
+        yield handle
+    finally:
+        handle.close()
+
+
+# --------------------------------------------------------------------------------------------------------
+# Producing
+
+
+def default_batch_id(path: Path) -> str:
+    """The same file gives the same batch id (so re-running it resumes the batch)."""
+    stem = re.sub(r"[^A-Za-z0-9]+", "-", path.stem).strip("-")[:32] or "batch"
+    return f"{stem}-{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:6]}"
+
+
+def submit_jobs(
+    handle: Backend, jobs: Sequence[BatchJob], batch_id: str, on_progress: Callable[[int], None] | None = None
+) -> tuple[int, int]:
+    """Enqueue jobs the ledger does not know yet; returns (submitted, skipped as already known)."""
+    submitted = skipped = 0
+    for index, job in enumerate(jobs, start=1):
+        if handle.ledger.get_job(job.job_id) is not None:
+            skipped += 1
+        else:
+            handle.submit(job.task_kwargs(batch_id))
+            submitted += 1
+        if on_progress is not None:
+            on_progress(index)
+    return submitted, skipped
+
+
+def plan_summary(plan: BatchPlan, batch_id: str) -> dict[str, Any]:
+    return {
+        "batch_id": batch_id,
+        "file": str(plan.path),
+        "rows": plan.rows,
+        "jobs": len(plan.jobs),
+        "by_mode": plan.count_by_mode(),
+        "followups": plan.followups_by_plan(),
+        "rejected": len(plan.rejected),
+        "rejected_file": str(plan.rejected_path) if plan.rejected else None,
+        "warnings": plan.warnings,
+    }
+
+
+def print_plan(summary: Mapping[str, Any]) -> None:
+    table = Table(title=f"batch {summary['batch_id']}", show_header=True, title_justify="left")
+    table.add_column("mode")
+    table.add_column("jobs", justify="right")
+    for mode, count in summary["by_mode"].items():
+        table.add_row(mode, str(count))
+    table.add_row("[bold]total[/]", f"[bold]{summary['jobs']}[/]")
+    console.print(table)
+    for plan_text, count in summary["followups"].items():
+        console.print(f"follow-ups [cyan]{plan_text}[/] after {count} job(s)")
+    for warning in summary["warnings"]:
+        err_console.print(f"[yellow]warning:[/] {warning}")
+    if summary["rejected"]:
+        err_console.print(f"[yellow]{summary['rejected']} row(s) rejected[/] -> {summary['rejected_file']}")
+
+
+def wait_for_batch(handle: Backend, batch_id: str, timeout_s: float | None = None) -> Snapshot:
+    return watch(lambda: handle.snapshot(batch_id), console, timeout_s=timeout_s)
+
+
+ModeOpt = Annotated[str | None, typer.Option("--mode", "-m", help="fast | relax | turbo (rows may override)")]
+ThenOpt = Annotated[str | None, typer.Option("--then", help='follow-up plan, e.g. "U1-4" or "U2>zoom:2x"')]
+PriorityOpt = Annotated[int | None, typer.Option("--priority", "-p", min=0, max=9, help="0-9")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+WaitOpt = Annotated[
+    bool, typer.Option("--wait", "-w", help="show live progress until done; exit 1 on failures")
+]
+
+
+@cli_command("batch")
+def batch_cmd(
+    file: Annotated[Path, typer.Argument(help="prompt file: .txt, .csv or .jsonl")],
+    mode: ModeOpt = None,
+    then: ThenOpt = None,
+    priority: PriorityOpt = None,
+    bot: Annotated[str, typer.Option(help="mj | niji (rows may override)")] = "mj",
+    batch_id: Annotated[
+        str | None, typer.Option("--batch-id", "-b", help="default: from the file path")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", "-n", help="show what would run; send nothing")
+    ] = False,
+    wait: WaitOpt = False,
+    max_permutations: Annotated[int, typer.Option(help="cap of {a,b} expansions per row")] = MAX_PERMUTATIONS,
+    as_json: JsonOpt = False,
+) -> None:
+    """Enqueue every prompt of a file (resumable: jobs already known are skipped)."""
+    defaults = Defaults(
+        mode=parse_mode(mode, "--mode"), bot=bot, then=validate_plan(then, "--then"), priority=priority
+    )
+    parse_bot(bot, "--bot")
+    plan = read_batch_file(file, defaults, max_permutations=max_permutations)
+    plan.write_rejects()
+    batch_id = batch_id or default_batch_id(file)
+    summary = plan_summary(plan, batch_id)
+    if dry_run:
+        summary["dry_run"] = True
+        print_json(summary) if as_json else print_plan(summary)
+        return
+    if not plan.jobs:
+        raise CliError(f"no runnable rows in {file}", f"see {plan.rejected_path}" if plan.rejected else None)
+    with backend() as handle:
+        if as_json or len(plan.jobs) < 200:
+            submitted, skipped = submit_jobs(handle, plan.jobs, batch_id)
+        else:
+            with Progress(
+                TextColumn("enqueueing"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                console=err_console,
+                transient=True,
+            ) as bar:
+                task = bar.add_task("enqueue", total=len(plan.jobs))
+                submitted, skipped = submit_jobs(
+                    handle, plan.jobs, batch_id, lambda n: bar.update(task, completed=n)
+                )
+        summary.update(submitted=submitted, skipped=skipped)
+        if not as_json:
+            print_plan(summary)
+            console.print(
+                f"queued [bold]{submitted}[/] job(s)"
+                + (f", {skipped} already known (resumed)" if skipped else "")
+                + f" -> `mjq status {batch_id}`"
+            )
+        if wait:
+            snap = wait_for_batch(handle, batch_id) if not as_json else _wait_quietly(handle, batch_id)
+            summary["result"] = dict(snap.counts)
+        if as_json:
+            print_json(summary)
+        if wait and snap.failed:
+            raise typer.Exit(1)
+
+
+def _wait_quietly(handle: Backend, batch_id: str) -> Snapshot:
+    while True:
+        snap = handle.snapshot(batch_id)
+        if snap.is_over:
+            return snap
+        time.sleep(0.5)
+
+
+@cli_command("imagine")
+def imagine_cmd(
+    prompt: Annotated[str, typer.Argument(help="the prompt text")],
+    mode: ModeOpt = None,
+    then: ThenOpt = None,
+    priority: PriorityOpt = None,
+    bot: Annotated[str, typer.Option(help="mj | niji")] = "mj",
+    image: Annotated[
+        list[Path] | None, typer.Option("--image", "-i", help="image prompt file (repeat)")
+    ] = None,
+    batch_id: Annotated[str | None, typer.Option("--batch-id", "-b")] = None,
+    wait: WaitOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Enqueue one prompt (permutations are expanded like in files)."""
+    from worker.batchfile import ImageLoader, expand_permutations, normalise
+
+    loader = ImageLoader(Path.cwd())
+    images = [loader.load(str(path)) for path in image or []]
+    defaults_mode = parse_mode(mode, "--mode") or "fast"
+    plan_text = validate_plan(then, "--then")
+    jobs = []
+    for variant in expand_permutations(normalise(prompt)):
+        jobs.append(
+            BatchJob(
+                job_id="",
+                row=0,
+                prompt=variant,
+                mode=defaults_mode,
+                bot_type=parse_bot(bot),
+                base64_array=tuple(images),
+                then=plan_text,
+                priority=priority,
+            )
+        )
+    with backend() as handle:
+        ids = []
+        for job in jobs:
+            kwargs = job.task_kwargs(batch_id)
+            kwargs.pop("job_id")
+            ids.append(handle.submit(kwargs))
+        if as_json and not wait:
+            print_json({"job_ids": ids, "batch_id": batch_id})
+            return
+        if not as_json:
+            console.print("queued " + ", ".join(f"[bold]{i}[/]" for i in ids))
+        if not wait:
+            return
+        results = [wait_for_job(handle, job_id, quiet=as_json) for job_id in ids]
+        if as_json:
+            print_json(results)
+        else:
+            for result in results:
+                print_job(result)
+        if any(r.get("status") != "succeeded" for r in results):
+            raise typer.Exit(1)
+
+
+def wait_for_job(handle: Backend, job_id: str, quiet: bool = False) -> dict[str, Any]:
+    """Wait for a job and, when it has follow-ups, for its whole family."""
+    from worker.progress import TERMINAL
+
+    def family() -> list[dict[str, Any]]:
+        job = handle.ledger.get_job(job_id) or {}
+        return [job, *_children(handle, job_id)]
+
+    with console.status(f"waiting for {job_id}", spinner="dots") if not quiet else _nullcontext():
+        while True:
+            jobs = family()
+            if jobs[0] and all(j.get("status") in TERMINAL for j in jobs) and not _pending_plan(jobs[0]):
+                return dict(jobs[0])
+            time.sleep(0.5)
+
+
+@contextmanager
+def _nullcontext() -> Iterator[None]:
+    yield
+
+
+def _children(handle: Backend, job_id: str) -> list[dict[str, Any]]:
+    children = getattr(handle.ledger, "children", None)
+    return list(children(job_id)) if callable(children) else []
+
+
+def _pending_plan(job: Mapping[str, Any]) -> bool:
+    return bool(job.get("then")) and job.get("status") == "succeeded" and not job.get("followups_done", True)
+
+
+def print_job(job: Mapping[str, Any]) -> None:
+    status = job.get("status")
+    colour = "green" if status == "succeeded" else "red"
+    console.print(f"[{colour}]{status}[/] {job.get('job_id')} upstream={job.get('upstream_id') or '-'}")
+    if job.get("image_path") or job.get("image_url"):
+        console.print(f"  image: {job.get('image_path') or job.get('image_url')}")
+    if job.get("fail_reason"):
+        console.print(f"  reason: {job.get('fail_reason')}")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Watching and steering
+
+
+@cli_command("status")
+def status_cmd(
+    batch: Annotated[str | None, typer.Argument(help="a batch id; none = all batches")] = None,
+    as_json: JsonOpt = False,
+    failures: Annotated[int, typer.Option(help="failures to list")] = 20,
+) -> None:
+    """A table of batches, or one batch's counts with its failures and reasons."""
+    from worker import control
+
+    with backend() as handle:
+        breaker = control.breaker_status()
+        if batch is None:
+            rows = [
+                Snapshot.from_batch(str(b.get("batch_id") or b.get("id")), b) for b in handle.ledger.batches()
+            ]
+            if as_json:
+                print_json({"breaker": breaker, "batches": [snap_dict(s) for s in rows]})
+                return
+            print_breaker(breaker)
+            table = Table("batch", "status", "done", "failed", "running", "queued", "total", "progress")
+            for snap in rows:
+                pct = f"{100 * snap.finished / snap.total:.0f}%" if snap.total else "-"
+                table.add_row(
+                    snap.batch_id,
+                    snap.status,
+                    str(snap.done),
+                    str(snap.failed),
+                    str(snap.running),
+                    str(snap.queued),
+                    str(snap.total),
+                    pct,
+                )
+            console.print(table if rows else "no batches yet: `mjq batch FILE` starts one")
+            return
+        info = handle.batch(batch)
+        snap = Snapshot.from_batch(batch, info)
+        failed = [j for j in handle.ledger.batch_jobs(batch) if j.get("status") in FAILED][:failures]
+        if as_json:
+            print_json(
+                {
+                    "breaker": breaker,
+                    **snap_dict(snap),
+                    "meta": info.get("meta"),
+                    "failures": [
+                        {k: j.get(k) for k in ("job_id", "status", "fail_reason", "prompt")} for j in failed
+                    ],
+                }
+            )
+            return
+        print_breaker(breaker)
+        from worker.progress import RateMeter, render
+
+        console.print(render(snap, RateMeter()))
+        console.print("  " + "  ".join(f"{state} {n}" for state, n in snap.counts.items() if n))
+        if failed:
+            table = Table("job", "status", "reason", "prompt", title="failures", title_justify="left")
+            for job in failed:
+                table.add_row(
+                    str(job.get("job_id")),
+                    str(job.get("status")),
+                    str(job.get("fail_reason") or ""),
+                    _short(str(job.get("prompt") or ""), 50),
+                )
+            console.print(table)
+
+
+def snap_dict(snap: Snapshot) -> dict[str, Any]:
+    return {
+        "batch_id": snap.batch_id,
+        "status": snap.status,
+        "total": snap.total,
+        "done": snap.done,
+        "failed": snap.failed,
+        "running": snap.running,
+        "queued": snap.queued,
+        "counts": dict(snap.counts),
+    }
+
+
+def print_breaker(breaker: Any) -> None:
+    tripped = breaker.get("tripped", breaker.get("open")) if isinstance(breaker, Mapping) else bool(breaker)
+    if tripped:
+        reason = breaker.get("reason", "") if isinstance(breaker, Mapping) else ""
+        err_console.print(f"[bold red]submitting is stopped[/] ({reason}); after fixing it: `mjq resume`")
+
+
+def _short(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+BatchArg = Annotated[str, typer.Argument(help="batch id (see `mjq status`)")]
+
+
+@cli_command("pause")
+def pause_cmd(batch: BatchArg) -> None:
+    """Stop submitting a batch's queued jobs (jobs already upstream finish)."""
+    from worker import control
+
+    with backend() as handle:
+        handle.batch(batch)
+        control.pause_batch(batch)
+    console.print(f"paused {batch}")
+
+
+@cli_command("resume")
+def resume_cmd(
+    batch: Annotated[str | None, typer.Argument(help="batch id; none = clear the global stop")] = None,
+) -> None:
+    """Resume a paused batch; without a batch, clear the global stop (breaker) after 401/credit errors."""
+    from worker import control
+
+    with backend() as handle:
+        if batch is None:
+            control.resume_submitting()
+            console.print("submitting resumed (breaker cleared)")
+            return
+        handle.batch(batch)
+        control.resume_batch(batch)
+    console.print(f"resumed {batch}")
+
+
+@cli_command("cancel")
+def cancel_cmd(batch: BatchArg) -> None:
+    """Cancel a batch: queued jobs are never submitted; running upstream jobs are left to finish."""
+    from worker import control
+
+    with backend() as handle:
+        handle.batch(batch)
+        control.cancel_batch(batch)
+    console.print(f"cancelled {batch}")
+
+
+@cli_command("requeue")
+def requeue_cmd(
+    batch: BatchArg,
+    failed: Annotated[bool, typer.Option("--failed")] = False,
+    timed_out: Annotated[bool, typer.Option("--timed-out")] = False,
+    needs_review: Annotated[bool, typer.Option("--needs-review")] = False,
+) -> None:
+    """Queue again the batch's jobs in the chosen end states (same job ids: nothing done is repeated)."""
+    from worker import control
+
+    statuses = {
+        name
+        for name, on in (("failed", failed), ("timed_out", timed_out), ("needs_review", needs_review))
+        if on
+    }
+    if not statuses:
+        raise CliError("choose what to requeue", "add --failed, --timed-out and/or --needs-review", 2)
+    with backend() as handle:
+        handle.batch(batch)
+        count = control.requeue(batch, statuses)
+    console.print(f"requeued {count} job(s) of {batch}")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Results
+
+
+@cli_command("export")
+def export_cmd(
+    batch: BatchArg,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="jsonl | csv")] = "jsonl",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="file (default: stdout)")] = None,
+) -> None:
+    """Write the batch manifest: job, prompt, status, upstream id, image URL/path/sha256, lineage, times."""
+    from worker.export import FORMATS, write_manifest
+
+    if fmt not in FORMATS:
+        raise CliError(f"unknown format {fmt!r}", "use --format jsonl or --format csv", 2)
+    with backend() as handle:
+        handle.batch(batch)
+        jobs = handle.ledger.batch_jobs(batch)
+    if output is None:
+        write_manifest(jobs, fmt, sys.stdout)
+        return
+    with output.open("w", encoding="utf-8", newline="") as out:
+        count = write_manifest(jobs, fmt, out)
+    err_console.print(f"wrote {count} row(s) to {output}")
+
+
+@cli_command("gallery")
+def gallery_cmd(
+    batch: BatchArg,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="default: <media dir>/<batch>.html")
+    ] = None,
+    open_browser: Annotated[bool, typer.Option("--open/--no-open", help="open it in a browser")] = True,
+) -> None:
+    """Write a self-contained HTML contact sheet of the batch (images embedded) and open it."""
+    from worker.gallery import write_gallery
+
+    with backend() as handle:
+        snap = Snapshot.from_batch(batch, handle.batch(batch))
+        jobs = handle.ledger.batch_jobs(batch)
+    path = write_gallery(batch, jobs, output or handle.settings.media_dir / f"{batch}.html", snap.counts)
+    console.print(f"gallery: {path.resolve()}")
+    if open_browser:
+        webbrowser.open(path.resolve().as_uri())
+
+
+# --------------------------------------------------------------------------------------------------------
+# Running things
+
+
+PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+@cli_command("sim", context_settings=PASSTHROUGH)
+def sim_cmd(ctx: typer.Context) -> None:
+    """Run the Midjourney Proxy simulator (arguments go to `python -m simulator`; try `mjq sim --help`)."""
+    from simulator.__main__ import main as sim_main
+
+    raise typer.Exit(sim_main(list(ctx.args)) or 0)
+
+
+@cli_command("webhook")
+def webhook_cmd() -> None:
+    """Run the webhook server that receives the upstream's notifyHook callbacks."""
+    from worker.webhook import serve
+
+    serve()
+
+
+@cli_command("worker")
+def worker_cmd(
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", help="threads")] = 8,
+    pool: Annotated[str, typer.Option(help="threads | prefork | solo")] = "threads",
+    beat: Annotated[bool, typer.Option("--beat/--no-beat", help="embed beat (run exactly one)")] = False,
+    hostname: Annotated[str | None, typer.Option("--hostname", "-n")] = None,
+    loglevel: Annotated[str, typer.Option("--loglevel", "-l")] = "INFO",
+) -> None:
+    """Run a Celery worker on all mjqueue queues with sensible defaults (task events on for Flower)."""
+    from worker.devstack import worker_argv
+
+    settings = get_settings()
+    argv = worker_argv(
+        concurrency=concurrency,
+        pool=pool,
+        beat=beat,
+        hostname=hostname,
+        loglevel=loglevel,
+        schedule=settings.state_dir / "celerybeat-schedule" if beat else None,
+    )
+    if beat:
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    os.execv(argv[0], argv)
+
+
+@cli_command("up")
+def up_cmd(
+    time_factor: Annotated[
+        float, typer.Option(help="simulator speed: 0.05 = jobs take 5% of real time")
+    ] = 0.05,
+    flower: Annotated[bool, typer.Option("--flower/--no-flower")] = True,
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", help="worker threads")] = 8,
+    ephemeral: Annotated[bool, typer.Option(help="free ports instead of the configured ones")] = False,
+) -> None:
+    """Run everything on this machine: Valkey, simulator, worker + beat, webhook, Flower. Ctrl-C stops it."""
+    from worker.devstack import DevStack, StackError, run_forever
+
+    colours = {"worker": "cyan", "webhook": "magenta", "flower": "green", "simulator": "yellow"}
+
+    def sink(name: str, line: str) -> None:
+        console.print(Text.assemble((f"{name:>9} | ", colours.get(name, "")), line), soft_wrap=True)
+
+    stack = DevStack(
+        settings=get_settings(),
+        time_factor=time_factor,
+        with_flower=flower,
+        worker_concurrency=concurrency,
+        sink=sink,
+        ephemeral=ephemeral,
+    )
+    try:
+        code = run_forever(stack, print_stack)
+    except StackError as exc:
+        raise CliError(str(exc), "another `mjq up` may be running; `mjq up` logs are in .mjq/logs") from None
+    raise typer.Exit(code)
+
+
+def print_stack(stack: Any) -> None:
+    table = Table.grid(padding=(0, 2))
+    table.add_row("redis", safe_url(stack.redis_url) + ("  (embedded, AOF on)" if stack.redis_server else ""))
+    table.add_row("upstream", stack.api_base_url + ("  (simulator)" if stack.simulated else ""))
+    if stack.webhook_url:
+        table.add_row("webhook", stack.webhook_url)
+    if stack.flower_url:
+        table.add_row("flower", stack.flower_url)
+    table.add_row("state", str(stack.state))
+    console.rule("[bold green]mjqueue is up")
+    console.print(table)
+    if stack.ephemeral or stack.redis_url != get_settings().effective_redis_url:
+        console.print(f"in another terminal: [bold]export MJQ_REDIS_URL={stack.redis_url}[/]")
+    console.print(
+        'try: [bold]mjq imagine "a lighthouse at dawn" --then U1 --wait[/]   Ctrl-C stops everything'
+    )
+    console.rule()
+
+
+@cli_command("demo")
+def demo_cmd(
+    size: Annotated[int, typer.Option(help="prompts in the demo batch")] = 20,
+    time_factor: Annotated[float, typer.Option(help="simulator speed")] = 0.02,
+    open_browser: Annotated[bool, typer.Option("--open/--no-open", help="open the gallery")] = False,
+) -> None:
+    """Start a stack, run a demo batch with follow-ups, show progress, write a gallery; exit 0 if all ok."""
+    from worker.demo import run_demo
+
+    raise typer.Exit(run_demo(console, size=size, time_factor=time_factor, open_browser=open_browser))
+
+
+@cli_command("config")
+def config_cmd(as_json: JsonOpt = False) -> None:
+    """Print the effective settings (secrets masked) and where each value came from."""
+    settings = get_settings()
+    explicit = settings.model_fields_set
+    rows = []
+    for name, info in type(settings).model_fields.items():
+        value = getattr(settings, name)
+        shown = ("********" if value.get_secret_value() else "") if isinstance(value, SecretStr) else value
+        rows.append(
+            {
+                "name": f"MJQ_{name.upper()}",
+                "value": shown,
+                "source": "set" if name in explicit else "default",
+                "description": info.description or "",
+            }
+        )
+    if as_json:
+        print_json({r["name"]: r["value"] for r in rows})
+        return
+    table = Table("variable", "value", "", "meaning")
+    for row in rows:
+        table.add_row(
+            row["name"],
+            "" if row["value"] is None else str(row["value"]),
+            "[bold]set[/]" if row["source"] == "set" else "[dim]default[/]",
+            row["description"],
+        )
+    console.print(table)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point (`mjq`)."""
+    app(args=list(argv) if argv is not None else None, prog_name="mjq")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Operator controls (``mjq pause/resume/cancel/requeue``): batches and the global submit breaker.
+
+Every function works on the Redis of the process settings; pass ``rt`` to use another runtime (tests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from worker.jobs import MODES, Runtime, admit_parked, cancel_job, resend, runtime
+
+REQUEUABLE = frozenset({"failed", "timed_out", "cancelled", "needs_review"})
+
+
+def pause_batch(batch_id: str, rt: Runtime | None = None) -> int:
+    """Submit nothing more from this batch (jobs already submitted finish); returns parked jobs held."""
+    rt = rt or runtime()
+    return max(0, rt.ledger.set_batch_status(batch_id, "paused"))
+
+
+def resume_batch(batch_id: str, rt: Runtime | None = None) -> int:
+    """Let a paused batch submit again; its parked jobs go back to the waiting sets and start as slots free."""
+    rt = rt or runtime()
+    moved = rt.ledger.set_batch_status(batch_id, "active")
+    admit_parked(MODES, rt)
+    return max(0, moved)
+
+
+def cancel_batch(batch_id: str, rt: Runtime | None = None) -> int:
+    """Cancel every job of the batch not yet submitted (their tasks complete as cancelled); returns how many.
+
+    Jobs already accepted upstream run to their end (they are paid for). Jobs whose task message has not run
+    yet are cancelled when it does.
+    """
+    rt = rt or runtime()
+    ids = rt.ledger.cancel_batch_record(batch_id)
+    return sum(1 for job_id in ids if cancel_job(job_id, "batch cancelled", rt))
+
+
+def requeue(batch_id: str, statuses: Iterable[str] = ("failed", "timed_out"), rt: Runtime | None = None) -> int:
+    """Run again the jobs of a batch in ``statuses`` (failed, timed_out, cancelled, needs_review).
+
+    Each job goes back to ``queued`` with its result cleared and its original task message is sent again
+    (same task id, same chain), so it passes admission and submit-once like a new job. Returns how many.
+    """
+    rt = rt or runtime()
+    wanted = set(statuses)
+    bad = wanted - REQUEUABLE
+    if bad:
+        raise ValueError(f"cannot requeue jobs in {sorted(bad)}; allowed: {sorted(REQUEUABLE)}")
+    jobs = [j for j in rt.ledger.batch_jobs(batch_id) if j.get("status") in wanted]
+    if not jobs:
+        return 0
+    if rt.ledger.batch_status(batch_id) == "cancelled":
+        rt.ledger.set_batch_status(batch_id, "active")
+        rt.redis.hset(f"mjq:batch:{batch_id}", "status", "active")
+    ids = [str(j["job_id"]) for j in jobs]
+    count = rt.ledger.requeue_jobs(ids)
+    for job_id in ids:
+        job = rt.ledger.get_job(job_id) or {}
+        message = job.get("message")
+        if job.get("status") == "queued" and isinstance(message, dict):
+            resend(message)
+    return count
+
+
+def resume_submitting(rt: Runtime | None = None) -> dict[str, Any]:
+    """Clear the global breaker (after fixing the key or adding credit) and start parked jobs at once."""
+    rt = rt or runtime()
+    before = rt.ledger.breaker()
+    rt.ledger.clear_breaker()
+    admit_parked(MODES, rt)
+    return before
+
+
+def breaker_status(rt: Runtime | None = None) -> dict[str, Any]:
+    """{"tripped": bool, "reason": str, "at": epoch seconds | None}."""
+    rt = rt or runtime()
+    return rt.ledger.breaker()

@@ -1,0 +1,108 @@
+"""Batch manifests: one row per job (JSONL or CSV), straight from the ledger's job results.
+
+A manifest is what people keep after an overnight run: which prompt became which image, where the file is,
+its checksum, what it was derived from, and how long it took.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+FIELDS: tuple[str, ...] = (
+    "job_id",
+    "batch_id",
+    "action",
+    "mode",
+    "status",
+    "prompt",
+    "final_prompt",
+    "upstream_id",
+    "image_url",
+    "image_path",
+    "image_sha256",
+    "image_bytes",
+    "image_width",
+    "image_height",
+    "parent_job",
+    "root_job",
+    "fail_reason",
+    "progress",
+    "created_at",
+    "submitted_at",
+    "started_at",
+    "finished_at",
+    "duration_s",
+)
+FORMATS = ("jsonl", "csv")
+
+
+def _time_key(job: Mapping[str, Any]) -> tuple[str, str]:
+    created = job.get("created_at")
+    return (str(created) if created is not None else "", str(job.get("job_id", "")))
+
+
+def order_jobs(jobs: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Roots in creation order, each followed by its descendants (so lineage reads top-down)."""
+    jobs = sorted(jobs, key=_time_key)
+    ids = {job.get("job_id") for job in jobs}
+    children: dict[str, list[Mapping[str, Any]]] = {}
+    roots = []
+    for job in jobs:
+        parent = job.get("parent_job")
+        if parent and parent in ids:
+            children.setdefault(str(parent), []).append(job)
+        else:
+            roots.append(job)
+    ordered: list[Mapping[str, Any]] = []
+
+    def walk(job: Mapping[str, Any]) -> None:
+        ordered.append(job)
+        for child in children.get(str(job.get("job_id")), []):
+            walk(child)
+
+    for root in roots:
+        walk(root)
+    return ordered
+
+
+def manifest_row(job: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: job.get(name) for name in FIELDS}
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.3f}".rstrip("0").rstrip(".")
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def write_manifest(jobs: Sequence[Mapping[str, Any]], fmt: str, out: TextIO) -> int:
+    """Write the manifest of ``jobs`` to ``out``; returns the number of rows."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}: use jsonl or csv")
+    rows = [manifest_row(job) for job in order_jobs(jobs)]
+    if fmt == "jsonl":
+        for row in rows:
+            out.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+    else:
+        writer = csv.writer(out)
+        writer.writerow(FIELDS)
+        for row in rows:
+            writer.writerow([_cell(row[name]) for name in FIELDS])
+    return len(rows)
+
+
+def format_time(value: Any) -> str:
+    """Ledger timestamps (epoch seconds or ISO text) as a short local time for humans."""
+    if value in (None, "", 0):
+        return ""
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(float(value), tz=UTC).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    return str(value)

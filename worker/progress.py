@@ -1,0 +1,168 @@
+"""Watching a batch: counts from the ledger turned into a live Rich progress display, rate and ETA.
+
+Shared by ``mjq batch --wait``, ``mjq status`` and the demo, so every view of a batch counts the same way.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+DONE = ("succeeded",)
+FAILED = ("failed", "timed_out", "needs_review")
+ENDED = ("cancelled", "skipped")
+RUNNING = ("submitting", "submitted", "running")
+QUEUED = ("queued",)
+TERMINAL = DONE + FAILED + ENDED
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One reading of a batch: its counts grouped the way people think about them."""
+
+    batch_id: str
+    status: str
+    total: int
+    done: int
+    failed: int
+    ended: int
+    running: int
+    queued: int
+    counts: Mapping[str, int]
+
+    @classmethod
+    def from_batch(cls, batch_id: str, info: Mapping[str, Any]) -> Snapshot:
+        raw = info.get("counts")
+        counts: dict[str, int] = (
+            {str(k): int(v) for k, v in (raw or {}).items()} if isinstance(raw, Mapping) else {}
+        )
+        if not counts:
+            counts = {
+                k: int(v)
+                for k, v in info.items()
+                if k in TERMINAL + RUNNING + QUEUED and isinstance(v, int | str) and str(v).isdigit()
+            }
+        known = sum(counts.values())
+        total = max(int(info.get("total") or 0) + int(info.get("planned") or 0), known)
+        def group(states: tuple[str, ...]) -> int:
+            return sum(counts.get(s, 0) for s in states)
+        finished = group(TERMINAL)
+        return cls(
+            batch_id=batch_id,
+            status=str(info.get("status") or "active"),
+            total=total,
+            done=group(DONE),
+            failed=group(FAILED),
+            ended=group(ENDED),
+            running=group(RUNNING),
+            queued=max(total - finished - group(RUNNING), group(QUEUED)),
+            counts=counts,
+        )
+
+    @property
+    def finished(self) -> int:
+        return self.done + self.failed + self.ended
+
+    @property
+    def is_over(self) -> bool:
+        """Nothing more will happen without someone acting (finished, cancelled, or everything terminal)."""
+        if self.status in ("finished", "cancelled"):
+            return self.running == 0
+        return self.total > 0 and self.finished >= self.total
+
+
+class RateMeter:
+    """Jobs finished per second over a sliding window (ETA from the recent pace, not the whole run)."""
+
+    def __init__(self, window_s: float = 60.0) -> None:
+        self.window_s = window_s
+        self.samples: deque[tuple[float, int]] = deque()
+
+    def add(self, finished: int, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self.samples.append((now, finished))
+        while len(self.samples) > 2 and now - self.samples[0][0] > self.window_s:
+            self.samples.popleft()
+
+    @property
+    def rate(self) -> float | None:
+        if len(self.samples) < 2:
+            return None
+        (t0, n0), (t1, n1) = self.samples[0], self.samples[-1]
+        return (n1 - n0) / (t1 - t0) if t1 > t0 and n1 > n0 else None
+
+    def eta_s(self, remaining: int) -> float | None:
+        rate = self.rate
+        return remaining / rate if rate else None
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "--"
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def render(snap: Snapshot, meter: RateMeter | None = None) -> Group:
+    """The progress block: a bar, then done / failed / running / queued with rate and ETA."""
+    bar = ProgressBar(
+        total=max(snap.total, 1),
+        completed=snap.finished,
+        width=40,
+        complete_style="red" if snap.failed else "green",
+        finished_style="green",
+    )
+    line = Table.grid(padding=(0, 2))
+    line.add_row(
+        Text(f"{snap.batch_id}", style="bold"),
+        bar,
+        Text(f"{snap.finished}/{snap.total}"),
+        Text(snap.status, style="yellow" if snap.status != "active" else "cyan"),
+    )
+    rate = meter.rate if meter else None
+    eta = meter.eta_s(snap.total - snap.finished) if meter else None
+    stats = Text.assemble(
+        ("done ", "dim"),
+        (str(snap.done), "green"),
+        ("  failed ", "dim"),
+        (str(snap.failed), "red"),
+        ("  running ", "dim"),
+        (str(snap.running), "cyan"),
+        ("  queued ", "dim"),
+        (str(snap.queued), "white"),
+        ("  rate ", "dim"),
+        (f"{rate * 60:.1f}/min" if rate else "--", "white"),
+        ("  ETA ", "dim"),
+        (format_duration(eta) if not snap.is_over else "0s", "white"),
+    )
+    if snap.ended:
+        stats.append(f"  cancelled/skipped {snap.ended}", style="dim")
+    return Group(line, stats)
+
+
+def watch(
+    read: Callable[[], Snapshot], console: Console, *, interval_s: float = 0.5, timeout_s: float | None = None
+) -> Snapshot:
+    """Redraw until the batch is over (or ``timeout_s``); returns the last snapshot."""
+    meter = RateMeter()
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    snap = read()
+    meter.add(snap.finished)
+    with Live(render(snap, meter), console=console, refresh_per_second=4, transient=False) as live:
+        while not snap.is_over and (deadline is None or time.monotonic() < deadline):
+            time.sleep(interval_s)
+            snap = read()
+            meter.add(snap.finished)
+            live.update(render(snap, meter))
+    return snap
