@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker.app import app
+from worker.app import task
 from worker.jobs import JobTask, run_job_task
 
 Opt = Any  # keyword arguments are validated by the request models, not by Celery
@@ -39,70 +39,131 @@ class ModalTask(JobTask):
     kind = "modal"
 
 
-@app.task(bind=True, base=ImagineTask, name="tasks.imagine")
+@task(bind=True, base=ImagineTask, name="tasks.imagine")
 def imagine(
-    self: JobTask, prompt: str | None = None, *, bot_type: Opt = None, base64_array: list[str] | None = None,
-    account_filter: Opt = None, notify_hook: Opt = None, state: Opt = None, mode: str | None = None,
-    batch_id: str | None = None, priority: int | None = None, job_id: str | None = None, then: str | None = None,
+    self: JobTask,
+    prompt: str | None = None,
+    *,
+    bot_type: Opt = None,
+    base64_array: list[str] | None = None,
+    account_filter: Opt = None,
+    notify_hook: Opt = None,
+    state: Opt = None,
+    mode: str | None = None,
+    batch_id: str | None = None,
+    priority: int | None = None,
+    job_id: str | None = None,
+    then: str | None = None,
 ) -> dict[str, Any]:
     """Text (and optional image prompts) to a 2x2 grid."""
     return run_job_task(self, locals_kwargs(locals()))
 
 
-@app.task(bind=True, base=BlendTask, name="tasks.blend")
+@task(bind=True, base=BlendTask, name="tasks.blend")
 def blend(
-    self: JobTask, base64_array: list[str] | None = None, *, dimensions: Opt = None, bot_type: Opt = None,
-    account_filter: Opt = None, notify_hook: Opt = None, state: Opt = None, mode: str | None = None,
-    batch_id: str | None = None, priority: int | None = None, job_id: str | None = None, then: str | None = None,
+    self: JobTask,
+    base64_array: list[str] | None = None,
+    *,
+    dimensions: Opt = None,
+    bot_type: Opt = None,
+    account_filter: Opt = None,
+    notify_hook: Opt = None,
+    state: Opt = None,
+    mode: str | None = None,
+    batch_id: str | None = None,
+    priority: int | None = None,
+    job_id: str | None = None,
+    then: str | None = None,
 ) -> dict[str, Any]:
     """Blend 2-5 images."""
     return run_job_task(self, locals_kwargs(locals()))
 
 
-@app.task(bind=True, base=DescribeTask, name="tasks.describe")
+@task(bind=True, base=DescribeTask, name="tasks.describe")
 def describe(
-    self: JobTask, base64: str | None = None, *, bot_type: Opt = None, account_filter: Opt = None,
-    notify_hook: Opt = None, state: Opt = None, mode: str | None = None, batch_id: str | None = None,
-    priority: int | None = None, job_id: str | None = None, then: str | None = None,
+    self: JobTask,
+    base64: str | None = None,
+    *,
+    bot_type: Opt = None,
+    account_filter: Opt = None,
+    notify_hook: Opt = None,
+    state: Opt = None,
+    mode: str | None = None,
+    batch_id: str | None = None,
+    priority: int | None = None,
+    job_id: str | None = None,
+    then: str | None = None,
 ) -> dict[str, Any]:
     """Four prompts for an image (``extra.prompts``)."""
     return run_job_task(self, locals_kwargs(locals()))
 
 
-@app.task(bind=True, base=SwapFaceTask, name="tasks.swap_face")
+@task(bind=True, base=SwapFaceTask, name="tasks.swap_face")
 def swap_face(
-    self: JobTask, source_base64: str | None = None, target_base64: str | None = None, *,
-    account_filter: Opt = None, notify_hook: Opt = None, state: Opt = None, mode: str | None = None,
-    batch_id: str | None = None, priority: int | None = None, job_id: str | None = None, then: str | None = None,
+    self: JobTask,
+    source_base64: str | None = None,
+    target_base64: str | None = None,
+    *,
+    account_filter: Opt = None,
+    notify_hook: Opt = None,
+    state: Opt = None,
+    mode: str | None = None,
+    batch_id: str | None = None,
+    priority: int | None = None,
+    job_id: str | None = None,
+    then: str | None = None,
 ) -> dict[str, Any]:
     """Put the face of ``source_base64`` into ``target_base64``."""
     return run_job_task(self, locals_kwargs(locals()))
 
 
-@app.task(bind=True, base=UploadTask, name="tasks.upload_images")
+@task(bind=True, base=UploadTask, name="tasks.upload_images")
 def upload_images(
-    self: JobTask, base64_array: list[str] | None = None, *, filter: Opt = None, mode: str | None = None,
-    batch_id: str | None = None, priority: int | None = None, job_id: str | None = None,
+    self: JobTask,
+    base64_array: list[str] | None = None,
+    *,
+    filter: Opt = None,
+    mode: str | None = None,
+    batch_id: str | None = None,
+    priority: int | None = None,
+    job_id: str | None = None,
 ) -> dict[str, Any]:
     """Upload images to Discord; the URLs are in ``extra.urls``."""
     return run_job_task(self, locals_kwargs(locals()))
 
 
-@app.task(bind=True, base=ActionTask, name="tasks.action")
+@task(bind=True, base=ActionTask, name="tasks.action")
 def action(
-    self: JobTask, task_id: str | None = None, custom_id: str | None = None, *, choose_same_channel: Opt = None,
-    account_filter: Opt = None, notify_hook: Opt = None, state: Opt = None, mode: str | None = None,
-    batch_id: str | None = None, priority: int | None = None, job_id: str | None = None,
-    modal: dict[str, Any] | None = None, then: str | None = None,
+    self: JobTask,
+    task_id: str | None = None,
+    custom_id: str | None = None,
+    *,
+    choose_same_channel: Opt = None,
+    account_filter: Opt = None,
+    notify_hook: Opt = None,
+    state: Opt = None,
+    mode: str | None = None,
+    batch_id: str | None = None,
+    priority: int | None = None,
+    job_id: str | None = None,
+    modal: dict[str, Any] | None = None,
+    then: str | None = None,
 ) -> dict[str, Any]:
     """Press a button (``custom_id``) of an upstream task; ``modal`` answers a modal step at once."""
     return run_job_task(self, locals_kwargs(locals()))
 
 
-@app.task(bind=True, base=ModalTask, name="tasks.modal")
+@task(bind=True, base=ModalTask, name="tasks.modal")
 def modal(
-    self: JobTask, task_id: str | None = None, *, prompt: str | None = None, mask_base64: str | None = None,
-    mode: str | None = None, batch_id: str | None = None, priority: int | None = None, job_id: str | None = None,
+    self: JobTask,
+    task_id: str | None = None,
+    *,
+    prompt: str | None = None,
+    mask_base64: str | None = None,
+    mode: str | None = None,
+    batch_id: str | None = None,
+    priority: int | None = None,
+    job_id: str | None = None,
     then: str | None = None,
 ) -> dict[str, Any]:
     """Complete an upstream action waiting in its modal step (remix prompt, custom zoom, vary region)."""

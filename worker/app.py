@@ -7,11 +7,12 @@ Redis transport's ``priority`` strategy), so a single interactive request starts
 
 from __future__ import annotations
 
-import importlib.util
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
-from kombu import Queue
+from kombu.entity import Exchange, Queue
 
 from worker.settings import Settings, get_settings
 
@@ -53,7 +54,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "task_default_queue": "interactive",
-        "task_queues": [Queue(name, routing_key=name) for name in QUEUES],
+        "task_queues": [
+            Queue(name, Exchange(name, type="direct"), routing_key=name)  # type: ignore[no-untyped-call]
+            for name in QUEUES
+        ],
         "task_routes": {"tasks.track.*": {"queue": "track"}},
         "worker_hijack_root_logger": False,
         "beat_schedule": {
@@ -72,8 +76,31 @@ def create_app(settings: Settings | None = None) -> Celery:
     celery_app = Celery("mjqueue")
     celery_app.conf.update(celery_config(settings))
     # Only modules that exist: follow-ups and plans land from another work stream.
-    celery_app.conf.include = [m for m in TASK_MODULES if importlib.util.find_spec(m) is not None]
+    # (checked by file, not by import: importing the tasks package here would be circular)
+    root = Path(__file__).resolve().parents[1]
+    celery_app.conf.include = [m for m in TASK_MODULES if (root / (m.replace(".", "/") + ".py")).is_file()]
     return celery_app
 
 
 app = create_app()
+
+
+def task(**options: Any) -> Callable[[Callable[..., Any]], Any]:
+    """``app.task`` with a typed signature (Celery ships no type hints): ``@task(name="tasks.x", ...)``."""
+    decorator: Callable[[Callable[..., Any]], Any] = app.task(**options)
+    return decorator
+
+
+def reconfigure(settings: Settings) -> None:
+    """Point the already-imported app at new settings (tests and embedders that change MJQ_ env late).
+
+    Drops the cached connection pool, producer pool and result backend so the next use connects anew.
+    """
+    app.conf.update(celery_config(settings))
+    app._pool = None  # not closed: kombu's global producer pools may still hand out its connections
+    amqp = app.__dict__.get("amqp")
+    if amqp is not None:
+        amqp._producer_pool = None
+    app._backend_cache = None
+    if hasattr(app._local, "backend"):
+        del app._local.backend

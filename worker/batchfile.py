@@ -358,6 +358,12 @@ def _list_field(values: Mapping[str, Any], name: str, separators: str) -> list[s
     return [item.strip() for item in items if item.strip()]
 
 
+def flagged_mode(prompt: str) -> str | None:
+    """The speed a prompt asks for with ``--fast``/``--relax``/``--turbo``, if any."""
+    found = _MODE_FLAG_RE.search(prompt)
+    return found.group(1).lower() if found else None
+
+
 def parse_mode(value: str | None, field: str = "mode") -> str | None:
     if value is None:
         return None
@@ -480,13 +486,7 @@ def _build_jobs(
     row_id = _text_field(raw.values, "id")
     if row_id is not None and not _ID_RE.match(row_id):
         raise RowError("id", "use 1-100 letters, digits or . _ : - (starting with a letter or digit)")
-    flagged = _MODE_FLAG_RE.search(prompt_text)
-    mode = (
-        parse_mode(_text_field(raw.values, "mode"))
-        or (flagged.group(1).lower() if flagged else None)
-        or defaults.mode
-        or "fast"
-    )
+    mode = parse_mode(_text_field(raw.values, "mode")) or flagged_mode(prompt_text) or defaults.mode or "fast"
     bot_value = _text_field(raw.values, "bot")
     bot = parse_bot(bot_value) if bot_value else parse_bot(defaults.bot)
     then_value = _text_field(raw.values, "then")

@@ -14,6 +14,7 @@ import os
 import re
 import sys
 import time
+import uuid
 import webbrowser
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -36,6 +37,7 @@ from worker.batchfile import (
     BatchPlan,
     Defaults,
     RowError,
+    flagged_mode,
     parse_bot,
     parse_mode,
     read_batch_file,
@@ -202,9 +204,22 @@ def default_batch_id(path: Path) -> str:
 
 
 def submit_jobs(
-    handle: Backend, jobs: Sequence[BatchJob], batch_id: str, on_progress: Callable[[int], None] | None = None
+    handle: Backend,
+    jobs: Sequence[BatchJob],
+    batch_id: str,
+    on_progress: Callable[[int], None] | None = None,
+    source: str = "",
 ) -> tuple[int, int]:
-    """Enqueue jobs the ledger does not know yet; returns (submitted, skipped as already known)."""
+    """Enqueue jobs the ledger does not know yet; returns (submitted, skipped as already known).
+
+    The batch record is written first with the number of root jobs per source, so progress and ETA are
+    right from the first second (the worker creates each job's record when it takes the message).
+    """
+    source = source or "+".join(sorted({job.job_id for job in jobs}))[:200]
+    current = (handle.ledger.batch(batch_id) or {}).get("meta") or {}
+    sources = dict(current.get("sources") or {})
+    sources[source] = max(len(jobs), int(sources.get(source, 0)))
+    handle.ledger.ensure_batch(batch_id, meta={"sources": sources})
     submitted = skipped = 0
     for index, job in enumerate(jobs, start=1):
         if handle.ledger.get_job(job.job_id) is not None:
@@ -294,7 +309,7 @@ def batch_cmd(
         raise CliError(f"no runnable rows in {file}", f"see {plan.rejected_path}" if plan.rejected else None)
     with backend() as handle:
         if as_json or len(plan.jobs) < 200:
-            submitted, skipped = submit_jobs(handle, plan.jobs, batch_id)
+            submitted, skipped = submit_jobs(handle, plan.jobs, batch_id, source=str(file.resolve()))
         else:
             with Progress(
                 TextColumn("enqueueing"),
@@ -305,7 +320,7 @@ def batch_cmd(
             ) as bar:
                 task = bar.add_task("enqueue", total=len(plan.jobs))
                 submitted, skipped = submit_jobs(
-                    handle, plan.jobs, batch_id, lambda n: bar.update(task, completed=n)
+                    handle, plan.jobs, batch_id, lambda n: bar.update(task, completed=n), str(file.resolve())
                 )
         summary.update(submitted=submitted, skipped=skipped)
         if not as_json:
@@ -350,29 +365,29 @@ def imagine_cmd(
     from worker.batchfile import ImageLoader, expand_permutations, normalise
 
     loader = ImageLoader(Path.cwd())
-    images = [loader.load(str(path)) for path in image or []]
-    defaults_mode = parse_mode(mode, "--mode") or "fast"
+    images = tuple(loader.load(str(path)) for path in image or [])
+    chosen_mode = parse_mode(mode, "--mode")
     plan_text = validate_plan(then, "--then")
-    jobs = []
-    for variant in expand_permutations(normalise(prompt)):
-        jobs.append(
-            BatchJob(
-                job_id="",
-                row=0,
-                prompt=variant,
-                mode=defaults_mode,
-                bot_type=parse_bot(bot),
-                base64_array=tuple(images),
-                then=plan_text,
-                priority=priority,
-            )
+    jobs = [
+        BatchJob(
+            job_id=uuid.uuid4().hex,
+            row=0,
+            prompt=variant,
+            mode=chosen_mode or flagged_mode(variant) or "fast",
+            bot_type=parse_bot(bot),
+            base64_array=images,
+            then=plan_text,
+            priority=priority,
         )
+        for variant in expand_permutations(normalise(prompt))
+    ]
     with backend() as handle:
-        ids = []
-        for job in jobs:
-            kwargs = job.task_kwargs(batch_id)
-            kwargs.pop("job_id")
-            ids.append(handle.submit(kwargs))
+        if batch_id:
+            submit_jobs(handle, jobs, batch_id, source=f"imagine:{jobs[0].job_id}")
+        else:
+            for job in jobs:
+                handle.submit(job.task_kwargs(None))
+        ids = [job.job_id for job in jobs]
         if as_json and not wait:
             print_json({"job_ids": ids, "batch_id": batch_id})
             return
@@ -571,18 +586,25 @@ def requeue_cmd(
     batch: BatchArg,
     failed: Annotated[bool, typer.Option("--failed")] = False,
     timed_out: Annotated[bool, typer.Option("--timed-out")] = False,
-    needs_review: Annotated[bool, typer.Option("--needs-review")] = False,
+    needs_review: Annotated[
+        bool, typer.Option("--needs-review", help="ambiguous submits: check upstream first, may pay twice")
+    ] = False,
+    cancelled: Annotated[bool, typer.Option("--cancelled")] = False,
 ) -> None:
-    """Queue again the batch's jobs in the chosen end states (same job ids: nothing done is repeated)."""
+    """Queue again the batch's jobs in the chosen end states (same job ids; succeeded jobs never rerun)."""
     from worker import control
 
-    statuses = {
-        name
-        for name, on in (("failed", failed), ("timed_out", timed_out), ("needs_review", needs_review))
-        if on
-    }
+    chosen = (
+        ("failed", failed),
+        ("timed_out", timed_out),
+        ("needs_review", needs_review),
+        ("cancelled", cancelled),
+    )
+    statuses = {name for name, on in chosen if on}
     if not statuses:
-        raise CliError("choose what to requeue", "add --failed, --timed-out and/or --needs-review", 2)
+        raise CliError(
+            "choose what to requeue", "add --failed, --timed-out, --needs-review and/or --cancelled", 2
+        )
     with backend() as handle:
         handle.batch(batch)
         count = control.requeue(batch, statuses)

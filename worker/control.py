@@ -8,7 +8,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from worker.jobs import MODES, Runtime, admit_parked, cancel_job, resend, runtime
+from worker.app import app
+from worker.slots import MODES
+from worker.jobs import Runtime, admit_parked, cancel_job, resend, runtime
 
 REQUEUABLE = frozenset({"failed", "timed_out", "cancelled", "needs_review"})
 
@@ -20,7 +22,7 @@ def pause_batch(batch_id: str, rt: Runtime | None = None) -> int:
 
 
 def resume_batch(batch_id: str, rt: Runtime | None = None) -> int:
-    """Let a paused batch submit again; its parked jobs go back to the waiting sets and start as slots free."""
+    """Let a paused batch submit again; its parked jobs go back to waiting and start as slots free."""
     rt = rt or runtime()
     moved = rt.ledger.set_batch_status(batch_id, "active")
     admit_parked(MODES, rt)
@@ -38,7 +40,9 @@ def cancel_batch(batch_id: str, rt: Runtime | None = None) -> int:
     return sum(1 for job_id in ids if cancel_job(job_id, "batch cancelled", rt))
 
 
-def requeue(batch_id: str, statuses: Iterable[str] = ("failed", "timed_out"), rt: Runtime | None = None) -> int:
+def requeue(
+    batch_id: str, statuses: Iterable[str] = ("failed", "timed_out"), rt: Runtime | None = None
+) -> int:
     """Run again the jobs of a batch in ``statuses`` (failed, timed_out, cancelled, needs_review).
 
     Each job goes back to ``queued`` with its result cleared and its original task message is sent again
@@ -53,7 +57,6 @@ def requeue(batch_id: str, statuses: Iterable[str] = ("failed", "timed_out"), rt
     if not jobs:
         return 0
     if rt.ledger.batch_status(batch_id) == "cancelled":
-        rt.ledger.set_batch_status(batch_id, "active")
         rt.redis.hset(f"mjq:batch:{batch_id}", "status", "active")
     ids = [str(j["job_id"]) for j in jobs]
     count = rt.ledger.requeue_jobs(ids)
@@ -61,6 +64,7 @@ def requeue(batch_id: str, statuses: Iterable[str] = ("failed", "timed_out"), rt
         job = rt.ledger.get_job(job_id) or {}
         message = job.get("message")
         if job.get("status") == "queued" and isinstance(message, dict):
+            app.backend.forget(str(message["id"]))  # the old outcome must not answer .get() for the new run
             resend(message)
     return count
 

@@ -92,7 +92,7 @@ def run_demo(
         batch_id = "demo"
         handle = Backend(get_settings())
         try:
-            submitted, _ = submit_jobs(handle, plan.jobs, batch_id)
+            submitted, _ = submit_jobs(handle, plan.jobs, batch_id, source=str(prompt_file))
             followups = ", ".join(f"{text} ×{n}" for text, n in plan.followups_by_plan().items())
             console.print(f"queued {submitted} prompts from {prompt_file.name}; follow-ups: {followups}")
             snap = watch(lambda: handle.snapshot(batch_id), console, timeout_s=timeout_s)

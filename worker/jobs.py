@@ -1,16 +1,17 @@
 """The job pipeline shared by every job task (root requests and follow-ups).
 
-``start_job`` runs inside a task body: validate -> ledger record (idempotent) -> admission (slot, pacing, daily
-cap, breaker, batch state) -> submit once -> hand over to tracking. A job that cannot start now is *parked*:
-its task message is stored in the ledger and the task ends with ``Ignore``; whoever frees a slot re-sends the
-same message (same task id, same chain and callbacks). ``settle`` is the one step that webhooks and polls call;
-the winning terminal transition frees the slot, admits the next parked job and sends ``tasks.track.finish``,
-which downloads the image, stores the result under the ORIGINAL task id and fires the continuation once.
+``start_job`` runs inside a task body: validate -> ledger record (idempotent) -> admission (slot, pacing,
+daily cap, breaker, batch state) -> submit once -> hand over to tracking. A job that cannot start now is
+*parked*: its task message is stored in the ledger and the task ends with ``Ignore``; whoever frees a slot
+re-sends the same message (same task id, same chain and callbacks). ``settle`` is the one step that webhooks
+and polls call; the winning terminal transition frees the slot, admits the next parked job and sends
+``tasks.track.finish``, which downloads the image, stores the result under the ORIGINAL task id and fires
+the continuation once.
 """
 
 from __future__ import annotations
 
-import base64
+import contextlib
 import hashlib
 import hmac
 import inspect
@@ -26,7 +27,7 @@ from typing import Any, cast
 import redis
 from celery import Task, group, signature
 from celery.app.task import Context
-from celery.exceptions import Ignore, Retry
+from celery.exceptions import Ignore
 from celery.result import AsyncResult
 
 from worker.app import app
@@ -145,7 +146,7 @@ def load_image(value: str, field: str, rt: Runtime | None = None) -> str:
     if not value.startswith(IMAGE_REF):
         return value
     rt = rt or runtime()
-    data = cast(str | None, rt.redis.get(f"mjq:img:{value[len(IMAGE_REF):]}"))
+    data = cast(str | None, rt.redis.get(f"mjq:img:{value[len(IMAGE_REF) :]}"))
     if data is None:
         raise InvalidInput(f"field '{field}': image reference expired or unknown (kept image_ttl_s)")
     return data
@@ -186,7 +187,7 @@ def image_values(kind: Kind, payload: Mapping[str, Any]) -> list[str]:
 
 
 def job_mode(kind: Kind, payload: Mapping[str, Any], mode: str | None) -> str:
-    """fast | relax | turbo: the ``mode`` keyword, else accountFilter.modes[0], else a prompt flag, else fast."""
+    """fast | relax | turbo: the ``mode`` keyword, else accountFilter.modes[0], else a prompt flag."""
     if mode:
         value = str(getattr(mode, "value", mode)).lower()
         if value not in MODES:
@@ -258,7 +259,9 @@ def short_repr(kind: Kind, payload: Mapping[str, Any], options: Mapping[str, Any
     images = image_values(kind, payload)
     if images:
         full = [v for v in images if not v.startswith(IMAGE_REF)]
-        parts.append(f"images={describe_images(full)}" if len(full) == len(images) else f"images={len(images)}")
+        parts.append(
+            f"images={describe_images(full)}" if len(full) == len(images) else f"images={len(images)}"
+        )
     for name in ("mode", "batch_id", "job_id"):
         if options.get(name):
             parts.append(f"{name}={options[name]}")
@@ -298,7 +301,7 @@ def message_from_request(task: Task[Any, Any], kind: Kind | None = None) -> dict
     }
 
 
-def resend(message: Mapping[str, Any]) -> None:
+def resend(message: Mapping[str, Any], countdown: float | None = None) -> None:
     """Publish a stored task message again: same task id, chain, callbacks and group membership."""
     options = {k: message.get(k) for k in MESSAGE_OPTIONS if message.get(k) is not None}
     app.send_task(
@@ -311,6 +314,7 @@ def resend(message: Mapping[str, Any]) -> None:
         argsrepr=message.get("argsrepr"),
         kwargsrepr=message.get("kwargsrepr"),
         add_to_parent=False,
+        countdown=countdown,
         **options,
     )
 
@@ -393,8 +397,9 @@ def start_job(
 ) -> dict[str, Any]:
     """Run one job from inside a task body; the task completes later (``Ignore`` now, result on finish).
 
-    ``kind``: imagine | blend | describe | swap_face | action | modal | upload. ``payload``: the client's keyword
-    arguments in snake_case (images as data URIs or ``img:`` references; ``notify_hook``/``state`` refused).
+    ``kind``: imagine | blend | describe | swap_face | action | modal | upload. ``payload``: the client's
+    keyword arguments in snake_case (images as data URIs or ``img:`` references; ``notify_hook`` and
+    ``state`` are refused).
     ``job_id`` defaults to the task id. ``parent_result`` (a job result dict) sets lineage: parent_job,
     root_job, and batch/mode/priority defaults from the parent. ``modal`` ({"prompt", "mask_base64"}) is sent
     through ``/mj/submit/modal`` at once when an action answers "waiting for modal". ``then`` is stored for
@@ -409,7 +414,9 @@ def start_job(
     job_id = job_id or str(req.id)
     job = rt.ledger.get_job(job_id)
     if job is None:
-        job = _create(task, spec, payload, job_id, mode, batch_id, priority, parent_result, then, modal, meta, rt)
+        job = _create(
+            task, spec, payload, job_id, mode, batch_id, priority, parent_result, then, modal, meta, rt
+        )
     if job.get("task_id") and job.get("task_id") != req.id:
         if job.get("status") in TERMINAL:
             return result_of(job)
@@ -448,7 +455,9 @@ def _create(
     if modal:
         modal = lighten_images(KINDS["modal"], modal, rt)
     if priority is None:
-        priority = int(parent.get("priority") or 0) if parent and parent.get("priority") else (5 if batch_id else 2)
+        priority = (
+            int(parent.get("priority") or 0) if parent and parent.get("priority") else (5 if batch_id else 2)
+        )
     fields: dict[str, Any] = {
         "task_id": task.request.id,
         "task_name": task.name,
@@ -484,8 +493,15 @@ def _advance(task: Task[Any, Any], spec: Kind, job: dict[str, Any], rt: Runtime)
         if job.get("upstream_id"):
             _ensure_tracking(job, rt)
         else:
-            # Crash between the POST and recording its answer: never a second POST.
-            mark_needs_review(job_id, "submit interrupted before the answer was recorded", rt)
+            settings = rt.settings
+            window = settings.http_timeout_s + settings.http_connect_timeout_s + 2.0
+            age = time.time() - float(job.get("submitting_at") or 0.0)
+            if age < window:
+                # Another copy of this task may still be inside its POST: look again once it must be over.
+                resend(message_from_request(task, spec), countdown=window - age + 0.2)
+            else:
+                # Crash between the POST and recording its answer: never a second POST.
+                mark_needs_review(job_id, "submit interrupted before the answer was recorded", rt)
     elif status in ("submitted", "running"):
         _ensure_tracking(job, rt)
     elif status in TERMINAL and not rt.ledger.continued(job_id):
@@ -503,8 +519,12 @@ def _admit_and_submit(task: Task[Any, Any], spec: Kind, job: dict[str, Any], rt:
             raise Ignore()
         if not adm.admitted:
             _park(task, spec, job, rt)
-    ok, current, why = rt.ledger.transition(
-        job_id, "submitting", from_states=["queued"], gate=True, incr={"attempts": 1},
+    ok, _current, why = rt.ledger.transition(
+        job_id,
+        "submitting",
+        from_states=["queued"],
+        gate=True,
+        incr={"attempts": 1},
         fields={"submitting_at": time.time()},
     )
     if not ok:
@@ -524,7 +544,9 @@ def _submit(task: Task[Any, Any], spec: Kind, job: dict[str, Any], rt: Runtime) 
     try:
         request = build_request(spec, job.get("request") or {}, job_id, mode, rt)
         if spec.name == "upload":
-            urls = rt.client.upload_discord_images(request.base64_array, filter=getattr(request, "filter", None))
+            urls = rt.client.upload_discord_images(
+                request.base64_array, filter=getattr(request, "filter", None)
+            )
             finish_now(job_id, "succeeded", {"extra": {"urls": urls}, "progress": "100%"}, rt)
             return
         answer = rt.client.submit(request)
@@ -566,7 +588,11 @@ def _retry_later(task: Task[Any, Any], job_id: str, mode: str, exc: Exception, r
     attempts = int(job.get("attempts") or 1)
     if attempts >= settings.submit_max_attempts:
         finish_now(
-            job_id, "failed", {"fail_reason": f"gave up after {attempts} attempts: {_reason(exc)}"}, rt, release=True
+            job_id,
+            "failed",
+            {"fail_reason": f"gave up after {attempts} attempts: {_reason(exc)}"},
+            rt,
+            release=True,
         )
         return
     cap = settings.submit_retry_max_s
@@ -587,6 +613,20 @@ def _accepted(job_id: str, mode: str, answer: Any, rt: Runtime) -> None:
         mark_needs_review(job_id, f"accepted without a task id: {answer.description}", rt)
         return
     now = time.time()
+    if answer.outcome == "modal":
+        # The action waits for its modal step, which is another request (tasks.modal): this job is done.
+        extra = {"awaiting_modal": True, "properties": dict(getattr(answer, "properties", None) or {})}
+        ok, _prev, _ = rt.ledger.transition(
+            job_id,
+            "succeeded",
+            from_states=["submitting"],
+            upstream=upstream,
+            release=True,
+            fields={"submitted_at": now, "submit_outcome": "modal", "progress": "MODAL", "extra": extra},
+        )
+        if ok:
+            after_terminal(job_id, mode, rt)
+        return
     delay = first_poll_delay(mode, rt.settings)
     fields = {
         "submitted_at": now,
@@ -595,7 +635,12 @@ def _accepted(job_id: str, mode: str, answer: Any, rt: Runtime) -> None:
         "queue_position": getattr(answer, "queue_position", None),
     }
     ok, current, _ = rt.ledger.transition(
-        job_id, "submitted", from_states=["submitting"], fields=fields, upstream=upstream, inflight=now + delay
+        job_id,
+        "submitted",
+        from_states=["submitting"],
+        fields=fields,
+        upstream=upstream,
+        inflight=now + delay,
     )
     if not ok:
         # A webhook reconciled the job first (it carries our job id in `state`): keep its state.
@@ -636,7 +681,7 @@ def first_poll_delay(mode: str, settings: Settings) -> float:
 
 
 def next_poll_delay(polls: int, mode: str, settings: Settings) -> float:
-    """Delay after the ``polls``-th poll: growing from poll_initial_s to poll_max_s (webhooks: webhook_poll_s)."""
+    """Delay after the ``polls``-th poll: poll_initial_s growing to poll_max_s (webhooks: webhook_poll_s)."""
     if settings.webhook_base_url:
         return _jitter(settings.webhook_poll_s, settings)
     base = min(settings.poll_max_s, settings.poll_initial_s * settings.poll_factor ** max(0, polls))
@@ -733,8 +778,9 @@ def settle(job_id: str, upstream_task: Any, source: str = "poll", rt: Runtime | 
     task_id = _get(task := upstream_task, "id")
     state = _get(task, "state")
     upstream = job.get("upstream_id")
+    ours = KINDS.get(str(job.get("kind") or ""), KINDS["imagine"]).hooked  # did this job set `state`?
     if upstream:
-        if str(task_id) != str(upstream) or (state and state != job_id):
+        if str(task_id) != str(upstream) or (ours and state and state != job_id):
             return "mismatch"
         reconcile = job.get("status") == "needs_review"
     else:
@@ -793,8 +839,12 @@ def mark_needs_review(job_id: str, reason: str, rt: Runtime) -> None:
     mode = str(job.get("mode") or "fast")
     hold = time.time() + rt.settings.expected_duration_s(mode)
     ok, _prev, _ = rt.ledger.transition(
-        job_id, "needs_review", from_states=["submitting", "queued"], require_no_upstream=True,
-        fields={"fail_reason": reason}, lease_until=hold,
+        job_id,
+        "needs_review",
+        from_states=["submitting", "queued"],
+        require_no_upstream=True,
+        fields={"fail_reason": reason},
+        lease_until=hold,
     )
     if ok:
         send_finish(job_id)
@@ -860,8 +910,11 @@ def poll_jobs(job_id: str, rt: Runtime | None = None) -> int:
         deadline = float(job.get("deadline_at") or 0)
         if deadline and time.time() >= deadline:
             finish_now(
-                jid, "timed_out",
-                {"fail_reason": f"no result within {settings.deadline_s(mode):.0f}s"}, rt, release=True,
+                jid,
+                "timed_out",
+                {"fail_reason": f"no result within {settings.deadline_s(mode):.0f}s"},
+                rt,
+                release=True,
             )
             continue
         polls = int(rt.redis.hincrby(f"mjq:job:{jid}", "polls", 1))
@@ -880,8 +933,9 @@ def housekeeping(rt: Runtime | None = None) -> dict[str, int]:
 
     rt = rt or runtime()
     settings = rt.settings
-    lock = rt.redis.lock("mjq:lock:housekeeping", timeout=max(10.0, 5 * settings.housekeeping_interval_s),
-                         blocking=False)
+    lock = rt.redis.lock(
+        "mjq:lock:housekeeping", timeout=max(10.0, 5 * settings.housekeeping_interval_s), blocking=False
+    )
     if not lock.acquire():
         return {"skipped": 1}
     try:
@@ -897,10 +951,8 @@ def housekeeping(rt: Runtime | None = None) -> dict[str, int]:
             send_finish(jid)
         return {"admitted": admitted, "overdue": len(overdue), "refinished": len(stale)}
     finally:
-        try:
+        with contextlib.suppress(redis.exceptions.LockError):
             lock.release()
-        except redis.exceptions.LockError:
-            pass
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -920,9 +972,9 @@ def finish_job(task: Task[Any, Any], job_id: str, rt: Runtime | None = None) -> 
     job = rt.ledger.get_job(job_id)
     if job is None or job.get("status") not in TERMINAL:
         return None
-    if job.get("status") == "succeeded" and rt.settings.download_images and job.get("image_url"):
-        if job.get("download") not in ("ok", "failed"):
-            _download(task, job, rt)
+    wants_image = job.get("status") == "succeeded" and rt.settings.download_images and job.get("image_url")
+    if wants_image and job.get("download") not in ("ok", "failed"):
+        _download(task, job, rt)
     result = rt.ledger.job_result(job_id)
     complete_task(job, result, rt)
     rt.ledger.finished(job_id)
@@ -940,7 +992,9 @@ def _download(task: Task[Any, Any], job: Mapping[str, Any], rt: Runtime) -> None
     job_id = str(job["job_id"])
     try:
         saved = download_image(
-            str(job["image_url"]), rt.settings.media_dir / (str(job.get("batch_id") or "") or "_single"), job_id,
+            str(job["image_url"]),
+            rt.settings.media_dir / (str(job.get("batch_id") or "") or "_single"),
+            job_id,
             timeout=rt.settings.http_timeout_s,
         )
     except DownloadError as exc:
@@ -980,19 +1034,16 @@ def complete_task(job: Mapping[str, Any], result: dict[str, Any], rt: Runtime) -
             if ctx.chord:
                 backend.on_chord_part_return(ctx, "SUCCESS", result)
             _continue(message, result, task_id)
-    elif status == "cancelled":
-        exc = JobFailed(f"cancelled: {result.get('fail_reason') or ''}".strip(), result)
-        backend.mark_as_failure(task_id, exc, request=ctx, call_errbacks=first,
-                                store_result=True) if first else backend.store_result(
-            task_id, exc, "FAILURE", request=ctx)
-        _event("task-revoked", uuid=task_id, terminated=False, signum=None, expired=False)
     else:
         exc = JobFailed(f"{status}: {result.get('fail_reason') or ''}".strip(), result)
         if first:
-            backend.mark_as_failure(task_id, exc, request=ctx)
+            backend.mark_as_failure(task_id, exc, request=ctx)  # also fails the chain and calls errbacks
         else:
             backend.store_result(task_id, exc, "FAILURE", request=ctx)
-        _event("task-failed", uuid=task_id, exception=repr(exc), traceback="")
+        if status == "cancelled":
+            _event("task-revoked", uuid=task_id, terminated=False, signum=None, expired=False)
+        else:
+            _event("task-failed", uuid=task_id, exception=repr(exc), traceback="")
 
 
 def _result_repr(result: Mapping[str, Any]) -> str:
@@ -1027,11 +1078,11 @@ def _continue(message: Mapping[str, Any], result: dict[str, Any], task_id: str) 
 # Producer side: the base class of every job task.
 
 
-class JobTask(Task):  # type: ignore[type-arg]
+class JobTask(Task):  # type: ignore[misc]
     """Validates before anything is queued, stores images once, sets a short repr and the queue.
 
-    ``.delay()``/``.apply_async()`` with bad input raise ``InvalidInput`` in the producer. The task id is the job
-    id (``job_id`` keyword if given), so ``AsyncResult(job_id)`` resolves to the job result.
+    ``.delay()``/``.apply_async()`` with bad input raise ``InvalidInput`` in the producer. The task id is the
+    job id (``job_id`` keyword if given), so ``AsyncResult(job_id)`` resolves to the job result.
     """
 
     kind: str = ""
@@ -1040,7 +1091,7 @@ class JobTask(Task):  # type: ignore[type-arg]
     max_retries = None
     typing = False  # we bind positional arguments ourselves
 
-    def apply_async(  # type: ignore[override]
+    def apply_async(
         self,
         args: Iterable[Any] | None = None,
         kwargs: Mapping[str, Any] | None = None,
@@ -1084,23 +1135,14 @@ def run_job_task(task: Task[Any, Any], kwargs: Mapping[str, Any]) -> dict[str, A
     kind = str(getattr(task, "kind", ""))
     payload = {k: v for k, v in kwargs.items() if k not in JOB_OPTIONS and v is not None}
     priority = kwargs.get("priority")
-    try:
-        return start_job(
-            task,
-            kind,
-            payload,
-            job_id=kwargs.get("job_id") or None,
-            mode=kwargs.get("mode") or None,
-            batch_id=kwargs.get("batch_id") or None,
-            priority=int(priority) if priority is not None else None,
-            then=kwargs.get("then") or None,
-            modal=kwargs.get("modal") or None,
-        )
-    except (Ignore, Retry, InvalidInput):
-        raise
-
-
-def decode_b64_size(data_uri: str) -> int:
-    """Byte size behind a data URI (for reprs)."""
-    _, _, b64 = data_uri.partition(",")
-    return len(base64.b64decode(b64 + "=" * (-len(b64) % 4), validate=False))
+    return start_job(
+        task,
+        kind,
+        payload,
+        job_id=kwargs.get("job_id") or None,
+        mode=kwargs.get("mode") or None,
+        batch_id=kwargs.get("batch_id") or None,
+        priority=int(priority) if priority is not None else None,
+        then=kwargs.get("then") or None,
+        modal=kwargs.get("modal") or None,
+    )

@@ -48,7 +48,16 @@ ACTIVE = frozenset({"submitting", "submitted", "running"})
 # Fields kept as JSON in the hash; every other field is a plain string.
 JSON_FIELDS = frozenset({"buttons", "extra", "request", "message", "modal", "meta"})
 FLOAT_FIELDS = frozenset(
-    {"created_at", "submitted_at", "started_at", "finished_at", "updated_at", "deadline_at", "duration_s"}
+    {
+        "created_at",
+        "submitted_at",
+        "submitting_at",
+        "started_at",
+        "finished_at",
+        "updated_at",
+        "deadline_at",
+        "duration_s",
+    }
 )
 INT_FIELDS = frozenset({"image_bytes", "image_width", "image_height", "attempts", "polls", "priority"})
 
@@ -84,7 +93,8 @@ RESULT_KEYS = (
 # Shared Lua prelude: key helpers and state tables.
 _LUA_PRELUDE = """
 local P = 'mjq:'
-local TERMINAL = {succeeded=true, failed=true, timed_out=true, cancelled=true, needs_review=true, skipped=true}
+local TERMINAL = {succeeded=true, failed=true, timed_out=true, cancelled=true, needs_review=true,
+                  skipped=true}
 local RANK = {queued=0, submitting=1, submitted=2, running=3}
 local function count_move(jkey, from, to, now)
   if from == to then return end
@@ -99,7 +109,9 @@ end
 """
 
 # Create a job (idempotent on its id). ARGV: job_id, fields JSON, now.
-_LUA_CREATE = _LUA_PRELUDE + """
+_LUA_CREATE = (
+    _LUA_PRELUDE
+    + """
 local jid = ARGV[1]
 local f = cjson.decode(ARGV[2])
 local now = ARGV[3]
@@ -128,6 +140,7 @@ if f['parent_job'] and f['parent_job'] ~= '' then
 end
 return {1, 'queued'}
 """
+)
 
 # The one transition script. ARGV: job_id, spec JSON. Spec keys:
 #   to (state), now, from (list of allowed current states), forward (settle rules: no regressions, terminal
@@ -136,7 +149,9 @@ return {1, 'queued'}
 #   upstream (id to record and index), inflight (absolute next-check score), lease_until (slot lease kept
 #   until), release (free the slot).
 # Returns {1, previous_state} when applied, {0, current_state, why} when refused.
-_LUA_TRANSITION = _LUA_PRELUDE + """
+_LUA_TRANSITION = (
+    _LUA_PRELUDE
+    + """
 local jid = ARGV[1]
 local s = cjson.decode(ARGV[2])
 local jkey = P .. 'job:' .. jid
@@ -196,10 +211,13 @@ if s['release'] then redis.call('ZREM', P .. 'slots:' .. mode, jid) end
 if s['lease_until'] then redis.call('ZADD', P .. 'slots:' .. mode, 'XX', s['lease_until'], jid) end
 return {1, cur}
 """
+)
 
 # Park a queued job: store its task message and put it in its mode's waiting set (or its paused batch's
 # held set). ARGV: job_id, message JSON, score. Returns 'parked' | 'held' | 'cancelled' | <status>.
-_LUA_PARK = _LUA_PRELUDE + """
+_LUA_PARK = (
+    _LUA_PRELUDE
+    + """
 local jid = ARGV[1]
 local jkey = P .. 'job:' .. jid
 local cur = redis.call('HGET', jkey, 'status')
@@ -218,10 +236,13 @@ end
 redis.call('ZADD', P .. 'waiting:' .. mode, ARGV[3], jid)
 return 'parked'
 """
+)
 
 # Pause / resume a batch, moving its parked jobs between waiting:<mode> and held:<batch>.
 # ARGV: batch_id, new status ('paused' | 'active'). Returns the number of jobs moved.
-_LUA_BATCH_STATUS = _LUA_PRELUDE + """
+_LUA_BATCH_STATUS = (
+    _LUA_PRELUDE
+    + """
 local b = ARGV[1]
 local bk = P .. 'batch:' .. b
 if redis.call('HSETNX', bk, 'batch_id', b) == 1 then
@@ -256,6 +277,7 @@ else
 end
 return moved
 """
+)
 
 # Claim due in-flight jobs for one poll. ARGV: job_id ('' = any), now, claim_until, limit, tolerance.
 # The poll's own job must be due, else nothing is claimed (someone else re-scheduled it). Claimed jobs get
@@ -287,7 +309,9 @@ return out
 """
 
 # Reset jobs for a requeue. ARGV: now, reset-fields JSON list, job ids...
-_LUA_REQUEUE = _LUA_PRELUDE + """
+_LUA_REQUEUE = (
+    _LUA_PRELUDE
+    + """
 local now = ARGV[1]
 local drop = cjson.decode(ARGV[2])
 local n = 0
@@ -307,6 +331,7 @@ for i = 3, #ARGV do
 end
 return n
 """
+)
 
 
 def _key(*parts: str) -> str:
@@ -382,7 +407,7 @@ class Ledger:
         """Set non-state fields (download results, ...); never the status."""
         data = encode_fields(fields)
         if data:
-            self.redis.hset(_key("job", job_id), mapping=data)
+            self.redis.hset(_key("job", job_id), mapping=cast(Mapping[Any, Any], data))
 
     def transition(
         self,
@@ -454,13 +479,15 @@ class Ledger:
 
     # ---------------------------------------------------------------- waiting / in flight
     def park(self, job_id: str, message: Mapping[str, Any] | None, score: float) -> str:
-        """Store the task message and add the job to its waiting set; 'parked' | 'held' | 'cancelled' | status."""
+        """Store the task message and add the job to its waiting set: 'parked'|'held'|'cancelled'|status."""
         return str(self._park(args=[job_id, _dump(message) if message else "", repr(score)]))
 
     def waiting_count(self, mode: str) -> int:
         return int(self.redis.zcard(_key("waiting", mode)))
 
-    def claim_due(self, job_id: str, now: float, claim_s: float, limit: int, tolerance: float = 0.05) -> list[str]:
+    def claim_due(
+        self, job_id: str, now: float, claim_s: float, limit: int, tolerance: float = 0.05
+    ) -> list[str]:
         """Claim the poll's own job (if due) and up to ``limit`` due in-flight jobs in all."""
         res = self._claim(args=[job_id, repr(now), repr(now + claim_s), limit, repr(tolerance)])
         return [str(x) for x in res]
@@ -473,7 +500,9 @@ class Ledger:
         self.redis.zadd(_key("inflight"), {job_id: at}, xx=True)
 
     def finishing_stale(self, before: float, limit: int = 100) -> list[str]:
-        return cast(list[str], self.redis.zrangebyscore(_key("finishing"), "-inf", before, start=0, num=limit))
+        return cast(
+            list[str], self.redis.zrangebyscore(_key("finishing"), "-inf", before, start=0, num=limit)
+        )
 
     def finished(self, job_id: str) -> None:
         self.redis.zrem(_key("finishing"), job_id)
@@ -520,7 +549,7 @@ class Ledger:
         pipe.execute()
 
     def set_batch_status(self, batch_id: str, status: str) -> int:
-        """'paused' | 'active' (moves parked jobs between waiting and held); -1 when the batch is cancelled."""
+        """'paused' | 'active' (moves parked jobs between waiting and held); -1 if the batch is cancelled."""
         return int(self._batch_status(args=[batch_id, status, repr(time.time())]))
 
     def cancel_batch_record(self, batch_id: str) -> list[str]:
@@ -586,10 +615,29 @@ class Ledger:
         if not job_ids:
             return 0
         drop = [
-            "upstream_id", "final_prompt", "image_url", "image_path", "image_sha256", "image_bytes",
-            "image_width", "image_height", "download", "buttons", "progress", "progress_pct", "fail_reason",
-            "submitted_at", "started_at", "finished_at", "duration_s", "deadline_at", "attempts", "polls",
-            "continued", "settled_by", "extra",
+            "upstream_id",
+            "final_prompt",
+            "image_url",
+            "image_path",
+            "image_sha256",
+            "image_bytes",
+            "image_width",
+            "image_height",
+            "download",
+            "buttons",
+            "progress",
+            "progress_pct",
+            "fail_reason",
+            "submitted_at",
+            "started_at",
+            "finished_at",
+            "duration_s",
+            "deadline_at",
+            "attempts",
+            "polls",
+            "continued",
+            "settled_by",
+            "extra",
         ]
         return int(self._requeue(args=[repr(time.time()), _dump(drop), *job_ids]))
 

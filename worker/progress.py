@@ -41,20 +41,22 @@ class Snapshot:
 
     @classmethod
     def from_batch(cls, batch_id: str, info: Mapping[str, Any]) -> Snapshot:
-        raw = info.get("counts")
-        counts: dict[str, int] = (
-            {str(k): int(v) for k, v in (raw or {}).items()} if isinstance(raw, Mapping) else {}
+        """From ``Ledger.batch()``: counts per state, total, planned follow-ups, and the producer's meta.
+
+        ``meta.sources`` (root jobs enqueued per file) keeps the total right while workers are still
+        creating the jobs of a just-enqueued batch.
+        """
+        counts = {str(k): int(v) for k, v in (info.get("counts") or {}).items()}
+        meta = info.get("meta") or {}
+        expected = (
+            sum(int(n) for n in (meta.get("sources") or {}).values()) if isinstance(meta, Mapping) else 0
         )
-        if not counts:
-            counts = {
-                k: int(v)
-                for k, v in info.items()
-                if k in TERMINAL + RUNNING + QUEUED and isinstance(v, int | str) and str(v).isdigit()
-            }
-        known = sum(counts.values())
-        total = max(int(info.get("total") or 0) + int(info.get("planned") or 0), known)
+        created = int(info.get("total") or 0)
+        total = max(created + int(info.get("planned") or 0), expected + int(info.get("planned") or 0))
+
         def group(states: tuple[str, ...]) -> int:
             return sum(counts.get(s, 0) for s in states)
+
         finished = group(TERMINAL)
         return cls(
             batch_id=batch_id,
@@ -64,8 +66,8 @@ class Snapshot:
             failed=group(FAILED),
             ended=group(ENDED),
             running=group(RUNNING),
-            queued=max(total - finished - group(RUNNING), group(QUEUED)),
-            counts=counts,
+            queued=max(total - finished - group(RUNNING), 0),
+            counts={k: v for k, v in counts.items() if v},
         )
 
     @property
@@ -74,10 +76,8 @@ class Snapshot:
 
     @property
     def is_over(self) -> bool:
-        """Nothing more will happen without someone acting (finished, cancelled, or everything terminal)."""
-        if self.status in ("finished", "cancelled"):
-            return self.running == 0
-        return self.total > 0 and self.finished >= self.total
+        """Every job (including planned follow-ups and roots not created yet) reached an end state."""
+        return self.total > 0 and self.running == 0 and self.finished >= self.total
 
 
 class RateMeter:

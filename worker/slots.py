@@ -1,9 +1,10 @@
 """Cluster-wide admission: upstream slots held as leases in Redis, submit pacing and a daily cap.
 
-A slot is a member of the sorted set ``mjq:slots:<mode>`` (member = job id, score = lease expiry). Both scripts
-first drop expired leases, so a crashed worker's slot comes back after ``slot_lease_s``. A job that cannot be
-admitted is *parked* in the ledger (no worker, no broker message); when a slot frees, ``admit_next`` pops the
-best parked jobs and gives each a lease on its behalf before its task is re-sent, so no newcomer can take it.
+A slot is a member of the sorted set ``mjq:slots:<mode>`` (member = job id, score = lease expiry). Both
+scripts first drop expired leases, so a crashed worker's slot comes back after ``slot_lease_s``. A job that
+cannot be admitted is *parked* in the ledger (no worker, no broker message); when a slot frees,
+``admit_next`` pops the best parked jobs and gives each a lease on its behalf before its task is re-sent, so
+no newcomer can take it.
 """
 
 from __future__ import annotations
@@ -45,7 +46,9 @@ end
 # ARGV: mode, job_id, slots, now, lease_s, interval_s, daily_cap, day, score
 # Returns {1, 'admitted'|'held'} or {0, reason}; reasons: breaker, paused, cancelled, slots, queue, pacing,
 # daily_cap. A job refused by the breaker or its batch loses any lease it held.
-_LUA_TRY_ADMIT = _LUA_GATES + """
+_LUA_TRY_ADMIT = (
+    _LUA_GATES
+    + """
 local mode, jid = ARGV[1], ARGV[2]
 local n, now, lease = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local interval, cap, day, score = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9])
@@ -76,10 +79,13 @@ take(skey, jid, now, lease, interval, cap, day)
 redis.call('ZREM', P .. 'waiting:' .. mode, jid)
 return {1, 'admitted'}
 """
+)
 
 # ARGV: mode, slots, now, lease_s, interval_s, daily_cap, day, max
 # Pops the best parked jobs while slots and gates allow, leasing a slot to each; returns their ids.
-_LUA_ADMIT_NEXT = _LUA_GATES + """
+_LUA_ADMIT_NEXT = (
+    _LUA_GATES
+    + """
 local mode = ARGV[1]
 local n, now, lease = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local interval, cap, day, max = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8])
@@ -101,6 +107,7 @@ while #out < max do
 end
 return out
 """
+)
 
 
 @dataclass(frozen=True)
@@ -128,8 +135,15 @@ class Slots:
         interval, cap, day = self._common(now)
         res = self._try(
             args=[
-                mode, job_id, self.settings.slots_for(mode), repr(now), repr(self.settings.slot_lease_s),
-                repr(interval), cap, day, repr(score),
+                mode,
+                job_id,
+                self.settings.slots_for(mode),
+                repr(now),
+                repr(self.settings.slot_lease_s),
+                repr(interval),
+                cap,
+                day,
+                repr(score),
             ]
         )
         return Admission(bool(int(res[0])), str(res[1]))
@@ -140,8 +154,14 @@ class Slots:
         interval, cap, day = self._common(now)
         res = self._next(
             args=[
-                mode, self.settings.slots_for(mode), repr(now), repr(self.settings.slot_lease_s),
-                repr(interval), cap, day, limit,
+                mode,
+                self.settings.slots_for(mode),
+                repr(now),
+                repr(self.settings.slot_lease_s),
+                repr(interval),
+                cap,
+                day,
+                limit,
             ]
         )
         return [str(x) for x in res]

@@ -1,8 +1,9 @@
 """The notifyHook receiver: ``POST /hook/{job_id}/{token}`` -> the one ``settle`` step.
 
 The token is an HMAC of the job id with the webhook secret, so only the upstream we gave the URL to can post.
-Callbacks are hints (lost, duplicated, reordered in practice): a body must name the job's upstream id (or carry
-our job id in ``state`` while the submit answer is not recorded yet); duplicates and regressions change nothing.
+Callbacks are hints (lost, duplicated, reordered in practice): a body must name the job's upstream id (or
+carry our job id in ``state`` while the submit answer is not recorded yet); duplicates and regressions change
+nothing.
 """
 
 from __future__ import annotations
@@ -113,4 +114,6 @@ def serve(settings: Settings | None = None) -> None:
     import uvicorn
 
     settings = settings or get_settings()
-    uvicorn.run(create_app(settings), host=settings.webhook_host, port=settings.webhook_port, log_level="info")
+    uvicorn.run(
+        create_app(settings), host=settings.webhook_host, port=settings.webhook_port, log_level="info"
+    )

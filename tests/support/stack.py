@@ -1,0 +1,316 @@
+"""The worker stack for integration tests: a REAL Celery worker subprocess (with beat), the simulator over
+HTTP, a real webhook server (uvicorn in a thread) and the test process as producer — all on the session Redis.
+
+One worker runs at a time; it is restarted only when a test asks for another configuration (``poll`` or
+``hook``), so group tests by configuration. Between tests only mjqueue's keys and stored results are cleared
+(the broker's queue bindings stay), and the simulator is reset by its ``sim`` fixture.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from worker.redisserver import RedisServer, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+WEBHOOK_SECRET = "test-webhook-secret"
+
+BASE_ENV = {
+    "MJQ_API_KEY": "test-key",
+    "MJQ_SLOTS_FAST": "3",
+    "MJQ_SLOTS_RELAX": "3",
+    "MJQ_SLOTS_TURBO": "3",
+    "MJQ_SLOT_LEASE_S": "30",
+    "MJQ_POLL_INITIAL_S": "0.1",
+    "MJQ_POLL_FACTOR": "1.5",
+    "MJQ_POLL_MAX_S": "0.3",
+    "MJQ_POLL_JITTER": "0.1",
+    "MJQ_JOB_DEADLINE_S": "3",
+    "MJQ_JOB_DEADLINE_RELAX_S": "6",
+    "MJQ_SUBMIT_RETRY_MAX_S": "0.3",
+    "MJQ_HTTP_TIMEOUT_S": "1.5",
+    "MJQ_HTTP_CONNECT_TIMEOUT_S": "1.0",
+    "MJQ_HOUSEKEEPING_INTERVAL_S": "0.5",
+    "MJQ_WEBHOOK_SECRET": WEBHOOK_SECRET,
+}
+
+CONFIGS: dict[str, dict[str, str]] = {
+    # polling only: backoff 0.1s -> 0.3s
+    "poll": {},
+    # webhooks on: the safety-net poll comes after the expected duration (far later than the callbacks)
+    "hook": {
+        "MJQ_EXPECTED_FAST_S": "2.0",
+        "MJQ_EXPECTED_RELAX_S": "3.0",
+        "MJQ_EXPECTED_TURBO_S": "2.0",
+        "MJQ_WEBHOOK_POLL_S": "0.5",
+    },
+}
+
+
+@dataclass
+class WorkerProcess:
+    """``celery -A worker.app worker -B -P threads`` as a subprocess with a log file."""
+
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self, redis_url: str, timeout_s: float = 30.0) -> WorkerProcess:
+        schedule = self.log_path.with_suffix(".schedule")
+        argv = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker.app",
+            "worker",
+            "-B",
+            "-E",
+            "-P",
+            "threads",
+            "-c",
+            "8",
+            "-Q",
+            "interactive,track,batch",
+            "--loglevel",
+            "INFO",
+            "-n",
+            f"stack-{os.getpid()}-{time.monotonic_ns()}@%h",
+            "--schedule",
+            str(schedule),
+            "--without-gossip",
+            "--without-mingle",
+        ]
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        client = redis.Redis.from_url(redis_url)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"worker exited early; see {self.log_path}")
+                if b"ready." in self.log_path.read_bytes() and client.exists("_kombu.binding.batch"):
+                    return self
+                time.sleep(0.1)
+        finally:
+            client.close()
+        raise RuntimeError(f"worker not ready after {timeout_s}s; see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+
+class WebhookThread:
+    """uvicorn serving ``worker.webhook.create_app`` in a daemon thread (real sockets)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.server: Any = None
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> WebhookThread:
+        import httpx
+        import uvicorn
+
+        from worker.settings import get_settings
+        from worker.webhook import create_app
+
+        config = uvicorn.Config(
+            create_app(get_settings()), host="127.0.0.1", port=self.port, log_level="warning"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("webhook server did not start")
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.should_exit = True
+        if self.thread is not None:
+            self.thread.join(timeout=5)
+
+
+@dataclass
+class Stack:
+    """What a test gets: the config name, Redis, the ledger and helpers to wait on jobs."""
+
+    name: str
+    redis_url: str
+    env: dict[str, str]
+    webhook_url: str
+    log_path: Path
+    redis: redis.Redis = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.redis = redis.Redis.from_url(self.redis_url, decode_responses=True)
+
+    @property
+    def ledger(self) -> Any:
+        from worker.jobs import runtime
+
+        return runtime().ledger
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self.ledger.get_job(job_id) or {}
+
+    def wait(self, predicate: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            time.sleep(0.05)
+        tail = self.log_path.read_text(errors="replace")[-3000:]
+        raise AssertionError(f"timed out waiting for {what}\n--- worker log tail ---\n{tail}")
+
+    def wait_status(self, job_id: str, statuses: set[str], timeout: float = 20.0) -> dict[str, Any]:
+        self.wait(lambda: self.job(job_id).get("status") in statuses, timeout, f"{job_id} in {statuses}")
+        return self.job(job_id)
+
+    def wait_batch(self, batch_id: str, expected: int, timeout: float = 30.0) -> dict[str, Any]:
+        """Wait until ``expected`` jobs of the batch exist and all are terminal."""
+        from worker.ledger import TERMINAL
+
+        def done() -> bool:
+            b = self.ledger.batch(batch_id)
+            return bool(b) and sum(b["counts"][s] for s in TERMINAL) >= b["total"] >= expected
+
+        self.wait(done, timeout, f"batch {batch_id} to finish")
+        return dict(self.ledger.batch(batch_id))
+
+
+class StackManager:
+    """Keeps one worker alive for the session, restarting it when the configuration changes."""
+
+    def __init__(self, redis_server: RedisServer, sim_url: str, tmp: Path) -> None:
+        self.redis_url = redis_server.url
+        self.sim_url = sim_url
+        self.tmp = tmp
+        self.webhook = WebhookThread(free_port())
+        self.worker: WorkerProcess | None = None
+        self.current: str | None = None
+        self.stack: Stack | None = None
+
+    def env_for(self, name: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MJQ_")}
+        env.update(BASE_ENV)
+        env.update(CONFIGS[name])
+        env["MJQ_REDIS_URL"] = self.redis_url
+        env["MJQ_API_BASE_URL"] = self.sim_url
+        env["MJQ_MEDIA_DIR"] = str(self.tmp / "media")
+        env["MJQ_STATE_DIR"] = str(self.tmp / "state")
+        if name == "hook":
+            env["MJQ_WEBHOOK_BASE_URL"] = self.webhook.url
+        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        return env
+
+    def use(self, name: str) -> Stack:
+        if self.current == name and self.stack is not None:
+            return self.stack
+        if self.worker is not None:
+            self.worker.stop()
+        env = self.env_for(name)
+        apply_env_here(env)
+        reset_state(self.redis_url)
+        if self.webhook.thread is None:
+            self.webhook.start()
+        log_path = self.tmp / f"worker-{name}.log"
+        self.worker = WorkerProcess(env, log_path).start(self.redis_url)
+        self.current = name
+        self.stack = Stack(name, self.redis_url, env, self.webhook.url, log_path)
+        return self.stack
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+        self.webhook.stop()
+
+
+def apply_env_here(env: dict[str, str]) -> None:
+    """Make the test process (producer, webhook server) use the same settings as the worker."""
+    for key in [k for k in os.environ if k.startswith("MJQ_")]:
+        del os.environ[key]
+    os.environ.update({k: v for k, v in env.items() if k.startswith("MJQ_")})
+    from worker.app import reconfigure
+    from worker.jobs import reset_runtime
+    from worker.settings import get_settings
+
+    get_settings.cache_clear()
+    reconfigure(get_settings())
+    reset_runtime()
+
+
+def reset_state(redis_url: str) -> None:
+    """Forget mjqueue's keys, stored results and queued messages; keep the broker's queue bindings."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        for pattern in ("mjq:*", "celery-task-meta-*", "chord-unlock-*", "*.counter"):
+            keys = list(client.scan_iter(pattern, count=1000))
+            for i in range(0, len(keys), 500):
+                client.delete(*keys[i : i + 500])
+        for queue in ("interactive", "track", "batch"):
+            client.delete(queue, *[f"{queue}\x06\x16{p}" for p in (1, 2, 3, 4, 5, 6, 7, 8, 9)])
+        client.delete("unacked", "unacked_index")
+    finally:
+        client.close()
+    from worker.app import app
+
+    with app.connection_for_write() as conn:  # re-declare bindings in case a test flushed Redis
+        channel = conn.default_channel
+        for queue in app.conf.task_queues:
+            queue.bind(channel).declare()
+
+
+@pytest.fixture(scope="session")
+def stack_manager(
+    redis_server: RedisServer, sim_server: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[StackManager]:
+    manager = StackManager(redis_server, str(sim_server.url), Path(tmp_path_factory.mktemp("stack")))
+    yield manager
+    manager.close()
+
+
+def _use(manager: StackManager, name: str, sim: Any) -> Stack:
+    stack = manager.use(name)
+    reset_state(stack.redis_url)
+    return stack
+
+
+@pytest.fixture
+def stack(stack_manager: StackManager, sim: Any) -> Stack:
+    """The polling-only stack (no webhook URL), clean."""
+    return _use(stack_manager, "poll", sim)
+
+
+@pytest.fixture
+def hook_stack(stack_manager: StackManager, sim: Any) -> Stack:
+    """The stack with webhooks on (safety-net polls only after the expected duration), clean."""
+    return _use(stack_manager, "hook", sim)

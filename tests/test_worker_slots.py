@@ -1,0 +1,166 @@
+"""Admission through a real worker: slots never exceeded, parked jobs cost nothing, pause / cancel, the
+out-of-credit breaker, and interactive work ahead of batch work."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from tests.support.stack import Stack
+
+
+def test_slots_never_exceeded_under_200_concurrent_submissions(
+    stack: Stack, sim: Any, full_size: bool
+) -> None:
+    import tasks
+
+    n = 600 if full_size else 200
+    big = {"FAST": 100, "RELAX": 100, "TURBO": 100}
+    sim.faults(concurrency=big, queue_size=200, time_factor=0.001)
+    modes = ("fast", "relax", "turbo")
+    for i in range(n):
+        tasks.imagine.delay(f"crowd {i}", mode=modes[i % 3], batch_id="crowd")
+    batch = stack.wait_batch("crowd", n, timeout=90)
+    assert batch["counts"]["succeeded"] == n, (
+        batch,
+        [j["fail_reason"] for j in stack.ledger.batch_jobs("crowd")][:5],
+    )
+    stats = sim.stats()
+    ids = stack.ledger.batch_job_ids("crowd")
+    assert len(ids) == n
+    assert all(stats["submissions_by_state"].get(i) == 1 for i in ids)
+    assert max(stats["peak_concurrency"].values()) <= 3  # our slots (3 per mode), not the simulator's 100
+    assert stats["peak_in_flight"] <= 9
+    assert all(stack.redis.zcard(f"mjq:slots:{m}") == 0 for m in modes)
+
+
+def test_parked_jobs_cost_no_broker_traffic(stack: Stack, sim: Any) -> None:
+    """Measured: Redis commands per parked job per minute (INFO commandstats deltas)."""
+    import tasks
+    from worker import control
+
+    def total_calls() -> int:
+        stats = stack.redis.info("commandstats")
+        return sum(int(v["calls"]) for v in stats.values())
+
+    def rate(seconds: float) -> float:
+        before = total_calls()
+        time.sleep(seconds)
+        return (total_calls() - before) * 60.0 / seconds
+
+    idle = rate(3.0)
+    stack.ledger.trip_breaker("test: hold everything")
+    n = 200
+    for i in range(n):
+        tasks.imagine.delay(f"parked {i}", batch_id="parked")
+    stack.wait(lambda: stack.ledger.waiting_count("fast") == n, 30, "all jobs parked")
+    busy = rate(3.0)
+    per_job = max(0.0, busy - idle) / n
+    print(
+        f"\nbroker/ledger commands per minute: idle {idle:.0f}, with {n} parked {busy:.0f}; "
+        f"per parked job per minute: {per_job:.2f}"
+    )
+    assert per_job < 1.0
+    assert sim.stats()["submissions"] == 0
+    assert control.cancel_batch("parked") == n  # parked jobs are cancelled without ever being submitted
+    control.resume_submitting()
+    assert stack.wait_batch("parked", n, timeout=30)["counts"]["cancelled"] == n
+    assert sim.stats()["submissions"] == 0
+
+
+def test_interactive_job_starts_before_queued_batch_work(stack: Stack, sim: Any) -> None:
+    import tasks
+
+    stack.ledger.trip_breaker("test: queue first")
+    batch = [tasks.imagine.delay(f"batch {i}", batch_id="bg") for i in range(12)]
+    stack.wait(lambda: stack.ledger.waiting_count("fast") == 12, 20, "batch parked")
+    single = tasks.imagine.delay("urgent single")
+    stack.wait(lambda: stack.ledger.waiting_count("fast") == 13, 20, "single parked")
+    from worker import control
+
+    control.resume_submitting()
+    first = single.get(timeout=20)
+    results = [r.get(timeout=30) for r in batch]
+    assert first["submitted_at"] < min(r["submitted_at"] for r in results)
+
+
+def test_pause_and_resume_a_batch(stack: Stack, sim: Any) -> None:
+    import tasks
+    from worker import control
+
+    sim.faults(time_factor=0.02)
+    for i in range(12):
+        tasks.imagine.delay(f"pausable {i}", batch_id="pb")
+    stack.wait(lambda: sim.stats()["submissions"] >= 1, 20, "first submissions")
+    control.pause_batch("pb")
+    time.sleep(0.3)
+    frozen = sim.stats()["submissions"]
+    assert frozen <= 6
+    time.sleep(2.5)  # the running ones finish, nothing new is submitted
+    assert sim.stats()["submissions"] == frozen
+    batch = stack.ledger.batch("pb")
+    assert batch["status"] == "paused" and batch["counts"]["queued"] == 12 - frozen
+    control.resume_batch("pb")
+    assert stack.wait_batch("pb", 12, timeout=40)["counts"]["succeeded"] == 12
+    assert sim.stats()["submissions"] == 12
+
+
+def test_cancel_a_batch_completes_waiting_tasks_as_cancelled(stack: Stack, sim: Any) -> None:
+    import tasks
+    from worker import control
+    from worker.jobs import JobFailed
+
+    sim.faults(time_factor=0.02)
+    results = [tasks.imagine.delay(f"cancel me {i}", batch_id="cb") for i in range(10)]
+    stack.wait(lambda: sim.stats()["submissions"] >= 3, 20, "first submissions")
+    cancelled = control.cancel_batch("cb")
+    assert cancelled >= 1
+    outcomes = []
+    for r in results:
+        try:
+            outcomes.append(r.get(timeout=30)["status"])
+        except JobFailed as exc:
+            outcomes.append(str(exc).split(":")[0])
+    assert outcomes.count("cancelled") == 10 - sim.stats()["submissions"]
+    assert outcomes.count("succeeded") == sim.stats()["submissions"]
+    batch = stack.ledger.batch("cb")
+    assert batch["status"] == "cancelled" and batch["counts"]["queued"] == 0
+
+
+def test_out_of_credit_stops_submitting_until_resume(stack: Stack, sim: Any) -> None:
+    import tasks
+    from worker import control
+
+    sim.faults(balance=2)
+    results = [tasks.imagine.delay(f"credit {i}", batch_id="oc") for i in range(6)]
+    stack.wait(lambda: control.breaker_status()["tripped"], 20, "the breaker")
+    time.sleep(1.5)
+    stats = sim.stats()
+    assert stats["accepted"] == 2
+    assert stats["submissions"] == 3  # the answer that tripped the breaker was the last submit
+    assert control.breaker_status()["reason"]
+    assert stack.ledger.batch("oc")["counts"]["queued"] == 4
+    sim.faults(balance=100)
+    control.resume_submitting()
+    assert all(r.get(timeout=30)["status"] == "succeeded" for r in results)
+    assert not control.breaker_status()["tripped"]
+
+
+def test_requeue_failed_jobs(stack: Stack, sim: Any) -> None:
+    import tasks
+    from worker import control
+    from worker.jobs import JobFailed
+
+    sim.faults(banned_words=["nope"])
+    bad = tasks.imagine.delay("nope nope", batch_id="rq")
+    with pytest.raises(JobFailed):
+        bad.get(timeout=15)
+    sim.faults(banned_words=[])
+    assert control.requeue("rq", {"failed"}) == 1
+    stack.wait_status(bad.id, {"succeeded"}, 20)
+    from celery.result import AsyncResult
+
+    assert AsyncResult(bad.id).get(timeout=10)["status"] == "succeeded"
+    assert sim.stats()["submissions_by_state"] == {bad.id: 2}

@@ -1,0 +1,97 @@
+"""Typed client of the Midjourney Proxy API (no Celery, no Redis here).
+
+``MidjourneyClient`` / ``AsyncMidjourneyClient`` send requests built from the pydantic models in
+``models``; ``classify`` reads every answer; ``errors`` is the hierarchy callers act on;
+``validate_request`` is the producer-side check that runs before anything is queued.
+"""
+
+from __future__ import annotations
+
+from worker.mjapi.classify import classify
+from worker.mjapi.client import AsyncMidjourneyClient, MidjourneyClient
+from worker.mjapi.errors import (
+    AccountUnavailable,
+    AnswerLost,
+    BannedPrompt,
+    Forbidden,
+    InvalidInput,
+    MJError,
+    NotFound,
+    NotSent,
+    OutOfCredit,
+    QueueFull,
+    RateLimited,
+    Rejected,
+    RetryLater,
+    ServerError,
+    StopSubmitting,
+    TransportError,
+    Unauthorized,
+    UpstreamSystemError,
+    ValidationRejected,
+)
+from worker.mjapi.models import (
+    REQUEST_MODELS,
+    AccountFilter,
+    ActionRequest,
+    BlendRequest,
+    BotType,
+    Button,
+    DescribeRequest,
+    Dimensions,
+    ImagineRequest,
+    ModalRequest,
+    Mode,
+    RequestModel,
+    SubmitResult,
+    SwapFaceRequest,
+    Task,
+    TaskStatus,
+    UploadFilter,
+    UploadRequest,
+    validate_request,
+)
+
+__all__ = [
+    "REQUEST_MODELS",
+    "AccountFilter",
+    "AccountUnavailable",
+    "ActionRequest",
+    "AnswerLost",
+    "AsyncMidjourneyClient",
+    "BannedPrompt",
+    "BlendRequest",
+    "BotType",
+    "Button",
+    "DescribeRequest",
+    "Dimensions",
+    "Forbidden",
+    "ImagineRequest",
+    "InvalidInput",
+    "MJError",
+    "MidjourneyClient",
+    "ModalRequest",
+    "Mode",
+    "NotFound",
+    "NotSent",
+    "OutOfCredit",
+    "QueueFull",
+    "RateLimited",
+    "Rejected",
+    "RequestModel",
+    "RetryLater",
+    "ServerError",
+    "StopSubmitting",
+    "SubmitResult",
+    "SwapFaceRequest",
+    "Task",
+    "TaskStatus",
+    "TransportError",
+    "Unauthorized",
+    "UploadFilter",
+    "UploadRequest",
+    "UpstreamSystemError",
+    "ValidationRejected",
+    "classify",
+    "validate_request",
+]

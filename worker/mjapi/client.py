@@ -1,0 +1,662 @@
+"""HTTP clients of the Midjourney Proxy API: ``MidjourneyClient`` (sync) and ``AsyncMidjourneyClient``.
+
+Both share everything but the I/O: ``_Core`` validates input, builds each ``Call`` (method, path, JSON body
+and the parser of its answer, which goes through the one classifier), maps transport failures and decides
+retries.  The two classes only run calls on ``httpx.Client`` / ``httpx.AsyncClient``.
+
+Retries: only idempotent reads (fetch, list-by-condition, image-seed) are retried here, a few times with a
+short backoff, on ``NotSent``, 5xx and short 429s.  Submits are sent exactly once: the caller owns the
+decision (``NotSent`` is safe to resend, ``AnswerLost`` is not).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from types import TracebackType
+from typing import Any, Generic, Literal, Protocol, Self, TypeVar
+
+import httpx
+from pydantic import SecretStr, ValidationError
+
+from worker.mjapi.classify import DIALECTS, Dialect, check_code, classify, raise_for_status
+from worker.mjapi.errors import (
+    AnswerLost,
+    MJError,
+    NotSent,
+    RateLimited,
+    ServerError,
+    UpstreamSystemError,
+)
+from worker.mjapi.models import (
+    AccountFilter,
+    BotType,
+    Dimensions,
+    RequestModel,
+    SubmitResult,
+    Task,
+    UploadFilter,
+    UploadRequest,
+    check_task_id,
+    validate_request,
+)
+
+
+class Settings(Protocol):
+    """What ``from_settings`` reads (``worker.settings.Settings`` satisfies it)."""
+
+    @property
+    def api_base_url(self) -> str: ...
+    @property
+    def api_key(self) -> SecretStr: ...
+    @property
+    def api_auth_header(self) -> StrEnum: ...
+    @property
+    def api_dialect(self) -> StrEnum: ...
+    @property
+    def api_path_prefix(self) -> str: ...
+    @property
+    def http_timeout_s(self) -> float: ...
+    @property
+    def http_connect_timeout_s(self) -> float: ...
+
+
+__all__ = ["AsyncMidjourneyClient", "Call", "MidjourneyClient"]
+
+log = logging.getLogger("mjqueue.mjapi")
+
+T = TypeVar("T")
+AuthHeaderName = Literal["bearer", "mj-api-secret"]
+AccountFilterIn = AccountFilter | Mapping[str, Any] | None
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol,
+             httpx.ProxyError, httpx.LocalProtocolError)  # fmt: skip
+_READ_RETRY_MAX_WAIT_S = 2.0
+
+
+class _KeyAuth(httpx.Auth):
+    """Adds the API key to each request; holds it as a SecretStr so no repr can show it."""
+
+    def __init__(self, key: SecretStr, header: AuthHeaderName) -> None:
+        self._key = key
+        self._header = header
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        value = self._key.get_secret_value()
+        if value:
+            if self._header == "bearer":
+                request.headers["Authorization"] = f"Bearer {value}"
+            else:
+                request.headers["mj-api-secret"] = value
+        yield request
+
+    def __repr__(self) -> str:
+        return f"_KeyAuth(header={self._header!r}, key=**********)"
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    """One upstream request and how to read its answer."""
+
+    what: str
+    method: Literal["GET", "POST"]
+    path: str
+    body: Any
+    parse: Callable[[int, Any, Mapping[str, str]], T]
+    idempotent: bool = False
+
+
+def _decode(response: httpx.Response) -> Any:
+    """JSON body, ``None`` when empty, the text (truncated) when it is not JSON."""
+    if not response.content.strip():
+        return None
+    try:
+        return response.json()
+    except ValueError:
+        return response.text[:300]
+
+
+class _Core:
+    """Configuration, request building, answer parsing and retry policy shared by both clients."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | SecretStr = "",
+        *,
+        auth_header: AuthHeaderName | str = "bearer",
+        dialect: Dialect | str = "proxy",
+        path_prefix: str = "",
+        timeout: float = 30.0,
+        connect_timeout: float = 10.0,
+        get_retries: int = 2,
+        max_connections: int = 100,
+        retry_backoff_s: float = 0.2,
+    ) -> None:
+        auth = str(getattr(auth_header, "value", auth_header))
+        if auth not in ("bearer", "mj-api-secret"):
+            raise ValueError(f"auth_header must be 'bearer' or 'mj-api-secret', not {auth!r}")
+        chosen = str(getattr(dialect, "value", dialect))
+        if chosen not in DIALECTS:
+            raise ValueError(f"dialect must be one of {', '.join(DIALECTS)}, not {chosen!r}")
+        if path_prefix and not path_prefix.startswith("/"):
+            raise ValueError("path_prefix must start with '/'")
+        self.base_url = base_url.rstrip("/")
+        self.path_prefix = path_prefix.rstrip("/")
+        self.auth_header: AuthHeaderName = "bearer" if auth == "bearer" else "mj-api-secret"
+        self.dialect: Dialect = "proxy" if chosen == "proxy" else "vendor"
+        self.get_retries = max(0, get_retries)
+        self.retry_backoff_s = max(0.0, retry_backoff_s)
+        self._key = api_key if isinstance(api_key, SecretStr) else SecretStr(api_key)
+        self._httpx_options: dict[str, Any] = {
+            "base_url": self.base_url + self.path_prefix,
+            "auth": _KeyAuth(self._key, self.auth_header),
+            "timeout": httpx.Timeout(timeout, connect=connect_timeout),
+            "limits": httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+            "headers": {"Accept": "application/json", "User-Agent": "mjqueue"},
+            "follow_redirects": False,
+        }
+
+    @classmethod
+    def _settings_options(cls, settings: Settings) -> dict[str, Any]:
+        return {
+            "base_url": settings.api_base_url,
+            "api_key": settings.api_key,
+            "auth_header": settings.api_auth_header.value,
+            "dialect": settings.api_dialect.value,
+            "path_prefix": settings.api_path_prefix,
+            "timeout": settings.http_timeout_s,
+            "connect_timeout": settings.http_connect_timeout_s,
+        }
+
+    def __repr__(self) -> str:
+        key = "set" if self._key.get_secret_value() else "unset"
+        return (
+            f"{type(self).__name__}(base_url={self.base_url + self.path_prefix!r}, "
+            f"auth_header={self.auth_header!r}, dialect={self.dialect!r}, api_key={key})"
+        )
+
+    # -- request building ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _request(kind: str, **fields: Any) -> RequestModel:
+        """Validated request model from keyword fields (``None`` = not given)."""
+        return validate_request(kind, {k: v for k, v in fields.items() if v is not None})
+
+    def _submit_call(self, request: RequestModel) -> Call[SubmitResult]:
+        if isinstance(request, UploadRequest):
+            raise TypeError("upload answers URLs, not a task: use upload_discord_images()")
+        if not isinstance(request, RequestModel):
+            raise TypeError(f"submit() takes a request model, not {type(request).__name__}")
+        dialect = self.dialect
+
+        def parse(status: int, body: Any, headers: Mapping[str, str]) -> SubmitResult:
+            return classify(status, body, dialect, headers)
+
+        return Call(request.KIND, "POST", request.ENDPOINT, request.to_wire(), parse)
+
+    def _upload_call(self, request: UploadRequest) -> Call[list[str]]:
+        dialect = self.dialect
+
+        def parse(status: int, body: Any, headers: Mapping[str, str]) -> list[str]:
+            raise_for_status(status, body, dialect, headers)
+            result = check_code(body, status, dialect).get("result")
+            urls = [result] if isinstance(result, str) else result
+            if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
+                raise UpstreamSystemError("upload: the answer carries no image URLs", status=status)
+            return [str(u) for u in urls]
+
+        return Call("upload", "POST", UploadRequest.ENDPOINT, request.to_wire(), parse)
+
+    def _fetch_call(self, task_id: object) -> Call[Task | None]:
+        tid = check_task_id(task_id)
+        dialect = self.dialect
+
+        def parse(status: int, body: Any, headers: Mapping[str, str]) -> Task | None:
+            if status == 404:
+                return None
+            raise_for_status(status, body, dialect, headers)
+            body = _unwrap(body, dialect, status)
+            if not body:
+                return None
+            return _task(body, status)
+
+        return Call("fetch", "GET", f"/mj/task/{tid}/fetch", None, parse, idempotent=True)
+
+    def _list_call(self, ids: Sequence[object]) -> Call[list[Task]]:
+        clean = [check_task_id(value, f"ids[{i}]") for i, value in enumerate(ids)]
+        dialect = self.dialect
+
+        def parse(status: int, body: Any, headers: Mapping[str, str]) -> list[Task]:
+            raise_for_status(status, body, dialect, headers)
+            body = _unwrap(body, dialect, status)
+            if body is None:
+                return []
+            if not isinstance(body, list):
+                raise UpstreamSystemError("list-by-condition: the answer is not a list", status=status)
+            return [_task(item, status) for item in body if isinstance(item, Mapping) and item]
+
+        return Call("list-by-condition", "POST", "/mj/task/list-by-condition", {"ids": clean}, parse, True)
+
+    def _seed_call(self, task_id: object) -> Call[str]:
+        tid = check_task_id(task_id)
+        dialect = self.dialect
+
+        def parse(status: int, body: Any, headers: Mapping[str, str]) -> str:
+            raise_for_status(status, body, dialect, headers)
+            if isinstance(body, int | str) and not isinstance(body, bool) and str(body).strip():
+                return str(body).strip()
+            result = check_code(body, status, dialect).get("result")
+            if isinstance(result, int | str) and not isinstance(result, bool) and str(result).strip():
+                return str(result).strip()
+            raise UpstreamSystemError("image-seed: the answer carries no seed", status=status)
+
+        return Call("image-seed", "GET", f"/mj/task/{tid}/image-seed", None, parse, idempotent=True)
+
+    # -- answers, failures, retries -----------------------------------------------------------------------
+
+    def _read(self, call: Call[T], response: httpx.Response, started: float) -> T:
+        log.debug(
+            "%s %s -> HTTP %s in %.0f ms",
+            call.method, call.path, response.status_code, (time.monotonic() - started) * 1000,
+        )  # fmt: skip
+        try:
+            return call.parse(response.status_code, _decode(response), response.headers)
+        except MJError as exc:
+            raise self._scrub(exc) from None
+
+    def _transport_error(self, call: Call[Any], exc: Exception) -> MJError:
+        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if isinstance(exc, (*_NOT_SENT, httpx.InvalidURL)):
+            error: MJError = NotSent(
+                f"{call.what}: could not reach the upstream ({detail}); nothing was sent"
+            )
+        else:
+            error = AnswerLost(
+                f"{call.what}: the request was sent but no answer came back ({detail}); "
+                "it may have been accepted upstream"
+            )
+        return self._scrub(error)
+
+    def _scrub(self, exc: MJError) -> MJError:
+        """Defence in depth: an upstream echoing our key in an error text must not put it in our logs."""
+        key = self._key.get_secret_value()
+        if key and any(key in str(arg) for arg in (*exc.args, exc.description or "")):
+            exc.args = tuple(str(arg).replace(key, "**********") for arg in exc.args)
+            if exc.description:
+                exc.description = exc.description.replace(key, "**********")
+        return exc
+
+    def _retry_delay(self, call: Call[Any], attempt: int, exc: MJError) -> float | None:
+        """Seconds to wait before retrying an idempotent read, or ``None`` to give up."""
+        if not call.idempotent or attempt >= self.get_retries:
+            return None
+        if not isinstance(exc, NotSent | ServerError | RateLimited):
+            return None
+        delay = self.retry_backoff_s * float(2**attempt)
+        retry_after: float | None = getattr(exc, "retry_after", None)
+        if retry_after is not None:
+            if retry_after > _READ_RETRY_MAX_WAIT_S:
+                return None
+            delay = max(delay, retry_after)
+        log.debug("%s: %s; retry %d in %.2fs", call.what, type(exc).__name__, attempt + 1, delay)
+        return delay
+
+
+def _unwrap(body: Any, dialect: Dialect, status: int) -> Any:
+    """Some servers wrap reads as ``{"code": 1, "result": ...}``; an unknown id may be ``{"code": 3}``."""
+    if isinstance(body, Mapping) and "id" not in body and isinstance(body.get("code"), int):
+        if body["code"] == 3:
+            return None
+        return check_code(body, status, dialect).get("result")
+    return body
+
+
+def _task(body: Any, status: int) -> Task:
+    try:
+        return Task.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise UpstreamSystemError(
+            f"unreadable task in the answer ({where}: {first['msg']})", status=status
+        ) from None
+
+
+def _filter(value: AccountFilterIn) -> Any:
+    return value.model_dump(exclude_none=True) if isinstance(value, AccountFilter) else value
+
+
+class MidjourneyClient(_Core):
+    """Synchronous client (``httpx.Client``, pooled connections); thread-safe, a context manager."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | SecretStr = "",
+        *,
+        auth_header: AuthHeaderName | str = "bearer",
+        dialect: Dialect | str = "proxy",
+        path_prefix: str = "",
+        timeout: float = 30.0,
+        connect_timeout: float = 10.0,
+        transport: httpx.BaseTransport | None = None,
+        get_retries: int = 2,
+        max_connections: int = 100,
+        retry_backoff_s: float = 0.2,
+    ) -> None:
+        super().__init__(
+            base_url, api_key, auth_header=auth_header, dialect=dialect, path_prefix=path_prefix,
+            timeout=timeout, connect_timeout=connect_timeout, get_retries=get_retries,
+            max_connections=max_connections, retry_backoff_s=retry_backoff_s,
+        )  # fmt: skip
+        self._http = httpx.Client(transport=transport, **self._httpx_options)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> Self:
+        """A client configured from ``MJQ_API_*`` / ``MJQ_HTTP_*`` settings."""
+        return cls(**{**cls._settings_options(settings), **overrides})
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _execute(self, call: Call[T]) -> T:
+        attempt = 0
+        while True:
+            started = time.monotonic()
+            try:
+                try:
+                    response = self._http.request(call.method, call.path, json=call.body)
+                except (httpx.TransportError, httpx.InvalidURL) as exc:
+                    raise self._transport_error(call, exc) from None
+                return self._read(call, response, started)
+            except MJError as exc:
+                delay = self._retry_delay(call, attempt, exc)
+                if delay is None:
+                    raise
+            time.sleep(delay)
+            attempt += 1
+
+    # -- the API ------------------------------------------------------------------------------------------
+
+    def submit(self, request: RequestModel) -> SubmitResult:
+        """Send a validated request once (never retried) and classify the answer."""
+        return self._execute(self._submit_call(request))
+
+    def imagine(
+        self,
+        prompt: str,
+        *,
+        bot_type: BotType | str = BotType.MID_JOURNEY,
+        base64_array: Sequence[str] | None = None,
+        account_filter: AccountFilterIn = None,
+        notify_hook: str | None = None,
+        state: str | None = None,
+    ) -> SubmitResult:
+        return self.submit(self._request(
+            "imagine", prompt=prompt, bot_type=bot_type, base64_array=base64_array,
+            account_filter=_filter(account_filter), notify_hook=notify_hook, state=state,
+        ))  # fmt: skip
+
+    def blend(
+        self,
+        base64_array: Sequence[str],
+        *,
+        dimensions: Dimensions | str = Dimensions.SQUARE,
+        bot_type: BotType | str = BotType.MID_JOURNEY,
+        account_filter: AccountFilterIn = None,
+        notify_hook: str | None = None,
+        state: str | None = None,
+    ) -> SubmitResult:
+        return self.submit(self._request(
+            "blend", base64_array=base64_array, dimensions=dimensions, bot_type=bot_type,
+            account_filter=_filter(account_filter), notify_hook=notify_hook, state=state,
+        ))  # fmt: skip
+
+    def describe(
+        self,
+        base64: str,
+        *,
+        bot_type: BotType | str = BotType.MID_JOURNEY,
+        account_filter: AccountFilterIn = None,
+        notify_hook: str | None = None,
+        state: str | None = None,
+    ) -> SubmitResult:
+        return self.submit(self._request(
+            "describe", base64=base64, bot_type=bot_type, account_filter=_filter(account_filter),
+            notify_hook=notify_hook, state=state,
+        ))  # fmt: skip
+
+    def modal(
+        self, task_id: str | int, *, prompt: str | None = None, mask_base64: str | None = None
+    ) -> SubmitResult:
+        return self.submit(self._request("modal", task_id=task_id, prompt=prompt, mask_base64=mask_base64))
+
+    def swap_face(
+        self,
+        source_base64: str,
+        target_base64: str,
+        *,
+        account_filter: AccountFilterIn = None,
+        notify_hook: str | None = None,
+        state: str | None = None,
+    ) -> SubmitResult:
+        return self.submit(self._request(
+            "swap_face", source_base64=source_base64, target_base64=target_base64,
+            account_filter=_filter(account_filter), notify_hook=notify_hook, state=state,
+        ))  # fmt: skip
+
+    def action(
+        self,
+        task_id: str | int,
+        custom_id: str,
+        *,
+        choose_same_channel: bool = False,
+        account_filter: AccountFilterIn = None,
+        notify_hook: str | None = None,
+        state: str | None = None,
+    ) -> SubmitResult:
+        return self.submit(self._request(
+            "action", task_id=task_id, custom_id=custom_id, choose_same_channel=choose_same_channel,
+            account_filter=_filter(account_filter), notify_hook=notify_hook, state=state,
+        ))  # fmt: skip
+
+    def upload_discord_images(
+        self, base64_array: Sequence[str], *, filter: UploadFilter | Mapping[str, Any] | None = None
+    ) -> list[str]:
+        """Upload images to the account's Discord channel; the image URLs come back (sent once)."""
+        request = self._request("upload", base64_array=base64_array, filter=_upload_filter(filter))
+        assert isinstance(request, UploadRequest)
+        return self._execute(self._upload_call(request))
+
+    def fetch(self, task_id: str | int) -> Task | None:
+        """The task, or ``None`` when the upstream does not know the id (404 or an empty answer)."""
+        return self._execute(self._fetch_call(task_id))
+
+    def list_by_condition(self, ids: Sequence[str | int]) -> list[Task]:
+        """The known tasks among ``ids`` (unknown ids are simply missing)."""
+        if not ids:
+            return []
+        return self._execute(self._list_call(ids))
+
+    def image_seed(self, task_id: str | int) -> str:
+        """The seed of a finished image task, as digits."""
+        return self._execute(self._seed_call(task_id))
+
+
+def _upload_filter(value: UploadFilter | Mapping[str, Any] | None) -> Any:
+    return value.model_dump(exclude_none=True) if isinstance(value, UploadFilter) else value
+
+
+class AsyncMidjourneyClient(_Core):
+    """Asynchronous client (``httpx.AsyncClient``); same models, classifier and rules as the sync one."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | SecretStr = "",
+        *,
+        auth_header: AuthHeaderName | str = "bearer",
+        dialect: Dialect | str = "proxy",
+        path_prefix: str = "",
+        timeout: float = 30.0,
+        connect_timeout: float = 10.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        get_retries: int = 2,
+        max_connections: int = 100,
+        retry_backoff_s: float = 0.2,
+    ) -> None:
+        super().__init__(
+            base_url, api_key, auth_header=auth_header, dialect=dialect, path_prefix=path_prefix,
+            timeout=timeout, connect_timeout=connect_timeout, get_retries=get_retries,
+            max_connections=max_connections, retry_backoff_s=retry_backoff_s,
+        )  # fmt: skip
+        self._http = httpx.AsyncClient(transport=transport, **self._httpx_options)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> Self:
+        return cls(**{**cls._settings_options(settings), **overrides})
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    aclose = close
+
+    async def _execute(self, call: Call[T]) -> T:
+        attempt = 0
+        while True:
+            started = time.monotonic()
+            try:
+                try:
+                    response = await self._http.request(call.method, call.path, json=call.body)
+                except (httpx.TransportError, httpx.InvalidURL) as exc:
+                    raise self._transport_error(call, exc) from None
+                return self._read(call, response, started)
+            except MJError as exc:
+                delay = self._retry_delay(call, attempt, exc)
+                if delay is None:
+                    raise
+            await asyncio.sleep(delay)
+            attempt += 1
+
+    async def submit(self, request: RequestModel) -> SubmitResult:
+        return await self._execute(self._submit_call(request))
+
+    async def imagine(
+        self,
+        prompt: str,
+        *,
+        bot_type: BotType | str = BotType.MID_JOURNEY,
+        base64_array: Sequence[str] | None = None,
+        account_filter: AccountFilterIn = None,
+        notify_hook: str | None = None,
+        state: str | None = None,
+    ) -> SubmitResult:
+        return await self.submit(self._request(
+            "imagine", prompt=prompt, bot_type=bot_type, base64_array=base64_array,
+            account_filter=_filter(account_filter), notify_hook=notify_hook, state=state,
+        ))  # fmt: skip
+
+    async def blend(
+        self,
+        base64_array: Sequence[str],
+        *,
+        dimensions: Dimensions | str = Dimensions.SQUARE,
+        bot_type: BotType | str = BotType.MID_JOURNEY,
+        account_filter: AccountFilterIn = None,
+        notify_hook: str | None = None,
+        state: str | None = None,
+    ) -> SubmitResult:
+        return await self.submit(self._request(
+            "blend", base64_array=base64_array, dimensions=dimensions, bot_type=bot_type,
+            account_filter=_filter(account_filter), notify_hook=notify_hook, state=state,
+        ))  # fmt: skip
+
+    async def describe(
+        self,
+        base64: str,
+        *,
+        bot_type: BotType | str = BotType.MID_JOURNEY,
+        account_filter: AccountFilterIn = None,
+        notify_hook: str | None = None,
+        state: str | None = None,
+    ) -> SubmitResult:
+        return await self.submit(self._request(
+            "describe", base64=base64, bot_type=bot_type, account_filter=_filter(account_filter),
+            notify_hook=notify_hook, state=state,
+        ))  # fmt: skip
+
+    async def modal(
+        self, task_id: str | int, *, prompt: str | None = None, mask_base64: str | None = None
+    ) -> SubmitResult:
+        return await self.submit(
+            self._request("modal", task_id=task_id, prompt=prompt, mask_base64=mask_base64)
+        )
+
+    async def swap_face(
+        self,
+        source_base64: str,
+        target_base64: str,
+        *,
+        account_filter: AccountFilterIn = None,
+        notify_hook: str | None = None,
+        state: str | None = None,
+    ) -> SubmitResult:
+        return await self.submit(self._request(
+            "swap_face", source_base64=source_base64, target_base64=target_base64,
+            account_filter=_filter(account_filter), notify_hook=notify_hook, state=state,
+        ))  # fmt: skip
+
+    async def action(
+        self,
+        task_id: str | int,
+        custom_id: str,
+        *,
+        choose_same_channel: bool = False,
+        account_filter: AccountFilterIn = None,
+        notify_hook: str | None = None,
+        state: str | None = None,
+    ) -> SubmitResult:
+        return await self.submit(self._request(
+            "action", task_id=task_id, custom_id=custom_id, choose_same_channel=choose_same_channel,
+            account_filter=_filter(account_filter), notify_hook=notify_hook, state=state,
+        ))  # fmt: skip
+
+    async def upload_discord_images(
+        self, base64_array: Sequence[str], *, filter: UploadFilter | Mapping[str, Any] | None = None
+    ) -> list[str]:
+        request = self._request("upload", base64_array=base64_array, filter=_upload_filter(filter))
+        assert isinstance(request, UploadRequest)
+        return await self._execute(self._upload_call(request))
+
+    async def fetch(self, task_id: str | int) -> Task | None:
+        return await self._execute(self._fetch_call(task_id))
+
+    async def list_by_condition(self, ids: Sequence[str | int]) -> list[Task]:
+        if not ids:
+            return []
+        return await self._execute(self._list_call(ids))
+
+    async def image_seed(self, task_id: str | int) -> str:
+        return await self._execute(self._seed_call(task_id))

@@ -1,0 +1,188 @@
+"""One small error hierarchy the rest of mjqueue acts on.
+
+Callers decide by class, never by parsing text: ``Rejected`` means "never send this again", ``RetryLater``
+"the same request may succeed later", ``StopSubmitting`` "stop every submit until a human looks",
+``NotSent`` "nothing reached the upstream, resend freely" and ``AnswerLost`` "it may have been accepted:
+reconcile, never resend blindly".  Every error carries ``retryable``, the upstream result ``code`` and the
+HTTP ``status`` (``None`` when there was none).
+
+Constructors take the message as their only positional argument so the errors survive pickling and
+Celery's JSON exception round trip (``cls(*args)``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import ClassVar
+
+__all__ = [
+    "AccountUnavailable",
+    "AnswerLost",
+    "BannedPrompt",
+    "Forbidden",
+    "InvalidInput",
+    "MJError",
+    "NotFound",
+    "NotSent",
+    "OutOfCredit",
+    "QueueFull",
+    "RateLimited",
+    "Rejected",
+    "RetryLater",
+    "ServerError",
+    "StopSubmitting",
+    "TransportError",
+    "Unauthorized",
+    "UpstreamSystemError",
+    "ValidationRejected",
+]
+
+
+class MJError(Exception):
+    """Base of every error of the upstream client."""
+
+    retryable: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        code: int | None = None,
+        status: int | None = None,
+        description: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+        self.description = description
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else type(self).__name__
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self)!r}, code={self.code!r}, status={self.status!r})"
+
+
+_FIELD_MESSAGE = re.compile(r"^field '(?P<field>[^']*)': (?P<rule>.*)$", re.DOTALL)
+
+
+class InvalidInput(MJError, ValueError):
+    """Local validation failed; nothing was sent.  ``field`` names the input, ``rule`` says what is wrong.
+
+    ``InvalidInput("prompt", "must not be empty")`` and ``InvalidInput("field 'prompt': must not be empty")``
+    are the same error (the one-argument form is what a JSON/pickle round trip rebuilds).
+    """
+
+    def __init__(self, field_or_message: str, rule: str | None = None) -> None:
+        if rule is None:
+            match = _FIELD_MESSAGE.match(field_or_message)
+            field, rule = (match["field"], match["rule"]) if match else ("", field_or_message)
+            message = field_or_message
+        else:
+            field, message = field_or_message, f"field '{field_or_message}': {rule}"
+        super().__init__(message)
+        self.field = field
+        self.rule = rule
+
+
+class Rejected(MJError):
+    """The upstream refused the request for good; sending it again gives the same answer."""
+
+
+class ValidationRejected(Rejected):
+    """Parameter/validation error answered by the upstream (HTTP 400, code 21 without a task id, code 4)."""
+
+
+class BannedPrompt(Rejected):
+    """The prompt contains a banned word (``banned_word`` when the upstream names it)."""
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        code: int | None = None,
+        status: int | None = None,
+        description: str | None = None,
+        banned_word: str | None = None,
+    ) -> None:
+        super().__init__(message, code=code, status=status, description=description)
+        self.banned_word = banned_word
+
+
+class NotFound(Rejected):
+    """The task (or endpoint) does not exist upstream."""
+
+
+class RetryLater(MJError):
+    """Temporary: the same request may succeed later (after ``retry_after`` seconds when known)."""
+
+    retryable: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        code: int | None = None,
+        status: int | None = None,
+        description: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, code=code, status=status, description=description)
+        self.retry_after = retry_after
+
+
+class QueueFull(RetryLater):
+    """The account's queue is full; the task was not kept."""
+
+
+class UpstreamSystemError(RetryLater):
+    """The upstream reported a system error (vendor code 23, legacy code 9)."""
+
+
+class RateLimited(RetryLater):
+    """HTTP 429; ``retry_after`` from the Retry-After header when given."""
+
+
+class ServerError(RetryLater):
+    """HTTP 5xx."""
+
+
+class StopSubmitting(MJError):
+    """Nothing will succeed until a human acts (key, permissions, credit, account): trip the breaker."""
+
+
+class Unauthorized(StopSubmitting):
+    """HTTP 401: missing or wrong API key."""
+
+
+class Forbidden(StopSubmitting):
+    """HTTP 403."""
+
+
+class OutOfCredit(StopSubmitting):
+    """The account's balance is used up."""
+
+
+class AccountUnavailable(StopSubmitting):
+    """No usable upstream account (banned, disabled, none matching the accountFilter)."""
+
+
+class TransportError(MJError):
+    """The HTTP exchange itself failed."""
+
+    ambiguous: ClassVar[bool] = False
+
+
+class NotSent(TransportError):
+    """The request never reached the upstream (connect error/timeout): safe to send again."""
+
+    retryable: ClassVar[bool] = True
+
+
+class AnswerLost(TransportError):
+    """The request was (possibly) delivered but no answer was read: it may have been accepted upstream.
+
+    Never resubmit blindly; reconcile by ``state`` or flag the job for review.
+    """
+
+    ambiguous: ClassVar[bool] = True
