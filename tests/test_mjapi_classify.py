@@ -135,3 +135,12 @@ def test_long_descriptions_are_truncated_and_dialect_checked() -> None:
     assert len(str(info.value)) < 400
     with pytest.raises(ValueError, match="dialect"):
         classify(200, body(1, "", "1"), "plus")  # type: ignore[arg-type]
+
+
+def test_client_scrubs_an_echoed_key_from_error_texts() -> None:
+    from worker.mjapi import MidjourneyClient
+
+    with MidjourneyClient("http://127.0.0.1:9", "sk-echoed-key") as client:
+        error = client._scrub(ValidationRejected("bad key sk-echoed-key", description="got sk-echoed-key"))
+    assert "sk-echoed-key" not in str(error) and "sk-echoed-key" not in (error.description or "")
+    assert "sk-echoed-key" not in repr(client) and "api_key=set" in repr(client)

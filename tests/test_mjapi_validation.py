@@ -240,7 +240,7 @@ def test_task_model_tolerates_numbers_nulls_and_unknown_fields() -> None:
         {
             "id": 1320098173412546, "action": "IMAGINE", "status": "SUCCESS", "progress": 100,
             "promptEn": "cat", "submitTime": 1700000000000, "startTime": None, "finishTime": "",
-            "imageUrl": "http://x/1.png", "buttons": None, "properties": None, "maskBase64": "", "newField": 1,
+            "imageUrl": "http://x/1.png", "buttons": None, "properties": None, "newField": 1,
         }
     )  # fmt: skip
     assert task.id == "1320098173412546" and task.progress == "100" and task.prompt_en == "cat"

@@ -142,7 +142,8 @@ def test_a_task_delivered_twice_submits_once(stack: Stack, sim: Any) -> None:
     assert first.get(timeout=20)["status"] == "succeeded"
     # A late redelivery after the end changes nothing either.
     app.send_task("tasks.imagine", kwargs={"prompt": "twice"}, task_id="dup-1", queue="interactive")
-    time.sleep(0.5)
+    # The copy that found the job `submitting` looks again after the POST window (timeouts + 1 s): wait for it.
+    time.sleep(1.5 + 1.0 + 1.5)
     assert sim.stats()["submissions_by_state"] == {"dup-1": 1}
     assert stack.job("dup-1")["status"] == "succeeded"
     assert first.get(timeout=5)["status"] == "succeeded"

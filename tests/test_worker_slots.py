@@ -115,8 +115,7 @@ def test_cancel_a_batch_completes_waiting_tasks_as_cancelled(stack: Stack, sim: 
     sim.faults(time_factor=0.02)
     results = [tasks.imagine.delay(f"cancel me {i}", batch_id="cb") for i in range(10)]
     stack.wait(lambda: sim.stats()["submissions"] >= 3, 20, "first submissions")
-    cancelled = control.cancel_batch("cb")
-    assert cancelled >= 1
+    control.cancel_batch("cb")  # jobs whose task has not run yet are cancelled when it runs
     outcomes = []
     for r in results:
         try:

@@ -494,7 +494,7 @@ def _advance(task: Task[Any, Any], spec: Kind, job: dict[str, Any], rt: Runtime)
             _ensure_tracking(job, rt)
         else:
             settings = rt.settings
-            window = settings.http_timeout_s + settings.http_connect_timeout_s + 2.0
+            window = settings.http_timeout_s + settings.http_connect_timeout_s + 1.0
             age = time.time() - float(job.get("submitting_at") or 0.0)
             if age < window:
                 # Another copy of this task may still be inside its POST: look again once it must be over.
