@@ -721,6 +721,8 @@ def up_cmd(
     colours = {"worker": "cyan", "webhook": "magenta", "flower": "green", "simulator": "yellow"}
 
     def sink(name: str, line: str) -> None:
+        if "housekeeping" in line:  # once a second; kept in the log file, not on the console
+            return
         console.print(Text.assemble((f"{name:>9} | ", colours.get(name, "")), line), soft_wrap=True)
 
     stack = DevStack(

@@ -1,0 +1,315 @@
+"""The simulated account: tasks, their lifecycle, per-mode capacity, buttons and counters.
+
+Time is advanced lazily as a small discrete-event simulation: a running task ends at a known time and the
+next queued task of its mode starts at that very moment, so results are exact whatever the polling rate.
+Everything runs on the server's event loop thread, so no locks are needed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import itertools
+import random
+import time
+import uuid
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from simulator.config import MODES, SimConfig
+
+GRID_ACTIONS = {"IMAGINE", "VARIATION", "REROLL", "BLEND", "ZOOM", "PAN", "CUSTOM_ZOOM", "INPAINT"}
+TERMINAL = {"SUCCESS", "FAILURE", "CANCEL"}
+
+
+@dataclass
+class SimTask:
+    """One upstream task as the fake server keeps it."""
+
+    id: str
+    action: str
+    mode: str
+    prompt: str
+    state: str | None
+    hook: str | None
+    created: float
+    message_hash: str = field(default_factory=lambda: str(uuid.uuid4()))
+    status: str = "NOT_START"
+    start: float | None = None
+    finish: float | None = None
+    duration: float = 1.0
+    stuck: bool = False
+    fail: bool = False
+    fail_reason: str | None = None
+    parent_id: str | None = None
+    custom_id: str | None = None
+    modal_needs: str | None = None  # "prompt" | "mask" | "any" while waiting in MODAL
+    description: str = ""
+    extra_properties: dict[str, Any] = field(default_factory=dict)
+    image_key: str | None = None  # uploaded image shown for describe / swap
+
+
+def grid_buttons(message_hash: str) -> list[dict[str, Any]]:
+    buttons: list[dict[str, Any]] = []
+    for kind, letter in (("upsample", "U"), ("variation", "V")):
+        for i in range(1, 5):
+            buttons.append(
+                {"customId": f"MJ::JOB::{kind}::{i}::{message_hash}", "emoji": "", "label": f"{letter}{i}",
+                 "style": 2, "type": 2}
+            )
+    buttons.append(
+        {"customId": f"MJ::JOB::reroll::0::{message_hash}::SOLO", "emoji": "🔄", "label": "", "style": 2, "type": 2}
+    )
+    return buttons
+
+
+def upscale_buttons(message_hash: str) -> list[dict[str, Any]]:
+    h = message_hash
+    specs = [
+        (f"MJ::JOB::upsample_v6_2x_subtle::1::{h}::SOLO", "", "Upscale (Subtle)"),
+        (f"MJ::JOB::upsample_v6_2x_creative::1::{h}::SOLO", "", "Upscale (Creative)"),
+        (f"MJ::JOB::low_variation::1::{h}::SOLO", "🪄", "Vary (Subtle)"),
+        (f"MJ::JOB::high_variation::1::{h}::SOLO", "🪄", "Vary (Strong)"),
+        (f"MJ::Inpaint::1::{h}::SOLO", "🖌️", "Vary (Region)"),
+        (f"MJ::Outpaint::50::1::{h}::SOLO", "🔍", "Zoom Out 2x"),
+        (f"MJ::Outpaint::75::1::{h}::SOLO", "🔍", "Zoom Out 1.5x"),
+        (f"MJ::CustomZoom::{h}", "🔍", "Custom Zoom"),
+        (f"MJ::JOB::pan_left::1::{h}::SOLO", "⬅️", ""),
+        (f"MJ::JOB::pan_right::1::{h}::SOLO", "➡️", ""),
+        (f"MJ::JOB::pan_up::1::{h}::SOLO", "⬆️", ""),
+        (f"MJ::JOB::pan_down::1::{h}::SOLO", "⬇️", ""),
+        (f"MJ::BOOKMARK::{h}", "❤️", ""),
+    ]
+    return [{"customId": c, "emoji": e, "label": label, "style": 2, "type": 2} for c, e, label in specs]
+
+
+def action_for_custom_id(custom_id: str, remix: bool) -> tuple[str, str | None] | None:
+    """(resulting action, modal requirement) for a button, or None when the button makes no job."""
+    parts = custom_id.split("::")
+    if custom_id.startswith("MJ::BOOKMARK"):
+        return None
+    if custom_id.startswith("MJ::Inpaint::"):
+        return "INPAINT", "mask"
+    if custom_id.startswith("MJ::CustomZoom::"):
+        return "CUSTOM_ZOOM", "prompt"
+    if custom_id.startswith("MJ::Outpaint::"):
+        return "ZOOM", None
+    if len(parts) < 3 or parts[1] != "JOB":
+        return None
+    kind = parts[2]
+    remix_modal = "any" if remix else None
+    if kind == "upsample" or kind.startswith("upsample_"):
+        return "UPSCALE", None
+    if kind in ("variation", "low_variation", "high_variation"):
+        return "VARIATION", remix_modal
+    if kind == "reroll":
+        return "REROLL", remix_modal
+    if kind.startswith("pan_"):
+        return "PAN", remix_modal
+    return None
+
+
+class Engine:
+    """The account's state; every public method is called from the server's event loop."""
+
+    def __init__(self, config: SimConfig) -> None:
+        self.config = config
+        self.reset()
+
+    def reset(self) -> None:
+        self.tasks: dict[str, SimTask] = {}
+        self.running: dict[str, list[tuple[float, str]]] = {m: [] for m in MODES}
+        self.queued: dict[str, deque[str]] = {m: deque() for m in MODES}
+        self.stuck_ids: set[str] = set()
+        self.ids = itertools.count(int(time.time() * 1000) * 1000)
+        self.rng = random.Random(self.config.seed)
+        self.existing_actions: dict[tuple[str, str], str] = {}
+        self.uploads: dict[str, bytes] = {}
+        self.requests: Counter[str] = Counter()
+        self.submissions = 0
+        self.accepted = 0
+        self.queue_full = 0
+        self.submissions_by_state: Counter[str] = Counter()
+        self.accepted_by_state: Counter[str] = Counter()
+        self.peak_concurrency: dict[str, int] = dict.fromkeys(MODES, 0)
+        self.peak_in_flight = 0
+        self.callbacks_sent = 0
+        self.callbacks_dropped = 0
+        self.changed: set[str] = set()
+
+    def reseed(self) -> None:
+        self.rng = random.Random(self.config.seed)
+
+    # -- capacity and time -------------------------------------------------------------------------------
+
+    def in_flight(self) -> int:
+        return sum(len(r) for r in self.running.values()) + sum(len(q) for q in self.queued.values())
+
+    def has_room(self, mode: str) -> bool:
+        if len(self.running[mode]) < self.config.concurrency.get(mode, 0):
+            return True
+        return sum(len(q) for q in self.queued.values()) < self.config.queue_size
+
+    def _duration(self, mode: str) -> float:
+        base = self.config.duration_s.get(mode, 60.0) * self.config.time_factor
+        spread = self.config.duration_spread
+        return max(0.001, base * (1 + self.rng.uniform(-spread, spread)))
+
+    def _start(self, task: SimTask, at: float) -> None:
+        task.start = at
+        task.status = "SUBMITTED"
+        heapq.heappush(self.running[task.mode], (at + task.duration, task.id))
+        self.peak_concurrency[task.mode] = max(self.peak_concurrency[task.mode], len(self.running[task.mode]))
+        self.changed.add(task.id)
+
+    def _finish(self, task: SimTask, at: float) -> None:
+        task.finish = at
+        if task.fail:
+            task.status = "FAILURE"
+            task.fail_reason = task.fail_reason or "Simulated failure: the job was refused by moderation"
+        else:
+            task.status = "SUCCESS"
+        self.changed.add(task.id)
+
+    def advance(self, now: float | None = None) -> None:
+        """Bring every mode's running and queued tasks up to ``now``."""
+        now = time.time() if now is None else now
+        for mode in MODES:
+            running, queued = self.running[mode], self.queued[mode]
+            limit = self.config.concurrency.get(mode, 0)
+            while running and running[0][0] <= now:
+                end, task_id = heapq.heappop(running)
+                self._finish(self.tasks[task_id], end)
+                while queued and len(running) < limit:
+                    self._start(self.tasks[queued.popleft()], end)
+            while queued and len(running) < limit:
+                self._start(self.tasks[queued.popleft()], now)
+
+    def enqueue(self, task: SimTask, now: float) -> bool:
+        """Admit a task to run or wait; True when it had to wait in the queue."""
+        task.duration = self._duration(task.mode)
+        if task.stuck:
+            task.start, task.status = now, "SUBMITTED"
+            self.stuck_ids.add(task.id)
+            self.changed.add(task.id)
+            return False
+        self.advance(now)
+        if len(self.running[task.mode]) < self.config.concurrency.get(task.mode, 0):
+            self._start(task, now)
+            waited = False
+        else:
+            self.queued[task.mode].append(task.id)
+            self.changed.add(task.id)
+            waited = True
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight())
+        return waited
+
+    def new_task(self, action: str, mode: str, prompt: str, state: str | None, hook: str | None) -> SimTask:
+        task = SimTask(id=str(next(self.ids)), action=action, mode=mode, prompt=prompt, state=state, hook=hook,
+                       created=time.time())
+        task.stuck = self.rng.random() < self.config.stuck_rate
+        task.fail = self.rng.random() < self.config.failure_rate
+        self.tasks[task.id] = task
+        if state:
+            self.accepted_by_state[state] += 1
+        self.accepted += 1
+        return task
+
+    def force_finish(self, task_id: str) -> bool:
+        task = self.tasks.get(task_id)
+        if task is None or task.status in TERMINAL:
+            return False
+        self.stuck_ids.discard(task_id)
+        for mode in MODES:
+            self.running[mode] = [(e, t) for e, t in self.running[mode] if t != task_id]
+            heapq.heapify(self.running[mode])
+            if task_id in self.queued[mode]:
+                self.queued[mode].remove(task_id)
+        self._finish(task, time.time())
+        return True
+
+    # -- views -------------------------------------------------------------------------------------------
+
+    def progress(self, task: SimTask, now: float) -> tuple[str, str]:
+        if task.status in TERMINAL:
+            return task.status, "100%" if task.status == "SUCCESS" else f"{self._percent(task, task.finish or now)}%"
+        if task.status == "MODAL":
+            return "MODAL", "0%"
+        if task.start is None:
+            return task.status, "0%"
+        if task.stuck:
+            return ("IN_PROGRESS", "10%") if now - task.start > task.duration * 0.1 else ("SUBMITTED", "0%")
+        percent = self._percent(task, now)
+        return ("SUBMITTED", "0%") if percent == 0 else ("IN_PROGRESS", f"{percent}%")
+
+    def _percent(self, task: SimTask, now: float) -> int:
+        if task.start is None:
+            return 0
+        raw = (now - task.start) / task.duration * 100
+        step = self.config.progress_step
+        return int(max(0, min(99, raw)) // step * step)
+
+    def view(self, task: SimTask, base_url: str, now: float | None = None) -> dict[str, Any]:
+        """The task object exactly as the API returns it (camelCase, times in epoch ms)."""
+        now = time.time() if now is None else now
+        status, progress = self.progress(task, now)
+        properties: dict[str, Any] = {
+            "finalPrompt": task.prompt, "messageHash": task.message_hash, "notifyHook": task.hook or "",
+            "discordInstanceId": "sim-instance-1", **task.extra_properties,
+        }
+        body: dict[str, Any] = {
+            "id": task.id, "action": task.action, "status": status, "progress": progress,
+            "prompt": task.prompt, "promptEn": task.prompt, "description": task.description or "/imagine",
+            "state": task.state, "submitTime": int(task.created * 1000),
+            "startTime": int(task.start * 1000) if task.start else 0,
+            "finishTime": int(task.finish * 1000) if task.finish and status in TERMINAL else 0,
+            "imageUrl": None, "failReason": None, "buttons": [], "properties": properties,
+        }
+        if status == "SUCCESS":
+            body["imageUrl"] = f"{base_url}/images/{task.id}.png"
+            if task.action == "DESCRIBE":
+                body["prompt"] = body["promptEn"] = describe_prompts(task.id)
+                properties["finalPrompt"] = body["prompt"]
+            elif task.action in GRID_ACTIONS:
+                body["buttons"] = grid_buttons(task.message_hash)
+            elif task.action == "UPSCALE":
+                body["buttons"] = upscale_buttons(task.message_hash)
+        elif status == "IN_PROGRESS" and task.action in GRID_ACTIONS:
+            body["imageUrl"] = f"{base_url}/images/{task.id}.png"
+        if status == "FAILURE":
+            body["failReason"] = task.fail_reason
+        return body
+
+    def stats(self) -> dict[str, Any]:
+        self.advance()
+        by_status: Counter[str] = Counter()
+        now = time.time()
+        for task in self.tasks.values():
+            by_status[self.progress(task, now)[0]] += 1
+        return {
+            "requests": dict(self.requests),
+            "submissions": self.submissions,
+            "submissions_by_state": dict(self.submissions_by_state),
+            "accepted": self.accepted,
+            "accepted_by_state": dict(self.accepted_by_state),
+            "queue_full": self.queue_full,
+            "peak_concurrency": dict(self.peak_concurrency),
+            "peak_in_flight": self.peak_in_flight,
+            "running": sum(len(r) for r in self.running.values()),
+            "queued": sum(len(q) for q in self.queued.values()),
+            "tasks": len(self.tasks),
+            "tasks_by_status": dict(by_status),
+            "callbacks_sent": self.callbacks_sent,
+            "callbacks_dropped": self.callbacks_dropped,
+            "balance": self.config.balance,
+        }
+
+
+def describe_prompts(task_id: str) -> str:
+    digest = hashlib.sha256(task_id.encode()).hexdigest()
+    subjects = ["a quiet harbour at dawn", "a fox in a snowy forest", "a neon city street", "an old library"]
+    return "\n\n".join(
+        f"{n}\ufe0f\u20e3 {subjects[(int(digest[i], 16) + i) % 4]}, detailed, soft light --ar 1:1"
+        for i, n in enumerate("1234")
+    )
