@@ -22,7 +22,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for mode in MODES:
         parser.add_argument(f"--{mode.lower()}-slots", type=int, default=3, help=f"{mode} jobs running at once")
     parser.add_argument("--queue-size", type=int, default=10)
-    parser.add_argument("--faults", default="{}", help='JSON object of SimConfig fault fields, e.g. {"http_500_rate": 0.1}')
+    parser.add_argument(
+        "--faults", default="{}", help='JSON object of SimConfig fault fields, e.g. {"http_500_rate": 0.1}'
+    )
     return parser.parse_args(argv)
 
 

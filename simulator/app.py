@@ -127,7 +127,8 @@ class SimulatorApp:
         lowered = prompt.lower()
         for word in self.config.banned_words:
             if word and word.lower() in lowered:
-                raise Answer(result(24, "可能包含敏感词 (banned prompt)", properties={"promptEn": prompt, "bannedWord": word}))
+                banned = {"promptEn": prompt, "bannedWord": word}
+                raise Answer(result(24, "可能包含敏感词 (banned prompt)", properties=banned))
         balance = self.config.balance
         if balance is not None:
             if balance <= 0:
@@ -215,7 +216,8 @@ class SimulatorApp:
         view = self.engine.view(parent, self.base_url)
         if view["status"] != "SUCCESS" or custom_id not in {b["customId"] for b in view["buttons"]}:
             raise self._validation("customId: not a button of this task")
-        kind = action_for_custom_id(custom_id, self.config.remix or bool((body.get("accountFilter") or {}).get("remix")))
+        remix = self.config.remix or bool((body.get("accountFilter") or {}).get("remix"))
+        kind = action_for_custom_id(custom_id, remix)
         if kind is None:
             raise self._validation("customId: this button does not start a job")
         action, modal = kind
@@ -234,8 +236,8 @@ class SimulatorApp:
         if modal is not None:
             task.status, task.modal_needs = "MODAL", modal
             self.engine.changed.add(task.id)
-            return await self._answer(result(21, "窗口等待 (waiting for modal)", task.id,
-                                             {"status": "MODAL", "finalPrompt": parent.prompt, "remix": modal == "any"}))
+            waiting = {"status": "MODAL", "finalPrompt": parent.prompt, "remix": modal == "any"}
+            return await self._answer(result(21, "窗口等待 (waiting for modal)", task.id, waiting))
         return await self._answer(self._admit(task))
 
     async def modal(self, request: Request, body: dict[str, Any]) -> Response:

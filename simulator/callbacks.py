@@ -85,10 +85,8 @@ class CallbackDispatcher:
 
     async def _tick(self) -> None:
         while True:
-            try:
+            with contextlib.suppress(Exception):
                 self.notice()
-            except Exception:  # noqa: BLE001 - the ticker must survive anything a test throws at it
-                pass
             await asyncio.sleep(TICK_S)
 
     async def _send_loop(self) -> None:
