@@ -422,7 +422,10 @@ class ImageLoader:
         from worker import media
 
         if ref.startswith("data:"):
-            media.parse_data_uri(ref, "images")
+            try:
+                media.parse_data_uri(ref, "images")
+            except ValueError as exc:
+                raise RowError("images", f"{getattr(exc, 'rule', None) or exc}") from None
             return ref
         path = Path(ref).expanduser()
         if not path.is_absolute():
@@ -440,7 +443,7 @@ class ImageLoader:
             try:
                 media.parse_data_uri(uri, "images")
             except ValueError as exc:
-                raise RowError("images", f"{ref}: {exc}") from None
+                raise RowError("images", f"{ref}: {getattr(exc, 'rule', None) or exc}") from None
             self._cache[path] = uri
         return self._cache[path]
 

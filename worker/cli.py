@@ -86,26 +86,25 @@ def explain(exc: BaseException) -> CliError | None:
         return exc
     if isinstance(exc, SettingsError):
         return CliError(str(exc), "fix the variable in the environment or .env; `mjq config` shows all", 2)
-    if (
-        isinstance(exc, redis.ConnectionError | redis.TimeoutError)
-        or type(exc).__name__ == "OperationalError"
-    ):
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError) or type(exc).__name__ == "OperationalError":
         url = safe_url(get_settings().effective_redis_url) if _settings_ok() else "the configured URL"
         return CliError(
             f"cannot reach Redis at {url}: is `mjq up` running?",
             "start it with `mjq up`, or set MJQ_REDIS_URL to your Redis",
         )
     if isinstance(exc, BatchFileError):
-        return CliError(
-            str(exc), "prompt files are .txt (one per line), .csv (header with 'prompt') or .jsonl", 2
-        )
+        return CliError(str(exc), "prompt files are .txt (one per line), .csv (header with 'prompt') or .jsonl", 2)
     if isinstance(exc, RowError):
-        return CliError(str(exc), "see `mjq batch --help` for the follow-up plan syntax", 2)
+        hint = PLAN_HINT if exc.field in ("then", "--then") else "fix the value; nothing was queued"
+        return CliError(str(exc), hint, 2)
     if isinstance(exc, ValueError):  # InvalidInput and friends: the message names the field
         return CliError(str(exc), "nothing was queued", 2)
     if type(exc).__module__.startswith("worker.mjapi"):
         return CliError(str(exc))
     return None
+
+
+PLAN_HINT = 'plans: "U1-4" (upscale all), "U2>zoom:2x" (then), "U1, V3:strong" (branches); see the README'
 
 
 def _settings_ok() -> bool:
@@ -270,9 +269,7 @@ ModeOpt = Annotated[str | None, typer.Option("--mode", "-m", help="fast | relax 
 ThenOpt = Annotated[str | None, typer.Option("--then", help='follow-up plan, e.g. "U1-4" or "U2>zoom:2x"')]
 PriorityOpt = Annotated[int | None, typer.Option("--priority", "-p", min=0, max=9, help="0-9")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
-WaitOpt = Annotated[
-    bool, typer.Option("--wait", "-w", help="show live progress until done; exit 1 on failures")
-]
+WaitOpt = Annotated[bool, typer.Option("--wait", "-w", help="show live progress until done; exit 1 on failures")]
 
 
 @cli_command("batch")
@@ -282,20 +279,14 @@ def batch_cmd(
     then: ThenOpt = None,
     priority: PriorityOpt = None,
     bot: Annotated[str, typer.Option(help="mj | niji (rows may override)")] = "mj",
-    batch_id: Annotated[
-        str | None, typer.Option("--batch-id", "-b", help="default: from the file path")
-    ] = None,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", "-n", help="show what would run; send nothing")
-    ] = False,
+    batch_id: Annotated[str | None, typer.Option("--batch-id", "-b", help="default: from the file path")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", "-n", help="show what would run; send nothing")] = False,
     wait: WaitOpt = False,
     max_permutations: Annotated[int, typer.Option(help="cap of {a,b} expansions per row")] = MAX_PERMUTATIONS,
     as_json: JsonOpt = False,
 ) -> None:
     """Enqueue every prompt of a file (resumable: jobs already known are skipped)."""
-    defaults = Defaults(
-        mode=parse_mode(mode, "--mode"), bot=bot, then=validate_plan(then, "--then"), priority=priority
-    )
+    defaults = Defaults(mode=parse_mode(mode, "--mode"), bot=bot, then=validate_plan(then, "--then"), priority=priority)
     parse_bot(bot, "--bot")
     plan = read_batch_file(file, defaults, max_permutations=max_permutations)
     plan.write_rejects()
@@ -354,9 +345,7 @@ def imagine_cmd(
     then: ThenOpt = None,
     priority: PriorityOpt = None,
     bot: Annotated[str, typer.Option(help="mj | niji")] = "mj",
-    image: Annotated[
-        list[Path] | None, typer.Option("--image", "-i", help="image prompt file (repeat)")
-    ] = None,
+    image: Annotated[list[Path] | None, typer.Option("--image", "-i", help="image prompt file (repeat)")] = None,
     batch_id: Annotated[str | None, typer.Option("--batch-id", "-b")] = None,
     wait: WaitOpt = False,
     as_json: JsonOpt = False,
@@ -461,9 +450,7 @@ def status_cmd(
     with backend() as handle:
         breaker = control.breaker_status()
         if batch is None:
-            rows = [
-                Snapshot.from_batch(str(b.get("batch_id") or b.get("id")), b) for b in handle.ledger.batches()
-            ]
+            rows = [Snapshot.from_batch(str(b.get("batch_id") or b.get("id")), b) for b in handle.ledger.batches()]
             if as_json:
                 print_json({"breaker": breaker, "batches": [snap_dict(s) for s in rows]})
                 return
@@ -492,9 +479,7 @@ def status_cmd(
                     "breaker": breaker,
                     **snap_dict(snap),
                     "meta": info.get("meta"),
-                    "failures": [
-                        {k: j.get(k) for k in ("job_id", "status", "fail_reason", "prompt")} for j in failed
-                    ],
+                    "failures": [{k: j.get(k) for k in ("job_id", "status", "fail_reason", "prompt")} for j in failed],
                 }
             )
             return
@@ -602,9 +587,7 @@ def requeue_cmd(
     )
     statuses = {name for name, on in chosen if on}
     if not statuses:
-        raise CliError(
-            "choose what to requeue", "add --failed, --timed-out, --needs-review and/or --cancelled", 2
-        )
+        raise CliError("choose what to requeue", "add --failed, --timed-out, --needs-review and/or --cancelled", 2)
     with backend() as handle:
         handle.batch(batch)
         count = control.requeue(batch, statuses)
@@ -641,7 +624,7 @@ def export_cmd(
 def gallery_cmd(
     batch: BatchArg,
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="default: <media dir>/<batch>.html")
+        Path | None, typer.Option("--output", "-o", help="default: gallery.html next to the batch's images")
     ] = None,
     open_browser: Annotated[bool, typer.Option("--open/--no-open", help="open it in a browser")] = True,
 ) -> None:
@@ -651,10 +634,17 @@ def gallery_cmd(
     with backend() as handle:
         snap = Snapshot.from_batch(batch, handle.batch(batch))
         jobs = handle.ledger.batch_jobs(batch)
-    path = write_gallery(batch, jobs, output or handle.settings.media_dir / f"{batch}.html", snap.counts)
+    path = write_gallery(batch, jobs, output or default_gallery_path(batch, jobs, handle.settings), snap.counts)
     console.print(f"gallery: {path.resolve()}")
     if open_browser:
         webbrowser.open(path.resolve().as_uri())
+
+
+def default_gallery_path(batch: str, jobs: Sequence[Mapping[str, Any]], settings: Settings) -> Path:
+    """Next to the batch's downloaded images (where the workers put them), else ``<media>/<batch>/``."""
+    folders = {Path(str(j["image_path"])).parent for j in jobs if j.get("image_path")}
+    folder = folders.pop() if len(folders) == 1 else settings.media_dir / batch
+    return folder / "gallery.html"
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -708,9 +698,7 @@ def worker_cmd(
 
 @cli_command("up")
 def up_cmd(
-    time_factor: Annotated[
-        float, typer.Option(help="simulator speed: 0.05 = jobs take 5% of real time")
-    ] = 0.05,
+    time_factor: Annotated[float, typer.Option(help="simulator speed: 0.05 = jobs take 5% of real time")] = 0.05,
     flower: Annotated[bool, typer.Option("--flower/--no-flower")] = True,
     concurrency: Annotated[int, typer.Option("--concurrency", "-c", help="worker threads")] = 8,
     ephemeral: Annotated[bool, typer.Option(help="free ports instead of the configured ones")] = False,
@@ -753,9 +741,7 @@ def print_stack(stack: Any) -> None:
     console.print(table)
     if stack.ephemeral or stack.redis_url != get_settings().effective_redis_url:
         console.print(f"in another terminal: [bold]export MJQ_REDIS_URL={stack.redis_url}[/]")
-    console.print(
-        'try: [bold]mjq imagine "a lighthouse at dawn" --then U1 --wait[/]   Ctrl-C stops everything'
-    )
+    console.print('try: [bold]mjq imagine "a lighthouse at dawn" --then U1 --wait[/]   Ctrl-C stops everything')
     console.rule()
 
 

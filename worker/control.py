@@ -9,8 +9,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from worker.app import app
-from worker.slots import MODES
 from worker.jobs import Runtime, admit_parked, cancel_job, resend, runtime
+from worker.slots import MODES
 
 REQUEUABLE = frozenset({"failed", "timed_out", "cancelled", "needs_review"})
 

@@ -165,4 +165,6 @@ def watch(
             snap = read()
             meter.add(snap.finished)
             live.update(render(snap, meter))
+    if not console.is_terminal:
+        console.line()  # Live leaves the cursor after the last line when output is a file or pipe
     return snap

@@ -63,7 +63,8 @@ class RedisServer:
                     return self
             except redis.ConnectionError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"valkey-server did not start on port {self.port}; see {self.data_dir}/valkey.log")
+                    log = self.data_dir / "valkey.log"
+                    raise RuntimeError(f"valkey-server did not start on port {self.port}; see {log}") from None
                 time.sleep(0.05)
             finally:
                 client.close()
