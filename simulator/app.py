@@ -1,4 +1,10 @@
-"""The fake Midjourney Proxy HTTP API (Starlette): every endpoint of the spec, plus an admin API."""
+"""The fake Midjourney Proxy HTTP API (Starlette): every endpoint of the spec, plus an admin API.
+
+Order of checks on a submit, as a gateway in front of a self-hosted server does them: count the request,
+auth (401), injected HTTP faults (500/429), count the submission (per ``state``), credit left, input
+validation, banned words, account availability, capacity (queue full: nothing is created), then the task is
+created, charged and admitted, and the answer may be delayed (``read_delay``: the task exists regardless).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import hmac
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -16,44 +23,48 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from simulator import answers
 from simulator.callbacks import CallbackDispatcher
 from simulator.config import MODES, SimConfig
-from simulator.engine import GRID_ACTIONS, Engine, SimTask, action_for_custom_id
-from simulator.images import render_png
+from simulator.engine import GRID_ACTIONS, IMAGE_ACTIONS, Engine, SimTask, action_for_custom_id, image_seed
+from simulator.images import render_png, sniff_mime
 
 Handler = Callable[[Request], Awaitable[Response]]
+BodyHandler = Callable[[Request, dict[str, Any]], Awaitable[Response]]
 SPEED_PREFIXES = {"/mj-fast": "FAST", "/mj-relax": "RELAX", "/mj-turbo": "TURBO"}
 PROMPT_FLAGS = {"--relax": "RELAX", "--fast": "FAST", "--turbo": "TURBO"}
 MAX_BODY = 30 * 1024 * 1024
+MAX_IMAGE = 4 * 1024 * 1024
+MAX_PROMPT = 8192
+DIMENSIONS = ("PORTRAIT", "SQUARE", "LANDSCAPE")
+BOT_TYPES = ("MID_JOURNEY", "NIJI_JOURNEY")
 
 
 class Answer(Exception):
     """A finished API answer raised from deep inside a handler."""
 
     def __init__(self, response: Response) -> None:
+        super().__init__("answer")
         self.response = response
 
 
-def result(code: int, description: str, value: Any = None, properties: dict[str, Any] | None = None) -> JSONResponse:
-    return JSONResponse({"code": code, "description": description, "properties": properties or {}, "result": value})
-
-
 class SimulatorApp:
-    """Routes bound to one engine; ``base_url`` is learnt from the first request when not given."""
+    """Routes bound to one engine; ``base_url`` (for absolute image URLs) is learnt from the first request
+    when not given."""
 
     def __init__(self, config: SimConfig, base_url: str = "") -> None:
         self.config = config
         self.initial = config.model_copy(deep=True)
         self.engine = Engine(config)
-        self.base_url = base_url
-        self.dispatcher = CallbackDispatcher(self.engine, base_url)
+        self.base_url = base_url.rstrip("/")
+        self.dispatcher = CallbackDispatcher(self.engine, self.base_url)
 
-    # -- helpers -----------------------------------------------------------------------------------------
+    # -- checks ------------------------------------------------------------------------------------------
 
-    def _validation(self, message: str) -> Answer:
-        code = 21 if self.config.dialect == "vendor" else 4
-        return Answer(result(code, message))
+    def _invalid(self, message: str) -> Answer:
+        return Answer(answers.validation(message, self.config.dialect))
 
     def _learn_base(self, request: Request) -> None:
         if not self.base_url:
@@ -66,90 +77,75 @@ class SimulatorApp:
             return
         bearer = request.headers.get("authorization", "")
         secret = request.headers.get("mj-api-secret", "")
-        if bearer != f"Bearer {key}" and secret != key:
-            raise Answer(JSONResponse({"code": 401, "description": "invalid api key", "result": None}, 401))
+        if not (hmac.compare_digest(bearer, f"Bearer {key}") or hmac.compare_digest(secret, key)):
+            raise Answer(answers.unauthorized())
+
+    def _http_faults(self) -> None:
+        config, rng = self.config, self.engine.rng
+        if config.http_500_rate and rng.random() < config.http_500_rate:
+            raise Answer(answers.server_error())
+        if config.http_429_rate and rng.random() < config.http_429_rate:
+            raise Answer(answers.rate_limited(config.retry_after_s))
 
     async def _body(self, request: Request) -> dict[str, Any]:
         raw = await request.body()
         if len(raw) > MAX_BODY:
-            raise Answer(JSONResponse({"code": 4, "description": "body too large", "result": None}, 413))
+            raise Answer(answers.error(413, 4, "body too large"))
         try:
             body = json.loads(raw or b"{}")
         except ValueError:
-            raise Answer(JSONResponse({"code": 4, "description": "malformed JSON", "result": None}, 400)) from None
+            raise Answer(answers.error(400, 4, "malformed JSON")) from None
         if not isinstance(body, dict):
-            raise Answer(JSONResponse({"code": 4, "description": "body must be an object", "result": None}, 400))
+            raise Answer(answers.error(400, 4, "body must be a JSON object"))
         return body
 
     def _image(self, value: Any, field: str) -> bytes:
         if not isinstance(value, str) or not value.startswith("data:image/") or ";base64," not in value:
-            raise self._validation(f"{field}: must be a data:image/...;base64 URI")
+            raise self._invalid(f"{field}: must be a data:image/...;base64 URI")
         try:
             data = base64.b64decode(value.split(",", 1)[1], validate=True)
         except (binascii.Error, ValueError):
-            raise self._validation(f"{field}: invalid base64") from None
-        if len(data) > 4 * 1024 * 1024:
-            raise self._validation(f"{field}: image larger than 4 MB")
+            raise self._invalid(f"{field}: invalid base64") from None
+        if not data:
+            raise self._invalid(f"{field}: empty image")
+        if len(data) > MAX_IMAGE:
+            raise self._invalid(f"{field}: image larger than 4 MB")
         return data
+
+    def _images(self, body: dict[str, Any], field: str, low: int, high: int) -> list[bytes]:
+        images = body.get(field)
+        if images is None and low == 0:
+            return []
+        if not isinstance(images, list) or not low <= len(images) <= high:
+            raise self._invalid(f"{field}: {low} to {high} images")
+        return [self._image(image, f"{field}[{i}]") for i, image in enumerate(images)]
+
+    def _enum(self, body: dict[str, Any], field: str, allowed: tuple[str, ...]) -> None:
+        value = body.get(field)
+        if value is not None and value not in allowed:
+            raise self._invalid(f"{field}: must be one of {', '.join(allowed)}")
 
     def _store_upload(self, data: bytes) -> str:
         key = hashlib.sha256(data).hexdigest()[:32]
         self.engine.uploads[key] = data
         return key
 
-    def _mode(self, request: Request, body: dict[str, Any], prompt: str = "") -> str:
+    def _mode(self, request: Request, body: dict[str, Any], prompt: str = "", default: str = "FAST") -> str:
+        """Speed: path prefix, else ``accountFilter.modes[0]``, else a --fast/--relax/--turbo flag, else default."""
         prefix = request.scope.get("mj_speed")
         if isinstance(prefix, str):
             return prefix
-        modes = (body.get("accountFilter") or {}).get("modes") or []
-        if modes and str(modes[0]).upper() in MODES:
+        account_filter = body.get("accountFilter")
+        modes = account_filter.get("modes") if isinstance(account_filter, dict) else None
+        if isinstance(modes, list) and modes and str(modes[0]).upper() in MODES:
             return str(modes[0]).upper()
         for flag, mode in PROMPT_FLAGS.items():
             if flag in prompt:
                 return mode
-        return "FAST"
-
-    def _gate(self, body: dict[str, Any]) -> None:
-        """Faults and account checks applied before any submit is looked at."""
-        config, rng = self.config, self.engine.rng
-        if rng.random() < config.http_500_rate:
-            raise Answer(JSONResponse({"code": 9, "description": "internal server error", "result": None}, 500))
-        if rng.random() < config.http_429_rate:
-            raise Answer(JSONResponse({"code": 9, "description": "too many requests", "result": None}, 429,
-                                      headers={"Retry-After": f"{config.retry_after_s:g}"}))
-        if config.account_unavailable:
-            if config.dialect == "vendor":
-                raise Answer(result(24, "账号不可用 (account unavailable)"))
-            raise Answer(result(9, "无可用的账号实例 (no account instance available)"))
-
-    def _charge(self, prompt: str) -> None:
-        """Banned words, balance; raises the refusal, or takes one credit."""
-        lowered = prompt.lower()
-        for word in self.config.banned_words:
-            if word and word.lower() in lowered:
-                banned = {"promptEn": prompt, "bannedWord": word}
-                raise Answer(result(24, "可能包含敏感词 (banned prompt)", properties=banned))
-        balance = self.config.balance
-        if balance is not None:
-            if balance <= 0:
-                raise Answer(result(25, "余额不足 (insufficient balance)"))
-            self.config.balance = balance - 1
-
-    def _admit(self, task: SimTask) -> Response:
-        waited = self.engine.enqueue(task, time.time())
-        # vendor answers carry the id as a JSON number, self-hosted servers as a string: both are real
-        task_id: int | str = int(task.id) if self.config.dialect == "vendor" else task.id
-        if waited:
-            ahead = sum(len(q) for q in self.engine.queued.values()) - 1
-            return result(22, f"排队中，前面还有{ahead}个任务", task_id, {"numberOfQueues": ahead})
-        return result(1, "提交成功", task_id)
-
-    def _queue_full(self) -> Answer:
-        self.engine.queue_full += 1
-        return Answer(result(23, "队列已满，请稍后尝试 (queue full)"))
+        return default
 
     def _count_submission(self, body: dict[str, Any]) -> str | None:
-        """Every submit is counted, per ``state`` too: the proof that nothing was submitted twice."""
+        """Every submit that reached the server counts, per ``state`` too: the proof nothing went twice."""
         self.engine.submissions += 1
         state = body.get("state")
         if isinstance(state, str) and state:
@@ -157,182 +153,237 @@ class SimulatorApp:
             return state
         return None
 
-    async def _answer(self, response: Response) -> Response:
-        if self.engine.rng.random() < self.config.read_delay_rate:
-            await asyncio.sleep(self.config.read_delay_s)
+    def _check_credit(self) -> None:
+        balance = self.config.balance
+        if balance is not None and balance <= 0:
+            raise Answer(answers.out_of_credit(self.config.dialect))
+
+    def _check_banned(self, prompt: str) -> None:
+        lowered = prompt.lower()
+        for word in self.config.banned_words:
+            if word and word.lower() in lowered:
+                raise Answer(answers.banned(word, prompt, self.config.dialect))
+
+    def _check_account(self) -> None:
+        if self.config.account_unavailable:
+            raise Answer(answers.account_unavailable(self.config.dialect))
+
+    def _check_room(self, mode: str) -> None:
+        if not self.engine.has_room(mode):
+            self.engine.queue_full += 1
+            raise Answer(answers.queue_full(self.config.dialect))
+
+    def _charge(self) -> None:
+        if self.config.balance is not None:
+            self.config.balance -= 1
+
+    async def _admit(self, task: SimTask) -> Response:
+        """Run or queue an accepted task; then, maybe, answer too late for the client (it exists anyway)."""
+        dialect = self.config.dialect
+        if self.engine.enqueue(task):
+            response = answers.queued(task.id, self.engine.queued_count() - 1, dialect)
+        else:
+            response = answers.submitted(task.id, dialect)
+        return await self._late(response)
+
+    async def _late(self, response: Response) -> Response:
+        config = self.config
+        if config.read_delay_rate and self.engine.rng.random() < config.read_delay_rate:
+            await asyncio.sleep(config.read_delay_s)
         return response
 
     # -- submit endpoints --------------------------------------------------------------------------------
 
     async def _create(self, request: Request, action: str, body: dict[str, Any], prompt: str,
                       image_key: str | None = None) -> Response:
-        state = self._count_submission(body)
-        self._gate(body)
+        self._check_banned(prompt)
+        self._check_account()
         mode = self._mode(request, body, prompt)
-        if not self.engine.has_room(mode):
-            raise self._queue_full()
-        self._charge(prompt)
-        task = self.engine.new_task(action, mode, prompt, state, body.get("notifyHook") or None)
+        self._check_room(mode)
+        self._charge()
+        task = self.engine.new_task(action, mode, prompt, self._state(body), self._hook(body))
         task.image_key = image_key
-        task.description = f"/{action.lower()}"
-        return await self._answer(self._admit(task))
+        task.bot_type = str(body.get("botType") or "MID_JOURNEY")
+        return await self._admit(task)
+
+    @staticmethod
+    def _state(body: dict[str, Any]) -> str | None:
+        state = body.get("state")
+        return state if isinstance(state, str) and state else None
+
+    @staticmethod
+    def _hook(body: dict[str, Any]) -> str | None:
+        hook = body.get("notifyHook")
+        return hook if isinstance(hook, str) and hook else None
 
     async def imagine(self, request: Request, body: dict[str, Any]) -> Response:
         prompt = body.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
-            raise self._validation("prompt: must not be empty")
-        for i, image in enumerate(body.get("base64Array") or []):
-            self._image(image, f"base64Array[{i}]")
+            raise self._invalid("prompt: must not be empty")
+        if len(prompt) > MAX_PROMPT:
+            raise self._invalid(f"prompt: longer than {MAX_PROMPT} characters")
+        self._enum(body, "botType", BOT_TYPES)
+        self._images(body, "base64Array", 0, 5)
         return await self._create(request, "IMAGINE", body, prompt.strip())
 
     async def blend(self, request: Request, body: dict[str, Any]) -> Response:
-        images = body.get("base64Array") or []
-        if not isinstance(images, list) or not 2 <= len(images) <= 5:
-            raise self._validation("base64Array: blend takes 2 to 5 images")
-        for i, image in enumerate(images):
-            self._image(image, f"base64Array[{i}]")
-        if body.get("dimensions", "SQUARE") not in ("PORTRAIT", "SQUARE", "LANDSCAPE"):
-            raise self._validation("dimensions: must be PORTRAIT, SQUARE or LANDSCAPE")
+        images = self._images(body, "base64Array", 2, 5)
+        self._enum(body, "dimensions", DIMENSIONS)
+        self._enum(body, "botType", BOT_TYPES)
         return await self._create(request, "BLEND", body, f"blend of {len(images)} images")
 
     async def describe(self, request: Request, body: dict[str, Any]) -> Response:
         key = self._store_upload(self._image(body.get("base64"), "base64"))
+        self._enum(body, "botType", BOT_TYPES)
         return await self._create(request, "DESCRIBE", body, "", image_key=key)
 
     async def swap_face(self, request: Request, body: dict[str, Any]) -> Response:
         self._image(body.get("sourceBase64"), "sourceBase64")
-        key = self._store_upload(self._image(body.get("targetBase64"), "targetBase64"))
-        return await self._create(request, "SWAP_FACE", body, "face swap", image_key=key)
+        self._image(body.get("targetBase64"), "targetBase64")
+        return await self._create(request, "SWAP_FACE", body, "face swap")
 
     async def action(self, request: Request, body: dict[str, Any]) -> Response:
-        state = self._count_submission(body)
-        self._gate(body)
-        parent = self.engine.tasks.get(str(body.get("taskId", "")))
-        custom_id = body.get("customId")
+        dialect = self.config.dialect
+        task_id, custom_id = body.get("taskId"), body.get("customId")
+        if not isinstance(task_id, str | int) or not str(task_id):
+            raise self._invalid("taskId: required")
+        if not isinstance(custom_id, str) or not custom_id.startswith("MJ::"):
+            raise self._invalid("customId: required, shaped MJ::...")
+        parent = self.engine.tasks.get(str(task_id))
         if parent is None:
-            raise Answer(result(3, "关联任务不存在或已失效 (task not found)"))
-        if not isinstance(custom_id, str) or not custom_id:
-            raise self._validation("customId: must not be empty")
+            raise Answer(answers.not_found("关联任务不存在或已失效 (task not found)", dialect))
+        self.engine.advance()
         view = self.engine.view(parent, self.base_url)
-        if view["status"] != "SUCCESS" or custom_id not in {b["customId"] for b in view["buttons"]}:
-            raise self._validation("customId: not a button of this task")
-        remix = self.config.remix or bool((body.get("accountFilter") or {}).get("remix"))
+        if view["status"] != "SUCCESS":
+            raise self._invalid("taskId: the task has not finished successfully")
+        if custom_id not in {b["customId"] for b in view["buttons"]}:
+            raise self._invalid("customId: not a button of this task")
+        account_filter = body.get("accountFilter")
+        remix = self.config.remix or (isinstance(account_filter, dict) and bool(account_filter.get("remix")))
         kind = action_for_custom_id(custom_id, remix)
         if kind is None:
-            raise self._validation("customId: this button does not start a job")
-        action, modal = kind
+            raise self._invalid("customId: this button does not start a job")
+        action, modal_needs = kind
         existing = self.engine.existing_actions.get((parent.id, custom_id))
         if existing is not None and action == "UPSCALE":
-            return result(21, "任务已存在 (task already exists)", existing,
-                          {"status": self.engine.progress(self.engine.tasks[existing], time.time())[0]})
-        mode = parent.mode
-        if modal is None and not self.engine.has_room(mode):
-            raise self._queue_full()
-        self._charge(parent.prompt)
-        task = self.engine.new_task(action, mode, parent.prompt, state, body.get("notifyHook") or None)
-        task.parent_id, task.custom_id = parent.id, custom_id
-        task.description = f"/{action.lower()} {custom_id.split('::')[2] if custom_id.count('::') > 1 else ''}"
+            status = self.engine.progress(self.engine.tasks[existing], time.time())[0]
+            return answers.exists(existing, status, dialect)
+        self._check_banned(parent.prompt)
+        self._check_account()
+        mode = self._mode(request, body, default=parent.mode)
+        if modal_needs is None:
+            self._check_room(mode)
+        self._charge()
+        task = self.engine.new_task(action, mode, parent.prompt, self._state(body), self._hook(body))
+        task.parent_id, task.custom_id, task.bot_type = parent.id, custom_id, parent.bot_type
         self.engine.existing_actions[(parent.id, custom_id)] = task.id
-        if modal is not None:
-            task.status, task.modal_needs = "MODAL", modal
+        if modal_needs is not None:
+            task.status, task.modal_needs = "MODAL", modal_needs
             self.engine.changed.add(task.id)
-            waiting = {"status": "MODAL", "finalPrompt": parent.prompt, "remix": modal == "any"}
-            return await self._answer(result(21, "窗口等待 (waiting for modal)", task.id, waiting))
-        return await self._answer(self._admit(task))
+            return await self._late(answers.modal(task.id, parent.prompt, modal_needs == "any", dialect))
+        return await self._admit(task)
 
     async def modal(self, request: Request, body: dict[str, Any]) -> Response:
-        self._gate(body)
         task = self.engine.tasks.get(str(body.get("taskId", "")))
         if task is None:
-            raise Answer(result(3, "任务不存在 (task not found)"))
+            raise Answer(answers.not_found("任务不存在 (task not found)", self.config.dialect))
         if task.status != "MODAL":
-            raise self._validation("taskId: task is not waiting for a modal")
+            raise self._invalid("taskId: the task is not waiting for a modal")
         prompt, mask = body.get("prompt"), body.get("maskBase64")
         if task.modal_needs == "mask":
             self._image(mask, "maskBase64")
         if task.modal_needs == "prompt" and not (isinstance(prompt, str) and prompt.strip()):
-            raise self._validation("prompt: this action needs a prompt")
-        if not self.engine.has_room(task.mode):
-            raise self._queue_full()
+            raise self._invalid("prompt: this action needs a prompt")
+        if isinstance(prompt, str) and prompt.strip():
+            self._check_banned(prompt)
+        self._check_room(task.mode)
         if isinstance(prompt, str) and prompt.strip():
             task.prompt = prompt.strip()
         task.status, task.modal_needs = "NOT_START", None
-        return await self._answer(self._admit(task))
+        return await self._admit(task)
 
     async def upload(self, request: Request, body: dict[str, Any]) -> Response:
-        self._gate(body)
-        images = body.get("base64Array")
-        if not isinstance(images, list) or not images:
-            raise self._validation("base64Array: at least one image")
-        keys = [self._store_upload(self._image(image, f"base64Array[{i}]")) for i, image in enumerate(images)]
-        return result(1, "上传成功", [f"{self.base_url}/uploads/{key}.png" for key in keys])
+        images = self._images(body, "base64Array", 1, 10)
+        names = [f"{self._store_upload(data)}.{sniff_mime(data).split('/')[-1]}" for data in images]
+        return answers.result(1, "上传成功", [f"{self.base_url}/uploads/{name}" for name in names])
 
     # -- reads -------------------------------------------------------------------------------------------
 
     async def fetch(self, request: Request) -> Response:
         task = self.engine.tasks.get(request.path_params["task_id"])
         if task is None:
-            if self.config.dialect == "vendor":
-                return Response(b"", media_type="application/json")
-            return JSONResponse({"code": 3, "description": "task not found", "result": None}, 404)
+            return answers.unknown_task(self.config.unknown_task, self.config.dialect)
         self.engine.advance()
         return JSONResponse(self.engine.view(task, self.base_url))
 
     async def list_by_condition(self, request: Request, body: dict[str, Any]) -> Response:
-        ids = body.get("ids") or []
+        ids = body.get("ids")
         if not isinstance(ids, list):
-            raise self._validation("ids: must be a list")
+            raise self._invalid("ids: must be a list")
         self.engine.advance()
         now = time.time()
-        tasks = [self.engine.tasks.get(str(i)) for i in ids]
+        tasks = (self.engine.tasks.get(str(i)) for i in ids)
         return JSONResponse([self.engine.view(t, self.base_url, now) for t in tasks if t is not None])
 
     async def image_seed(self, request: Request) -> Response:
         task = self.engine.tasks.get(request.path_params["task_id"])
         if task is None:
-            return JSONResponse({"code": 3, "description": "task not found", "result": None}, 404)
+            return answers.unknown_task("404" if self.config.unknown_task == "dialect" else self.config.unknown_task,
+                                        self.config.dialect)
         self.engine.advance()
-        if task.status != "SUCCESS" or task.action not in GRID_ACTIONS | {"UPSCALE"}:
-            return result(4, "seed only for finished image tasks")
-        return result(1, "成功", str(int(hashlib.sha256(task.id.encode()).hexdigest()[:8], 16)))
+        if task.status != "SUCCESS" or task.action not in IMAGE_ACTIONS:
+            return answers.validation("seed only for finished image tasks", self.config.dialect)
+        return answers.result(1, "成功", image_seed(task.id))
+
+    # -- files -------------------------------------------------------------------------------------------
 
     async def image(self, request: Request) -> Response:
-        task_id = request.path_params["task_id"]
-        task = self.engine.tasks.get(task_id)
-        if task is None:
+        task = self.engine.tasks.get(request.path_params["task_id"])
+        self.engine.advance()
+        if task is None or self.engine.progress(task, time.time())[0] not in ("SUCCESS", "IN_PROGRESS"):
             return Response(status_code=404)
-        if task.image_key and task.image_key in self.engine.uploads:
-            return Response(self.engine.uploads[task.image_key], media_type="image/png")
-        png = render_png(task.id, task.prompt, task.action in GRID_ACTIONS)
-        return Response(png, media_type="image/png")
+        if task.action == "DESCRIBE" and task.image_key in self.engine.uploads:
+            data = self.engine.uploads[task.image_key or ""]
+            return Response(data, media_type=sniff_mime(data))
+        png = await asyncio.to_thread(render_png, task.prompt, task.action in GRID_ACTIONS, _label(task))
+        return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=86400"})
 
     async def uploaded(self, request: Request) -> Response:
-        data = self.engine.uploads.get(request.path_params["key"])
-        return Response(data, media_type="image/png") if data else Response(status_code=404)
+        data = self.engine.uploads.get(request.path_params["name"].split(".")[0])
+        return Response(data, media_type=sniff_mime(data)) if data else Response(status_code=404)
 
     # -- admin -------------------------------------------------------------------------------------------
 
     async def admin_stats(self, request: Request) -> Response:
         return JSONResponse(self.engine.stats())
 
+    async def admin_config(self, request: Request) -> Response:
+        return JSONResponse(self.config.public())
+
     async def admin_faults(self, request: Request) -> Response:
+        """Patch the configuration; dict fields (durations, concurrency) merge per mode."""
         body = await self._body(request)
+        current = self.config.model_dump()
+        for name, value in body.items():
+            if isinstance(current.get(name), dict) and isinstance(value, dict):
+                body[name] = {**current[name], **{str(k).upper(): v for k, v in value.items()}}
         try:
-            patched = self.config.model_validate({**self.config.model_dump(), **body})
+            patched = SimConfig.model_validate({**current, **body})
         except ValueError as exc:
             return JSONResponse({"error": str(exc)}, 400)
         for name in body:
             setattr(self.config, name, getattr(patched, name))
         if "seed" in body:
             self.engine.reseed()
-        self.engine.advance()
+        self.engine.advance()  # a larger concurrency starts queued tasks at once
         return JSONResponse(self.config.public())
 
     async def admin_reset(self, request: Request) -> Response:
+        """Forget tasks and counters; ``{"config": true}`` also restores the start-up configuration."""
         body = await self._body(request)
         if body.get("config", False):
-            for name, value in self.initial.model_dump().items():
-                setattr(self.config, name, value)
+            for name in SimConfig.model_fields:
+                setattr(self.config, name, getattr(self.initial, name))
         self.engine.reset()
         self.dispatcher.reset()
         return JSONResponse(self.config.public())
@@ -348,66 +399,90 @@ class SimulatorApp:
 
     # -- wiring ------------------------------------------------------------------------------------------
 
-    def api(self, name: str, handler: Callable[[Request, dict[str, Any]], Awaitable[Response]]) -> Handler:
+    def _endpoint(self, path: str, method: str, run: Handler, *, submit: bool, counted: bool = True) -> Handler:
+        """Wrap a handler: request counter (by prefix + route), auth, HTTP faults, submission counter."""
+        is_api = path.startswith("/mj/")
+
         async def endpoint(request: Request) -> Response:
             self._learn_base(request)
-            self.engine.requests[name] += 1
+            if counted:
+                self.engine.requests[f"{method} {request.scope.get('mj_prefix', '')}{path}"] += 1
             try:
-                self._check_auth(request)
-                return await handler(request, await self._body(request))
+                if is_api:
+                    self._check_auth(request)
+                    if submit or self.config.fault_scope == "all":
+                        self._http_faults()
+                return await run(request)
             except Answer as answer:
                 return answer.response
 
         return endpoint
 
-    def read(self, name: str, handler: Handler) -> Handler:
-        async def endpoint(request: Request) -> Response:
-            self._learn_base(request)
-            self.engine.requests[name] += 1
-            try:
-                self._check_auth(request)
-                return await handler(request)
-            except Answer as answer:
-                return answer.response
+    def _with_body(self, handler: BodyHandler, *, submission: bool) -> Handler:
+        async def run(request: Request) -> Response:
+            body = await self._body(request)
+            if submission:
+                self._count_submission(body)
+                self._check_credit()
+            return await handler(request, body)
 
-        return endpoint
+        return run
 
     def routes(self) -> list[Route]:
-        submit = [
-            ("/mj/submit/imagine", self.imagine), ("/mj/submit/blend", self.blend),
-            ("/mj/submit/describe", self.describe), ("/mj/submit/modal", self.modal),
-            ("/mj/submit/action", self.action), ("/mj/submit/upload-discord-images", self.upload),
-            ("/mj/insight-face/swap", self.swap_face), ("/mj/task/list-by-condition", self.list_by_condition),
+        submits: list[tuple[str, BodyHandler, bool]] = [
+            ("/mj/submit/imagine", self.imagine, True), ("/mj/submit/blend", self.blend, True),
+            ("/mj/submit/describe", self.describe, True), ("/mj/submit/action", self.action, True),
+            ("/mj/insight-face/swap", self.swap_face, True), ("/mj/submit/modal", self.modal, False),
+            ("/mj/submit/upload-discord-images", self.upload, False),
         ]
-        reads = [("/mj/task/{task_id}/fetch", self.fetch), ("/mj/task/{task_id}/image-seed", self.image_seed)]
-        routes = [Route(p, self.api(f"POST {p}", h), methods=["POST"]) for p, h in submit]
-        routes += [Route(p, self.read(f"GET {p}", h), methods=["GET"]) for p, h in reads]
-        routes += [
-            Route("/images/{task_id}.png", self.image), Route("/uploads/{key}.png", self.uploaded),
-            Route("/admin/stats", self.admin_stats), Route("/admin/faults", self.admin_faults, methods=["POST"]),
-            Route("/admin/reset", self.admin_reset, methods=["POST"]), Route("/admin/tasks", self.admin_tasks),
-            Route("/admin/tasks/{task_id}/finish", self.admin_finish, methods=["POST"]),
+        routes = [Route(p, self._endpoint(p, "POST", self._with_body(h, submission=s), submit=True),
+                        methods=["POST"]) for p, h, s in submits]
+        listing = "/mj/task/list-by-condition"
+        routes.append(Route(listing, self._endpoint(
+            listing, "POST", self._with_body(self.list_by_condition, submission=False), submit=False),
+            methods=["POST"]))
+        reads: list[tuple[str, Handler]] = [
+            ("/mj/task/{task_id}/fetch", self.fetch), ("/mj/task/{task_id}/image-seed", self.image_seed),
+            ("/images/{task_id}.png", self.image), ("/uploads/{name}", self.uploaded),
         ]
+        routes += [Route(p, self._endpoint(p, "GET", h, submit=False), methods=["GET"]) for p, h in reads]
+        admin: list[tuple[str, str, Handler]] = [
+            ("/admin/stats", "GET", self.admin_stats), ("/admin/faults", "GET", self.admin_config),
+            ("/admin/faults", "POST", self.admin_faults), ("/admin/reset", "POST", self.admin_reset),
+            ("/admin/tasks", "GET", self.admin_tasks),
+            ("/admin/tasks/{task_id}/finish", "POST", self.admin_finish),
+        ]
+        routes += [Route(p, self._endpoint(p, m, h, submit=False, counted=False), methods=[m]) for p, m, h in admin]
         return routes
+
+
+def _label(task: SimTask) -> str:
+    """What the picture says it is, e.g. ``[upscale 2]`` for U2."""
+    parts = (task.custom_id or "").split("::")
+    index = parts[3] if len(parts) > 4 and parts[3].isdigit() else ""
+    return f"[{task.action.lower()} {index}]".replace(" ]", "]")
 
 
 class SpeedPrefix:
     """ASGI middleware: ``/mj-fast/mj/...`` selects the speed and is served as ``/mj/...``."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             for prefix, mode in SPEED_PREFIXES.items():
                 if scope["path"].startswith(prefix + "/"):
-                    scope = {**scope, "path": scope["path"][len(prefix):], "mj_speed": mode}
+                    scope = {**scope, "path": scope["path"][len(prefix):], "mj_speed": mode, "mj_prefix": prefix}
+                    scope.pop("raw_path", None)
                     break
         await self.app(scope, receive, send)
 
 
 def create_app(config: SimConfig, base_url: str = "") -> Starlette:
-    """The simulator as an ASGI app; ``app.state.sim`` is the :class:`SimulatorApp` behind it."""
+    """The simulator as an ASGI app; ``app.state.sim`` is the :class:`SimulatorApp` behind it.
+
+    ``base_url`` makes ``imageUrl`` absolute; left empty it is learnt from the first request's Host."""
     sim = SimulatorApp(config, base_url)
 
     @asynccontextmanager

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 MODES = ("FAST", "RELAX", "TURBO")
+Dialect = Literal["proxy", "vendor"]
 
 
 class SimConfig(BaseModel):
@@ -15,30 +16,42 @@ class SimConfig(BaseModel):
     model_config = ConfigDict(validate_assignment=True, extra="forbid")
 
     api_key: str | None = Field(None, description="Required key (Bearer or mj-api-secret); None = no auth.")
-    dialect: Literal["proxy", "vendor"] = "proxy"
+    dialect: Dialect = Field("proxy", description="Result-code dialect: proxy (self-hosted) or vendor.")
     time_factor: float = Field(1.0, gt=0, description="Multiplies every duration (0.01 = 100x faster).")
-    duration_s: dict[str, float] = Field(default_factory=lambda: {"FAST": 60.0, "RELAX": 180.0, "TURBO": 25.0})
+    duration_s: dict[str, float] = Field(
+        default_factory=lambda: {"FAST": 60.0, "RELAX": 180.0, "TURBO": 25.0},
+        description="Base job duration per speed mode, before the time factor.",
+    )
     duration_spread: float = Field(0.1, ge=0, le=0.9, description="Relative random spread of durations.")
-    concurrency: dict[str, int] = Field(default_factory=lambda: {"FAST": 3, "RELAX": 3, "TURBO": 3})
+    concurrency: dict[str, int] = Field(
+        default_factory=lambda: {"FAST": 3, "RELAX": 3, "TURBO": 3}, description="Jobs running at once per mode."
+    )
     queue_size: int = Field(10, ge=0, description="Tasks waiting beyond the running ones, all modes together.")
-    progress_step: int = Field(25, ge=1, le=100, description="Progress callbacks every this many percent.")
+    progress_step: int = Field(25, ge=1, le=100, description="Progress moves (and calls back) in these steps.")
+    notify_hook: str | None = Field(None, description="The server's global hook, used when a task has none.")
+    unknown_task: Literal["dialect", "404", "empty"] = Field(
+        "dialect", description="Fetch of an unknown id: by dialect (proxy 404, vendor empty 200), or forced."
+    )
 
     # Faults
-    http_500_rate: float = Field(0.0, ge=0, le=1)
-    http_429_rate: float = Field(0.0, ge=0, le=1)
-    retry_after_s: float = Field(1.0, ge=0)
-    read_delay_rate: float = Field(0.0, ge=0, le=1, description="Create the task, then answer late.")
-    read_delay_s: float = Field(0.0, ge=0)
-    drop_callback_rate: float = Field(0.0, ge=0, le=1)
-    duplicate_callbacks: bool = False
-    reorder_callbacks: bool = False
-    stuck_rate: float = Field(0.0, ge=0, le=1, description="Tasks that never finish.")
-    failure_rate: float = Field(0.0, ge=0, le=1, description="Tasks that end in FAILURE.")
-    banned_words: list[str] = Field(default_factory=list)
+    fault_scope: Literal["all", "submit"] = Field(
+        "all", description="Which /mj calls the 500/429 rates hit: every call, or submits only."
+    )
+    http_500_rate: float = Field(0.0, ge=0, le=1, description="Share of /mj calls answered HTTP 500.")
+    http_429_rate: float = Field(0.0, ge=0, le=1, description="Share of /mj calls answered HTTP 429.")
+    retry_after_s: float = Field(1.0, ge=0, description="Retry-After of the 429 answers.")
+    read_delay_rate: float = Field(0.0, ge=0, le=1, description="Share of submits answered late (task created).")
+    read_delay_s: float = Field(0.0, ge=0, description="How late: set it beyond the client's read timeout.")
+    drop_callback_rate: float = Field(0.0, ge=0, le=1, description="Share of callbacks never sent.")
+    duplicate_callbacks: bool = Field(False, description="Send every callback twice.")
+    reorder_callbacks: bool = Field(False, description="Send the previous event again after the final one.")
+    stuck_rate: float = Field(0.0, ge=0, le=1, description="Tasks that never finish (stay at 10%).")
+    failure_rate: float = Field(0.0, ge=0, le=1, description="Tasks that end in FAILURE with a failReason.")
+    banned_words: list[str] = Field(default_factory=list, description="Prompts containing these are refused.")
     balance: int | None = Field(None, description="Credits left; each accepted submit costs one; None = unlimited.")
-    account_unavailable: bool = False
+    account_unavailable: bool = Field(False, description="Every submit is refused: no usable account.")
     remix: bool = Field(False, description="Variation, reroll and pan also stop at the modal step.")
-    seed: int = 1
+    seed: int = Field(1, description="Seed of the random faults and durations.")
 
     def public(self) -> dict[str, object]:
         """The configuration without the key, for the admin API."""

@@ -1,8 +1,8 @@
 """The simulated account: tasks, their lifecycle, per-mode capacity, buttons and counters.
 
 Time is advanced lazily as a small discrete-event simulation: a running task ends at a known time and the
-next queued task of its mode starts at that very moment, so results are exact whatever the polling rate.
-Everything runs on the server's event loop thread, so no locks are needed.
+next queued task of its mode starts at that very moment, so results are exact whatever the polling rate and
+cost nothing between requests.  Everything runs on the server's event-loop thread, so no locks are needed.
 """
 
 from __future__ import annotations
@@ -19,8 +19,12 @@ from typing import Any
 
 from simulator.config import MODES, SimConfig
 
-GRID_ACTIONS = {"IMAGINE", "VARIATION", "REROLL", "BLEND", "ZOOM", "PAN", "CUSTOM_ZOOM", "INPAINT"}
-TERMINAL = {"SUCCESS", "FAILURE", "CANCEL"}
+GRID_ACTIONS = frozenset({"IMAGINE", "VARIATION", "REROLL", "BLEND", "ZOOM", "PAN", "CUSTOM_ZOOM", "INPAINT"})
+IMAGE_ACTIONS = GRID_ACTIONS | {"UPSCALE", "SWAP_FACE"}
+TERMINAL = frozenset({"SUCCESS", "FAILURE", "CANCEL"})
+SUBMITTED_SHARE = 0.05  # the first 5% of a run is reported as SUBMITTED, then IN_PROGRESS from "0%"
+STUCK_PERCENT = 10
+FAIL_REASON = "Simulated failure: the job was refused by moderation"
 
 
 @dataclass
@@ -35,7 +39,8 @@ class SimTask:
     hook: str | None
     created: float
     message_hash: str = field(default_factory=lambda: str(uuid.uuid4()))
-    status: str = "NOT_START"
+    bot_type: str = "MID_JOURNEY"
+    status: str = "NOT_START"  # stored status; SUBMITTED covers IN_PROGRESS, derived from the clock
     start: float | None = None
     finish: float | None = None
     duration: float = 1.0
@@ -45,50 +50,46 @@ class SimTask:
     parent_id: str | None = None
     custom_id: str | None = None
     modal_needs: str | None = None  # "prompt" | "mask" | "any" while waiting in MODAL
-    description: str = ""
     extra_properties: dict[str, Any] = field(default_factory=dict)
-    image_key: str | None = None  # uploaded image shown for describe / swap
+    image_key: str | None = None  # the uploaded image shown by describe
+    final_view: dict[str, Any] | None = None  # terminal tasks never change: their view is built once
+
+
+def _button(custom_id: str, label: str = "", emoji: str = "") -> dict[str, Any]:
+    return {"customId": custom_id, "emoji": emoji, "label": label, "style": 2, "type": 2}
 
 
 def grid_buttons(message_hash: str) -> list[dict[str, Any]]:
-    buttons: list[dict[str, Any]] = []
-    for kind, letter in (("upsample", "U"), ("variation", "V")):
-        for i in range(1, 5):
-            buttons.append(
-                {"customId": f"MJ::JOB::{kind}::{i}::{message_hash}", "emoji": "", "label": f"{letter}{i}",
-                 "style": 2, "type": 2}
-            )
-    buttons.append(
-        {"customId": f"MJ::JOB::reroll::0::{message_hash}::SOLO", "emoji": "🔄", "label": "", "style": 2, "type": 2}
-    )
+    """U1-U4, V1-V4 and reroll, as under every 2x2 grid."""
+    buttons = [_button(f"MJ::JOB::{kind}::{i}::{message_hash}", f"{letter}{i}")
+               for kind, letter in (("upsample", "U"), ("variation", "V")) for i in range(1, 5)]
+    buttons.append(_button(f"MJ::JOB::reroll::0::{message_hash}::SOLO", emoji="🔄"))
     return buttons
 
 
 def upscale_buttons(message_hash: str) -> list[dict[str, Any]]:
+    """The buttons under a single upscaled image (v6 model set)."""
     h = message_hash
-    specs = [
-        (f"MJ::JOB::upsample_v6_2x_subtle::1::{h}::SOLO", "", "Upscale (Subtle)"),
-        (f"MJ::JOB::upsample_v6_2x_creative::1::{h}::SOLO", "", "Upscale (Creative)"),
-        (f"MJ::JOB::low_variation::1::{h}::SOLO", "🪄", "Vary (Subtle)"),
-        (f"MJ::JOB::high_variation::1::{h}::SOLO", "🪄", "Vary (Strong)"),
-        (f"MJ::Inpaint::1::{h}::SOLO", "🖌️", "Vary (Region)"),
-        (f"MJ::Outpaint::50::1::{h}::SOLO", "🔍", "Zoom Out 2x"),
-        (f"MJ::Outpaint::75::1::{h}::SOLO", "🔍", "Zoom Out 1.5x"),
-        (f"MJ::CustomZoom::{h}", "🔍", "Custom Zoom"),
-        (f"MJ::JOB::pan_left::1::{h}::SOLO", "⬅️", ""),
-        (f"MJ::JOB::pan_right::1::{h}::SOLO", "➡️", ""),
-        (f"MJ::JOB::pan_up::1::{h}::SOLO", "⬆️", ""),
-        (f"MJ::JOB::pan_down::1::{h}::SOLO", "⬇️", ""),
-        (f"MJ::BOOKMARK::{h}", "❤️", ""),
+    return [
+        _button(f"MJ::JOB::upsample_v6_2x_subtle::1::{h}::SOLO", "Upscale (Subtle)"),
+        _button(f"MJ::JOB::upsample_v6_2x_creative::1::{h}::SOLO", "Upscale (Creative)"),
+        _button(f"MJ::JOB::low_variation::1::{h}::SOLO", "Vary (Subtle)", "🪄"),
+        _button(f"MJ::JOB::high_variation::1::{h}::SOLO", "Vary (Strong)", "🪄"),
+        _button(f"MJ::Inpaint::1::{h}::SOLO", "Vary (Region)", "🖌️"),
+        _button(f"MJ::Outpaint::50::1::{h}::SOLO", "Zoom Out 2x", "🔍"),
+        _button(f"MJ::Outpaint::75::1::{h}::SOLO", "Zoom Out 1.5x", "🔍"),
+        _button(f"MJ::CustomZoom::{h}", "Custom Zoom", "🔍"),
+        _button(f"MJ::JOB::pan_left::1::{h}::SOLO", emoji="⬅️"),
+        _button(f"MJ::JOB::pan_right::1::{h}::SOLO", emoji="➡️"),
+        _button(f"MJ::JOB::pan_up::1::{h}::SOLO", emoji="⬆️"),
+        _button(f"MJ::JOB::pan_down::1::{h}::SOLO", emoji="⬇️"),
+        _button(f"MJ::BOOKMARK::{h}", emoji="❤️"),
     ]
-    return [{"customId": c, "emoji": e, "label": label, "style": 2, "type": 2} for c, e, label in specs]
 
 
 def action_for_custom_id(custom_id: str, remix: bool) -> tuple[str, str | None] | None:
     """(resulting action, modal requirement) for a button, or None when the button makes no job."""
     parts = custom_id.split("::")
-    if custom_id.startswith("MJ::BOOKMARK"):
-        return None
     if custom_id.startswith("MJ::Inpaint::"):
         return "INPAINT", "mask"
     if custom_id.startswith("MJ::CustomZoom::"):
@@ -96,7 +97,7 @@ def action_for_custom_id(custom_id: str, remix: bool) -> tuple[str, str | None] 
     if custom_id.startswith("MJ::Outpaint::"):
         return "ZOOM", None
     if len(parts) < 3 or parts[1] != "JOB":
-        return None
+        return None  # BOOKMARK and unknown buttons
     kind = parts[2]
     remix_modal = "any" if remix else None
     if kind == "upsample" or kind.startswith("upsample_"):
@@ -110,8 +111,24 @@ def action_for_custom_id(custom_id: str, remix: bool) -> tuple[str, str | None] 
     return None
 
 
+def describe_prompts(key: str) -> str:
+    """Four numbered prompts (1️⃣-4️⃣), deterministic for the same image."""
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    subjects = ["a quiet harbour at dawn", "a fox in a snowy forest", "a neon city street", "an old library",
+                "a desert caravan", "a lighthouse in a storm", "a glass greenhouse", "a paper boat on a pond"]
+    styles = ["soft light", "cinematic", "watercolor", "35mm photo"]
+    return "\n\n".join(
+        f"{n}\ufe0f\u20e3 {subjects[int(digest[i * 2], 16) % 8]}, {styles[i]}, highly detailed --ar 1:1"
+        for i, n in enumerate("1234")
+    )
+
+
+def image_seed(task_id: str) -> str:
+    return str(int(hashlib.sha256(task_id.encode()).hexdigest()[:8], 16))
+
+
 class Engine:
-    """The account's state; every public method is called from the server's event loop."""
+    """The account's state; every method is called from the server's event loop."""
 
     def __init__(self, config: SimConfig) -> None:
         self.config = config
@@ -136,20 +153,25 @@ class Engine:
         self.peak_in_flight = 0
         self.callbacks_sent = 0
         self.callbacks_dropped = 0
-        self.changed: set[str] = set()
+        self.changed: set[str] = set()  # tasks whose stored status moved since the dispatcher last looked
 
     def reseed(self) -> None:
         self.rng = random.Random(self.config.seed)
 
     # -- capacity and time -------------------------------------------------------------------------------
 
-    def in_flight(self) -> int:
-        return sum(len(r) for r in self.running.values()) + sum(len(q) for q in self.queued.values())
+    def running_count(self) -> int:
+        return sum(len(r) for r in self.running.values())
+
+    def queued_count(self) -> int:
+        return sum(len(q) for q in self.queued.values())
 
     def has_room(self, mode: str) -> bool:
+        """Room to run now, or to wait in the shared queue."""
+        self.advance()
         if len(self.running[mode]) < self.config.concurrency.get(mode, 0):
             return True
-        return sum(len(q) for q in self.queued.values()) < self.config.queue_size
+        return self.queued_count() < self.config.queue_size
 
     def _duration(self, mode: str) -> float:
         base = self.config.duration_s.get(mode, 60.0) * self.config.time_factor
@@ -167,13 +189,13 @@ class Engine:
         task.finish = at
         if task.fail:
             task.status = "FAILURE"
-            task.fail_reason = task.fail_reason or "Simulated failure: the job was refused by moderation"
+            task.fail_reason = task.fail_reason or FAIL_REASON
         else:
             task.status = "SUCCESS"
         self.changed.add(task.id)
 
     def advance(self, now: float | None = None) -> None:
-        """Bring every mode's running and queued tasks up to ``now``."""
+        """Bring every mode's running and queued tasks up to ``now`` (exact event times, any call rate)."""
         now = time.time() if now is None else now
         for mode in MODES:
             running, queued = self.running[mode], self.queued[mode]
@@ -186,15 +208,16 @@ class Engine:
             while queued and len(running) < limit:
                 self._start(self.tasks[queued.popleft()], now)
 
-    def enqueue(self, task: SimTask, now: float) -> bool:
-        """Admit a task to run or wait; True when it had to wait in the queue."""
+    def enqueue(self, task: SimTask) -> bool:
+        """Admit a task to run or to wait; True when it has to wait in the queue."""
+        now = time.time()
+        self.advance(now)
         task.duration = self._duration(task.mode)
-        if task.stuck:
+        if task.stuck:  # never ends, and does not hold a slot, so capacity stays predictable
             task.start, task.status = now, "SUBMITTED"
             self.stuck_ids.add(task.id)
             self.changed.add(task.id)
             return False
-        self.advance(now)
         if len(self.running[task.mode]) < self.config.concurrency.get(task.mode, 0):
             self._start(task, now)
             waited = False
@@ -202,12 +225,12 @@ class Engine:
             self.queued[task.mode].append(task.id)
             self.changed.add(task.id)
             waited = True
-        self.peak_in_flight = max(self.peak_in_flight, self.in_flight())
+        self.peak_in_flight = max(self.peak_in_flight, self.running_count() + self.queued_count())
         return waited
 
     def new_task(self, action: str, mode: str, prompt: str, state: str | None, hook: str | None) -> SimTask:
-        task = SimTask(id=str(next(self.ids)), action=action, mode=mode, prompt=prompt, state=state, hook=hook,
-                       created=time.time())
+        task = SimTask(id=str(next(self.ids)), action=action, mode=mode, prompt=prompt, state=state,
+                       hook=hook or self.config.notify_hook, created=time.time())
         task.stuck = self.rng.random() < self.config.stuck_rate
         task.fail = self.rng.random() < self.config.failure_rate
         self.tasks[task.id] = task
@@ -217,76 +240,92 @@ class Engine:
         return task
 
     def force_finish(self, task_id: str) -> bool:
+        """End a task now (e.g. a stuck one), freeing its slot."""
         task = self.tasks.get(task_id)
         if task is None or task.status in TERMINAL:
             return False
         self.stuck_ids.discard(task_id)
         for mode in MODES:
-            self.running[mode] = [(e, t) for e, t in self.running[mode] if t != task_id]
-            heapq.heapify(self.running[mode])
+            if any(t == task_id for _, t in self.running[mode]):
+                self.running[mode] = [(e, t) for e, t in self.running[mode] if t != task_id]
+                heapq.heapify(self.running[mode])
             if task_id in self.queued[mode]:
                 self.queued[mode].remove(task_id)
         self._finish(task, time.time())
+        self.advance()
         return True
+
+    def watched(self) -> set[str]:
+        """Tasks whose status or progress may have moved: the changed, the running and the stuck ones."""
+        ids = self.changed | self.stuck_ids
+        for running in self.running.values():
+            ids.update(task_id for _, task_id in running)
+        self.changed = set()
+        return ids
 
     # -- views -------------------------------------------------------------------------------------------
 
     def progress(self, task: SimTask, now: float) -> tuple[str, str]:
+        """(status, progress) as the API shows them at ``now``."""
         if task.status in TERMINAL:
-            return task.status, "100%" if task.status == "SUCCESS" else f"{self._percent(task, task.finish or now)}%"
-        if task.status == "MODAL":
-            return "MODAL", "0%"
-        if task.start is None:
+            return task.status, "100%" if task.status == "SUCCESS" else f"{self._percent(task, task.finish)}%"
+        if task.status in ("MODAL", "NOT_START") or task.start is None:
             return task.status, "0%"
+        elapsed = (now - task.start) / task.duration
+        if elapsed < SUBMITTED_SHARE:
+            return "SUBMITTED", "0%"
         if task.stuck:
-            return ("IN_PROGRESS", "10%") if now - task.start > task.duration * 0.1 else ("SUBMITTED", "0%")
-        percent = self._percent(task, now)
-        return ("SUBMITTED", "0%") if percent == 0 else ("IN_PROGRESS", f"{percent}%")
+            return "IN_PROGRESS", f"{STUCK_PERCENT}%"
+        return "IN_PROGRESS", f"{self._percent(task, now)}%"
 
-    def _percent(self, task: SimTask, now: float) -> int:
-        if task.start is None:
+    def _percent(self, task: SimTask, now: float | None) -> int:
+        if task.start is None or now is None:
             return 0
         raw = (now - task.start) / task.duration * 100
         step = self.config.progress_step
-        return int(max(0, min(99, raw)) // step * step)
+        return int(max(0.0, min(99.0, raw)) // step * step)
 
     def view(self, task: SimTask, base_url: str, now: float | None = None) -> dict[str, Any]:
         """The task object exactly as the API returns it (camelCase, times in epoch ms)."""
+        if task.final_view is not None:
+            return task.final_view
         now = time.time() if now is None else now
         status, progress = self.progress(task, now)
         properties: dict[str, Any] = {
             "finalPrompt": task.prompt, "messageHash": task.message_hash, "notifyHook": task.hook or "",
-            "discordInstanceId": "sim-instance-1", **task.extra_properties,
+            "discordInstanceId": "sim-instance-1", "discordChannelId": "sim-channel-1", **task.extra_properties,
         }
         body: dict[str, Any] = {
             "id": task.id, "action": task.action, "status": status, "progress": progress,
-            "prompt": task.prompt, "promptEn": task.prompt, "description": task.description or "/imagine",
+            "mode": task.mode, "botType": task.bot_type,
+            "prompt": task.prompt, "promptEn": task.prompt,
+            "description": f"/{task.action.lower()} {task.custom_id or task.prompt}".strip(),
             "state": task.state, "submitTime": int(task.created * 1000),
-            "startTime": int(task.start * 1000) if task.start else 0,
+            "startTime": int(task.start * 1000) if task.start and status != "NOT_START" else 0,
             "finishTime": int(task.finish * 1000) if task.finish and status in TERMINAL else 0,
             "imageUrl": None, "failReason": None, "buttons": [], "properties": properties,
         }
         if status == "SUCCESS":
             body["imageUrl"] = f"{base_url}/images/{task.id}.png"
             if task.action == "DESCRIBE":
-                body["prompt"] = body["promptEn"] = describe_prompts(task.id)
+                body["prompt"] = body["promptEn"] = describe_prompts(task.image_key or task.id)
                 properties["finalPrompt"] = body["prompt"]
             elif task.action in GRID_ACTIONS:
                 body["buttons"] = grid_buttons(task.message_hash)
             elif task.action == "UPSCALE":
                 body["buttons"] = upscale_buttons(task.message_hash)
-        elif status == "IN_PROGRESS" and task.action in GRID_ACTIONS:
-            body["imageUrl"] = f"{base_url}/images/{task.id}.png"
+        elif status == "IN_PROGRESS" and task.action in GRID_ACTIONS and progress != "0%":
+            body["imageUrl"] = f"{base_url}/images/{task.id}.png"  # the intermediate preview
         if status == "FAILURE":
             body["failReason"] = task.fail_reason
+        if status in TERMINAL and base_url:
+            task.final_view = body
         return body
 
     def stats(self) -> dict[str, Any]:
         self.advance()
-        by_status: Counter[str] = Counter()
         now = time.time()
-        for task in self.tasks.values():
-            by_status[self.progress(task, now)[0]] += 1
+        by_status = Counter(self.progress(task, now)[0] for task in self.tasks.values())
         return {
             "requests": dict(self.requests),
             "submissions": self.submissions,
@@ -296,20 +335,12 @@ class Engine:
             "queue_full": self.queue_full,
             "peak_concurrency": dict(self.peak_concurrency),
             "peak_in_flight": self.peak_in_flight,
-            "running": sum(len(r) for r in self.running.values()),
-            "queued": sum(len(q) for q in self.queued.values()),
+            "running": self.running_count(),
+            "queued": self.queued_count(),
+            "stuck": len(self.stuck_ids),
             "tasks": len(self.tasks),
             "tasks_by_status": dict(by_status),
             "callbacks_sent": self.callbacks_sent,
             "callbacks_dropped": self.callbacks_dropped,
             "balance": self.config.balance,
         }
-
-
-def describe_prompts(task_id: str) -> str:
-    digest = hashlib.sha256(task_id.encode()).hexdigest()
-    subjects = ["a quiet harbour at dawn", "a fox in a snowy forest", "a neon city street", "an old library"]
-    return "\n\n".join(
-        f"{n}\ufe0f\u20e3 {subjects[(int(digest[i], 16) + i) % 4]}, detailed, soft light --ar 1:1"
-        for i, n in enumerate("1234")
-    )

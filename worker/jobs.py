@@ -31,6 +31,7 @@ from celery.exceptions import Ignore
 from celery.result import AsyncResult
 
 from worker.app import app
+from worker.canvas import pending_children
 from worker.ledger import TERMINAL, Ledger, result_of
 from worker.mjapi import MidjourneyClient, validate_request
 from worker.mjapi.errors import (
@@ -478,7 +479,11 @@ def _create(
     if parent is not None:
         fields["parent_job"] = parent.get("job_id")
         fields["root_job"] = parent.get("root_job") or parent.get("job_id")
-    rt.ledger.create_job(job_id, fields)
+    created, _ = rt.ledger.create_job(job_id, fields)
+    if created and parent is None and batch_id:
+        planned = pending_children(fields["message"], then)
+        if planned:
+            rt.ledger.add_planned(batch_id, planned)
     job = rt.ledger.get_job(job_id)
     assert job is not None
     return job
@@ -634,6 +639,9 @@ def _accepted(job_id: str, mode: str, answer: Any, rt: Runtime) -> None:
         "submit_outcome": answer.outcome,
         "queue_position": getattr(answer, "queue_position", None),
     }
+    if answer.outcome == "exists":
+        existing = rt.ledger.job_by_upstream(upstream)
+        fields["existing_job"] = existing.get("job_id") if existing else None
     ok, current, _ = rt.ledger.transition(
         job_id,
         "submitted",
@@ -779,6 +787,8 @@ def settle(job_id: str, upstream_task: Any, source: str = "poll", rt: Runtime | 
     state = _get(task, "state")
     upstream = job.get("upstream_id")
     ours = KINDS.get(str(job.get("kind") or ""), KINDS["imagine"]).hooked  # did this job set `state`?
+    if job.get("submit_outcome") == "exists":
+        ours = False  # "already exists": we follow a task another job created, which carries its `state`
     if upstream:
         if str(task_id) != str(upstream) or (ours and state and state != job_id):
             return "mismatch"
@@ -1038,6 +1048,8 @@ def complete_task(job: Mapping[str, Any], result: dict[str, Any], rt: Runtime) -
         exc = JobFailed(f"{status}: {result.get('fail_reason') or ''}".strip(), result)
         if first:
             backend.mark_as_failure(task_id, exc, request=ctx)  # also fails the chain and calls errbacks
+            never = pending_children(message, job.get("then"))
+            rt.ledger.mark_skipped(job.get("batch_id") or None, never, f"parent job {job['job_id']} {status}")
         else:
             backend.store_result(task_id, exc, "FAILURE", request=ctx)
         if status == "cancelled":
@@ -1086,6 +1098,7 @@ class JobTask(Task):  # type: ignore[misc]
     """
 
     kind: str = ""
+    counts_as_job = True  # batches count these (worker.canvas)
     acks_late = True
     reject_on_worker_lost = True
     max_retries = None
