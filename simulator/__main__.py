@@ -8,6 +8,7 @@ Every scalar field of :class:`SimConfig` is a flag (``--http-500-rate 0.1``, ``-
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import types
@@ -94,7 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     app = create_app(config, base)
     print(f"simulator listening on http://{args.host}:{args.port} "
           f"(dialect {config.dialect}, time factor {config.time_factor:g})", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False, backlog=2048)
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C after its graceful shutdown
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False, backlog=2048,
+                    proxy_headers=False)
     return 0
 
 

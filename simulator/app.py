@@ -14,6 +14,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -35,6 +36,7 @@ Handler = Callable[[Request], Awaitable[Response]]
 BodyHandler = Callable[[Request, dict[str, Any]], Awaitable[Response]]
 SPEED_PREFIXES = {"/mj-fast": "FAST", "/mj-relax": "RELAX", "/mj-turbo": "TURBO"}
 PROMPT_FLAGS = {"--relax": "RELAX", "--fast": "FAST", "--turbo": "TURBO"}
+FETCH_PATH = re.compile(r"/mj/task/([^/]+)/fetch")
 MAX_BODY = 30 * 1024 * 1024
 MAX_IMAGE = 4 * 1024 * 1024
 MAX_PROMPT = 8192
@@ -51,8 +53,8 @@ class Answer(Exception):
 
 
 class SimulatorApp:
-    """Routes bound to one engine; ``base_url`` (for absolute image URLs) is learnt from the first request
-    when not given."""
+    """Routes bound to one engine; ``base_url`` (for absolute image URLs) is learnt from the first /mj
+    request when not given."""
 
     def __init__(self, config: SimConfig, base_url: str = "") -> None:
         self.config = config
@@ -60,6 +62,7 @@ class SimulatorApp:
         self.engine = Engine(config)
         self.base_url = base_url.rstrip("/")
         self.dispatcher = CallbackDispatcher(self.engine, self.base_url)
+        self.fetch_endpoint = self._endpoint("/mj/task/{task_id}/fetch", "GET", self.fetch, submit=False)
 
     # -- checks ------------------------------------------------------------------------------------------
 
@@ -314,7 +317,7 @@ class SimulatorApp:
         if task is None:
             return answers.unknown_task(self.config.unknown_task, self.config.dialect)
         self.engine.advance()
-        return JSONResponse(self.engine.view(task, self.base_url))
+        return Response(self.engine.view_json(task, self.base_url), media_type="application/json")
 
     async def list_by_condition(self, request: Request, body: dict[str, Any]) -> Response:
         ids = body.get("ids")
@@ -404,7 +407,8 @@ class SimulatorApp:
         is_api = path.startswith("/mj/")
 
         async def endpoint(request: Request) -> Response:
-            self._learn_base(request)
+            if is_api:  # the API caller's view of our host (not a health check's localhost)
+                self._learn_base(request)
             if counted:
                 self.engine.requests[f"{method} {request.scope.get('mj_prefix', '')}{path}"] += 1
             try:
@@ -442,10 +446,11 @@ class SimulatorApp:
             listing, "POST", self._with_body(self.list_by_condition, submission=False), submit=False),
             methods=["POST"]))
         reads: list[tuple[str, Handler]] = [
-            ("/mj/task/{task_id}/fetch", self.fetch), ("/mj/task/{task_id}/image-seed", self.image_seed),
+            ("/mj/task/{task_id}/image-seed", self.image_seed),
             ("/images/{task_id}.png", self.image), ("/uploads/{name}", self.uploaded),
         ]
         routes += [Route(p, self._endpoint(p, "GET", h, submit=False), methods=["GET"]) for p, h in reads]
+        routes.append(Route("/mj/task/{task_id}/fetch", self.fetch_endpoint, methods=["GET"]))
         admin: list[tuple[str, str, Handler]] = [
             ("/admin/stats", "GET", self.admin_stats), ("/admin/faults", "GET", self.admin_config),
             ("/admin/faults", "POST", self.admin_faults), ("/admin/reset", "POST", self.admin_reset),
@@ -463,11 +468,13 @@ def _label(task: SimTask) -> str:
     return f"[{task.action.lower()} {index}]".replace(" ]", "]")
 
 
-class SpeedPrefix:
-    """ASGI middleware: ``/mj-fast/mj/...`` selects the speed and is served as ``/mj/...``."""
+class Front:
+    """ASGI middleware: ``/mj-fast/mj/...`` selects the speed and is served as ``/mj/...``; the hot poll
+    (``GET /mj/task/{id}/fetch``) goes straight to its endpoint, skipping routing (same endpoint, same checks)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, sim: SimulatorApp) -> None:
         self.app = app
+        self.sim = sim
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -476,6 +483,11 @@ class SpeedPrefix:
                     scope = {**scope, "path": scope["path"][len(prefix):], "mj_speed": mode, "mj_prefix": prefix}
                     scope.pop("raw_path", None)
                     break
+            if scope["method"] == "GET" and (match := FETCH_PATH.fullmatch(scope["path"])):
+                scope["path_params"] = {"task_id": match.group(1)}
+                response = await self.sim.fetch_endpoint(Request(scope, receive))
+                await response(scope, receive, send)
+                return
         await self.app(scope, receive, send)
 
 
@@ -493,5 +505,5 @@ def create_app(config: SimConfig, base_url: str = "") -> Starlette:
 
     app = Starlette(routes=sim.routes(), lifespan=lifespan)
     app.state.sim = sim
-    app.add_middleware(SpeedPrefix)
+    app.add_middleware(Front, sim=sim)
     return app

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -20,18 +21,31 @@ from simulator.engine import TERMINAL, Engine
 TICK_S = 0.01
 SENDERS = 8
 SEND_TIMEOUT_S = 5.0
+REORDER_DELAY_S = 0.05
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class Track:
+    """What a task's hook was last told: (status, progress), the moment it described, and the body."""
+
+    key: tuple[str, str]
+    at: float
+    body: dict[str, Any]
+
+
 class CallbackDispatcher:
-    """Sends the full task JSON to each task's hook on every status change and progress step."""
+    """Sends the full task JSON to each task's hook on every status change and progress step.
+
+    The engine's clock says exactly when each step happened, so a late tick still sends every step, in
+    order, each body as the task looked at that moment: the callback sequence does not depend on load.
+    """
 
     def __init__(self, engine: Engine, base_url: str) -> None:
         self.engine = engine
         self.base_url = base_url
         self.queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
-        self.last_sent: dict[str, tuple[str, str]] = {}
-        self.last_body: dict[str, dict[str, Any]] = {}
+        self.tracks: dict[str, Track] = {}
         self.workers: list[asyncio.Task[None]] = []
         self.client: httpx.AsyncClient | None = None
 
@@ -51,31 +65,34 @@ class CallbackDispatcher:
             await self.client.aclose()
 
     def reset(self) -> None:
-        self.last_sent.clear()
-        self.last_body.clear()
+        self.tracks.clear()
         while not self.queue.empty():
             self.queue.get_nowait()
 
     def notice(self) -> None:
-        """Queue a callback for every hooked task whose (status, progress) moved since its last callback."""
+        """Queue a callback for every step each hooked task made since its last callback."""
         engine = self.engine
-        engine.advance()
         now = time.time()
+        engine.advance(now)
         for task_id in engine.watched():
             task = engine.tasks.get(task_id)
             if task is None or not task.hook:
                 continue
-            key = engine.progress(task, now)
-            if self.last_sent.get(task_id) == key:
-                continue
-            body = engine.view(task, self.base_url, now)
-            previous = self.last_body.get(task_id)
-            if key[0] in TERMINAL:
-                self.last_sent.pop(task_id, None)
-                self.last_body.pop(task_id, None)
-            else:
-                self.last_sent[task_id], self.last_body[task_id] = key, body
-            self._emit(task.hook, body, previous)
+            track = self.tracks.get(task_id)
+            if track is None:
+                body = engine.view(task, self.base_url, task.created)
+                track = self.tracks[task_id] = Track((body["status"], body["progress"]), task.created, body)
+                self._emit(task.hook, body, None)
+            moments = engine.checkpoints(task, track.at, now)
+            for at in [*moments, now]:
+                key = engine.progress(task, at)
+                if key != track.key:
+                    body = engine.view(task, self.base_url, at)
+                    self._emit(task.hook, body, track.body)
+                    track.key, track.body = key, body
+            track.at = now
+            if track.key[0] in TERMINAL:
+                del self.tracks[task_id]
 
     def _emit(self, hook: str, body: dict[str, Any], previous: dict[str, Any] | None) -> None:
         config = self.engine.config
@@ -85,7 +102,9 @@ class CallbackDispatcher:
         for _ in range(2 if config.duplicate_callbacks else 1):
             self.queue.put_nowait((hook, body))
         if config.reorder_callbacks and previous is not None and body["status"] in TERMINAL:
-            self.queue.put_nowait((hook, previous))  # an older event after the final one, as relays do
+            # an older event arriving after the final one, as lossy relays deliver them
+            loop = asyncio.get_running_loop()
+            loop.call_later(REORDER_DELAY_S, self.queue.put_nowait, (hook, previous))
 
     async def _tick(self) -> None:
         while True:

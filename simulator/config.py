@@ -46,6 +46,9 @@ class SimConfig(BaseModel):
     duplicate_callbacks: bool = Field(False, description="Send every callback twice.")
     reorder_callbacks: bool = Field(False, description="Send the previous event again after the final one.")
     stuck_rate: float = Field(0.0, ge=0, le=1, description="Tasks that never finish (stay at 10%).")
+    task_timeout_s: float | None = Field(
+        None, gt=0, description="Like real servers (300 s), fail stuck tasks after this long (x time factor)."
+    )
     failure_rate: float = Field(0.0, ge=0, le=1, description="Tasks that end in FAILURE with a failReason.")
     banned_words: list[str] = Field(default_factory=list, description="Prompts containing these are refused.")
     balance: int | None = Field(None, description="Credits left; each accepted submit costs one; None = unlimited.")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import itertools
+import json
 import random
 import time
 import uuid
@@ -25,6 +26,7 @@ TERMINAL = frozenset({"SUCCESS", "FAILURE", "CANCEL"})
 SUBMITTED_SHARE = 0.05  # the first 5% of a run is reported as SUBMITTED, then IN_PROGRESS from "0%"
 STUCK_PERCENT = 10
 FAIL_REASON = "Simulated failure: the job was refused by moderation"
+TIMEOUT_REASON = "任务超时 (task timeout)"
 
 
 @dataclass
@@ -53,6 +55,7 @@ class SimTask:
     extra_properties: dict[str, Any] = field(default_factory=dict)
     image_key: str | None = None  # the uploaded image shown by describe
     final_view: dict[str, Any] | None = None  # terminal tasks never change: their view is built once
+    final_json: bytes | None = None
 
 
 def _button(custom_id: str, label: str = "", emoji: str = "") -> dict[str, Any]:
@@ -207,6 +210,16 @@ class Engine:
                     self._start(self.tasks[queued.popleft()], end)
             while queued and len(running) < limit:
                 self._start(self.tasks[queued.popleft()], now)
+        if self.stuck_ids and self.config.task_timeout_s:
+            self._time_out(now, self.config.task_timeout_s * self.config.time_factor)
+
+    def _time_out(self, now: float, timeout: float) -> None:
+        """Stuck tasks past the server's own timeout end in FAILURE, as the original server does."""
+        for task_id in [t for t in self.stuck_ids if (self.tasks[t].start or now) + timeout <= now]:
+            task = self.tasks[task_id]
+            self.stuck_ids.discard(task_id)
+            task.fail, task.fail_reason = True, TIMEOUT_REASON
+            self._finish(task, (task.start or now) + timeout)
 
     def enqueue(self, task: SimTask) -> bool:
         """Admit a task to run or to wait; True when it has to wait in the queue."""
@@ -266,17 +279,31 @@ class Engine:
     # -- views -------------------------------------------------------------------------------------------
 
     def progress(self, task: SimTask, now: float) -> tuple[str, str]:
-        """(status, progress) as the API shows them at ``now``."""
-        if task.status in TERMINAL:
+        """(status, progress) as the API shows them at ``now`` (a past moment too: the clock encodes it)."""
+        if task.finish is not None and now >= task.finish:
             return task.status, "100%" if task.status == "SUCCESS" else f"{self._percent(task, task.finish)}%"
-        if task.status in ("MODAL", "NOT_START") or task.start is None:
-            return task.status, "0%"
-        elapsed = (now - task.start) / task.duration
-        if elapsed < SUBMITTED_SHARE:
+        if task.status == "MODAL":
+            return "MODAL", "0%"
+        if task.start is None or now < task.start:
+            return "NOT_START", "0%"
+        if (now - task.start) / task.duration < SUBMITTED_SHARE:
             return "SUBMITTED", "0%"
         if task.stuck:
             return "IN_PROGRESS", f"{STUCK_PERCENT}%"
         return "IN_PROGRESS", f"{self._percent(task, now)}%"
+
+    def checkpoints(self, task: SimTask, after: float, until: float) -> list[float]:
+        """The moments in (after, until] where the task's (status, progress) moves, oldest first."""
+        if task.start is None:
+            return []
+        start, duration = task.start, task.duration
+        times = [start, start + SUBMITTED_SHARE * duration]
+        if not task.stuck:
+            step = self.config.progress_step
+            times += [start + p / 100 * duration for p in range(step, 100, step) if p / 100 > SUBMITTED_SHARE]
+        if task.finish is not None:
+            times = [t for t in times if t < task.finish] + [task.finish]
+        return [t for t in times if after < t <= until]
 
     def _percent(self, task: SimTask, now: float | None) -> int:
         if task.start is None or now is None:
@@ -287,9 +314,9 @@ class Engine:
 
     def view(self, task: SimTask, base_url: str, now: float | None = None) -> dict[str, Any]:
         """The task object exactly as the API returns it (camelCase, times in epoch ms)."""
-        if task.final_view is not None:
-            return task.final_view
         now = time.time() if now is None else now
+        if task.final_view is not None and task.finish is not None and now >= task.finish:
+            return task.final_view
         status, progress = self.progress(task, now)
         properties: dict[str, Any] = {
             "finalPrompt": task.prompt, "messageHash": task.message_hash, "notifyHook": task.hook or "",
@@ -320,6 +347,15 @@ class Engine:
             body["failReason"] = task.fail_reason
         if status in TERMINAL and base_url:
             task.final_view = body
+        return body
+
+    def view_json(self, task: SimTask, base_url: str) -> bytes:
+        """The view as JSON bytes (serialised once for a finished task: polls of done tasks cost nothing)."""
+        if task.final_json is not None:
+            return task.final_json
+        body = json.dumps(self.view(task, base_url), ensure_ascii=False, separators=(",", ":")).encode()
+        if task.final_view is not None:
+            task.final_json = body
         return body
 
     def stats(self) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import io
 import textwrap
 from functools import lru_cache
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 GRID_SIZE = 256
 SINGLE_SIZE = 128
@@ -23,13 +23,16 @@ def _colour(prompt: str, index: int) -> tuple[int, int, int]:
     return digest[0] // 2 + 32, digest[1] // 2 + 32, digest[2] // 2 + 32  # dark enough for white text
 
 
-def _tile(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], colour: tuple[int, int, int],
-          text: str) -> None:
-    draw.rectangle(box, fill=colour)
-    x0, y0, x1, _ = box
-    width_chars = max(8, (x1 - x0) // 7)
-    for row, line in enumerate(textwrap.wrap(text, width_chars)[:6]):
-        draw.text((x0 + 4, y0 + 4 + row * 12), line, fill=(255, 255, 255))
+@lru_cache(maxsize=1)
+def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Loaded once: loading the default font costs more than drawing a whole image."""
+    return ImageFont.load_default()
+
+
+def _text(draw: ImageDraw.ImageDraw, origin: tuple[int, int], width: int, text: str) -> None:
+    x, y = origin
+    for row, line in enumerate(textwrap.wrap(text, max(8, width // 7))[:6]):
+        draw.text((x, y + row * 12), line, fill=(255, 255, 255), font=_font())
 
 
 @lru_cache(maxsize=1024)
@@ -38,16 +41,17 @@ def render_png(prompt: str, grid: bool, label: str = "") -> bytes:
     size = GRID_SIZE if grid else SINGLE_SIZE
     image = Image.new("RGB", (size, size))
     draw = ImageDraw.Draw(image)
-    text = f"{label} {prompt}".strip() or "?"
     if grid:
         half = size // 2
         for index in range(4):
             x, y = (index % 2) * half, (index // 2) * half
-            _tile(draw, (x, y, x + half - 1, y + half - 1), _colour(prompt, index), f"{index + 1}. {text}")
+            draw.rectangle((x, y, x + half - 1, y + half - 1), fill=_colour(prompt, index))
+            draw.text((x + half - 14, y + half - 16), str(index + 1), fill=(255, 255, 255), font=_font())
     else:
-        _tile(draw, (0, 0, size - 1, size - 1), _colour(prompt, 0), text)
+        draw.rectangle((0, 0, size - 1, size - 1), fill=_colour(prompt, 0))
+    _text(draw, (4, 4), size - 8, f"{label} {prompt}".strip() or "?")  # once: text is the costly part
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.save(buffer, format="PNG", compress_level=1)  # fast: flat colours compress well anyway
     return buffer.getvalue()
 
 

@@ -95,9 +95,7 @@ def test_usage_errors_exit_2_with_a_hint(tmp_path: Path) -> None:
         assert message in run.err and "hint:" in run.err and "Traceback" not in run.err, (args, run.err)
 
 
-def test_dry_run_sends_nothing(
-    tmp_path: Path, redis_url: str, redis_client: redis.Redis, stack: DevStack
-) -> None:
+def test_dry_run_sends_nothing(tmp_path: Path, redis_url: str, redis_client: redis.Redis, stack: DevStack) -> None:
     path = write_jsonl(
         tmp_path / "night.jsonl",
         [
@@ -113,8 +111,10 @@ def test_dry_run_sends_nothing(
     assert run.code == 0, run
     summary = run.json()
     assert summary["jobs"] == 4 and summary["by_mode"] == {"fast": 2, "relax": 2}
-    assert summary["followups"] == {"U1-4": 2} and summary["rejected"] == 1
-    assert Path(summary["rejected_file"]).read_text().count("bogus") == 1
+    assert summary["followups"] == {"U1-4": 2} and summary["followup_jobs"] == 8
+    assert summary["rejected"] == 1
+    rejected = list(csv.DictReader(io.StringIO(Path(summary["rejected_file"]).read_text())))
+    assert [(r["row"], r["field"]) for r in rejected] == [("4", "mode")]
     human = mjq(None, "batch", str(path), "--dry-run", env=env)
     assert "relax" in human.out and "U1-4" in human.out and "1 row(s) rejected" in human.err
     assert redis_client.dbsize() == 0
@@ -184,7 +184,7 @@ def test_batch_wait_resume_status_export_gallery(tmp_path: Path, stack: DevStack
     for job in jobs:
         assert f'data-job="{job["job_id"]}"' in html and f'data-sha256="{job["image_sha256"]}"' in html
     assert html.count('<img src="data:image/jpeg;base64,') == len(jobs)
-    assert "upsample of f1" in html or "upscale of f1" in html
+    assert "U1 of f1" in html
 
 
 def test_failures_status_and_requeue(tmp_path: Path, stack: DevStack) -> None:

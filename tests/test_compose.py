@@ -243,7 +243,7 @@ def test_each_service_command_starts_and_turns_healthy(
     # The worker is really connected to our Redis and serves our queues.
     from celery import Celery
 
-    probe = Celery("probe", broker=redis_url)
+    probe = Celery("probe", broker=redis_url, set_as_current=False)
     replies = probe.control.inspect(timeout=2).active_queues() or {}
     probe.close()
     queues = {q["name"] for qs in replies.values() for q in qs}

@@ -119,7 +119,7 @@ def test_send_task_from_a_service_without_our_code(stack: DevStack) -> None:
     """What a Python service does: a bare Celery app, the task by name, JSON kwargs, a result back."""
     from celery import Celery
 
-    client = Celery("any-service", broker=stack.redis_url, backend=stack.redis_url)
+    client = Celery("any-service", broker=stack.redis_url, backend=stack.redis_url, set_as_current=False)
     try:
         result = client.send_task(
             "tasks.imagine", kwargs={"prompt": "a fox via send_task", "mode": "turbo"}, queue="interactive"

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tests.support.images import png_data_uri
+from tests.support.sim import wait_for_task
 from worker.mjapi import (
     AnswerLost,
     AsyncMidjourneyClient,
@@ -95,6 +96,9 @@ def test_async_errors(sim: Any) -> None:
             sim.faults(read_delay_rate=0.0, balance=0)
             with pytest.raises(OutOfCredit):
                 await client.imagine("cat")
+            # The lost answer's task was still accepted upstream: let it land, then free every slot.
+            await asyncio.to_thread(wait_for_task, sim, "slow cat")
+            sim.reset(config=False)
             sim.faults(
                 balance=None, concurrency={"FAST": 1, "RELAX": 1, "TURBO": 1}, queue_size=0, time_factor=1.0
             )

@@ -22,10 +22,11 @@ def test_lifecycle_progress_rises_to_success(sim: SimulatorAdmin, sim_api: SimAp
             seen.append((task["status"], task["progress"]))
         time.sleep(0.01)
     statuses = [s for s, _ in seen]
-    assert statuses[0] == "SUBMITTED" and "IN_PROGRESS" in statuses and statuses[-1] == "SUCCESS"
+    assert statuses[0] in ("SUBMITTED", "IN_PROGRESS") and statuses[-1] == "SUCCESS"
+    assert statuses == sorted(statuses, key=["SUBMITTED", "IN_PROGRESS", "SUCCESS"].index), "never backwards"
     percents = [int(p.rstrip("%")) for _, p in seen]
     assert percents == sorted(percents) and percents[-1] == 100
-    assert {25, 50, 75} <= set(percents), seen
+    assert len({p for p in percents if 0 < p < 100}) >= 2, seen  # polls see it rise (every step: callbacks)
     assert task["id"] == task_id and task["state"] == "job-1" and task["action"] == "IMAGINE"
     assert task["submitTime"] <= task["startTime"] < task["finishTime"]
     duration = (task["finishTime"] - task["startTime"]) / 1000

@@ -21,7 +21,12 @@ TASK_MODULES = ("tasks.submit", "tasks.track", "tasks.followups", "tasks.pipelin
 
 
 def visibility_timeout_s(settings: Settings) -> int:
-    """Longer than any countdown we schedule (polls, submit retries) and than any task runs."""
+    """Longer than any countdown we schedule (polls, submit retries) and than any task runs.
+
+    ``MJQ_VISIBILITY_TIMEOUT_S`` overrides it (crash tests want redelivery within seconds).
+    """
+    if settings.visibility_timeout_s:
+        return int(max(1.0, settings.visibility_timeout_s))
     longest = max(
         settings.poll_max_s,
         settings.webhook_poll_s,
@@ -33,10 +38,14 @@ def visibility_timeout_s(settings: Settings) -> int:
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     url = settings.effective_redis_url
-    transport = {
+    transport: dict[str, Any] = {
         "visibility_timeout": visibility_timeout_s(settings),
         "queue_order_strategy": "priority",
     }
+    if settings.visibility_timeout_s:
+        # a short timeout is only useful if the sweep that redelivers expired messages runs as often
+        transport["unacked_restore_interval"] = max(1, int(settings.visibility_timeout_s / 4))
+        transport["unacked_restore_throttle"] = 1
     return {
         "broker_url": url,
         "result_backend": url,
@@ -71,6 +80,31 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+def _survive_broker_loss() -> None:
+    """Keep the worker alive when Redis goes away with messages unacknowledged (kombu 5.7 bug).
+
+    On a lost broker connection Celery closes the old connection; kombu first detaches the transport
+    (``transport.client = None``) and then closes the channels, whose ``restore_unacked`` builds a new client
+    from ``transport.client`` -> ``AttributeError`` -> "Unrecoverable error" and the worker EXITS (found by the
+    Redis-restart scenario of ``tests/reliability``). A connection error instead is what Celery's reconnect
+    path ignores; the unrestored messages come back after the visibility timeout.
+    """
+    import redis
+    from kombu.transport import redis as kombu_redis
+
+    original = kombu_redis.Channel._connparams
+    if getattr(original, "_mjq_patched", False):
+        return
+
+    def _connparams(self: Any, asynchronous: bool = False) -> Any:
+        if self.connection.client is None:
+            raise redis.exceptions.ConnectionError("broker connection already closed")
+        return original(self, asynchronous)  # type: ignore[no-untyped-call]
+
+    _connparams._mjq_patched = True  # type: ignore[attr-defined]
+    setattr(kombu_redis.Channel, "_connparams", _connparams)  # noqa: B010
+
+
 def create_app(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     celery_app = Celery("mjqueue")
@@ -82,6 +116,7 @@ def create_app(settings: Settings | None = None) -> Celery:
     return celery_app
 
 
+_survive_broker_loss()
 app = create_app()
 
 

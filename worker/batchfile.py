@@ -123,6 +123,12 @@ class BatchPlan:
         """How many jobs carry each follow-up plan (the plan text as written)."""
         return dict(Counter(job.then for job in self.jobs if job.then))
 
+    def followup_jobs(self) -> int:
+        """Follow-up jobs the plans will create when every step succeeds."""
+        from tasks.pipelines import count_jobs
+
+        return sum(count_jobs(text) * n for text, n in self.followups_by_plan().items())
+
     @property
     def rejected_path(self) -> Path:
         return rejected_path(self.path)

@@ -17,7 +17,7 @@ import time
 import uuid
 import webbrowser
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -175,12 +175,34 @@ class Backend:
     def snapshot(self, batch_id: str) -> Snapshot:
         return Snapshot.from_batch(batch_id, self.ledger.batch(batch_id) or {})
 
-    def submit(self, kwargs: Mapping[str, Any]) -> str:
+    def submit(self, kwargs: Mapping[str, Any], queue: str | None = None) -> str:
         """Enqueue one imagine job through the producer API (validated there); returns its job id."""
         import tasks
 
-        result = tasks.imagine.delay(**kwargs)
-        return str(kwargs.get("job_id") or getattr(result, "id", ""))
+        options = {"queue": queue} if queue else {}
+        result = tasks.imagine.apply_async(kwargs=dict(kwargs), **options)
+        return str(kwargs.get("job_id") or result.id)
+
+    def unfinished(self, job_ids: Sequence[str]) -> int:
+        """Jobs not yet through their finishing step (not terminal, or image still downloading)."""
+        from worker.ledger import PREFIX, TERMINAL
+
+        pending = 0
+        for start in range(0, len(job_ids), 500):
+            chunk = list(job_ids[start : start + 500])
+            pipe = self.redis.pipeline()
+            for job_id in chunk:
+                pipe.hget(f"{PREFIX}job:{job_id}", "status")
+            pipe.zmscore(f"{PREFIX}finishing", chunk)
+            *statuses, finishing = pipe.execute()
+            pending += sum(1 for st in statuses if st not in TERMINAL)
+            pending += sum(1 for score in finishing if score is not None)
+        return pending
+
+    def wait_finished(self, job_ids: Sequence[str], timeout_s: float | None = 60.0) -> None:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while self.unfinished(job_ids) and (deadline is None or time.monotonic() < deadline):
+            time.sleep(0.3)
 
 
 @contextmanager
@@ -208,6 +230,7 @@ def submit_jobs(
     batch_id: str,
     on_progress: Callable[[int], None] | None = None,
     source: str = "",
+    queue: str | None = None,
 ) -> tuple[int, int]:
     """Enqueue jobs the ledger does not know yet; returns (submitted, skipped as already known).
 
@@ -224,7 +247,7 @@ def submit_jobs(
         if handle.ledger.get_job(job.job_id) is not None:
             skipped += 1
         else:
-            handle.submit(job.task_kwargs(batch_id))
+            handle.submit(job.task_kwargs(batch_id), queue)
             submitted += 1
         if on_progress is not None:
             on_progress(index)
@@ -239,6 +262,7 @@ def plan_summary(plan: BatchPlan, batch_id: str) -> dict[str, Any]:
         "jobs": len(plan.jobs),
         "by_mode": plan.count_by_mode(),
         "followups": plan.followups_by_plan(),
+        "followup_jobs": plan.followup_jobs(),
         "rejected": len(plan.rejected),
         "rejected_file": str(plan.rejected_path) if plan.rejected else None,
         "warnings": plan.warnings,
@@ -255,14 +279,25 @@ def print_plan(summary: Mapping[str, Any]) -> None:
     console.print(table)
     for plan_text, count in summary["followups"].items():
         console.print(f"follow-ups [cyan]{plan_text}[/] after {count} job(s)")
+    if summary["followup_jobs"]:
+        console.print(f"planned follow-up jobs: [bold]{summary['followup_jobs']}[/] (when every step succeeds)")
     for warning in summary["warnings"]:
         err_console.print(f"[yellow]warning:[/] {warning}")
     if summary["rejected"]:
         err_console.print(f"[yellow]{summary['rejected']} row(s) rejected[/] -> {summary['rejected_file']}")
 
 
-def wait_for_batch(handle: Backend, batch_id: str, timeout_s: float | None = None) -> Snapshot:
-    return watch(lambda: handle.snapshot(batch_id), console, timeout_s=timeout_s)
+def wait_for_batch(handle: Backend, batch_id: str, *, quiet: bool = False) -> Snapshot:
+    """Until every job of the batch ended and went through its finishing step (image downloaded)."""
+    if quiet:
+        snap = handle.snapshot(batch_id)
+        while not snap.is_over:
+            time.sleep(0.5)
+            snap = handle.snapshot(batch_id)
+    else:
+        snap = watch(lambda: handle.snapshot(batch_id), console)
+    handle.wait_finished(handle.ledger.batch_job_ids(batch_id))
+    return snap
 
 
 ModeOpt = Annotated[str | None, typer.Option("--mode", "-m", help="fast | relax | turbo (rows may override)")]
@@ -322,20 +357,12 @@ def batch_cmd(
                 + f" -> `mjq status {batch_id}`"
             )
         if wait:
-            snap = wait_for_batch(handle, batch_id) if not as_json else _wait_quietly(handle, batch_id)
+            snap = wait_for_batch(handle, batch_id, quiet=as_json)
             summary["result"] = dict(snap.counts)
         if as_json:
             print_json(summary)
         if wait and snap.failed:
             raise typer.Exit(1)
-
-
-def _wait_quietly(handle: Backend, batch_id: str) -> Snapshot:
-    while True:
-        snap = handle.snapshot(batch_id)
-        if snap.is_over:
-            return snap
-        time.sleep(0.5)
 
 
 @cli_command("imagine")
@@ -370,21 +397,33 @@ def imagine_cmd(
         )
         for variant in expand_permutations(normalise(prompt))
     ]
+    # Follow-ups are counted per batch (planned, skipped), so a plan to wait for gets its own small batch;
+    # it still runs on the interactive queue.
+    own_batch = batch_id or (f"imagine-{jobs[0].job_id[:8]}" if plan_text and wait else None)
     with backend() as handle:
-        if batch_id:
-            submit_jobs(handle, jobs, batch_id, source=f"imagine:{jobs[0].job_id}")
+        if own_batch:
+            submit_jobs(
+                handle, jobs, own_batch, source=f"imagine:{jobs[0].job_id}", queue=None if batch_id else "interactive"
+            )
         else:
             for job in jobs:
                 handle.submit(job.task_kwargs(None))
         ids = [job.job_id for job in jobs]
         if as_json and not wait:
-            print_json({"job_ids": ids, "batch_id": batch_id})
+            print_json({"job_ids": ids, "batch_id": own_batch})
             return
         if not as_json:
             console.print("queued " + ", ".join(f"[bold]{i}[/]" for i in ids))
         if not wait:
             return
-        results = [wait_for_job(handle, job_id, quiet=as_json) for job_id in ids]
+        if own_batch and plan_text:
+            wait_for_batch(handle, own_batch, quiet=as_json)
+            roots = set(ids)
+            results = [j for j in handle.ledger.batch_jobs(own_batch) if j.get("root_job") in roots]
+        else:
+            with console.status("waiting", spinner="dots") if not as_json else nullcontext():
+                handle.wait_finished(ids, timeout_s=None)
+            results = [handle.ledger.job_result(job_id) for job_id in ids]
         if as_json:
             print_json(results)
         else:
@@ -392,36 +431,6 @@ def imagine_cmd(
                 print_job(result)
         if any(r.get("status") != "succeeded" for r in results):
             raise typer.Exit(1)
-
-
-def wait_for_job(handle: Backend, job_id: str, quiet: bool = False) -> dict[str, Any]:
-    """Wait for a job and, when it has follow-ups, for its whole family."""
-    from worker.progress import TERMINAL
-
-    def family() -> list[dict[str, Any]]:
-        job = handle.ledger.get_job(job_id) or {}
-        return [job, *_children(handle, job_id)]
-
-    with console.status(f"waiting for {job_id}", spinner="dots") if not quiet else _nullcontext():
-        while True:
-            jobs = family()
-            if jobs[0] and all(j.get("status") in TERMINAL for j in jobs) and not _pending_plan(jobs[0]):
-                return dict(jobs[0])
-            time.sleep(0.5)
-
-
-@contextmanager
-def _nullcontext() -> Iterator[None]:
-    yield
-
-
-def _children(handle: Backend, job_id: str) -> list[dict[str, Any]]:
-    children = getattr(handle.ledger, "children", None)
-    return list(children(job_id)) if callable(children) else []
-
-
-def _pending_plan(job: Mapping[str, Any]) -> bool:
-    return bool(job.get("then")) and job.get("status") == "succeeded" and not job.get("followups_done", True)
 
 
 def print_job(job: Mapping[str, Any]) -> None:

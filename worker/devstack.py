@@ -178,7 +178,7 @@ def _http_ok(url: str) -> bool:
 def _worker_answers(redis_url: str) -> bool:
     from celery import Celery
 
-    probe = Celery("mjq-probe", broker=redis_url)
+    probe = Celery("mjq-probe", broker=redis_url, set_as_current=False)
     try:
         return bool(probe.control.ping(timeout=0.5))
     finally:

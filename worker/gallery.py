@@ -11,6 +11,7 @@ import base64
 import html
 import io
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -60,8 +61,33 @@ def thumbnail_data_uri(path: Path, size: int = THUMB_PX) -> str | None:
     return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode("ascii")
 
 
+_ACTION_LABELS: tuple[tuple[str, str], ...] = (
+    (r"^MJ::JOB::upsample::(\d)", "U{0}"),
+    (r"^MJ::JOB::variation::(\d)", "V{0}"),
+    (r"^MJ::JOB::reroll", "reroll"),
+    (r"^MJ::JOB::upsample_v\d+_(\w+?)(?:::|$)", "upscale {0}"),
+    (r"^MJ::JOB::low_variation", "vary (subtle)"),
+    (r"^MJ::JOB::high_variation", "vary (strong)"),
+    (r"^MJ::JOB::pan_(\w+?)(?:::|$)", "pan {0}"),
+    (r"^MJ::Outpaint::50", "zoom out 2x"),
+    (r"^MJ::Outpaint::75", "zoom out 1.5x"),
+    (r"^MJ::CustomZoom", "custom zoom"),
+    (r"^MJ::Inpaint", "vary region"),
+)
+
+
+def action_label(action: str | None) -> str:
+    """A button's customId (what follow-up jobs record as their action) in the words people use."""
+    text = str(action or "") or "imagine"
+    for pattern, label in _ACTION_LABELS:
+        found = re.match(pattern, text)
+        if found:
+            return label.format(*(group.replace("_", " ") for group in found.groups()))
+    return text.lower()
+
+
 def _lineage(job: Mapping[str, Any]) -> str:
-    action = str(job.get("action") or "").lower() or "imagine"
+    action = action_label(job.get("action"))
     parent = job.get("parent_job")
     return f"{action} of {parent}" if parent else action
 

@@ -17,6 +17,7 @@ import hmac
 import inspect
 import logging
 import random
+import re
 import threading
 import time
 import uuid
@@ -210,6 +211,36 @@ def check_caller_fields(payload: Mapping[str, Any]) -> None:
     for name in OURS:
         if payload.get(name) not in (None, ""):
             raise InvalidInput(f"field '{name}': set by mjqueue (our job id / webhook URL); do not pass it")
+
+
+JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+
+def check_job_options(options: Mapping[str, Any]) -> None:
+    """Job options (not request fields) checked like the request: ids, priority and the follow-up plan.
+
+    Ids become Redis keys and URL path segments (webhook), so they are short and safe; priority is a Redis
+    transport priority 0-9; the plan is parsed by the plan compiler itself.
+    """
+    for name in ("job_id", "batch_id"):
+        value = options.get(name)
+        if value not in (None, "") and (not isinstance(value, str) or not JOB_ID_RE.match(value)):
+            raise InvalidInput(
+                f"field '{name}': must be 1-128 characters of letters, digits and . _ : - "
+                f"(starting with a letter or digit), not {str(value)[:60]!r}"
+            )
+    priority = options.get("priority")
+    if priority is not None and (
+        isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9
+    ):
+        raise InvalidInput(f"field 'priority': must be a whole number 0-9, not {str(priority)[:20]!r}")
+    then = options.get("then")
+    if then is not None:
+        if not isinstance(then, str):
+            raise InvalidInput(f"field 'then': must be a plan text like 'U1-4', not {type(then).__name__}")
+        from tasks.pipelines import parse as parse_plan  # the plan grammar lives with the tasks that run it
+
+        parse_plan(then)  # PlanError is an InvalidInput naming the field 'then'
 
 
 def webhook_token(job_id: str, settings: Settings) -> str:
@@ -715,8 +746,8 @@ def _get(task: Any, name: str, alias: str | None = None) -> Any:
 
 def _progress_pct(progress: Any) -> int:
     try:
-        return int(float(str(progress or "0").strip().rstrip("%")))
-    except ValueError:
+        return max(0, min(100, int(float(str(progress or "0").strip().rstrip("%")))))
+    except (ValueError, OverflowError):  # "nan%", "inf%": a hint we cannot use, not a crash
         return 0
 
 
@@ -752,7 +783,7 @@ def _fields_from_task(task: Any, to: str, source: str) -> dict[str, Any]:
     if final:
         fields["final_prompt"] = final
     start = _get(task, "start_time", "startTime")
-    if start:
+    if isinstance(start, int | float) and not isinstance(start, bool) and 0 < start < 1e14:
         fields["started_at"] = float(start) / 1000.0
     image_url = _get(task, "image_url", "imageUrl")
     if image_url:
@@ -956,7 +987,7 @@ def housekeeping(rt: Runtime | None = None) -> dict[str, int]:
         for jid in overdue:
             rt.ledger.schedule(jid, now)
             poll.apply_async((jid,), countdown=0)
-        stale = rt.ledger.finishing_stale(now - 60.0)
+        stale = rt.ledger.finishing_stale(now - settings.finish_stale_s)
         for jid in stale:
             send_finish(jid)
         return {"admitted": admitted, "overdue": len(overdue), "refinished": len(stale)}
@@ -1117,6 +1148,7 @@ class JobTask(Task):  # type: ignore[misc]
         spec = KINDS[self.kind]
         job_opts = {k: call.get(k) for k in ("mode", "batch_id", "job_id")}
         check_caller_fields(call)
+        check_job_options(call)
         payload = {k: v for k, v in call.items() if k not in JOB_OPTIONS}
         mode = job_mode(spec, payload, call.get("mode"))
         build_request(spec, payload, None, mode)  # raises InvalidInput before anything is queued
@@ -1146,6 +1178,7 @@ JOB_OPTIONS = ("mode", "batch_id", "priority", "job_id", "then", "modal")
 def run_job_task(task: Task[Any, Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """Body of the root job tasks: split job options from the request payload and start the job."""
     kind = str(getattr(task, "kind", ""))
+    check_job_options(kwargs)  # send_task producers skip JobTask.apply_async: refuse here, before any record
     payload = {k: v for k, v in kwargs.items() if k not in JOB_OPTIONS and v is not None}
     priority = kwargs.get("priority")
     return start_job(

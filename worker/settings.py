@@ -116,6 +116,20 @@ class Settings(BaseSettings):
         100, ge=1, le=500, description="Most due jobs one poll fetches together with list-by-condition."
     )
     download_attempts: int = Field(3, ge=1, description="Tries to download a final image before giving up.")
+    finish_stale_s: PositiveSeconds = Field(
+        60.0,
+        description=(
+            "A terminal job whose finishing step (download, result, continuation) has not completed after "
+            "this long gets it sent again by housekeeping (its message was lost in a crash)."
+        ),
+    )
+    visibility_timeout_s: NonNegativeSeconds = Field(
+        0.0,
+        description=(
+            "Seconds before an unacknowledged broker message (its worker was killed) is delivered again; "
+            "0 = automatic (max(3600, 4 x the longest countdown)). Must exceed every countdown in use."
+        ),
+    )
 
     # Flower
     flower_port: int = Field(5555, ge=1, le=65535, description="Port of Flower in `mjq up`.")

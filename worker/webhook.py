@@ -64,7 +64,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             return _error(413, f"body over {settings.webhook_max_body_bytes} bytes")
         try:
             body: Any = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested deeper than the parser goes
             return _error(400, "malformed JSON")
         if not isinstance(body, dict) or "id" not in body:
             return _error(400, "expected a task object with an id")
@@ -89,22 +89,30 @@ def create_app(settings: Settings | None = None) -> Starlette:
     )
 
 
+def _text(value: Any) -> str | None:
+    """A string field of the callback, or None when the sender put something else there."""
+    return value if isinstance(value, str) else None
+
+
 def _settle(rt: Any, job_id: str, body: dict[str, Any]) -> str:
+    """The callback as a task snapshot for ``settle``; wrong types become "absent", never a server error."""
     from worker import jobs
 
+    buttons = body.get("buttons")
+    properties = body.get("properties")
     task = {
         "id": str(body.get("id")),
-        "state": body.get("state"),
-        "status": body.get("status"),
-        "progress": body.get("progress"),
-        "prompt": body.get("prompt"),
-        "prompt_en": body.get("promptEn"),
-        "image_url": body.get("imageUrl"),
-        "fail_reason": body.get("failReason"),
+        "state": _text(body.get("state")),
+        "status": _text(body.get("status")),
+        "progress": _text(body.get("progress")),
+        "prompt": _text(body.get("prompt")),
+        "prompt_en": _text(body.get("promptEn")),
+        "image_url": _text(body.get("imageUrl")),
+        "fail_reason": _text(body.get("failReason")),
         "start_time": body.get("startTime"),
-        "action": body.get("action"),
-        "buttons": body.get("buttons") or [],
-        "properties": body.get("properties") or {},
+        "action": _text(body.get("action")),
+        "buttons": [b for b in buttons if isinstance(b, dict)] if isinstance(buttons, list) else [],
+        "properties": properties if isinstance(properties, dict) else {},
     }
     return jobs.settle(job_id, task, "webhook", rt)
 

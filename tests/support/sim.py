@@ -35,6 +35,17 @@ def png_data_uri(colour: tuple[int, int, int] = (200, 30, 30), size: int = 16) -
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
+def wait_for_task(admin: SimulatorAdmin, prompt: str, timeout: float = 5.0) -> dict[str, Any]:
+    """Block until the simulator holds a task for ``prompt`` (e.g. one whose answer was delayed or lost)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for task in admin.tasks():
+            if task.get("prompt") == prompt:
+                return task
+        time.sleep(0.05)
+    raise AssertionError(f"the simulator never recorded a task for {prompt!r}")
+
+
 class SimApi:
     """Plain HTTP calls to the simulator's /mj API; deliberately shares no code with ``worker.mjapi``."""
 

@@ -57,6 +57,9 @@ CONFIGS: dict[str, dict[str, str]] = {
         "MJQ_WEBHOOK_POLL_S": "0.5",
     },
 }
+# Configurations that get the webhook URL, and worker log levels other than INFO (other suites register theirs).
+HOOKED: set[str] = {"hook"}
+LOGLEVELS: dict[str, str] = {}
 
 
 @dataclass
@@ -66,6 +69,7 @@ class WorkerProcess:
     env: dict[str, str]
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
+    loglevel: str = "INFO"
 
     def start(self, redis_url: str, timeout_s: float = 30.0) -> WorkerProcess:
         schedule = self.log_path.with_suffix(".schedule")
@@ -85,7 +89,7 @@ class WorkerProcess:
             "-Q",
             "interactive,track,batch",
             "--loglevel",
-            "INFO",
+            self.loglevel,
             "-n",
             f"stack-{os.getpid()}-{time.monotonic_ns()}@%h",
             "--schedule",
@@ -227,7 +231,7 @@ class StackManager:
         env["MJQ_API_BASE_URL"] = self.sim_url
         env["MJQ_MEDIA_DIR"] = str(self.tmp / "media")
         env["MJQ_STATE_DIR"] = str(self.tmp / "state")
-        if name == "hook":
+        if name in HOOKED:
             env["MJQ_WEBHOOK_BASE_URL"] = self.webhook.url
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         return env
@@ -243,7 +247,7 @@ class StackManager:
         if self.webhook.thread is None:
             self.webhook.start()
         log_path = self.tmp / f"worker-{name}.log"
-        self.worker = WorkerProcess(env, log_path).start(self.redis_url)
+        self.worker = WorkerProcess(env, log_path, loglevel=LOGLEVELS.get(name, "INFO")).start(self.redis_url)
         self.current = name
         self.stack = Stack(name, self.redis_url, env, self.webhook.url, log_path)
         return self.stack

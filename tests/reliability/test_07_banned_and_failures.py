@@ -1,0 +1,35 @@
+"""Scenario 7: banned prompts (refused at submit) and upstream FAILUREs mixed in: each fails fast with its
+reason, its follow-ups are counted as skipped, everything else finishes."""
+
+from __future__ import annotations
+
+from tests.reliability.audit import audit
+from tests.reliability.conftest import Rel
+
+FAIL_REASON = "Simulated failure"
+
+
+def test_banned_prompts_and_failures_fail_fast(rel_poll: Rel, started: float) -> None:
+    rel = rel_poll
+    rel.sim.faults(banned_words=["forbidden"], failure_rate=0.15, seed=11)
+
+    def prompt(i: int) -> str:
+        return f"a forbidden tower #{i}" if i % 7 == 3 else f"a quiet harbour #{i}"
+
+    ids = rel.enqueue("mixed", prompt=prompt)
+    rel.wait_finished("mixed", timeout=120 if rel.full else 60)
+    jobs = {j["job_id"]: j for j in rel.stack.ledger.batch_jobs("mixed")}
+    banned = [jobs[i] for n, i in enumerate(ids) if n % 7 == 3]
+    upstream_failed = [j for j in jobs.values() if j["status"] == "failed" and j["upstream_id"]]
+    fig = audit(rel.stack, rel.sim, "7 banned + upstream failures", ["mixed"], ids, started=started,
+                full=rel.full, extra={"banned": len(banned), "upstream_failed": len(upstream_failed)})
+    assert fig.ok, fig.line()
+    submissions = rel.sim.stats()["submissions_by_state"]
+    assert banned and all(j["status"] == "failed" for j in banned)
+    assert all("forbidden" in j["fail_reason"] for j in banned), [j["fail_reason"] for j in banned]
+    assert all(submissions[j["job_id"]] == 1 for j in banned), "a banned prompt was sent again"
+    assert all(not j["upstream_id"] for j in banned)
+    assert all(j["duration_s"] < 3.0 for j in banned), "banned prompts must fail fast"
+    assert upstream_failed and all(FAIL_REASON in j["fail_reason"] for j in upstream_failed)
+    others = [j for j in jobs.values() if j not in banned and j not in upstream_failed]
+    assert all(j["status"] == "succeeded" for j in others)

@@ -1,0 +1,128 @@
+"""notifyHook callbacks, received by a small HTTP server in the test: content, timing and faults."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from simulator.server import SimulatorAdmin
+from tests.support.sim import SimApi
+
+
+class Receiver:
+    """Records every JSON body POSTed to it; ``delay_s`` makes each answer slow."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        self.delay_s = 0.0
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                time.sleep(receiver.delay_s)
+                receiver.bodies.append(body)
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait(self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate(self.bodies):
+            seen = [(b["status"], b["progress"]) for b in self.bodies]
+            assert time.monotonic() < deadline, f"callbacks so far: {seen}"
+            time.sleep(0.01)
+
+    def of(self, task_id: str) -> list[tuple[str, str]]:
+        return [(b["status"], b["progress"]) for b in self.bodies if b["id"] == task_id]
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    receiver = Receiver()
+    yield receiver
+    receiver.server.shutdown()
+    receiver.server.server_close()
+
+
+def _final(task_id: str) -> Callable[[list[dict[str, Any]]], bool]:
+    return lambda bodies: any(b["id"] == task_id and b["status"] == "SUCCESS" for b in bodies)
+
+
+def test_callbacks_follow_every_status_and_progress_step(sim: SimulatorAdmin, sim_api: SimApi,
+                                                         receiver: Receiver) -> None:
+    sim.faults(concurrency={"FAST": 1})
+    first = sim_api.imagine("hooked one", notifyHook=receiver.url, state="job-1")
+    second = sim_api.imagine("hooked two", notifyHook=receiver.url, state="job-2")  # waits in the queue
+    receiver.wait(_final(second), timeout=5)
+    events = receiver.of(second)
+    assert events[0] == ("NOT_START", "0%") and events[1] == ("SUBMITTED", "0%")
+    assert [e for e in events if e[0] == "IN_PROGRESS"] == [("IN_PROGRESS", f"{p}%") for p in (0, 25, 50, 75)]
+    assert events[-1] == ("SUCCESS", "100%") and len(events) == len(set(events)), "one callback per change"
+    final = [b for b in receiver.bodies if b["id"] == second][-1]
+    assert final["state"] == "job-2" and final["imageUrl"] == f"{sim.url}/images/{second}.png"
+    assert len(final["buttons"]) == 9 and final["properties"]["notifyHook"] == receiver.url
+    assert final == sim_api.fetch(second), "the full task object, as fetch shows it"
+    assert receiver.of(first)[-1] == ("SUCCESS", "100%")
+    assert sim.stats()["callbacks_sent"] == len(receiver.bodies)
+
+
+def test_a_slow_hook_never_slows_submits(sim: SimulatorAdmin, sim_api: SimApi, receiver: Receiver) -> None:
+    receiver.delay_s = 0.5
+    sim.faults(time_factor=0.002, concurrency={"FAST": 20}, queue_size=20)
+    ids = []
+    for i in range(10):
+        started = time.monotonic()
+        ids.append(sim_api.imagine(f"fast answer {i}", notifyHook=receiver.url))
+        assert time.monotonic() - started < 0.2
+    assert all(sim_api.wait(i)["status"] == "SUCCESS" for i in ids), "fetch answers while hooks are slow"
+    assert not any(b["status"] == "SUCCESS" for b in receiver.bodies), "the callbacks are still on their way"
+
+
+def test_dropped_callbacks(sim: SimulatorAdmin, sim_api: SimApi, receiver: Receiver) -> None:
+    sim.faults(drop_callback_rate=1.0, time_factor=0.002)
+    task_id = sim_api.imagine("unheard", notifyHook=receiver.url)
+    sim_api.wait(task_id)
+    time.sleep(0.1)
+    assert receiver.bodies == [] and sim.stats()["callbacks_dropped"] >= 3
+
+
+def test_duplicated_and_reordered_callbacks(sim: SimulatorAdmin, sim_api: SimApi, receiver: Receiver) -> None:
+    sim.faults(duplicate_callbacks=True, reorder_callbacks=True, time_factor=0.005)
+    task_id = sim_api.imagine("noisy", notifyHook=receiver.url)
+    receiver.wait(lambda bodies: len([b for b in bodies if b["status"] == "SUCCESS"]) == 2)
+    time.sleep(0.2)
+    events = receiver.of(task_id)
+    steps = set(events)
+    assert all(events.count(e) >= 2 for e in steps) and len(steps) >= 6, "every event twice"
+    assert events[-1] == ("IN_PROGRESS", "75%") and events.count(events[-1]) == 3, "the stale one came last"
+
+
+def test_global_hook_and_unreachable_hooks(sim: SimulatorAdmin, sim_api: SimApi, receiver: Receiver) -> None:
+    sim.faults(notify_hook=receiver.url, time_factor=0.002)
+    task_id = sim_api.imagine("server-wide hook")
+    receiver.wait(_final(task_id))
+    sim.faults(notify_hook=None)
+    quiet = sim_api.imagine("no hook at all")
+    sim_api.wait(quiet)
+    time.sleep(0.05)
+    assert receiver.of(quiet) == []
+    lost = sim_api.imagine("hook nobody hears", notifyHook="http://127.0.0.1:9/hook")
+    sim_api.wait(lost)
+    deadline = time.monotonic() + 3
+    while sim.stats()["callbacks_dropped"] == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
