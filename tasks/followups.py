@@ -24,17 +24,13 @@ from celery.exceptions import Ignore
 
 from worker.app import task
 from worker.buttons import Want, custom_id, resolve
-from worker.jobs import (
-    JobTask,
-    complete_task,
-    message_from_request,
-    register_finish_hook,
-    runtime,
-    start_job,
-    store_image,
-)
+from worker.finishing import complete_task, register_finish_hook
+from worker.imagestore import store_image
+from worker.jobs import JobTask, start_job
 from worker.media import parse_data_uri, sniff_mime
+from worker.messages import message_from_request
 from worker.mjapi.errors import InvalidInput
+from worker.runtime import runtime
 
 
 class FollowUpTask(JobTask):

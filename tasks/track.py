@@ -7,42 +7,43 @@ from typing import Any
 
 from celery import Task
 
-from worker import jobs
+from worker import finishing, tracking
 from worker.app import task
+from worker.runtime import runtime
 
 
 @task(name="tasks.track.poll", acks_late=True, ignore_result=True)
 def poll(job_id: str) -> int:
     """Check one due job (and any other due jobs, in one list-by-condition call)."""
-    return jobs.poll_jobs(job_id)
+    return tracking.poll_jobs(job_id)
 
 
 @task(bind=True, name="tasks.track.finish", acks_late=True, ignore_result=True, max_retries=None)
 def finish(self: Task[Any, Any], job_id: str) -> None:
     """Download the image, write the result, complete the original task, fire its continuation once."""
-    jobs.finish_job(self, job_id)
+    finishing.finish_job(self, job_id)
 
 
 @task(name="tasks.track.housekeeping", ignore_result=True)
 def housekeeping() -> dict[str, int]:
     """Admit parked jobs, reclaim expired leases, re-poll overdue jobs (one runner at a time)."""
-    return jobs.housekeeping()
+    return tracking.housekeeping()
 
 
 @task(name="tasks.fetch_task")
 def fetch_task(task_id: str) -> dict[str, Any] | None:
     """The upstream task as JSON (snake_case keys), or None when unknown."""
-    task = jobs.runtime().client.fetch(str(task_id))
+    task = runtime().client.fetch(str(task_id))
     return None if task is None else task.model_dump(mode="json")
 
 
 @task(name="tasks.list_tasks")
 def list_tasks(ids: list[str]) -> list[dict[str, Any]]:
     """Upstream tasks by ids (unknown ids are missing from the answer)."""
-    return [t.model_dump(mode="json") for t in jobs.runtime().client.list_by_condition([str(i) for i in ids])]
+    return [t.model_dump(mode="json") for t in runtime().client.list_by_condition([str(i) for i in ids])]
 
 
 @task(name="tasks.image_seed")
 def image_seed(task_id: str) -> str:
     """The seed of a finished image task."""
-    return str(jobs.runtime().client.image_seed(str(task_id)))
+    return str(runtime().client.image_seed(str(task_id)))

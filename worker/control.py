@@ -8,8 +8,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from worker.admission import admit_parked
 from worker.app import app
-from worker.jobs import Runtime, admit_parked, cancel_job, resend, runtime
+from worker.messages import resend
+from worker.outcomes import cancel_job
+from worker.runtime import Runtime, runtime
 from worker.slots import MODES
 
 REQUEUABLE = frozenset({"failed", "timed_out", "cancelled", "needs_review"})

@@ -16,7 +16,7 @@ Keys (all prefixed ``mjq:``; the scripts build key names themselves, so this nee
 - ``slots:<mode>``       zset: slot leases, member = job id, score = lease expiry (see ``worker.slots``)
 - ``finishing``          zset: jobs whose terminal transition won but whose finishing step has not run yet
 - ``breaker``            hash: the global stop after 401/403/out of credit (tripped, reason, at)
-- ``img:<sha256>``       input images stored once by the producer (see ``worker.jobs``)
+- ``img:<sha256>``       input images stored once by the producer (see ``worker.imagestore``)
 """
 
 from __future__ import annotations

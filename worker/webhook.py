@@ -49,14 +49,14 @@ def _error(status: int, message: str) -> JSONResponse:
 
 def create_app(settings: Settings | None = None) -> Starlette:
     """The ASGI app (settings default to the process settings)."""
-    from worker import jobs
+    from worker import requests, runtime
 
     settings = settings or get_settings()
 
     async def hook(request: Request) -> JSONResponse:
         job_id = str(request.path_params["job_id"])
         token = str(request.path_params["token"])
-        if not hmac.compare_digest(token.encode(), jobs.webhook_token(job_id, settings).encode()):
+        if not hmac.compare_digest(token.encode(), requests.webhook_token(job_id, settings).encode()):
             return _error(403, "bad token")
         try:
             raw = await read_limited(request, settings.webhook_max_body_bytes)
@@ -68,7 +68,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             return _error(400, "malformed JSON")
         if not isinstance(body, dict) or "id" not in body:
             return _error(400, "expected a task object with an id")
-        rt = jobs.runtime()
+        rt = runtime.runtime()
         outcome = await run_in_threadpool(_settle, rt, job_id, body)
         if outcome == "unknown":
             return _error(404, "unknown job")
@@ -77,7 +77,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         return JSONResponse({"ok": True, "outcome": outcome})
 
     async def healthz(_request: Request) -> JSONResponse:
-        rt = jobs.runtime()
+        rt = runtime.runtime()
         ok = await run_in_threadpool(rt.redis.ping)
         return JSONResponse({"ok": bool(ok)})
 
@@ -96,7 +96,7 @@ def _text(value: Any) -> str | None:
 
 def _settle(rt: Any, job_id: str, body: dict[str, Any]) -> str:
     """The callback as a task snapshot for ``settle``; wrong types become "absent", never a server error."""
-    from worker import jobs
+    from worker import outcomes
 
     buttons = body.get("buttons")
     properties = body.get("properties")
@@ -114,7 +114,7 @@ def _settle(rt: Any, job_id: str, body: dict[str, Any]) -> str:
         "buttons": [b for b in buttons if isinstance(b, dict)] if isinstance(buttons, list) else [],
         "properties": properties if isinstance(properties, dict) else {},
     }
-    return jobs.settle(job_id, task, "webhook", rt)
+    return outcomes.settle(job_id, task, "webhook", rt)
 
 
 def serve(settings: Settings | None = None) -> None:

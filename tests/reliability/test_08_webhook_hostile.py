@@ -39,7 +39,7 @@ def snapshot(client: redis.Redis) -> dict[str, Any]:
 
 
 def test_hostile_webhook_input(rel_hook: Rel, started: float, tmp_path: Path) -> None:
-    from worker.jobs import webhook_token
+    from worker.requests import webhook_token
     from worker.settings import get_settings
 
     rel = rel_hook

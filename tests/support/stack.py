@@ -179,7 +179,7 @@ class Stack:
 
     @property
     def ledger(self) -> Any:
-        from worker.jobs import runtime
+        from worker.runtime import runtime
 
         return runtime().ledger
 
@@ -264,7 +264,7 @@ def apply_env_here(env: dict[str, str]) -> None:
         del os.environ[key]
     os.environ.update({k: v for k, v in env.items() if k.startswith("MJQ_")})
     from worker.app import reconfigure
-    from worker.jobs import reset_runtime
+    from worker.runtime import reset_runtime
     from worker.settings import get_settings
 
     get_settings.cache_clear()

@@ -1,0 +1,146 @@
+"""Finishing a terminal job once: download, result under the original task id, Flower events, continuation."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from celery import Task, group, signature
+
+from worker.app import app
+from worker.canvas import pending_children
+from worker.ledger import TERMINAL
+from worker.messages import context_from_message
+from worker.runtime import Runtime, runtime
+
+log = logging.getLogger("mjqueue.finishing")
+
+
+class JobFailed(Exception):
+    """The Celery failure of a job task: message first, the job result dict second (JSON round-trips)."""
+
+    def __init__(self, message: str, result: Mapping[str, Any] | None = None) -> None:
+        super().__init__(message, dict(result or {}))
+        self.result = dict(result or {})
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+FINISH_HOOKS: list[Callable[[dict[str, Any]], None]] = []
+
+
+def register_finish_hook(hook: Callable[[dict[str, Any]], None]) -> None:
+    """Called with the job result after a job finished (follow-up plans use it); must be idempotent."""
+    if hook not in FINISH_HOOKS:
+        FINISH_HOOKS.append(hook)
+
+
+def finish_job(task: Task[Any, Any], job_id: str, rt: Runtime | None = None) -> dict[str, Any] | None:
+    rt = rt or runtime()
+    job = rt.ledger.get_job(job_id)
+    if job is None or job.get("status") not in TERMINAL:
+        return None
+    wants_image = job.get("status") == "succeeded" and rt.settings.download_images and job.get("image_url")
+    if wants_image and job.get("download") not in ("ok", "failed"):
+        _download(task, job, rt)
+    result = rt.ledger.job_result(job_id)
+    complete_task(job, result, rt)
+    rt.ledger.finished(job_id)
+    for hook in FINISH_HOOKS:
+        try:
+            hook(result)
+        except Exception:
+            log.exception("finish hook %r failed for job %s", hook, job_id)
+    return result
+
+
+def _download(task: Task[Any, Any], job: Mapping[str, Any], rt: Runtime) -> None:
+    from worker.media import DownloadError, download_image
+
+    job_id = str(job["job_id"])
+    try:
+        saved = download_image(
+            str(job["image_url"]),
+            rt.settings.media_dir / (str(job.get("batch_id") or "") or "_single"),
+            job_id,
+            timeout=rt.settings.http_timeout_s,
+        )
+    except DownloadError as exc:
+        retries = int(task.request.retries or 0)
+        if exc.transient and retries + 1 < rt.settings.download_attempts:
+            raise task.retry(countdown=min(5.0, 0.2 * 2**retries), max_retries=None) from exc
+        rt.ledger.update(job_id, {"download": "failed", "download_error": str(exc)})
+        return
+    rt.ledger.update(
+        job_id,
+        {
+            "download": "ok",
+            "image_path": str(saved.path),
+            "image_sha256": saved.sha256,
+            "image_bytes": saved.size,
+            "image_width": saved.width,
+            "image_height": saved.height,
+        },
+    )
+
+
+def complete_task(job: Mapping[str, Any], result: dict[str, Any], rt: Runtime) -> None:
+    """Store the result under the original task id, tell Flower, fire the continuation once."""
+    message = job.get("message")
+    if not isinstance(message, dict) or not message.get("id"):
+        return
+    task_id = str(message["id"])
+    ctx = context_from_message(message)
+    status = str(job.get("status"))
+    runtime_s = float(result.get("duration_s") or 0.0)
+    first = rt.ledger.mark_continued(str(job["job_id"]))
+    backend = app.backend
+    if status == "succeeded":
+        backend.store_result(task_id, result, "SUCCESS", request=ctx)
+        _event("task-succeeded", uuid=task_id, result=_result_repr(result), runtime=runtime_s)
+        if first:
+            if ctx.chord:
+                backend.on_chord_part_return(ctx, "SUCCESS", result)
+            _continue(message, result, task_id)
+    else:
+        exc = JobFailed(f"{status}: {result.get('fail_reason') or ''}".strip(), result)
+        if first:
+            backend.mark_as_failure(task_id, exc, request=ctx)  # also fails the chain and calls errbacks
+            never = pending_children(message, job.get("then"))
+            rt.ledger.mark_skipped(job.get("batch_id") or None, never, f"parent job {job['job_id']} {status}")
+        else:
+            backend.store_result(task_id, exc, "FAILURE", request=ctx)
+        if status == "cancelled":
+            _event("task-revoked", uuid=task_id, terminated=False, signum=None, expired=False)
+        else:
+            _event("task-failed", uuid=task_id, exception=repr(exc), traceback="")
+
+
+def _result_repr(result: Mapping[str, Any]) -> str:
+    keys = ("status", "upstream_id", "image_path", "image_url", "fail_reason")
+    return repr({k: result.get(k) for k in keys if result.get(k)})[:400]
+
+
+def _event(kind: str, **fields: Any) -> None:
+    try:
+        with app.events.default_dispatcher(hostname="mjqueue-finisher") as dispatcher:
+            dispatcher.send(kind, **fields)
+    except Exception:  # events are for Flower; never fail a job because of them
+        log.warning("could not send %s event", kind, exc_info=True)
+
+
+def _continue(message: Mapping[str, Any], result: dict[str, Any], task_id: str) -> None:
+    """Exactly what Celery's tracer does on success: link callbacks, then the next chain link."""
+    root_id = message.get("root_id") or task_id
+    for cb in message.get("link") or []:
+        sig = signature(cb, app=app)
+        if isinstance(sig, group):
+            sig.apply_async((result,), parent_id=task_id, root_id=root_id)
+        else:
+            sig.apply_async((result,), parent_id=task_id, root_id=root_id)
+    chain = list(message.get("chain") or [])
+    if chain:
+        nxt = signature(chain[-1], app=app)
+        nxt.apply_async((result,), chain=chain[:-1], parent_id=task_id, root_id=root_id)

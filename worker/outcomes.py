@@ -1,0 +1,211 @@
+"""State changes of a submitted job: settle an upstream snapshot, end a job ourselves, flag ambiguity.
+
+``settle`` is the one step webhooks and polls share; the winner of a terminal transition frees the slot,
+admits the next parked job and sends ``tasks.track.finish``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from worker.admission import admit_parked
+from worker.ledger import TERMINAL
+from worker.requests import KINDS
+from worker.runtime import Runtime, runtime
+
+STATUS_MAP = {
+    "NOT_START": "submitted",
+    "SUBMITTED": "submitted",
+    "MODAL": "running",
+    "IN_PROGRESS": "running",
+    "SUCCESS": "succeeded",
+    "FAILURE": "failed",
+    "CANCEL": "cancelled",
+}
+
+
+def field_of(task: Any, name: str, alias: str | None = None) -> Any:
+    if isinstance(task, Mapping):
+        return task.get(name, task.get(alias) if alias else None)
+    return getattr(task, name, None)
+
+
+def _progress_pct(progress: Any) -> int:
+    try:
+        return max(0, min(100, int(float(str(progress or "0").strip().rstrip("%")))))
+    except (ValueError, OverflowError):  # "nan%", "inf%": a hint we cannot use, not a crash
+        return 0
+
+
+def _buttons(task: Any) -> list[dict[str, Any]]:
+    out = []
+    for b in field_of(task, "buttons") or []:
+        out.append(
+            {
+                "custom_id": field_of(b, "custom_id", "customId"),
+                "label": field_of(b, "label"),
+                "emoji": field_of(b, "emoji"),
+                "style": field_of(b, "style"),
+                "type": field_of(b, "type"),
+            }
+        )
+    return out
+
+
+def _describe_prompts(text: str) -> list[str]:
+
+    parts = re.split(r"\s*[1-4]️⃣\s*", text)
+    return [p.strip() for p in parts if p.strip()]
+
+
+def _fields_from_task(task: Any, to: str, source: str) -> dict[str, Any]:
+    props = field_of(task, "properties") or {}
+    fields: dict[str, Any] = {"settled_by": source}
+    progress = field_of(task, "progress")
+    if progress:
+        fields["progress"] = progress
+    final = props.get("finalPrompt") or props.get("final_prompt") or field_of(task, "prompt_en", "promptEn")
+    if final:
+        fields["final_prompt"] = final
+    start = field_of(task, "start_time", "startTime")
+    if isinstance(start, int | float) and not isinstance(start, bool) and 0 < start < 1e14:
+        fields["started_at"] = float(start) / 1000.0
+    image_url = field_of(task, "image_url", "imageUrl")
+    if image_url:
+        fields["image_url"] = image_url
+    if to == "succeeded":
+        fields["buttons"] = _buttons(task)
+        fields["progress"] = "100%"
+        action = field_of(task, "action")
+        if str(action or "").upper() == "DESCRIBE":
+            text = str(final or field_of(task, "prompt") or "")
+            fields["extra"] = {"prompts": _describe_prompts(text)}
+        if props.get("seed"):
+            fields.setdefault("extra", {})["seed"] = props.get("seed")
+    if to == "failed":
+        fields["fail_reason"] = field_of(task, "fail_reason", "failReason") or "upstream FAILURE"
+    if to == "cancelled":
+        fields["fail_reason"] = field_of(task, "fail_reason", "failReason") or "cancelled upstream"
+    return fields
+
+
+def settle(job_id: str, upstream_task: Any, source: str = "poll", rt: Runtime | None = None) -> str:
+    """Apply an upstream task snapshot (poll or webhook) to its job. The first terminal transition wins.
+
+    Returns ``unknown`` (no such job), ``mismatch`` (id/state do not belong to the job), ``ignored``
+    (duplicate, regression or after the end), ``updated`` or ``finished`` (this call won the terminal step).
+    """
+    rt = rt or runtime()
+    job = rt.ledger.get_job(job_id)
+    if job is None:
+        return "unknown"
+    task_id = field_of(task := upstream_task, "id")
+    state = field_of(task, "state")
+    upstream = job.get("upstream_id")
+    ours = KINDS.get(str(job.get("kind") or ""), KINDS["imagine"]).hooked  # did this job set `state`?
+    if job.get("submit_outcome") == "exists":
+        ours = False  # "already exists": we follow a task another job created, which carries its `state`
+    if upstream:
+        if str(task_id) != str(upstream) or (ours and state and state != job_id):
+            return "mismatch"
+        reconcile = job.get("status") == "needs_review"
+    else:
+        if state != job_id or not task_id:
+            return "mismatch"
+        reconcile = True
+    to = STATUS_MAP.get(str(field_of(task, "status") or "").upper())
+    if to is None:
+        return "ignored"
+    fields = _fields_from_task(task, to, source)
+    extra: dict[str, Any] = {}
+    if reconcile:
+        now = time.time()
+        mode = str(job.get("mode") or "fast")
+        fields.setdefault("submitted_at", now)
+        fields["deadline_at"] = now + rt.settings.deadline_s(mode)
+        extra = {"upstream": str(task_id), "inflight": now}
+    ok, _prev, _why = rt.ledger.transition(
+        job_id,
+        to,
+        forward=True,
+        reconcile=reconcile,
+        progress=_progress_pct(field_of(task, "progress")),
+        fields=fields,
+        release=to in TERMINAL,
+        **extra,
+    )
+    if not ok:
+        return "ignored"
+    if to in TERMINAL:
+        after_terminal(job_id, str(job.get("mode") or "fast"), rt)
+        return "finished"
+    return "updated"
+
+
+def after_terminal(job_id: str, mode: str, rt: Runtime) -> None:
+    """The winner of a terminal transition: admit the next parked jobs and send the finishing step."""
+    admit_parked([mode], rt)
+    send_finish(job_id)
+
+
+def finish_now(job_id: str, to: str, fields: Mapping[str, Any], rt: Runtime, *, release: bool = False) -> bool:
+    """A terminal transition decided by us (failed at submit, timed out, cancelled); False if too late."""
+    job = rt.ledger.get_job(job_id) or {}
+    ok, _prev, _ = rt.ledger.transition(job_id, to, forward=True, fields=fields, release=release)
+    if ok:
+        after_terminal(job_id, str(job.get("mode") or "fast"), rt)
+    return ok
+
+
+def mark_needs_review(job_id: str, reason: str, rt: Runtime) -> None:
+    """Ambiguous submit: flag it. The slot stays leased for one expected duration (the job may be running)."""
+    job = rt.ledger.get_job(job_id) or {}
+    mode = str(job.get("mode") or "fast")
+    hold = time.time() + rt.settings.expected_duration_s(mode)
+    ok, _prev, _ = rt.ledger.transition(
+        job_id,
+        "needs_review",
+        from_states=["submitting", "queued"],
+        require_no_upstream=True,
+        fields={"fail_reason": reason},
+        lease_until=hold,
+    )
+    if ok:
+        send_finish(job_id)
+    else:
+        fresh = rt.ledger.get_job(job_id) or {}
+        if fresh.get("upstream_id") and fresh.get("status") not in TERMINAL:
+            ensure_tracking(fresh, rt)
+
+
+def ensure_tracking(job: Mapping[str, Any], rt: Runtime) -> None:
+    """Redelivered while tracked: make sure the job is in flight with a poll coming."""
+    job_id = str(job["job_id"])
+    if job.get("status") == "submitting":
+        rt.ledger.transition(job_id, "submitted", from_states=["submitting"], inflight=time.time())
+    rt.ledger.schedule(job_id, time.time())
+    from tasks.track import poll
+
+    poll.apply_async((job_id,), countdown=0)
+
+
+def cancel_job(job_id: str, reason: str, rt: Runtime | None = None) -> bool:
+    """Cancel a job that has not been submitted (queued); its task completes as REVOKED."""
+    rt = rt or runtime()
+    job = rt.ledger.get_job(job_id) or {}
+    ok, _prev, _ = rt.ledger.transition(
+        job_id, "cancelled", from_states=["queued"], fields={"fail_reason": reason}, release=True
+    )
+    if ok:
+        rt.slots.release(str(job.get("mode") or "fast"), job_id)
+        send_finish(job_id)
+    return ok
+
+
+def send_finish(job_id: str, countdown: float = 0.0) -> None:
+    from tasks.track import finish
+
+    finish.apply_async((job_id,), countdown=countdown)

@@ -1,0 +1,181 @@
+"""Request kinds and the wire request of a job: mode, validation, notifyHook/state, Flower reprs.
+
+One place decides what a request of each kind looks like upstream, so producers (before queueing) and the
+worker (before sending) validate exactly the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from worker.imagestore import IMAGE_REF, load_image, store_image
+from worker.mjapi import validate_request
+from worker.mjapi.errors import (
+    InvalidInput,
+)
+from worker.runtime import Runtime, runtime
+from worker.settings import Settings
+from worker.slots import MODES
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str  # our kind == the kind name given to ``validate_request``
+    action: str  # upstream action recorded in the job (IMAGINE, BLEND, ...)
+    image_fields: tuple[str, ...] = ()
+    hooked: bool = True  # accepts accountFilter, notifyHook and state
+    tracked: bool = True  # produces an upstream task followed to its end
+    needs_slot: bool = True
+
+
+KINDS: dict[str, Kind] = {
+    "imagine": Kind("imagine", "IMAGINE", ("base64_array",)),
+    "blend": Kind("blend", "BLEND", ("base64_array",)),
+    "describe": Kind("describe", "DESCRIBE", ("base64",)),
+    "swap_face": Kind("swap_face", "SWAP_FACE", ("source_base64", "target_base64")),
+    "action": Kind("action", "ACTION"),
+    "modal": Kind("modal", "MODAL", ("mask_base64",), hooked=False),
+    "upload": Kind("upload", "UPLOAD", ("base64_array",), hooked=False, tracked=False, needs_slot=False),
+}
+
+
+OURS = ("notify_hook", "state")  # fields mjqueue sets itself; callers may not
+
+
+def _map_images(kind: Kind, payload: Mapping[str, Any], fn: Callable[[str, str], str]) -> dict[str, Any]:
+    out = dict(payload)
+    for name in kind.image_fields:
+        value = out.get(name)
+        if isinstance(value, str) and value:
+            out[name] = fn(value, name)
+        elif isinstance(value, list | tuple):
+            out[name] = [fn(v, f"{name}[{i}]") if isinstance(v, str) else v for i, v in enumerate(value)]
+    return out
+
+
+def resolve_images(kind: Kind, payload: Mapping[str, Any], rt: Runtime | None = None) -> dict[str, Any]:
+    return _map_images(kind, payload, lambda v, f: load_image(v, f, rt))
+
+
+def lighten_images(kind: Kind, payload: Mapping[str, Any], rt: Runtime | None = None) -> dict[str, Any]:
+    return _map_images(kind, payload, lambda v, _f: store_image(v, rt))
+
+
+def image_values(kind: Kind, payload: Mapping[str, Any]) -> list[str]:
+    out: list[str] = []
+    for name in kind.image_fields:
+        value = payload.get(name)
+        if isinstance(value, str) and value:
+            out.append(value)
+        elif isinstance(value, list | tuple):
+            out.extend(v for v in value if isinstance(v, str))
+    return out
+
+
+def job_mode(kind: Kind, payload: Mapping[str, Any], mode: str | None) -> str:
+    """fast | relax | turbo: the ``mode`` keyword, else accountFilter.modes[0], else a prompt flag."""
+    if mode:
+        value = str(getattr(mode, "value", mode)).lower()
+        if value not in MODES:
+            raise InvalidInput(f"field 'mode': must be one of {', '.join(MODES)}")
+        return value
+    af = payload.get("account_filter")
+    modes = (af or {}).get("modes") if isinstance(af, Mapping) else getattr(af, "modes", None)
+    if modes:
+        first = modes[0]
+        return str(getattr(first, "value", first)).lower()
+    prompt = str(payload.get("prompt") or "")
+    for candidate in MODES:
+        if f"--{candidate}" in prompt:
+            return candidate
+    return "fast"
+
+
+def check_caller_fields(payload: Mapping[str, Any]) -> None:
+    for name in OURS:
+        if payload.get(name) not in (None, ""):
+            raise InvalidInput(f"field '{name}': set by mjqueue (our job id / webhook URL); do not pass it")
+
+
+JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+
+def check_job_options(options: Mapping[str, Any]) -> None:
+    """Job options (not request fields) checked like the request: ids, priority and the follow-up plan.
+
+    Ids become Redis keys and URL path segments (webhook), so they are short and safe; priority is a Redis
+    transport priority 0-9; the plan is parsed by the plan compiler itself.
+    """
+    for name in ("job_id", "batch_id"):
+        value = options.get(name)
+        if value not in (None, "") and (not isinstance(value, str) or not JOB_ID_RE.match(value)):
+            raise InvalidInput(
+                f"field '{name}': must be 1-128 characters of letters, digits and . _ : - "
+                f"(starting with a letter or digit), not {str(value)[:60]!r}"
+            )
+    priority = options.get("priority")
+    if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9):
+        raise InvalidInput(f"field 'priority': must be a whole number 0-9, not {str(priority)[:20]!r}")
+    then = options.get("then")
+    if then is not None:
+        if not isinstance(then, str):
+            raise InvalidInput(f"field 'then': must be a plan text like 'U1-4', not {type(then).__name__}")
+        from tasks.pipelines import parse as parse_plan  # the plan grammar lives with the tasks that run it
+
+        parse_plan(then)  # PlanError is an InvalidInput naming the field 'then'
+
+
+def webhook_token(job_id: str, settings: Settings) -> str:
+    """Unguessable per-job token: HMAC-SHA256 of the job id with the webhook secret, 32 hex chars."""
+    secret = settings.webhook_secret.get_secret_value().encode()
+    return hmac.new(secret, job_id.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def webhook_url(job_id: str, settings: Settings) -> str | None:
+    if not settings.webhook_base_url:
+        return None
+    return f"{settings.webhook_base_url}/hook/{job_id}/{webhook_token(job_id, settings)}"
+
+
+def build_request(
+    kind: Kind, payload: Mapping[str, Any], job_id: str | None, mode: str, rt: Runtime | None = None
+) -> Any:
+    """The validated request model (images resolved; our accountFilter mode, notifyHook and state added)."""
+    data = resolve_images(kind, payload, rt)
+    data = {k: v for k, v in data.items() if v is not None}
+    if kind.hooked:
+        af = dict(data.get("account_filter") or {})
+        if not af.get("modes"):
+            af["modes"] = [mode.upper()]
+        data["account_filter"] = af
+        if job_id is not None:
+            settings = (rt or runtime()).settings
+            hook = webhook_url(job_id, settings)
+            if hook:
+                data["notify_hook"] = hook
+            data["state"] = job_id
+    return validate_request(kind.name, data)
+
+
+def short_repr(kind: Kind, payload: Mapping[str, Any], options: Mapping[str, Any]) -> str:
+    from worker.media import describe_images
+
+    parts: list[str] = []
+    for name in ("prompt", "task_id", "custom_id"):
+        value = payload.get(name)
+        if value:
+            text = str(value)
+            parts.append(f"{name}={(text[:40] + '…') if len(text) > 40 else text!r}")
+    images = image_values(kind, payload)
+    if images:
+        full = [v for v in images if not v.startswith(IMAGE_REF)]
+        parts.append(f"images={describe_images(full)}" if len(full) == len(images) else f"images={len(images)}")
+    for name in ("mode", "batch_id", "job_id"):
+        if options.get(name):
+            parts.append(f"{name}={options[name]}")
+    return "{" + ", ".join(parts) + "}"
