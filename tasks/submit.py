@@ -3,10 +3,10 @@ once -> tracking). The return value (delivered when the job finishes) is the job
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Unpack
 
 from worker.app import task
-from worker.jobs import JobTask, run_job_task
+from worker.jobs import JobOptions, JobTask, run_job_task
 
 Opt = Any  # keyword arguments are validated by the request models, not by Celery
 
@@ -47,16 +47,10 @@ def imagine(
     bot_type: Opt = None,
     base64_array: list[str] | None = None,
     account_filter: Opt = None,
-    notify_hook: Opt = None,
-    state: Opt = None,
-    mode: str | None = None,
-    batch_id: str | None = None,
-    priority: int | None = None,
-    job_id: str | None = None,
-    then: str | None = None,
+    **options: Unpack[JobOptions],
 ) -> dict[str, Any]:
     """Text (and optional image prompts) to a 2x2 grid."""
-    return run_job_task(self, locals_kwargs(locals()))
+    return run_job_task(self, call_kwargs(locals()))
 
 
 @task(bind=True, base=BlendTask, name="tasks.blend")
@@ -67,16 +61,10 @@ def blend(
     dimensions: Opt = None,
     bot_type: Opt = None,
     account_filter: Opt = None,
-    notify_hook: Opt = None,
-    state: Opt = None,
-    mode: str | None = None,
-    batch_id: str | None = None,
-    priority: int | None = None,
-    job_id: str | None = None,
-    then: str | None = None,
+    **options: Unpack[JobOptions],
 ) -> dict[str, Any]:
     """Blend 2-5 images."""
-    return run_job_task(self, locals_kwargs(locals()))
+    return run_job_task(self, call_kwargs(locals()))
 
 
 @task(bind=True, base=DescribeTask, name="tasks.describe")
@@ -86,16 +74,10 @@ def describe(
     *,
     bot_type: Opt = None,
     account_filter: Opt = None,
-    notify_hook: Opt = None,
-    state: Opt = None,
-    mode: str | None = None,
-    batch_id: str | None = None,
-    priority: int | None = None,
-    job_id: str | None = None,
-    then: str | None = None,
+    **options: Unpack[JobOptions],
 ) -> dict[str, Any]:
     """Four prompts for an image (``extra.prompts``)."""
-    return run_job_task(self, locals_kwargs(locals()))
+    return run_job_task(self, call_kwargs(locals()))
 
 
 @task(bind=True, base=SwapFaceTask, name="tasks.swap_face")
@@ -105,16 +87,10 @@ def swap_face(
     target_base64: str | None = None,
     *,
     account_filter: Opt = None,
-    notify_hook: Opt = None,
-    state: Opt = None,
-    mode: str | None = None,
-    batch_id: str | None = None,
-    priority: int | None = None,
-    job_id: str | None = None,
-    then: str | None = None,
+    **options: Unpack[JobOptions],
 ) -> dict[str, Any]:
     """Put the face of ``source_base64`` into ``target_base64``."""
-    return run_job_task(self, locals_kwargs(locals()))
+    return run_job_task(self, call_kwargs(locals()))
 
 
 @task(bind=True, base=UploadTask, name="tasks.upload_images")
@@ -123,13 +99,10 @@ def upload_images(
     base64_array: list[str] | None = None,
     *,
     filter: Opt = None,
-    mode: str | None = None,
-    batch_id: str | None = None,
-    priority: int | None = None,
-    job_id: str | None = None,
+    **options: Unpack[JobOptions],
 ) -> dict[str, Any]:
     """Upload images to Discord; the URLs are in ``extra.urls``."""
-    return run_job_task(self, locals_kwargs(locals()))
+    return run_job_task(self, call_kwargs(locals()))
 
 
 @task(bind=True, base=ActionTask, name="tasks.action")
@@ -140,17 +113,11 @@ def action(
     *,
     choose_same_channel: Opt = None,
     account_filter: Opt = None,
-    notify_hook: Opt = None,
-    state: Opt = None,
-    mode: str | None = None,
-    batch_id: str | None = None,
-    priority: int | None = None,
-    job_id: str | None = None,
     modal: dict[str, Any] | None = None,
-    then: str | None = None,
+    **options: Unpack[JobOptions],
 ) -> dict[str, Any]:
     """Press a button (``custom_id``) of an upstream task; ``modal`` answers a modal step at once."""
-    return run_job_task(self, locals_kwargs(locals()))
+    return run_job_task(self, call_kwargs(locals()))
 
 
 @task(bind=True, base=ModalTask, name="tasks.modal")
@@ -160,15 +127,14 @@ def modal(
     *,
     prompt: str | None = None,
     mask_base64: str | None = None,
-    mode: str | None = None,
-    batch_id: str | None = None,
-    priority: int | None = None,
-    job_id: str | None = None,
-    then: str | None = None,
+    **options: Unpack[JobOptions],
 ) -> dict[str, Any]:
     """Complete an upstream action waiting in its modal step (remix prompt, custom zoom, vary region)."""
-    return run_job_task(self, locals_kwargs(locals()))
+    return run_job_task(self, call_kwargs(locals()))
 
 
-def locals_kwargs(values: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in values.items() if k != "self" and v is not None}
+def call_kwargs(values: dict[str, Any]) -> dict[str, Any]:
+    """The task body's ``locals()`` as one flat keyword dict: request fields plus the job ``options``."""
+    flat = {k: v for k, v in values.items() if k not in ("self", "options")}
+    flat.update(values.get("options") or {})
+    return {k: v for k, v in flat.items() if v is not None}

@@ -17,7 +17,7 @@ import random
 import time
 import uuid
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypedDict
 
 from celery import Task
 from celery.exceptions import Ignore
@@ -386,14 +386,31 @@ class JobTask(Task):  # type: ignore[misc]
         return super().apply_async((), light, task_id=task_id, **options)
 
     def _bind(self, args: list[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+        signature_ = inspect.signature(self.run)
         try:
-            bound = inspect.signature(self.run).bind(*args, **kwargs)
+            bound = signature_.bind(*args, **kwargs)
         except TypeError as exc:
             raise InvalidInput(f"field 'arguments': {exc}") from None
-        return {k: v for k, v in bound.arguments.items() if v is not None}
+        call: dict[str, Any] = {}
+        for name, value in bound.arguments.items():
+            if signature_.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+                call.update(value)  # the job options (and anything unknown, refused by validation)
+            else:
+                call[name] = value
+        return {k: v for k, v in call.items() if v is not None}
 
 
-JOB_OPTIONS = ("mode", "batch_id", "priority", "job_id", "then", "modal")
+class JobOptions(TypedDict, total=False):
+    """Keyword options of every job task: how the job runs, never sent upstream."""
+
+    mode: str  # fast | relax | turbo (default: accountFilter.modes[0], a --fast/--relax/--turbo flag, fast)
+    batch_id: str  # counts, pause/resume/cancel and the media folder of a batch
+    priority: int  # 0 (most urgent) - 9; default 2, or 5 in a batch
+    job_id: str  # your id for the job (and its Celery task id); default a new UUID
+    then: str  # a follow-up plan such as "U1-4" or "U2 > zoom:2x" (tasks.pipelines)
+
+
+JOB_OPTIONS = (*JobOptions.__annotations__, "modal")
 
 
 def run_job_task(task: Task[Any, Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:

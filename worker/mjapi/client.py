@@ -132,6 +132,7 @@ class _Core:
         path_prefix: str = "",
         timeout: float = 30.0,
         connect_timeout: float = 10.0,
+        transport: httpx.BaseTransport | httpx.AsyncBaseTransport | None = None,
         get_retries: int = 2,
         max_connections: int = 100,
         retry_backoff_s: float = 0.2,
@@ -161,6 +162,16 @@ class _Core:
             "headers": {"Accept": "application/json", "User-Agent": "mjqueue"},
             "follow_redirects": False,
         }
+        self._open(transport)
+
+    def _open(self, transport: Any) -> None:
+        """Create the pooled httpx client (sync or async) with ``self._httpx_options``."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> Self:
+        """A client configured from ``MJQ_API_*`` / ``MJQ_HTTP_*`` settings."""
+        return cls(**{**cls._settings_options(settings), **overrides})
 
     @classmethod
     def _settings_options(cls, settings: Settings) -> dict[str, Any]:
@@ -335,32 +346,10 @@ def _filter(value: AccountFilterIn) -> Any:
 class MidjourneyClient(_Core):
     """Synchronous client (``httpx.Client``, pooled connections); thread-safe, a context manager."""
 
-    def __init__(
-        self,
-        base_url: str,
-        api_key: str | SecretStr = "",
-        *,
-        auth_header: AuthHeaderName | str = "bearer",
-        dialect: Dialect | str = "proxy",
-        path_prefix: str = "",
-        timeout: float = 30.0,
-        connect_timeout: float = 10.0,
-        transport: httpx.BaseTransport | None = None,
-        get_retries: int = 2,
-        max_connections: int = 100,
-        retry_backoff_s: float = 0.2,
-    ) -> None:
-        super().__init__(
-            base_url, api_key, auth_header=auth_header, dialect=dialect, path_prefix=path_prefix,
-            timeout=timeout, connect_timeout=connect_timeout, get_retries=get_retries,
-            max_connections=max_connections, retry_backoff_s=retry_backoff_s,
-        )  # fmt: skip
-        self._http = httpx.Client(transport=transport, **self._httpx_options)
+    _http: httpx.Client
 
-    @classmethod
-    def from_settings(cls, settings: Settings, **overrides: Any) -> Self:
-        """A client configured from ``MJQ_API_*`` / ``MJQ_HTTP_*`` settings."""
-        return cls(**{**cls._settings_options(settings), **overrides})
+    def _open(self, transport: Any) -> None:
+        self._http = httpx.Client(transport=transport, **self._httpx_options)
 
     def __enter__(self) -> Self:
         return self
@@ -504,31 +493,10 @@ def _upload_filter(value: UploadFilter | Mapping[str, Any] | None) -> Any:
 class AsyncMidjourneyClient(_Core):
     """Asynchronous client (``httpx.AsyncClient``); same models, classifier and rules as the sync one."""
 
-    def __init__(
-        self,
-        base_url: str,
-        api_key: str | SecretStr = "",
-        *,
-        auth_header: AuthHeaderName | str = "bearer",
-        dialect: Dialect | str = "proxy",
-        path_prefix: str = "",
-        timeout: float = 30.0,
-        connect_timeout: float = 10.0,
-        transport: httpx.AsyncBaseTransport | None = None,
-        get_retries: int = 2,
-        max_connections: int = 100,
-        retry_backoff_s: float = 0.2,
-    ) -> None:
-        super().__init__(
-            base_url, api_key, auth_header=auth_header, dialect=dialect, path_prefix=path_prefix,
-            timeout=timeout, connect_timeout=connect_timeout, get_retries=get_retries,
-            max_connections=max_connections, retry_backoff_s=retry_backoff_s,
-        )  # fmt: skip
-        self._http = httpx.AsyncClient(transport=transport, **self._httpx_options)
+    _http: httpx.AsyncClient
 
-    @classmethod
-    def from_settings(cls, settings: Settings, **overrides: Any) -> Self:
-        return cls(**{**cls._settings_options(settings), **overrides})
+    def _open(self, transport: Any) -> None:
+        self._http = httpx.AsyncClient(transport=transport, **self._httpx_options)
 
     async def __aenter__(self) -> Self:
         return self
