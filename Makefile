@@ -22,17 +22,16 @@ up: install
 
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check worker tasks simulator bench tests || true
 
 typecheck: install
-	$(BIN)/mypy worker tasks simulator bench
+	$(BIN)/mypy worker tasks simulator bench tests
 
 pytest: install
 	$(BIN)/pytest -q
 
 test: install
 	$(BIN)/ruff check .
-	$(BIN)/mypy worker tasks simulator bench
+	$(BIN)/mypy worker tasks simulator bench tests
 	$(BIN)/pytest -q
 
 test-full: install

@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import yaml
@@ -104,9 +104,8 @@ def test_every_mjq_variable_is_a_setting() -> None:
         if line.strip() and not line.startswith("#")
     ]
     values = dict(line.split("=", 1) for line in env_lines)
-    settings = Settings(
-        _env_file=None, **{k[4:].lower(): v for k, v in values.items() if k.startswith("MJQ_") and v}
-    )
+    fields: dict[str, Any] = {k[4:].lower(): v for k, v in values.items() if k.startswith("MJQ_") and v}
+    settings = Settings(_env_file=None, **fields)
     assert settings.slots_fast == 3
 
 
@@ -236,8 +235,9 @@ def test_each_service_command_starts_and_turns_healthy(
                 pending.discard(name)
         for proc, name in zip(started, ("simulator", "webhook", "worker", "beat", "flower"), strict=True):
             if proc.poll() is not None:
-                log = (tmp_path / f"{name}.log").read_text(errors="replace")[-3000:]
-                raise AssertionError(f"{name} exited with {proc.returncode}: {shlex.join(proc.args)}\n{log}")
+                tail = (tmp_path / f"{name}.log").read_text(errors="replace")[-3000:]
+                argv = [str(a) for a in cast(list[Any], proc.args)]
+                raise AssertionError(f"{name} exited with {proc.returncode}: {shlex.join(argv)}\n{tail}")
         time.sleep(0.5)
     assert not pending, f"never healthy: {sorted(pending)}"
     # The worker is really connected to our Redis and serves our queues.

@@ -90,7 +90,7 @@ def test_mjq_up_runs_the_tree_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     try:
         client = redis.Redis.from_url(redis_url, decode_responses=True)
         assert client.config_get("appendonly")["appendonly"] == "yes"
-        assert Path(client.config_get("dir")["dir"]).resolve() == (state / "redis").resolve()
+        assert Path(str(client.config_get("dir")["dir"])).resolve() == (state / "redis").resolve()
         client.close()
         # A job through the tree proves the env (Redis, simulator, media dir) reached every child.
         run = mjq(

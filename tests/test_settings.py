@@ -7,7 +7,7 @@ from worker.settings import Settings, SettingsError, load_settings
 
 def test_defaults_are_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MJQ_API_KEY", raising=False)
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None)
     assert settings.api_auth_header == "bearer"
     assert settings.slots_for("FAST") == settings.slots_fast
 

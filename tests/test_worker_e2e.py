@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -113,14 +114,15 @@ def test_producer_validation_queues_nothing_and_send_task_fails_clearly(stack: S
     from worker.mjapi.errors import InvalidInput
 
     before = stack.redis.llen("interactive")
-    for call in (
+    calls: tuple[Callable[[], Any], ...] = (
         lambda: tasks.imagine.delay(""),
         lambda: tasks.imagine.delay("ok", state="mine"),
         lambda: tasks.imagine.delay("ok", notify_hook="http://evil"),
         lambda: tasks.blend.delay([png_data_uri()]),
         lambda: tasks.describe.delay("data:image/png;base64,!!!!"),
         lambda: tasks.imagine.delay("ok", mode="warp"),
-    ):
+    )
+    for call in calls:
         with pytest.raises(InvalidInput) as info:
             call()
         assert "field" in str(info.value)

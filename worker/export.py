@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from worker.ledger import IMAGE_FIELDS
+
 FIELDS: tuple[str, ...] = (
     "job_id",
     "batch_id",
@@ -21,12 +23,7 @@ FIELDS: tuple[str, ...] = (
     "prompt",
     "final_prompt",
     "upstream_id",
-    "image_url",
-    "image_path",
-    "image_sha256",
-    "image_bytes",
-    "image_width",
-    "image_height",
+    *IMAGE_FIELDS,
     "parent_job",
     "root_job",
     "fail_reason",

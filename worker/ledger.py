@@ -61,6 +61,9 @@ FLOAT_FIELDS = frozenset(
 )
 INT_FIELDS = frozenset({"image_bytes", "image_width", "image_height", "attempts", "polls", "priority"})
 
+# The image of a finished job: the upstream URL and the downloaded copy.
+IMAGE_FIELDS = ("image_url", "image_path", "image_sha256", "image_bytes", "image_width", "image_height")
+
 RESULT_KEYS = (
     "job_id",
     "upstream_id",
@@ -70,12 +73,7 @@ RESULT_KEYS = (
     "status",
     "prompt",
     "final_prompt",
-    "image_url",
-    "image_path",
-    "image_sha256",
-    "image_bytes",
-    "image_width",
-    "image_height",
+    *IMAGE_FIELDS,
     "download",
     "buttons",
     "progress",
@@ -617,12 +615,7 @@ class Ledger:
         drop = [
             "upstream_id",
             "final_prompt",
-            "image_url",
-            "image_path",
-            "image_sha256",
-            "image_bytes",
-            "image_width",
-            "image_height",
+            *IMAGE_FIELDS,
             "download",
             "buttons",
             "progress",
