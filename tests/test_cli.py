@@ -130,7 +130,7 @@ def test_batch_wait_resume_status_export_gallery(tmp_path: Path, stack: DevStack
         [
             {"id": "f1", "prompt": "a lighthouse at dawn", "then": "U1"},
             {"id": "f2", "prompt": "a fox in {snow, rain}"},
-            {"id": "f3", "prompt": "a koi pond", "mode": "turbo"},
+            {"id": "f3", "prompt": "a koi pond", "mode": "turbo", "tags": ["water", "client:acme"]},
         ],
     )
     run = mjq(stack, "batch", str(path), "--batch-id", "flow", "--wait", timeout=120)
@@ -169,6 +169,7 @@ def test_batch_wait_resume_status_export_gallery(tmp_path: Path, stack: DevStack
             "parent_job",
         ):
             assert row[key] == job.get(key), key
+        assert row["tags"] == (["water", "client:acme"] if row["job_id"] == "f3" else [])
         assert hashlib.sha256(Path(row["image_path"]).read_bytes()).hexdigest() == row["image_sha256"]
     upscale = next(r for r in rows if r["parent_job"])
     assert upscale["parent_job"] == "f1"

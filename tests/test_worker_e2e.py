@@ -121,6 +121,8 @@ def test_producer_validation_queues_nothing_and_send_task_fails_clearly(stack: S
         lambda: tasks.blend.delay([png_data_uri()]),
         lambda: tasks.describe.delay("data:image/png;base64,!!!!"),
         lambda: tasks.imagine.delay("ok", mode="warp"),
+        lambda: tasks.imagine.delay("ok", tags=["x" * 65]),
+        lambda: tasks.imagine.delay("ok", colour="red"),
     )
     for call in calls:
         with pytest.raises(InvalidInput) as info:

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from worker.requests import MAX_TAG_LENGTH, MAX_TAGS
+
 MODES = ("fast", "relax", "turbo")
 BOTS = {
     "mj": "MID_JOURNEY",
@@ -94,6 +96,8 @@ class BatchJob:
             kwargs["then"] = self.then
         if self.priority is not None:
             kwargs["priority"] = self.priority
+        if self.tags:
+            kwargs["tags"] = list(self.tags)
         return kwargs
 
 
@@ -503,8 +507,8 @@ def _build_jobs(
     priority = parse_priority(raw.values.get("priority"))
     priority = defaults.priority if priority is None else priority
     tags = tuple(_list_field(raw.values, "tags", ";,")) or defaults.tags
-    if any(len(tag) > 64 for tag in tags):
-        raise RowError("tags", "a tag is longer than 64 characters")
+    if len(tags) > MAX_TAGS or any(len(tag) > MAX_TAG_LENGTH for tag in tags):
+        raise RowError("tags", f"at most {MAX_TAGS} tags of at most {MAX_TAG_LENGTH} characters each")
     urls, inline = _split_images(_list_field(raw.values, "images", ";\n"), loader)
     variants = expand_permutations(normalise(prompt_text), cap)
     jobs = []

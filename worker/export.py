@@ -27,6 +27,7 @@ FIELDS: tuple[str, ...] = (
     "parent_job",
     "root_job",
     "fail_reason",
+    "tags",
     "progress",
     "created_at",
     "submitted_at",
@@ -75,6 +76,8 @@ def _cell(value: Any) -> str:
         return ""
     if isinstance(value, float):
         return f"{value:.3f}".rstrip("0").rstrip(".")
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return ";".join(value)  # tags: the same separator prompt files use
     if isinstance(value, dict | list):
         return json.dumps(value, ensure_ascii=False)
     return str(value)

@@ -46,6 +46,7 @@ h1{font-size:20px;margin:0 0 4px} .meta{color:#57606a;margin-bottom:16px}
 .card .body{padding:8px 10px;font-size:12px;line-height:1.4}
 .badge{display:inline-block;color:#fff;border-radius:10px;padding:0 8px;font-size:11px;margin-right:6px}
 .prompt{margin:6px 0;word-wrap:break-word} .small{color:#57606a;font-size:11px;word-break:break-all}
+.tag{display:inline-block;background:#eaeef2;border-radius:8px;padding:0 6px;margin:0 4px 4px 0;font-size:11px}
 """
 
 
@@ -111,12 +112,13 @@ def _card(job: Mapping[str, Any], out_dir: Path, child: bool) -> str:
     finished = format_time(job.get("finished_at"))
     duration = job.get("duration_s")
     timing = f"{finished} · {float(duration):.1f} s" if finished and duration is not None else finished
+    tags = "".join(f'<span class="tag">{html.escape(str(t))}</span>' for t in job.get("tags") or [])
     return (
         f'<div class="card{" child" if child else ""}" data-job="{html.escape(job_id)}" '
         f'data-status="{html.escape(status)}" data-sha256="{html.escape(sha)}">{picture}<div class="body">'
         f'<span class="badge" style="background:{colour}">{html.escape(status)}</span>'
         f"<b>{html.escape(_lineage(job))}</b>"
-        f'<div class="prompt">{html.escape(str(prompt))}</div>'
+        f'<div class="prompt">{html.escape(str(prompt))}</div>{tags}'
         f'<div class="small">{html.escape(job_id)} · upstream {upstream}'
         f"{' · ' + html.escape(timing) if timing else ''}</div></div></div>"
     )

@@ -408,6 +408,7 @@ class JobOptions(TypedDict, total=False):
     priority: int  # 0 (most urgent) - 9; default 2, or 5 in a batch
     job_id: str  # your id for the job (and its Celery task id); default a new UUID
     then: str  # a follow-up plan such as "U1-4" or "U2 > zoom:2x" (tasks.pipelines)
+    tags: list[str]  # your labels, kept with the job and in its result, exports and gallery
 
 
 JOB_OPTIONS = (*JobOptions.__annotations__, "modal")
@@ -429,4 +430,5 @@ def run_job_task(task: Task[Any, Any], kwargs: Mapping[str, Any]) -> dict[str, A
         priority=int(priority) if priority is not None else None,
         then=kwargs.get("then") or None,
         modal=kwargs.get("modal") or None,
+        meta={"tags": list(kwargs["tags"])} if kwargs.get("tags") else None,
     )

@@ -663,6 +663,7 @@ def result_of(job: Mapping[str, Any]) -> dict[str, Any]:
     out["batch_id"] = job.get("batch_id") or None
     out["parent_job"] = job.get("parent_job") or None
     out["root_job"] = job.get("root_job") or job.get("job_id")
+    out["tags"] = list((job.get("meta") or {}).get("tags") or [])
     if out["duration_s"] is None and job.get("finished_at") and job.get("created_at"):
         out["duration_s"] = round(float(job["finished_at"]) - float(job["created_at"]), 3)
     return out

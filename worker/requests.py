@@ -102,6 +102,7 @@ def check_caller_fields(payload: Mapping[str, Any]) -> None:
             raise InvalidInput(f"field '{name}': set by mjqueue (our job id / webhook URL); do not pass it")
 
 
+MAX_TAGS, MAX_TAG_LENGTH = 20, 64
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 
@@ -121,6 +122,15 @@ def check_job_options(options: Mapping[str, Any]) -> None:
     priority = options.get("priority")
     if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9):
         raise InvalidInput(f"field 'priority': must be a whole number 0-9, not {str(priority)[:20]!r}")
+    tags = options.get("tags")
+    if tags is not None and (
+        not isinstance(tags, list | tuple)
+        or len(tags) > MAX_TAGS
+        or not all(isinstance(t, str) and 0 < len(t) <= MAX_TAG_LENGTH for t in tags)
+    ):
+        raise InvalidInput(
+            f"field 'tags': must be a list of at most {MAX_TAGS} texts of 1-{MAX_TAG_LENGTH} characters"
+        )
     then = options.get("then")
     if then is not None:
         if not isinstance(then, str):
