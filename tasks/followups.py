@@ -232,7 +232,7 @@ def run_plan(result: dict[str, Any]) -> None:
     job = rt.ledger.get_job(str(result.get("job_id")))
     if not job or not job.get("then") or result.get("status") != "succeeded":
         return
-    if not rt.redis.hsetnx(f"mjq:job:{job['job_id']}", "then_started", str(time.time())):
+    if not rt.ledger.set_once(str(job["job_id"]), "then_started", str(time.time())):
         return  # already started by an earlier finish of the same job
     compile_plan(str(job["then"])).apply_async((result,), root_id=job.get("task_id"), parent_id=job.get("task_id"))
 

@@ -185,19 +185,7 @@ class Backend:
 
     def unfinished(self, job_ids: Sequence[str]) -> int:
         """Jobs not yet through their finishing step (not terminal, or image still downloading)."""
-        from worker.ledger import PREFIX, TERMINAL
-
-        pending = 0
-        for start in range(0, len(job_ids), 500):
-            chunk = list(job_ids[start : start + 500])
-            pipe = self.redis.pipeline()
-            for job_id in chunk:
-                pipe.hget(f"{PREFIX}job:{job_id}", "status")
-            pipe.zmscore(f"{PREFIX}finishing", chunk)
-            *statuses, finishing = pipe.execute()
-            pending += sum(1 for st in statuses if st not in TERMINAL)
-            pending += sum(1 for score in finishing if score is not None)
-        return pending
+        return self.ledger.unfinished(job_ids)
 
     def wait_finished(self, job_ids: Sequence[str], timeout_s: float | None = 60.0) -> None:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s

@@ -333,7 +333,7 @@ def _accepted(job_id: str, mode: str, answer: Any, rt: Runtime) -> None:
         # A webhook reconciled the job first (it carries our job id in `state`): keep its state.
         if current not in TERMINAL:
             rt.ledger.update(job_id, {k: v for k, v in fields.items() if k != "submitted_at"})
-            rt.redis.hsetnx(f"mjq:job:{job_id}", "upstream_id", upstream)
+            rt.ledger.set_once(job_id, "upstream_id", upstream)
             rt.ledger.schedule(job_id, now + delay)
         else:
             return

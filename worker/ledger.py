@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, cast
 
 import redis
@@ -407,6 +407,14 @@ class Ledger:
         if data:
             self.redis.hset(_key("job", job_id), mapping=cast(Mapping[Any, Any], data))
 
+    def set_once(self, job_id: str, field_name: str, value: str) -> bool:
+        """Set a non-state field only if it is unset; True when this call set it (a once-only claim)."""
+        return bool(self.redis.hsetnx(_key("job", job_id), field_name, value))
+
+    def count(self, job_id: str, field_name: str) -> int:
+        """Add one to a counter field of the job (polls, ...) and return the new value."""
+        return int(self.redis.hincrby(_key("job", job_id), field_name, 1))
+
     def transition(
         self,
         job_id: str,
@@ -496,6 +504,20 @@ class Ledger:
     def schedule(self, job_id: str, at: float) -> None:
         """Set the next check time of an in-flight job (only if it is still in flight)."""
         self.redis.zadd(_key("inflight"), {job_id: at}, xx=True)
+
+    def unfinished(self, job_ids: Sequence[str]) -> int:
+        """How many of ``job_ids`` are not through their finishing step (not terminal, or still downloading)."""
+        pending = 0
+        for start in range(0, len(job_ids), 500):
+            chunk = list(job_ids[start : start + 500])
+            pipe = self.redis.pipeline()
+            for job_id in chunk:
+                pipe.hget(_key("job", job_id), "status")
+            pipe.zmscore(_key("finishing"), chunk)
+            *statuses, finishing = pipe.execute()
+            pending += sum(1 for status in statuses if status not in TERMINAL)
+            pending += sum(1 for score in finishing if score is not None)
+        return pending
 
     def finishing_stale(self, before: float, limit: int = 100) -> list[str]:
         return cast(

@@ -85,7 +85,7 @@ def poll_jobs(job_id: str, rt: Runtime | None = None) -> int:
                 release=True,
             )
             continue
-        polls = int(rt.redis.hincrby(f"mjq:job:{jid}", "polls", 1))
+        polls = rt.ledger.count(jid, "polls")
         delay = next_poll_delay(polls, mode, settings)
         if deadline:
             delay = max(0.01, min(delay, deadline - time.time() + 0.01))
