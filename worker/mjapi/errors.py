@@ -131,6 +131,9 @@ class RetryLater(MJError):
         self.retry_after = retry_after
 
 
+Retryable = RetryLater  # the name the design card uses
+
+
 class QueueFull(RetryLater):
     """The account's queue is full; the task was not kept."""
 
