@@ -86,8 +86,10 @@ class SimulatorApp:
     def _http_faults(self) -> None:
         config, rng = self.config, self.engine.rng
         if config.http_500_rate and rng.random() < config.http_500_rate:
+            self.engine.faults["http_500"] += 1
             raise Answer(answers.server_error())
         if config.http_429_rate and rng.random() < config.http_429_rate:
+            self.engine.faults["http_429"] += 1
             raise Answer(answers.rate_limited(config.retry_after_s))
 
     async def _body(self, request: Request) -> dict[str, Any]:
@@ -192,6 +194,7 @@ class SimulatorApp:
     async def _late(self, response: Response) -> Response:
         config = self.config
         if config.read_delay_rate and self.engine.rng.random() < config.read_delay_rate:
+            self.engine.faults["late_answer"] += 1
             await asyncio.sleep(config.read_delay_s)
         return response
 

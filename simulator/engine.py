@@ -150,6 +150,7 @@ class Engine:
         self.submissions = 0
         self.accepted = 0
         self.queue_full = 0
+        self.faults: Counter[str] = Counter()  # injected faults by kind (http_500, http_429, late_answer)
         self.submissions_by_state: Counter[str] = Counter()
         self.accepted_by_state: Counter[str] = Counter()
         self.peak_concurrency: dict[str, int] = dict.fromkeys(MODES, 0)
@@ -369,6 +370,7 @@ class Engine:
             "accepted": self.accepted,
             "accepted_by_state": dict(self.accepted_by_state),
             "queue_full": self.queue_full,
+            "faults": dict(self.faults),
             "peak_concurrency": dict(self.peak_concurrency),
             "peak_in_flight": self.peak_in_flight,
             "running": self.running_count(),

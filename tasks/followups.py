@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import base64
 import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from celery.canvas import Signature
+from celery import group
+from celery.canvas import Signature, _chain
 from celery.exceptions import Ignore
 
+from worker.admission import register_expect_hook
 from worker.app import task
 from worker.buttons import Want, custom_id, resolve
 from worker.finishing import complete_task, register_finish_hook
@@ -30,7 +33,7 @@ from worker.jobs import JobTask, start_job
 from worker.media import parse_data_uri, sniff_mime
 from worker.messages import message_from_request
 from worker.mjapi.errors import InvalidInput
-from worker.runtime import runtime
+from worker.runtime import Runtime, runtime
 
 
 class FollowUpTask(JobTask):
@@ -224,17 +227,53 @@ def _index(index: int | None) -> int:
 FOLLOW_UP_TASKS = (upscale, vary, reroll, zoom, custom_zoom, pan, upscale_more, vary_region, remix, press)
 
 
-def run_plan(result: dict[str, Any]) -> None:
-    """Finish hook: a job created with ``then="U1-4"`` starts its plan once it succeeded."""
+PLAN = "plan"  # expectations ``plan/<parent job id>`` (worker.admission)
+
+
+def _plan_ids(sig: Signature, parent_id: str, path: str = "0") -> list[str]:
+    """Give every task of a compiled plan an id derived from the parent job and its place in the plan;
+    return the ids of the tasks sent first (the parent's direct follow-ups)."""
+    if isinstance(sig, group):
+        return [i for n, member in enumerate(sig.tasks) for i in _plan_ids(member, parent_id, f"{path}.{n}")]
+    if isinstance(sig, _chain):
+        first = _plan_ids(sig.tasks[0], parent_id, f"{path}.0")
+        for n, link in enumerate(sig.tasks[1:], 1):
+            _plan_ids(link, parent_id, f"{path}.{n}")
+        return first
+    task_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"mjq-plan:{parent_id}:{path}"))
+    sig.set(task_id=task_id)
+    return [task_id]
+
+
+def start_plan(parent_id: str, rt: Runtime, result: dict[str, Any] | None = None) -> bool:
+    """Send the follow-ups of a succeeded job's plan unless they all exist; True when sent.
+
+    The follow-ups' task (and job) ids come from the parent job id, so sending the plan again re-sends the
+    same jobs instead of paying for new ones. It is sent again when it may have been lost: a worker killed
+    between the finish step and the send, or a message popped by a worker killed before it recorded it (found
+    by the worker-kill scenario of tests/reliability: the follow-up was never created and the batch never
+    finished). Housekeeping calls this again once ``slot_lease_s`` passed without every follow-up existing.
+    """
     from tasks.pipelines import compile as compile_plan
 
-    rt = runtime()
-    job = rt.ledger.get_job(str(result.get("job_id")))
-    if not job or not job.get("then") or result.get("status") != "succeeded":
-        return
-    if not rt.ledger.set_once(str(job["job_id"]), "then_started", str(time.time())):
-        return  # already started by an earlier finish of the same job
-    compile_plan(str(job["then"])).apply_async((result,), root_id=job.get("task_id"), parent_id=job.get("task_id"))
+    job = rt.ledger.get_job(parent_id)
+    if not job or not job.get("then") or job.get("status") != "succeeded":
+        return False
+    canvas = compile_plan(str(job["then"]))
+    first = _plan_ids(canvas, parent_id)
+    if all(rt.ledger.status(i) is not None for i in first):
+        return False
+    rt.slots.expect(f"{PLAN}/{parent_id}", time.time() + rt.settings.slot_lease_s)
+    canvas.apply_async((result or rt.ledger.job_result(parent_id),), root_id=job.get("task_id"),
+                       parent_id=job.get("task_id"))
+    return True
+
+
+def run_plan(result: dict[str, Any]) -> None:
+    """Finish hook: a job created with ``then="U1-4"`` starts its plan once it succeeded."""
+    if result.get("status") == "succeeded" and result.get("job_id"):
+        start_plan(str(result["job_id"]), runtime(), result)
 
 
 register_finish_hook(run_plan)
+register_expect_hook(PLAN, start_plan)

@@ -26,7 +26,7 @@ def finish(self: Task[Any, Any], job_id: str) -> None:
 
 @task(name="tasks.track.housekeeping", ignore_result=True)
 def housekeeping() -> dict[str, int]:
-    """Admit parked jobs, reclaim expired leases, re-poll overdue jobs (one runner at a time)."""
+    """Admit parked jobs, re-send lost tasks, re-poll overdue jobs, re-finish (one runner at a time)."""
     return tracking.housekeeping()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from celery import group
@@ -122,3 +123,27 @@ def test_failed_parent_never_submits_children(stack: Stack, sim: Any) -> None:
     assert batch["counts"]["failed"] == 1 and batch["counts"]["skipped"] == 8 and batch["planned"] == 0
     assert batch["status"] == "finished"
     assert sim.stats()["accepted"] == 0
+
+
+def test_a_lost_plan_is_sent_again_with_the_same_follow_ups(stack: Stack, sim: Any) -> None:
+    """A plan whose messages were lost (worker killed, broker pop lost) is sent again by housekeeping; the
+    follow-ups have ids derived from the parent, so sending twice creates (and pays for) each one once."""
+    import tasks
+    from tasks.followups import start_plan
+    from worker.runtime import runtime
+
+    parent = tasks.imagine.delay("a plan that got lost", batch_id="lost-plan").id
+    assert stack.wait_status(parent, {"succeeded"})["status"] == "succeeded"
+    # the state a crash right after the finish step leaves: the plan is due, no follow-up exists, a watch is due
+    stack.ledger.update(parent, {"then": "U1-2"})
+    stack.redis.zadd("mjq:expected", {f"plan/{parent}": time.time() - 1})
+    stack.wait(lambda: len(stack.ledger.children(parent)) == 2, 20, "the plan sent again")
+    assert start_plan(parent, runtime()) is False, "all follow-ups exist: nothing is sent"
+    children = stack.ledger.children(parent)
+    for child in children:
+        assert stack.wait_status(child["job_id"], {"succeeded"})["status"] == "succeeded"
+    stack.redis.zadd("mjq:expected", {f"plan/{parent}": time.time() - 1})  # a late second watch changes nothing
+    stack.wait(lambda: stack.redis.zcard("mjq:expected") == 0, 10, "the watch to end")
+    assert [c["job_id"] for c in stack.ledger.children(parent)] == [c["job_id"] for c in children]
+    assert all(n == 1 for n in sim.stats()["submissions_by_state"].values())
+    assert sim.stats()["accepted"] == 3

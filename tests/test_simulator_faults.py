@@ -22,6 +22,7 @@ def test_http_500_and_429_with_retry_after(sim: SimulatorAdmin, sim_api: SimApi)
     stats = sim.stats()
     assert stats["submissions"] == 0 and stats["submissions_by_state"] == {}, "refused before the app saw it"
     assert stats["requests"]["POST /mj/submit/imagine"] == 2
+    assert stats["faults"] == {"http_500": 2, "http_429": 1}, "every injected fault is counted"
     sim.faults(fault_scope="submit")
     assert sim_api.http.get("/mj/task/1/fetch").status_code == 404, "submit-only faults spare reads"
 
@@ -47,6 +48,7 @@ def test_read_delay_creates_the_task_then_answers_late(sim: SimulatorAdmin) -> N
     tasks = sim.tasks()
     assert [t["state"] for t in tasks] == ["lost-answer"], "the task exists although the answer was lost"
     assert sim.stats()["submissions_by_state"] == {"lost-answer": 1}
+    assert sim.stats()["faults"] == {"late_answer": 1}
 
 
 def test_stuck_tasks_never_finish_until_forced(sim: SimulatorAdmin, sim_api: SimApi) -> None:

@@ -157,5 +157,5 @@ def test_stats_shape(sim: SimulatorAdmin) -> None:
     stats: dict[str, Any] = sim.stats()
     expected = {"requests", "submissions", "submissions_by_state", "accepted", "queue_full", "peak_concurrency",
                 "peak_in_flight", "running", "queued", "tasks_by_status", "callbacks_sent", "callbacks_dropped",
-                "balance"}
+                "balance", "faults"}
     assert expected <= set(stats)

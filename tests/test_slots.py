@@ -55,6 +55,11 @@ def test_admit_next_pops_best_parked_jobs_in_order(redis_client: redis.Redis) ->
     assert slots.admit_next("fast") == []
     slots.release("fast", "w0")
     assert slots.admit_next("fast") == ["w3"]
+    # each admitted job is expected to start before its lease ends; its task says when it did
+    assert slots.overdue_expected(time.time()) == []
+    assert sorted(slots.overdue_expected(time.time() + 31)) == ["w0", "w1", "w2", "w3"]
+    slots.arrived("w2")
+    assert "w2" not in slots.overdue_expected(time.time() + 31)
 
 
 def test_pacing_and_daily_cap(redis_client: redis.Redis) -> None:

@@ -182,6 +182,34 @@ def test_answer_lost_needs_review_without_a_second_post(stack: Stack, sim: Any) 
     assert stack.job(lost.id)["status"] == "needs_review"
 
 
+def test_submit_errors_give_up_after_the_attempt_limit(stack: Stack, sim: Any) -> None:
+    import tasks
+
+    sim.faults(http_500_rate=1.0, fault_scope="submit")
+    job_id = tasks.imagine.delay("always a 500").id
+    result = stack.wait_status(job_id, {"failed"}, timeout=30)
+    assert result["status"] == "failed"
+    assert result["fail_reason"].startswith("gave up after 8 failed attempts: "), result["fail_reason"]
+    assert sim.stats()["faults"] == {"http_500": 8} and sim.stats()["accepted"] == 0
+
+
+def test_busy_answers_use_no_attempts_and_end_at_the_deadline(stack: Stack, sim: Any) -> None:
+    """Queue full is the upstream saying "no room now", not a bad request: a job keeps trying past the attempt
+    limit while the upstream is full, and gives up only after being turned away for its whole deadline (3 s)."""
+    import tasks
+
+    sim.faults(concurrency={"FAST": 1, "RELAX": 1, "TURBO": 1}, queue_size=0, duration_s={"FAST": 60.0},
+               time_factor=1.0)
+    blocker = tasks.imagine.delay("takes the only upstream place for a minute").id
+    stack.wait_status(blocker, {"submitted", "running"})
+    job_id = tasks.imagine.delay("no room upstream").id
+    result = stack.wait_status(job_id, {"failed", "succeeded"}, timeout=30)
+    assert result["status"] == "failed"
+    assert result["fail_reason"].startswith("upstream busy for "), result["fail_reason"]
+    assert sim.stats()["queue_full"] > 8, "busy answers did not use up the 8 attempts"
+    assert sim.stats()["accepted"] == 1
+
+
 def test_retryable_answers_are_retried_until_accepted(stack: Stack, sim: Any) -> None:
     import tasks
 

@@ -107,6 +107,25 @@ def test_pause_and_resume_a_batch(stack: Stack, sim: Any) -> None:
     assert sim.stats()["submissions"] == 12
 
 
+def test_admitted_job_whose_resend_was_lost_is_sent_again(stack: Stack, sim: Any) -> None:
+    """The state a worker killed between admitting a parked job and re-sending it leaves (or the broker losing
+    the re-sent message): the job is out of its waiting set, holds a slot, its message is nowhere, and the
+    lease it had to start within is over. Housekeeping sends it again."""
+    import tasks
+
+    batch = "lost-resend"
+    stack.ledger.set_batch_status(batch, "paused")
+    job_id = tasks.imagine.delay("admitted, never re-sent", batch_id=batch).id
+    stack.wait(lambda: stack.redis.zscore(f"mjq:held:{batch}", job_id) is not None, 20, "job parked")
+    stack.redis.zrem(f"mjq:held:{batch}", job_id)  # what admit_next does ...
+    stack.redis.zadd("mjq:slots:fast", {job_id: time.time() + 30})
+    stack.redis.zadd("mjq:expected", {job_id: time.time() - 1})  # ... and then the worker died (lease over)
+    stack.ledger.set_batch_status(batch, "active")
+    assert stack.wait_status(job_id, {"succeeded"}, timeout=20)["status"] == "succeeded"
+    assert sim.stats()["submissions_by_state"] == {job_id: 1}
+    assert stack.redis.zcard("mjq:expected") == 0
+
+
 def test_cancel_a_batch_completes_waiting_tasks_as_cancelled(stack: Stack, sim: Any) -> None:
     import tasks
     from worker import control

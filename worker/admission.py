@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 
 from worker.messages import resend
 from worker.runtime import Runtime, runtime
@@ -22,13 +23,59 @@ def admit_parked(modes: Iterable[str] = MODES, rt: Runtime | None = None) -> int
     rt = rt or runtime()
     sent = 0
     for mode in modes:
-        for job_id in rt.slots.admit_next(mode):
+        for job_id in rt.slots.admit_next(mode):  # each is now expected to start within its lease
             job = rt.ledger.get_job(job_id)
             message = (job or {}).get("message")
             if not isinstance(message, dict):
                 rt.slots.release(mode, job_id)
+                rt.slots.arrived(job_id)
                 log.warning("parked job %s has no stored task message; released its slot", job_id)
                 continue
             resend(message)
             sent += 1
     return sent
+
+
+# Expected tasks of other kinds (``<kind>/<id>`` members): the hook sends again what is missing and returns
+# True when it did (it then sets a new expectation itself).
+EXPECT_HOOKS: dict[str, Callable[[str, Runtime], bool]] = {}
+
+
+def register_expect_hook(kind: str, hook: Callable[[str, Runtime], bool]) -> None:
+    EXPECT_HOOKS[kind] = hook
+
+
+def resend_overdue(rt: Runtime | None = None) -> int:
+    """Send again the tasks that were expected to start and did not; returns how many were sent.
+
+    Task messages can be lost although every task acks late: the Redis transport pops a message before it
+    records it as unacknowledged, and a worker killed in between loses it; so does a worker killed after
+    ``admit_next`` took a job out of its waiting set but before its message was re-sent. Such a job sat in
+    ``queued`` forever (found by the worker-kill scenario of tests/reliability). Whoever sends a message a job
+    depends on records an expectation (``Slots.expect``); the task removes it when it starts; here the
+    stored message of a job still waiting for it is sent again. A second copy is harmless: it has the same
+    task id, and a job that already left ``queued`` is not submitted again.
+    """
+    rt = rt or runtime()
+    now = time.time()
+    again = 0
+    for member in rt.slots.overdue_expected(now):
+        kind, sep, ident = member.partition("/")  # job ids cannot contain "/"
+        if sep:
+            rt.slots.arrived(member)
+            hook = EXPECT_HOOKS.get(kind)
+            if hook is not None and hook(ident, rt):
+                again += 1
+            continue
+        job = rt.ledger.get_job(member) or {}
+        message = job.get("message")
+        status = job.get("status")
+        waiting = status == "queued" or (status == "submitting" and not job.get("upstream_id"))
+        if waiting and isinstance(message, dict):
+            log.warning("job %s: its task did not start in time (message lost?); sending it again", member)
+            rt.slots.expect(member, now + rt.settings.slot_lease_s)
+            resend(message)
+            again += 1
+        else:
+            rt.slots.arrived(member)
+    return again

@@ -5,6 +5,7 @@ Every function works on the Redis of the process settings; pass ``rt`` to use an
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -68,6 +69,7 @@ def requeue(
         message = job.get("message")
         if job.get("status") == "queued" and isinstance(message, dict):
             app.backend.forget(str(message["id"]))  # the old outcome must not answer .get() for the new run
+            rt.slots.expect(job_id, time.time() + rt.settings.slot_lease_s)  # sent again if this one is lost
             resend(message)
     return count
 

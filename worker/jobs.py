@@ -33,9 +33,11 @@ from worker.mjapi.errors import (
     InvalidInput,
     MJError,
     NotSent,
+    QueueFull,
     Rejected,
     RetryLater,
     StopSubmitting,
+    UpstreamSystemError,
 )
 from worker.outcomes import after_terminal, cancel_job, ensure_tracking, finish_now, mark_needs_review, send_finish
 from worker.requests import (
@@ -98,6 +100,7 @@ def start_job(
         raise InvalidInput(f"field 'kind': unknown request kind {kind!r}")
     req = task.request
     job_id = job_id or str(req.id)
+    rt.slots.arrived(job_id)  # the task an admission or a retry expected has started (worker.admission)
     job = rt.ledger.get_job(job_id)
     if job is None:
         job = _create(task, spec, payload, job_id, mode, batch_id, priority, parent_result, then, modal, meta, rt)
@@ -184,7 +187,9 @@ def _advance(task: Task[Any, Any], spec: Kind, job: dict[str, Any], rt: Runtime)
             age = time.time() - float(job.get("submitting_at") or 0.0)
             if age < window:
                 # Another copy of this task may still be inside its POST: look again once it must be over.
-                resend(message_from_request(task, spec), countdown=window - age + 0.2)
+                countdown = window - age + 0.2
+                rt.slots.expect(job_id, time.time() + countdown + settings.slot_lease_s)  # if this message is lost
+                resend(message_from_request(task, spec), countdown=countdown)
             else:
                 # Crash between the POST and recording its answer: never a second POST.
                 mark_needs_review(job_id, "submit interrupted before the answer was recorded", rt)
@@ -270,14 +275,9 @@ def _retry_later(task: Task[Any, Any], job_id: str, mode: str, exc: Exception, r
     settings = rt.settings
     job = rt.ledger.get_job(job_id) or {}
     attempts = int(job.get("attempts") or 1)
-    if attempts >= settings.submit_max_attempts:
-        finish_now(
-            job_id,
-            "failed",
-            {"fail_reason": f"gave up after {attempts} attempts: {reason_of(exc)}"},
-            rt,
-            release=True,
-        )
+    gave_up = _give_up(job_id, job, attempts, exc, rt)
+    if gave_up:
+        finish_now(job_id, "failed", {"fail_reason": f"{gave_up}: {reason_of(exc)}"}, rt, release=True)
         return
     cap = settings.submit_retry_max_s
     delay = min(cap, 0.5 * cap * 2 ** (attempts - 4)) if attempts < 4 else cap
@@ -286,8 +286,30 @@ def _retry_later(task: Task[Any, Any], job_id: str, mode: str, exc: Exception, r
     delay = min(delay, cap)
     rt.ledger.transition(job_id, "queued", from_states=["submitting"], fields={"last_error": reason_of(exc)})
     rt.slots.renew(mode, job_id, max(settings.slot_lease_s, delay + 30.0))
+    rt.slots.expect(job_id, time.time() + delay + settings.slot_lease_s)  # the retry message may be lost
     log.info("job %s: %s; retry %d in %.2fs", job_id, reason_of(exc), attempts, delay)
     raise task.retry(countdown=delay, max_retries=None, exc=exc)
+
+
+def _give_up(job_id: str, job: Mapping[str, Any], attempts: int, exc: Exception, rt: Runtime) -> str | None:
+    """Why a submit that must be retried is given up instead, or None to retry.
+
+    A *busy* answer (queue full; the vendor dialect's system error) says the upstream has no room now, not that
+    the request is at fault: a shared account or a slot setting above the account's capacity makes them routine
+    during a long night, so they do not use up ``submit_max_attempts`` (found by the connect/system-error
+    scenario of tests/reliability, where a job failed after 8 busy answers). They are bounded in time instead:
+    busy for longer than the job's deadline gives up.
+    """
+    settings = rt.settings
+    if isinstance(exc, QueueFull | UpstreamSystemError):
+        rt.ledger.set_once(job_id, "busy_since", str(time.time()))
+        busy_answers = rt.ledger.count(job_id, "busy_answers")
+        busy_for = time.time() - float(job.get("busy_since") or time.time())
+        if busy_for > settings.deadline_s(str(job.get("mode") or "fast")):
+            return f"upstream busy for {busy_for:.0f}s ({busy_answers} busy answers)"
+        return None
+    errors = attempts - int(job.get("busy_answers") or 0)
+    return f"gave up after {errors} failed attempts" if errors >= settings.submit_max_attempts else None
 
 
 def _accepted(job_id: str, mode: str, answer: Any, rt: Runtime) -> None:

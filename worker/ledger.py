@@ -14,6 +14,7 @@ Keys (all prefixed ``mjq:``; the scripts build key names themselves, so this nee
 - ``waiting:<mode>``     zset: parked jobs waiting for a slot, score = priority * 1e13 + created (ms)
 - ``held:<batch>``       zset: parked jobs of a paused batch (moved back to ``waiting`` on resume)
 - ``slots:<mode>``       zset: slot leases, member = job id, score = lease expiry (see ``worker.slots``)
+- ``expected``           zset: tasks that must start by the score, else their message was lost (``worker.slots``)
 - ``finishing``          zset: jobs whose terminal transition won but whose finishing step has not run yet
 - ``breaker``            hash: the global stop after 401/403/out of credit (tripped, reason, at)
 - ``img:<sha256>``       input images stored once by the producer (see ``worker.imagestore``)
@@ -59,7 +60,7 @@ FLOAT_FIELDS = frozenset(
         "duration_s",
     }
 )
-INT_FIELDS = frozenset({"image_bytes", "image_width", "image_height", "attempts", "polls", "priority"})
+INT_FIELDS = frozenset({"image_bytes", "image_width", "image_height", "attempts", "polls", "priority", "busy_answers"})
 
 # The image of a finished job: the upstream URL and the downloaded copy.
 IMAGE_FIELDS = ("image_url", "image_path", "image_sha256", "image_bytes", "image_width", "image_height")

@@ -107,7 +107,10 @@ class Settings(BaseSettings):
 
     # Worker internals
     submit_max_attempts: int = Field(
-        8, ge=1, description="Submit attempts (queue full / 429 / 5xx / not sent) before a job fails."
+        8,
+        ge=1,
+        description="Failed submit attempts (429 / 5xx / not sent) before a job fails; busy answers (queue full,"
+        " system error) do not count, they give up after the job deadline.",
     )
     housekeeping_interval_s: PositiveSeconds = Field(
         1.0, description="Beat period of housekeeping: admit parked jobs, reclaim leases, find overdue polls."

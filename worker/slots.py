@@ -4,7 +4,7 @@ A slot is a member of the sorted set ``mjq:slots:<mode>`` (member = job id, scor
 scripts first drop expired leases, so a crashed worker's slot comes back after ``slot_lease_s``. A job that
 cannot be admitted is *parked* in the ledger (no worker, no broker message); when a slot frees,
 ``admit_next`` pops the best parked jobs and gives each a lease on its behalf before its task is re-sent, so
-no newcomer can take it.
+no newcomer can take it, and ``mjq:expected`` holds each until its task starts (see ``worker.admission``).
 """
 
 from __future__ import annotations
@@ -82,7 +82,8 @@ return {1, 'admitted'}
 )
 
 # ARGV: mode, slots, now, lease_s, interval_s, daily_cap, day, max
-# Pops the best parked jobs while slots and gates allow, leasing a slot to each; returns their ids.
+# Pops the best parked jobs while slots and gates allow, leasing a slot to each and expecting its task to
+# start before the lease ends (``expected``); returns their ids.
 _LUA_ADMIT_NEXT = (
     _LUA_GATES
     + """
@@ -101,6 +102,7 @@ while #out < max do
   local jid = head[1]
   if redis.call('HGET', P .. 'job:' .. jid, 'status') == 'queued' then
     take(skey, jid, now, lease, interval, cap, day)
+    redis.call('ZADD', P .. 'expected', now + lease, jid)
     table.insert(out, jid)
     if interval > 0 then break end
   end
@@ -165,6 +167,18 @@ class Slots:
             ]
         )
         return [str(x) for x in res]
+
+    def expect(self, member: str, by: float) -> None:
+        """A task for ``member`` (a job id, or ``<kind>/<job id>``) must start before ``by`` (epoch seconds)."""
+        self.redis.zadd("mjq:expected", {member: by})
+
+    def arrived(self, member: str) -> None:
+        """The expected task started (or is no longer needed)."""
+        self.redis.zrem("mjq:expected", member)
+
+    def overdue_expected(self, now: float, limit: int = 100) -> list[str]:
+        """Expected tasks that did not start in time: their message was lost (see ``worker.admission``)."""
+        return cast(list[str], self.redis.zrangebyscore("mjq:expected", "-inf", now, start=0, num=limit))
 
     def renew(self, mode: str, job_id: str, seconds: float | None = None) -> None:
         """Extend a held lease (tracking renews at every poll); does nothing if the lease is gone."""

@@ -10,7 +10,7 @@ from typing import Any
 
 import redis
 
-from worker.admission import admit_parked
+from worker.admission import admit_parked, resend_overdue
 from worker.ledger import TERMINAL
 from worker.mjapi.errors import (
     MJError,
@@ -41,6 +41,17 @@ def next_poll_delay(polls: int, mode: str, settings: Settings) -> float:
     return _jitter(base, settings)
 
 
+def claim_seconds(settings: Settings) -> float:
+    """How long a poll holds the jobs it claimed: its own HTTP call, or two poll periods if longer.
+
+    The claim only keeps a second poll off jobs being fetched right now (a second fetch would be harmless:
+    settle is idempotent). If the worker dies mid-poll, the claimed jobs wait for this to run out before
+    housekeeping re-polls them, so it follows the configured timeouts instead of a fixed 30 s floor (the
+    worker-kill and Redis-restart scenarios of tests/reliability stalled 30 s on it whatever the settings).
+    """
+    return max(2 * settings.poll_max_s, settings.http_timeout_s + settings.http_connect_timeout_s + 1.0)
+
+
 def poll_jobs(job_id: str, rt: Runtime | None = None) -> int:
     """One poll: claim this job (and other due jobs), fetch them, settle, schedule the next polls."""
     from tasks.track import poll
@@ -48,7 +59,7 @@ def poll_jobs(job_id: str, rt: Runtime | None = None) -> int:
     rt = rt or runtime()
     settings = rt.settings
     now = time.time()
-    ids = rt.ledger.claim_due(job_id, now, max(30.0, 2 * settings.poll_max_s), settings.poll_batch_size)
+    ids = rt.ledger.claim_due(job_id, now, claim_seconds(settings), settings.poll_batch_size)
     if not ids:
         return 0
     jobs = {i: j for i in ids if (j := rt.ledger.get_job(i)) is not None}
@@ -96,7 +107,8 @@ def poll_jobs(job_id: str, rt: Runtime | None = None) -> int:
 
 
 def housekeeping(rt: Runtime | None = None) -> dict[str, int]:
-    """Beat entry (one at a time by a Redis lock): admit parked jobs, re-poll overdue jobs, re-finish."""
+    """Beat entry (one at a time by a Redis lock): admit parked jobs, re-send lost tasks, re-poll overdue jobs,
+    re-finish."""
     from tasks.track import poll
 
     rt = rt or runtime()
@@ -109,6 +121,7 @@ def housekeeping(rt: Runtime | None = None) -> dict[str, int]:
     try:
         admitted = admit_parked(MODES, rt)
         now = time.time()
+        resent = resend_overdue(rt)
         grace = max(1.0, min(10.0, 2 * settings.poll_max_s))
         overdue = rt.ledger.overdue(now - grace)
         for jid in overdue:
@@ -117,7 +130,7 @@ def housekeeping(rt: Runtime | None = None) -> dict[str, int]:
         stale = rt.ledger.finishing_stale(now - settings.finish_stale_s)
         for jid in stale:
             send_finish(jid)
-        return {"admitted": admitted, "overdue": len(overdue), "refinished": len(stale)}
+        return {"admitted": admitted, "resent": resent, "overdue": len(overdue), "refinished": len(stale)}
     finally:
         with contextlib.suppress(redis.exceptions.LockError):
             lock.release()

@@ -3,25 +3,33 @@
 The suite reuses the session's :class:`StackManager` (one real worker at a time) and registers its own
 configurations in ``tests.support.stack``: a short broker visibility timeout (so a ``kill -9`` is followed by
 redelivery within seconds, not an hour), short slot leases and expected durations (so an ambiguous job's slot
-hold ends within the test). ``--full`` runs every scenario with at least 200 jobs.
+hold ends within the test). The default run uses reduced batches (``REDUCED`` root jobs); ``--full``
+(``make reliability``) runs every scenario with ``FULL`` root jobs plus their follow-ups.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
+import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
-from tests.reliability.audit import RESULTS, results_path
+from tests.reliability.audit import RESULTS, TERMINAL, results_path, write_table
+from tests.reliability.faultproxy import FaultProxy
 from tests.support import stack as stack_support
 from tests.support.stack import Stack, StackManager, WorkerProcess, reset_state
 
 # A unique key for the secrets scenario: it must not occur anywhere by accident.
 SECRET_API_KEY = "sk-rel-7Q2vK9xW4mB8nL1pZ6tR3yH5"
+
+REDUCED, FULL = 48, 200
 
 REL_BASE = {
     "MJQ_VISIBILITY_TIMEOUT_S": "4",
@@ -39,7 +47,7 @@ stack_support.CONFIGS.update(
         "rel-debug": {**REL_HOOK, "MJQ_API_KEY": SECRET_API_KEY},
     }
 )
-stack_support.HOOKED.update({"rel-hook", "rel-debug"})
+stack_support.HOOKED.update({"rel-hook", "rel-debug", "rel-faults"})
 stack_support.LOGLEVELS["rel-debug"] = "DEBUG"
 
 MODES = ("fast", "relax", "turbo")
@@ -47,6 +55,15 @@ PLAN = "U1"  # every FOLLOW_UP_EVERY-th root job upscales its first image when i
 FOLLOW_UP_EVERY = 6
 # Simulated job durations (FAST 60 s, RELAX 180 s, TURBO 25 s) times this: 0.12 s / 0.36 s / 0.05 s.
 TIME_FACTOR = 0.002
+
+
+def _children(pid: int) -> list[int]:
+    """Direct child processes of ``pid`` (the embedded beat of ``worker -B`` is one)."""
+    found: list[int] = []
+    for path in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError, ValueError):
+            found += [int(x) for x in path.read_text().split()]
+    return found
 
 
 @dataclass
@@ -67,7 +84,7 @@ class Rel:
         n: int | None = None,
         *,
         modes: tuple[str, ...] = MODES,
-        prompt: Any = None,
+        prompt: Callable[[int], str] | None = None,
         follow_ups: bool = True,
     ) -> list[str]:
         """Enqueue ``n`` imagine jobs (every 6th with the follow-up plan ``U1``); returns their job ids."""
@@ -82,17 +99,66 @@ class Rel:
             ids.append(tasks.imagine.delay(text, **options).id)
         return ids
 
+    def timeout(self, reduced: float) -> float:
+        """A wait bound that grows with the batch (the full run has ~4x the jobs on the same slots)."""
+        return reduced * (3.5 if self.full else 1.0)
+
+    def _batch_hash(self, batch_id: str) -> dict[str, str]:
+        return cast(dict[str, str], self.stack.redis.hgetall(f"mjq:batch:{batch_id}"))
+
+    def counts(self, batch_id: str) -> dict[str, int]:
+        """The batch's counters by state (one HGETALL; safe to call every few milliseconds)."""
+        return {k[2:]: int(v) for k, v in self._batch_hash(batch_id).items() if k.startswith("n:")}
+
+    def finished_share(self, batch_id: str) -> float:
+        raw = self._batch_hash(batch_id)
+        total = int(raw.get("total") or 0) + int(raw.get("planned") or 0)
+        done = sum(int(v) for k, v in raw.items() if k.startswith("n:") and k[2:] in TERMINAL)
+        return done / total if total else 0.0
+
+    def wait_share(self, batch_id: str, share: float, timeout: float = 60.0) -> None:
+        """Until this share of the batch (planned follow-ups included) is terminal."""
+        self.stack.wait(lambda: self.finished_share(batch_id) >= share, timeout, f"{share:.0%} of {batch_id} done")
+
     def wait_finished(self, batch_id: str, timeout: float = 60.0) -> dict[str, Any]:
         """Until the batch says finished (every job, including planned follow-ups, terminal)."""
 
         def finished() -> bool:
             try:
-                return self.stack.ledger.batch(batch_id).get("status") == "finished"
+                return bool(self.stack.ledger.batch(batch_id).get("status") == "finished")
             except Exception:  # Redis restarting: look again
                 return False
 
-        self.stack.wait(finished, timeout, f"batch {batch_id} to finish")
+        try:
+            self.stack.wait(finished, timeout, f"batch {batch_id} to finish")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n--- batch ---\n{self.describe(batch_id)}") from None
         return dict(self.stack.ledger.batch(batch_id))
+
+    def describe(self, batch_id: str) -> str:
+        """The batch record and its jobs that are not through (for a failure message)."""
+        ledger = self.stack.ledger
+        batch = ledger.batch(batch_id)
+        client = self.stack.redis
+        queues = {q: int(client.llen(q)) for q in client.scan_iter("*", _type="list") if not q.startswith("_kombu")}
+        lines = [
+            f"{ {k: v for k, v in batch.items() if k != 'meta'} }",
+            f"broker: queues {queues}, unacked {client.hlen('unacked')}, "
+            f"expected {client.zrange('mjq:expected', 0, -1)}",
+        ]
+        keys = ("status", "kind", "parent_job", "then", "upstream_id", "attempts", "submit_outcome", "settled_by",
+                "continued", "then_started", "download", "fail_reason", "where", "children")
+        for job_id in ledger.batch_job_ids(batch_id):
+            job = ledger.get_job(job_id) or {}
+            in_finishing = self.stack.redis.zscore("mjq:finishing", job_id) is not None
+            children = int(client.zcard(f"mjq:children:{job_id}"))
+            plan_short = bool(job.get("then")) and job.get("status") == "succeeded" and not children
+            if job.get("status") not in TERMINAL or in_finishing or plan_short:
+                waiting = [k for k in ("waiting:fast", "waiting:relax", "waiting:turbo", f"held:{batch_id}")
+                           if client.zscore(f"mjq:{k}", job_id) is not None]
+                job = {**job, "where": waiting, "children": children}
+                lines.append(f"{job_id}: finishing={in_finishing} " + str({k: job.get(k) for k in keys if job.get(k)}))
+        return "\n".join(lines[:40])
 
     # ------------------------------------------------------------------ the worker process
     @property
@@ -100,13 +166,23 @@ class Rel:
         assert self.manager.worker is not None
         return self.manager.worker
 
+    def worker_alive(self) -> bool:
+        process = self.worker.process
+        return process is not None and process.poll() is None
+
     def kill_worker(self) -> int:
-        """``kill -9`` of the worker's main process (``-P threads``: the pool lives in it). Returns the pid."""
+        """``kill -9`` of the worker: its main process (``-P threads``: the pool lives in it), then its embedded
+        beat (a child process that would otherwise live on as an orphan and keep scheduling housekeeping).
+        Returns the pid."""
         process = self.worker.process
         assert process is not None
         pid = process.pid
+        children = _children(pid)
         process.kill()
         process.wait()
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
         self.worker.process = None
         return pid
 
@@ -115,17 +191,20 @@ class Rel:
         self.restarts += 1
         old = self.worker
         base = old.log_path.stem.split("-restart")[0]
-        log_path = old.log_path.with_name(f"{base}-restart{self.restarts}.log")
+        log_path = old.log_path.with_name(f"{base}-restart{self.restarts}-{time.monotonic_ns()}.log")
         fresh = WorkerProcess(old.env, log_path, loglevel=old.loglevel)
         self.manager.worker = fresh.start(self.stack.redis_url)
         self.stack.log_path = log_path
+
+    def worker_log(self) -> str:
+        return self.stack.log_path.read_text(errors="replace")
 
 
 def _rel(stack_manager: StackManager, sim: Any, name: str, full_size: bool) -> Iterator[Rel]:
     stack = stack_manager.use(name)
     reset_state(stack.redis_url)
     sim.faults(time_factor=TIME_FACTOR)
-    rel = Rel(stack, stack_manager, sim, 200 if full_size else 48, full_size)
+    rel = Rel(stack, stack_manager, sim, FULL if full_size else REDUCED, full_size)
     yield rel
     # a scenario that killed or stopped things leaves a healthy worker for the next one
     worker = stack_manager.worker
@@ -153,21 +232,47 @@ def rel_debug(stack_manager: StackManager, sim: Any, full_size: bool) -> Iterato
     yield from _rel(stack_manager, sim, "rel-debug", full_size)
 
 
+@pytest.fixture(scope="session")
+def fault_proxy(sim_server: Any) -> Iterator[FaultProxy]:
+    """A relay in front of the simulator that refuses connections part of the time (see ``faultproxy``)."""
+    proxy = FaultProxy(("127.0.0.1", int(sim_server.port)), seed=3).start()
+    stack_support.CONFIGS["rel-faults"] = {
+        **REL_HOOK,
+        "MJQ_API_BASE_URL": proxy.url,
+        "MJQ_API_DIALECT": "vendor",  # code 23 is a system error (proxy dialect: queue full), ids are numbers
+    }
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture
+def rel_faults(stack_manager: StackManager, sim: Any, full_size: bool, fault_proxy: FaultProxy) -> Iterator[Rel]:
+    """Webhooks on; the worker talks to the simulator (vendor dialect) through the fault relay."""
+    sim.faults(dialect="vendor")
+    fault_proxy.faulty(True)
+    try:
+        yield from _rel(stack_manager, sim, "rel-faults", full_size)
+    finally:
+        fault_proxy.faulty(False)
+
+
 @pytest.fixture
 def started() -> float:
     return time.monotonic()
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """The figures of every scenario that ran, as a table (also appended to the results file)."""
+    """The figures of every scenario that ran, as a table (also written next to the results file)."""
     if not RESULTS:
         return
+    table = write_table()
     write = terminalreporter.write_line
     write("")
-    write(f"reliability results (also in {results_path()}):")
-    write(f"{'scenario':<34} {'jobs':>5} {'lost':>5} {'dup':>4} {'retried':>7} {'review':>6} {'secs':>6}  outcome")
+    write(f"reliability results (JSON lines in {results_path()}, table in {table}):")
+    write(f"{'scenario':<36} {'size':<7} {'jobs':>5} {'lost':>5} {'dup':>4} {'resub':>5} {'review':>6} {'secs':>6}  "
+          "outcome")
     for fig in RESULTS:
         write(
-            f"{fig.scenario:<34} {fig.jobs:>5} {fig.lost:>5} {fig.duplicate_submits:>4} {fig.resubmits:>7} "
-            f"{fig.needs_review:>6} {fig.seconds:>6.1f}  {fig.outcome}"
+            f"{fig.scenario:<36} {fig.size:<7} {fig.jobs:>5} {fig.lost:>5} {fig.duplicate_submits:>4} "
+            f"{fig.resubmits:>5} {fig.needs_review:>6} {fig.seconds:>6.1f}  {fig.outcome}"
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from tests.reliability.audit import audit
 from tests.reliability.conftest import Rel
+from tests.reliability.faultproxy import FaultProxy
 
 
 def test_thirty_percent_upstream_faults(rel_hook: Rel, started: float) -> None:
@@ -41,3 +42,37 @@ def test_thirty_percent_upstream_faults(rel_hook: Rel, started: float) -> None:
     assert fig.resubmits > 0 and stats["queue_full"] > 0, "the faults did not happen"
     assert ambiguous, "no read timeout happened"
     assert all(j["status"] == "needs_review" or j["upstream_id"] for j in ambiguous)
+
+
+def test_connect_errors_and_system_errors(rel_faults: Rel, fault_proxy: FaultProxy, started: float) -> None:
+    """The rest of the 30 %: connections refused (the relay in front of the simulator closes its port for part
+    of every second) and system-error answers (vendor dialect code 23, from an upstream smaller than our slots).
+    A refused connection sent nothing, so it is retried freely; nothing may be paid twice or end in review."""
+    rel = rel_faults
+    rel.sim.faults(
+        http_500_rate=0.1,
+        concurrency={"FAST": 2, "RELAX": 2, "TURBO": 2},
+        queue_size=0,
+        seed=5,
+    )
+    windows = fault_proxy.down_windows
+    ids = rel.enqueue("connect")
+    rel.wait_finished("connect", timeout=rel.timeout(75))
+    stats = rel.sim.stats()
+    errors = rel.worker_log().count("nothing was sent")
+    failed = [j.get("fail_reason") for j in rel.stack.ledger.batch_jobs("connect") if j["status"] == "failed"]
+    fig = audit(
+        rel.stack, rel.sim, "3b connect errors + system errors", ["connect"], ids, started=started, full=rel.full,
+        extra={"down_windows": fault_proxy.down_windows - windows, "system_error_answers": stats["queue_full"],
+               "connect_errors_logged": errors, "failed": failed},
+    )
+    assert fig.ok, fig.line()
+    assert fault_proxy.down_windows > windows, "the relay never went down"
+    assert stats["queue_full"] > 0, "no system-error answer happened"
+    # A refused connection sent nothing and is retried. The relay also closes idle kept-alive connections when
+    # it goes down; a request written at that very moment is cut without an answer ("server disconnected"),
+    # which is ambiguous for a POST: such a job may end in review, but never paid and never sent twice.
+    review = [j for j in rel.stack.ledger.batch_jobs("connect") if j["status"] == "needs_review"]
+    assert all("answer lost" in (j["fail_reason"] or "") for j in review), review
+    assert fig.needs_review_paid == 0 and len(review) <= 2, review
+    assert not failed, f"every fault here is temporary, yet jobs failed: {failed}"

@@ -79,7 +79,7 @@ def _cases() -> list[tuple[str, str, Callable[[], Any]]]:
         ("priority not a number", "priority", lambda: tasks.imagine.delay("ok", priority="high")),
         ("notify_hook by the caller", "notify_hook", lambda: tasks.imagine.delay("ok", notify_hook="http://evil")),
         ("state by the caller", "state", lambda: tasks.imagine.delay("ok", state="someone-else")),
-        ("unknown keyword", "arguments", lambda: tasks.imagine.delay("ok", colour="red")),
+        ("unknown keyword", "colour", lambda: tasks.imagine.delay("ok", colour="red")),
     ]
 
 

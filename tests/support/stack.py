@@ -228,7 +228,7 @@ class StackManager:
         env.update(BASE_ENV)
         env.update(CONFIGS[name])
         env["MJQ_REDIS_URL"] = self.redis_url
-        env["MJQ_API_BASE_URL"] = self.sim_url
+        env["MJQ_API_BASE_URL"] = CONFIGS[name].get("MJQ_API_BASE_URL", self.sim_url)  # e.g. a relay in front
         env["MJQ_MEDIA_DIR"] = str(self.tmp / "media")
         env["MJQ_STATE_DIR"] = str(self.tmp / "state")
         if name in HOOKED:
