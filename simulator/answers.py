@@ -114,3 +114,7 @@ def rate_limited(retry_after_s: float) -> Response:
 
 def unauthorized() -> Response:
     return error(401, 401, "invalid api key")
+
+
+def forbidden() -> Response:
+    return error(403, 403, "this key may not use this endpoint")

@@ -16,6 +16,7 @@ import hmac
 import json
 import re
 import time
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -40,6 +41,7 @@ FETCH_PATH = re.compile(r"/mj/task/([^/]+)/fetch")
 MAX_BODY = 30 * 1024 * 1024
 MAX_IMAGE = 4 * 1024 * 1024
 MAX_PROMPT = 8192
+SUBMIT_LOG_MAX = 200_000  # a long demo run keeps the latest submits only
 DIMENSIONS = ("PORTRAIT", "SQUARE", "LANDSCAPE")
 BOT_TYPES = ("MID_JOURNEY", "NIJI_JOURNEY")
 
@@ -47,9 +49,10 @@ BOT_TYPES = ("MID_JOURNEY", "NIJI_JOURNEY")
 class Answer(Exception):
     """A finished API answer raised from deep inside a handler."""
 
-    def __init__(self, response: Response) -> None:
+    def __init__(self, response: Response, fault: str = "") -> None:
         super().__init__("answer")
         self.response = response
+        self.fault = fault  # an injected HTTP fault (http_500, http_429), for the submit log
 
 
 class SimulatorApp:
@@ -63,6 +66,11 @@ class SimulatorApp:
         self.base_url = base_url.rstrip("/")
         self.dispatcher = CallbackDispatcher(self.engine, self.base_url)
         self.fetch_endpoint = self._endpoint("/mj/task/{task_id}/fetch", "GET", self.fetch, submit=False)
+        # every submit request that carried a ``state``: (epoch s, state, injected fault or ""), so a test can
+        # prove when each job was sent again (Retry-After honoured, nothing re-sent after a lost answer)
+        self.submit_log: deque[tuple[float, str, str]] = deque(maxlen=SUBMIT_LOG_MAX)
+        # answers held by the ``image_delay`` / ``poll_delay`` faults right now (a kill can aim at one)
+        self.held: Counter[str] = Counter()
 
     # -- checks ------------------------------------------------------------------------------------------
 
@@ -82,15 +90,28 @@ class SimulatorApp:
         secret = request.headers.get("mj-api-secret", "")
         if not (hmac.compare_digest(bearer, f"Bearer {key}") or hmac.compare_digest(secret, key)):
             raise Answer(answers.unauthorized())
+        if self.config.forbidden:
+            self.engine.faults["forbidden"] += 1
+            raise Answer(answers.forbidden())
 
     def _http_faults(self) -> None:
         config, rng = self.config, self.engine.rng
         if config.http_500_rate and rng.random() < config.http_500_rate:
             self.engine.faults["http_500"] += 1
-            raise Answer(answers.server_error())
+            raise Answer(answers.server_error(), "http_500")
         if config.http_429_rate and rng.random() < config.http_429_rate:
             self.engine.faults["http_429"] += 1
-            raise Answer(answers.rate_limited(config.retry_after_s))
+            raise Answer(answers.rate_limited(config.retry_after_s), "http_429")
+
+    async def _log_faulted_submit(self, request: Request, fault: str) -> None:
+        """A submit refused by an injected fault never reaches the submission counter: log its ``state``."""
+        try:
+            body = json.loads(await request.body() or b"{}")
+        except ValueError:
+            return
+        state = body.get("state") if isinstance(body, dict) else None
+        if isinstance(state, str) and state:
+            self.submit_log.append((time.time(), state, fault))
 
     async def _body(self, request: Request) -> dict[str, Any]:
         raw = await request.body()
@@ -155,6 +176,7 @@ class SimulatorApp:
         state = body.get("state")
         if isinstance(state, str) and state:
             self.engine.submissions_by_state[state] += 1
+            self.submit_log.append((time.time(), state, ""))
             return state
         return None
 
@@ -315,7 +337,18 @@ class SimulatorApp:
 
     # -- reads -------------------------------------------------------------------------------------------
 
+    async def _hold(self, kind: str, rate: float, seconds: float) -> None:
+        """Answer late, now and then (``rate``): the request stays in flight ``seconds``, counted in ``held``."""
+        if rate and self.engine.rng.random() < rate:
+            self.engine.faults[f"{kind}_delay"] += 1
+            self.held[kind] += 1
+            try:
+                await asyncio.sleep(seconds)
+            finally:
+                self.held[kind] -= 1
+
     async def fetch(self, request: Request) -> Response:
+        await self._hold("poll", self.config.poll_delay_rate, self.config.poll_delay_s)
         task = self.engine.tasks.get(request.path_params["task_id"])
         if task is None:
             return answers.unknown_task(self.config.unknown_task, self.config.dialect)
@@ -326,6 +359,7 @@ class SimulatorApp:
         ids = body.get("ids")
         if not isinstance(ids, list):
             raise self._invalid("ids: must be a list")
+        await self._hold("poll", self.config.poll_delay_rate, self.config.poll_delay_s)
         self.engine.advance()
         now = time.time()
         tasks = (self.engine.tasks.get(str(i)) for i in ids)
@@ -348,6 +382,12 @@ class SimulatorApp:
         self.engine.advance()
         if task is None or self.engine.progress(task, time.time())[0] not in ("SUCCESS", "IN_PROGRESS"):
             return Response(status_code=404)
+        config = self.config
+        if config.image_errors or (config.image_error_rate and self.engine.rng.random() < config.image_error_rate):
+            config.image_errors = max(0, config.image_errors - 1)
+            self.engine.faults["image_500"] += 1
+            return Response(b"image store unavailable", status_code=500, media_type="text/plain")
+        await self._hold("image", config.image_delay_rate, config.image_delay_s)
         if task.action == "DESCRIBE" and task.image_key in self.engine.uploads:
             data = self.engine.uploads[task.image_key or ""]
             return Response(data, media_type=sniff_mime(data))
@@ -361,7 +401,8 @@ class SimulatorApp:
     # -- admin -------------------------------------------------------------------------------------------
 
     async def admin_stats(self, request: Request) -> Response:
-        return JSONResponse(self.engine.stats())
+        held = {"images_in_flight": self.held["image"], "polls_in_flight": self.held["poll"]}
+        return JSONResponse({**self.engine.stats(), **held})
 
     async def admin_config(self, request: Request) -> Response:
         return JSONResponse(self.config.public())
@@ -392,12 +433,21 @@ class SimulatorApp:
                 setattr(self.config, name, getattr(self.initial, name))
         self.engine.reset()
         self.dispatcher.reset()
+        self.submit_log.clear()
         return JSONResponse(self.config.public())
 
     async def admin_tasks(self, request: Request) -> Response:
         self.engine.advance()
         now = time.time()
         return JSONResponse([self.engine.view(t, self.base_url, now) for t in self.engine.tasks.values()])
+
+    async def admin_callbacks(self, request: Request) -> Response:
+        """When each task's terminal callback was sent (epoch seconds), for latency measurements."""
+        return JSONResponse(self.engine.final_callback_at)
+
+    async def admin_submits(self, request: Request) -> Response:
+        """The submit log: ``[[epoch s, state, fault], ...]`` in arrival order."""
+        return JSONResponse(list(self.submit_log))
 
     async def admin_finish(self, request: Request) -> Response:
         done = self.engine.force_finish(request.path_params["task_id"])
@@ -421,6 +471,8 @@ class SimulatorApp:
                         self._http_faults()
                 return await run(request)
             except Answer as answer:
+                if answer.fault and submit:
+                    await self._log_faulted_submit(request, answer.fault)
                 return answer.response
 
         return endpoint
@@ -457,7 +509,8 @@ class SimulatorApp:
         admin: list[tuple[str, str, Handler]] = [
             ("/admin/stats", "GET", self.admin_stats), ("/admin/faults", "GET", self.admin_config),
             ("/admin/faults", "POST", self.admin_faults), ("/admin/reset", "POST", self.admin_reset),
-            ("/admin/tasks", "GET", self.admin_tasks),
+            ("/admin/tasks", "GET", self.admin_tasks), ("/admin/callbacks", "GET", self.admin_callbacks),
+            ("/admin/submits", "GET", self.admin_submits),
             ("/admin/tasks/{task_id}/finish", "POST", self.admin_finish),
         ]
         routes += [Route(p, self._endpoint(p, m, h, submit=False, counted=False), methods=[m]) for p, m, h in admin]

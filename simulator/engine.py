@@ -157,6 +157,7 @@ class Engine:
         self.peak_in_flight = 0
         self.callbacks_sent = 0
         self.callbacks_dropped = 0
+        self.final_callback_at: dict[str, float] = {}  # task id -> when its terminal callback was sent (first)
         self.changed: set[str] = set()  # tasks whose stored status moved since the dispatcher last looked
 
     def reseed(self) -> None:

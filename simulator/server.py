@@ -101,6 +101,14 @@ class SimulatorAdmin:
     def tasks(self) -> list[dict[str, Any]]:
         return list(self._http.get("/admin/tasks").json())
 
+    def callbacks(self) -> dict[str, float]:
+        """Task id -> when its terminal (SUCCESS/FAILURE) callback was sent, epoch seconds."""
+        return {str(k): float(v) for k, v in self._http.get("/admin/callbacks").json().items()}
+
+    def submits(self) -> list[tuple[float, str, str]]:
+        """Every submit request that carried a ``state``, in order: (epoch s, state, injected fault or "")."""
+        return [(float(t), str(s), str(f)) for t, s, f in self._http.get("/admin/submits").json()]
+
     def reset(self, config: bool = True) -> None:
         """Forget tasks and counters; ``config=True`` also restores the start-up configuration."""
         self._http.post("/admin/reset", json={"config": config}).raise_for_status()

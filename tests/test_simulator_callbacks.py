@@ -78,6 +78,9 @@ def test_callbacks_follow_every_status_and_progress_step(sim: SimulatorAdmin, si
     assert final == sim_api.fetch(second), "the full task object, as fetch shows it"
     assert receiver.of(first)[-1] == ("SUCCESS", "100%")
     assert sim.stats()["callbacks_sent"] == len(receiver.bodies)
+    sent_at = sim.callbacks()
+    assert set(sent_at) == {first, second}, "only terminal callbacks are timed"
+    assert sent_at[second] >= final["finishTime"] / 1000 - 0.001, "sent after the task finished"
 
 
 def test_a_slow_hook_never_slows_submits(sim: SimulatorAdmin, sim_api: SimApi, receiver: Receiver) -> None:

@@ -51,6 +51,60 @@ def test_read_delay_creates_the_task_then_answers_late(sim: SimulatorAdmin) -> N
     assert sim.stats()["faults"] == {"late_answer": 1}
 
 
+def test_image_delay_holds_downloads_in_flight(sim: SimulatorAdmin, sim_api: SimApi) -> None:
+    import threading
+
+    sim.faults(time_factor=0.002)
+    url = sim_api.finished("a slow picture")["imageUrl"]
+    sim.faults(image_delay_rate=1.0, image_delay_s=0.5)
+    answer: list[httpx.Response] = []
+    download = threading.Thread(target=lambda: answer.append(httpx.get(url, timeout=5)))
+    started = time.monotonic()
+    download.start()
+    time.sleep(0.2)
+    assert sim.stats()["images_in_flight"] == 1, "a held download is visible while it waits"
+    download.join()
+    assert answer[0].status_code == 200 and answer[0].content.startswith(b"\x89PNG")
+    assert time.monotonic() - started >= 0.5 and sim.stats()["images_in_flight"] == 0
+    assert sim.stats()["faults"] == {"image_delay": 1}
+
+
+def test_poll_delay_holds_fetches_and_lists_in_flight(sim: SimulatorAdmin, sim_api: SimApi) -> None:
+    import threading
+
+    sim.faults(time_factor=0.002)
+    task_id = str(sim_api.finished("a slow poll")["id"])
+    sim.faults(poll_delay_rate=1.0, poll_delay_s=0.5)
+    answers: list[object] = []
+
+    def listed() -> None:
+        answers.append(sim_api.http.post("/mj/task/list-by-condition", json={"ids": [task_id]}).json())
+
+    reads = [threading.Thread(target=lambda: answers.append(sim_api.fetch(task_id))), threading.Thread(target=listed)]
+    started = time.monotonic()
+    for read in reads:
+        read.start()
+    time.sleep(0.2)
+    assert sim.stats()["polls_in_flight"] == 2, "held polls are visible while they wait"
+    for read in reads:
+        read.join()
+    assert time.monotonic() - started >= 0.5 and sim.stats()["polls_in_flight"] == 0
+    assert len(answers) == 2 and sim.stats()["faults"] == {"poll_delay": 2}
+
+
+def test_submit_log_has_every_submit_with_its_state(sim: SimulatorAdmin, sim_api: SimApi) -> None:
+    sim.faults(http_429_rate=1.0, retry_after_s=1)
+    assert sim_api.http.post("/mj/submit/imagine", json={"prompt": "x", "state": "job-1"}).status_code == 429
+    sim.faults(http_429_rate=0.0)
+    sim_api.imagine("x", state="job-1")
+    sim_api.imagine("y")  # no state: not in the log
+    log = sim.submits()
+    assert [(state, fault) for _, state, fault in log] == [("job-1", "http_429"), ("job-1", "")]
+    assert log[0][0] <= log[1][0]
+    sim.reset(config=True)
+    assert sim.submits() == []
+
+
 def test_stuck_tasks_never_finish_until_forced(sim: SimulatorAdmin, sim_api: SimApi) -> None:
     sim.faults(stuck_rate=1.0, time_factor=0.002, concurrency={"FAST": 1}, queue_size=0)
     stuck = sim_api.imagine("stuck")
@@ -154,3 +208,26 @@ def test_admin_faults_validate_merge_and_reset(sim: SimulatorAdmin) -> None:
     assert sim.config()["concurrency"]["RELAX"] == 7, "a plain reset keeps the configuration"
     sim.reset(config=True)
     assert sim.config()["concurrency"]["RELAX"] == 3 and sim.config()["time_factor"] == 0.01
+
+
+def test_forbidden_answers_403_to_every_api_call(sim: SimulatorAdmin, sim_api: SimApi) -> None:
+    sim.faults(forbidden=True)
+    refused = sim_api.http.post("/mj/submit/imagine", json={"prompt": "x", "state": "s"})
+    assert refused.status_code == 403 and refused.json() == {
+        "code": 403, "description": "this key may not use this endpoint", "result": None
+    }
+    assert sim_api.http.get("/mj/task/1/fetch").status_code == 403
+    assert sim.stats()["submissions"] == 0 and sim.stats()["faults"] == {"forbidden": 2}
+    with httpx.Client(base_url=sim.url) as anonymous:  # a wrong key is still 401 first
+        assert anonymous.post("/mj/submit/imagine", json={"prompt": "x"}).status_code == 401
+
+
+def test_image_errors_answer_500_once_each_then_the_rate(sim: SimulatorAdmin, sim_api: SimApi) -> None:
+    sim.faults(time_factor=0.002)
+    url = sim_api.finished("a picture that fails to download")["imageUrl"]
+    sim.faults(image_errors=2)
+    assert [httpx.get(url, timeout=5).status_code for _ in range(3)] == [500, 500, 200]
+    assert sim.config()["image_errors"] == 0
+    sim.faults(image_error_rate=1.0)
+    assert all(httpx.get(url, timeout=5).status_code == 500 for _ in range(3))
+    assert sim.stats()["faults"] == {"image_500": 5}
