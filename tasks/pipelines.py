@@ -9,16 +9,23 @@ Grammar (whitespace is free; ``"..."`` quotes an argument that contains ``, > ( 
     action   := U<i> | U<i>-<j> | V<i>[:subtle|strong] | V<i>-<j> | reroll | zoom:2x | zoom:1.5x
               | customzoom:<factor>[:"prompt"] | pan:left|right|up|down | vary:subtle|strong
               | upscale:2x|4x|subtle|creative | region:<mask path or img: ref>[:"prompt"]
-              | remix:"prompt" | press:<label or customId>
+              | remix:[<i>:]"prompt" | press:<label or customId>
 
-A range ``U1-4`` is four branches; ``U1-4>zoom:2x`` zooms out each of the four upscales.
+A range ``U1-4`` is four branches; ``U1-4>zoom:2x`` zooms out each of the four upscales. ``remix:2:"..."``
+remixes V2 of a grid; without an index V1 of a grid, or Vary (Strong) of an upscaled image.
 ``compile(plan)`` gives the Celery canvas to put after a job: ``imagine.s(p) | compile("U1-4")``.
+
+Region masks are read where the plan is given, never by the worker when the plan starts: ``store_masks``
+(the producer, at enqueue) replaces each mask by an ``img:`` reference, ``check_masks`` (prompt files, read
+before anything is stored) checks each mask file and makes its path absolute.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from celery import chain, group
@@ -216,9 +223,11 @@ def parse_action(text: str, pos: int, word: str) -> Action:
         prompt = args[1] if len(args) == 2 else ""
         return Action("vary_region", (args[0], prompt), _unparse("region", args))
     if name == "remix":
-        if len(args) != 1 or not args[0].strip():
-            raise PlanError(text, pos, word, 'remix:"new prompt"')
-        return Action("remix", (args[0],), _unparse("remix", args))
+        indexed = len(args) == 2 and re.match(r"^[1-4]$", args[0])
+        if not (len(args) == 1 or indexed) or not args[-1].strip():
+            raise PlanError(text, pos, word, 'remix:"new prompt" or remix:<1-4>:"new prompt"')
+        index = int(args[0]) if indexed else 0
+        return Action("remix", (args[-1], index), _unparse("remix", args))
     if name == "press":
         if len(args) < 1 or not ":".join(args).strip():
             raise PlanError(text, pos, word, "press:<label or customId>")
@@ -286,6 +295,8 @@ def _signature(action: Action) -> Signature:
         return task.s(followups.mask_reference(str(args[0])), prompt=str(args[1]) or None)
     if action.kind == "custom_zoom":
         return task.s(str(args[0]) or None, float(args[1]))
+    if action.kind == "remix":
+        return task.s(str(args[0]), index=int(args[1]) or None)
     return task.s(*args)
 
 
@@ -302,7 +313,85 @@ def _compile_sequence(steps: list[Action | Branches]) -> Signature:
 
 
 def compile(plan: Plan | str) -> Signature:
-    """The canvas that runs the plan on a parent job result (first argument of each top-level link)."""
+    """The canvas that runs the plan on a parent job result (first argument of each top-level link).
+
+    Called by a producer, a region mask file is read (relative to the current directory) and stored here.
+    """
     tree = parse(plan) if isinstance(plan, str) else plan
     members = [_compile_sequence(seq.steps) for seq in tree.sequences]
     return members[0] if len(members) == 1 else group(members)
+
+
+# -- region masks -------------------------------------------------------------------------------------------
+
+
+def _map_sequence(seq: Sequence, change: Callable[[str], str]) -> Sequence:
+    return Sequence([_map_step(step, change) for step in seq.steps])
+
+
+def _map_step(step: Action | Branches, change: Callable[[str], str]) -> Action | Branches:
+    if isinstance(step, Branches):
+        return Branches([_map_sequence(seq, change) for seq in step.sequences])
+    if step.kind != "vary_region":
+        return step
+    mask, prompt = str(step.args[0]), str(step.args[1])
+    new = change(mask)
+    return replace(step, args=(new, prompt), text=_unparse("region", [new, prompt] if prompt else [new]))
+
+
+def _actions(tree: Branches) -> Iterator[Action]:
+    for seq in tree.sequences:
+        for step in seq.steps:
+            if isinstance(step, Branches):
+                yield from _actions(step)
+            else:
+                yield step
+
+
+def map_masks(text: str, change: Callable[[str], str]) -> str:
+    """The plan with each region mask replaced by ``change(mask)``; a plan without masks comes back as written.
+
+    An ``InvalidInput`` of ``change`` is raised again naming the field ``then`` (the plan).
+    """
+    tree = parse(text)
+    if not any(action.kind == "vary_region" for action in _actions(tree)):
+        return text.strip()
+
+    def checked(mask: str) -> str:
+        try:
+            return change(mask)
+        except InvalidInput as exc:
+            raise InvalidInput("then", f"region mask: {exc.rule}") from None
+
+    return Branches([_map_sequence(seq, checked) for seq in tree.sequences]).to_text()
+
+
+def store_masks(text: str, base_dir: Path | None = None, *, files: bool = True) -> str:
+    """The plan with each region mask read, checked and stored in Redis, referred to as ``img:<sha256>``.
+
+    Mask files are relative to ``base_dir`` (default the current directory). ``files=False`` is the worker's
+    side (a task sent by name, a plan starting): a file path there is refused, since the worker's directory is
+    not the one the plan was written in.
+    """
+    from tasks.followups import mask_path, mask_reference
+
+    def store(mask: str) -> str:
+        if not files and mask_path(mask) is not None:
+            raise InvalidInput("mask", f"{mask!r}: give a data URI or an img: reference here (mask files are read "
+                               "by the producer: tasks.*.delay, mjq)")
+        return mask_reference(mask, "mask", base_dir)
+
+    return map_masks(text, store)
+
+
+def check_masks(text: str, base_dir: Path | None = None) -> str:
+    """The plan with each region mask checked (read, a JPEG/PNG/GIF/WEBP within limits) and file paths made
+    absolute (relative to ``base_dir``), nothing stored: for prompt files, whose reading sends nothing."""
+    from tasks.followups import load_mask, mask_path
+
+    def check(mask: str) -> str:
+        load_mask(mask, "mask", base_dir)
+        path = mask_path(mask, base_dir)
+        return mask if path is None else str(path.resolve())
+
+    return map_masks(text, check)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+from pathlib import Path
+
 import pytest
 from celery import group
 from celery.canvas import _chain
 
-from tasks.pipelines import PlanError, compile, count_jobs, parse
+from tasks.pipelines import PlanError, check_masks, compile, count_jobs, map_masks, parse, store_masks
+from worker.mjapi.errors import InvalidInput
 
 ROUND_TRIPS = [
     ("U1-4", 4),
@@ -19,6 +23,9 @@ ROUND_TRIPS = [
     ("U1>customzoom:1.8", 2),
     ('U1>customzoom:1.8:"a wide shot"', 2),
     ('U3>remix:"a blue fox"', 2),
+    ('remix:2:"a blue fox"', 1),
+    ('remix:"a fox", remix:4:"a wolf">U1', 3),
+    ('U1>region:"img:0f0f":"a hat"', 2),
     ('U1>press:"Zoom Out 2x"', 2),
     ("U4>region:mask.png", 2),
     ("V1-4", 4),
@@ -52,6 +59,8 @@ def test_round_trip_and_count(text: str, jobs: int) -> None:
         ("(U1, U2)>zoom:2x", ">"),
         ("customzoom:5", "customzoom:5"),
         ('remix:"open', '"open'),
+        ('remix:5:"a fox"', 'remix:5:"a fox"'),
+        ("remix:2:", "remix:2:"),
         ("teleport", "teleport"),
         ("", ""),
     ],
@@ -78,3 +87,28 @@ def test_compile_builds_the_expected_canvas() -> None:
     assert strong.task == "tasks.followups.vary" and strong.args == (3,) and strong.kwargs == {"strength": "strong"}
     custom = compile('customzoom:1.8:"wide"')
     assert custom.task == "tasks.followups.custom_zoom" and custom.args == ("wide", 1.8)
+    remix = compile('remix:2:"a blue fox"')
+    assert remix.task == "tasks.followups.remix" and remix.args == ("a blue fox",) and remix.kwargs == {"index": 2}
+    assert compile('remix:"a blue fox"').kwargs == {"index": None}
+
+
+def test_masks_are_replaced_in_place_and_plans_without_masks_come_back_as_written() -> None:
+    assert map_masks(" U1-4 ,U2>zoom:2x ", str.upper) == "U1-4 ,U2>zoom:2x"
+    changed = map_masks('U1>(region:a.png:"a hat", zoom:2x), U2>region:b.png', lambda m: f"img:{m[0]}")
+    assert changed == 'U1>(region:"img:a":"a hat", zoom:2x), U2>region:"img:b"'
+    assert count_jobs(changed) == 5
+
+
+def test_mask_files_are_checked_relative_to_the_folder_given(tmp_path: Path) -> None:
+    from tests.support.images import png_data_uri
+
+    (tmp_path / "hat.png").write_bytes(base64.b64decode(png_data_uri().split(",", 1)[1]))
+    (tmp_path / "note.png").write_text("not an image")
+    assert check_masks("U1>region:hat.png", tmp_path) == f"U1>region:{(tmp_path / 'hat.png').resolve()}"
+    for plan, words in (("U1>region:gone.png", "cannot read"), ("U1>region:note.png", "not a JPEG")):
+        with pytest.raises(InvalidInput) as info:
+            check_masks(plan, tmp_path)
+        assert info.value.field == "then" and words in str(info.value)
+    with pytest.raises(InvalidInput) as worker_side:
+        store_masks("U1>region:hat.png", tmp_path, files=False)  # the worker never reads a mask file
+    assert worker_side.value.field == "then" and "img: reference" in str(worker_side.value)

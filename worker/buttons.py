@@ -62,6 +62,8 @@ def _patterns(want: Want) -> tuple[list[str], list[str]]:
     if kind == "upscale":
         return [rf"^MJ::JOB::upsample::{i}::"], [f"U{i}"]
     if kind == "vary" and i:
+        # A grid has one V<i> button; its strength is the account's variation mode, so ``arg`` cannot pick one
+        # (tasks.followups.vary records the strength asked for with the child instead).
         return [rf"^MJ::JOB::variation::{i}::"], [f"V{i}"]
     if kind == "vary":
         name = "high_variation" if arg == "strong" else "low_variation"
@@ -94,6 +96,15 @@ def offered(buttons: Iterable[Mapping[str, Any]]) -> list[str]:
         kind = parts[2] if len(parts) > 2 and parts[1] == "JOB" else (parts[1] if len(parts) > 1 else "?")
         names.append(f"{label} ({kind})" if label else kind)
     return names
+
+
+def offers(buttons: Iterable[Mapping[str, Any]], want: Want) -> bool:
+    """Whether ``buttons`` have one that means ``want`` (e.g. a grid offers ``Want("vary", index=1)``)."""
+    try:
+        resolve(buttons, want)
+    except ButtonNotOffered:
+        return False
+    return True
 
 
 def resolve(buttons: Iterable[Mapping[str, Any]], want: Want) -> Mapping[str, Any]:
