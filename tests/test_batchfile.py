@@ -15,7 +15,7 @@ from worker.batchfile import (
     BatchFileError,
     Defaults,
     RowError,
-    auto_job_id,
+    default_batch_id,
     expand_permutations,
     normalise,
     read_batch_file,
@@ -50,8 +50,12 @@ def rejects(path: Path) -> list[dict[str, str]]:
         ("/imagine prompt: a cat", "a cat"),
         ("  /IMAGINE   Prompt :a cat  ", "a cat"),
         ("/imagine a cat", "a cat"),
+        ("/imagine prompt a cat", "a cat"),
+        ("/imagine promptly", "promptly"),
         ("a cat —ar 16:9 –v 6", "a cat --ar 16:9 --v 6"),
+        ("—no text", "--no text"),
         ("a cat \u2014 sleeping", "a cat \u2014 sleeping"),  # a prose dash is not a parameter
+        ("cat—dog friendship", "cat—dog friendship"),  # nor is a dash inside a word
         ("a\tcat\n\n on  a   mat ", "a cat on a mat"),
         ("keep /imagine inside", "keep /imagine inside"),
     ],
@@ -283,22 +287,95 @@ def test_follow_up_plans_are_validated_per_row_and_default(tmp_path: Path) -> No
         read_batch_file(path, Defaults(then="nonsense>>"))
 
 
+def test_region_masks_are_read_relative_to_the_prompt_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Masks are checked when the file is read, relative to its folder, and kept as absolute paths."""
+    (tmp_path / "masks").mkdir()
+    write(tmp_path / "masks" / "hat.png", png_bytes("white"))
+    write(tmp_path / "masks" / "fake.png", b"not an image")
+    rows = ['a,"U1>region:masks/hat.png:""a hat"""', "b,U1>region:masks/none.png", "c,U2>region:masks/fake.png"]
+    path = write(tmp_path / "p.csv", "\n".join(["prompt,then", *rows, ""]))
+    monkeypatch.chdir(tmp_path / "masks")  # not the folder the paths are relative to
+    plan = read_batch_file(path)
+    [job] = plan.jobs
+    from tasks.pipelines import Action, parse
+
+    region = parse(job.then or "").sequences[0].steps[1]
+    assert isinstance(region, Action) and region.args == (str((tmp_path / "masks" / "hat.png").resolve()), "a hat")
+    assert [(r.row, r.field) for r in plan.rejected] == [(3, "then"), (4, "then")]
+    assert "none.png" in plan.rejected[0].reason and "cannot read" in plan.rejected[0].reason
+    assert "not a JPEG" in plan.rejected[1].reason
+
+
+def test_speed_mode_is_read_per_normalised_variant(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "p.txt",
+        "a dog —relax\na cat {--relax, --fast, —turbo}\na fox {red, blue} --relax\nan owl\n",
+    )
+    plan = read_batch_file(path, Defaults(mode="turbo"))
+    assert [(j.prompt, j.mode) for j in plan.jobs] == [
+        ("a dog --relax", "relax"),
+        ("a cat --relax", "relax"),
+        ("a cat --fast", "fast"),
+        ("a cat --turbo", "turbo"),
+        ("a fox red --relax", "relax"),
+        ("a fox blue --relax", "relax"),
+        ("an owl", "turbo"),
+    ]
+    csv_path = write(tmp_path / "p.csv", 'prompt,mode\n"a cat {--relax, --fast}",turbo\n')
+    assert {j.mode for j in read_batch_file(csv_path).jobs} == {"turbo"}  # the mode column wins
+
+
 # ---------------------------------------------------------------------------------------------- job ids
 
 
-def test_job_ids_are_stable_and_unique(tmp_path: Path) -> None:
-    path = write(tmp_path / "night run.txt", "a {cat, dog}\nsame\nsame\n")
-    first = read_batch_file(path)
-    again = read_batch_file(path)
-    ids = [j.job_id for j in first.jobs]
-    assert ids == [j.job_id for j in again.jobs]
-    assert len(set(ids)) == 4
-    assert ids[0] == auto_job_id("night run.txt", 1, "a cat")
-    assert ids[0].startswith("night-run-r1-")
-    # Same file name elsewhere with the same rows: same keys (a moved file resumes).
-    (tmp_path / "sub").mkdir()
-    copy = write(tmp_path / "sub" / "night run.txt", path.read_text())
-    assert [j.job_id for j in read_batch_file(copy).jobs] == ids
+def ids_of(path: Path, scope: str | None = None, defaults: Defaults | None = None) -> dict[str, str]:
+    return {j.prompt: j.job_id for j in read_batch_file(path, defaults, scope=scope).jobs}
+
+
+def test_automatic_ids_survive_comments_reordering_and_new_rows(tmp_path: Path) -> None:
+    path = write(tmp_path / "night.txt", "# v1\na {cat, dog}\na fox\n")
+    first = ids_of(path, "night")
+    assert len(set(first.values())) == 3 and all(i.startswith("night-") for i in first.values())
+    write(path, "# v2: longer comment\n\n# one more\nan owl\na fox\n\n# moved\na {cat, dog}\n")
+    again = ids_of(path, "night")
+    assert {p: again[p] for p in first} == first  # nothing done is paid for again
+    assert again["an owl"] not in first.values()
+
+
+def test_automatic_ids_key_on_content_and_occurrence(tmp_path: Path) -> None:
+    path = write(tmp_path / "p.txt", "same\nsame\nother\n")
+    jobs = read_batch_file(path, scope="b").jobs
+    assert [j.prompt for j in jobs] == ["same", "same", "other"]
+    assert len({j.job_id for j in jobs}) == 3  # a prompt listed twice runs twice ...
+    write(path, "other\nsame\nnew\nsame\n")
+    assert {j.job_id for j in jobs} <= {j.job_id for j in read_batch_file(path, scope="b").jobs}  # ... once each
+    base = ids_of(path, "b")["other"]
+    assert ids_of(path, "b", Defaults(mode="relax"))["other"] != base  # mode, plan and bot are part of a job
+    assert ids_of(path, "b", Defaults(then="U1"))["other"] != base
+    assert ids_of(path, "b", Defaults(bot="niji"))["other"] != base
+    assert ids_of(path, "b", Defaults(priority=1, tags=("x",)))["other"] == base  # labels are not
+    assert ids_of(path, "another batch")["other"] != base
+
+
+def test_same_file_name_in_two_folders_does_not_collide(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    one = write(tmp_path / "a" / "night run.txt", "a cat\n")
+    two = write(tmp_path / "b" / "night run.txt", "a cat\n")
+    assert default_batch_id(one) != default_batch_id(two)
+    assert default_batch_id(one).startswith("night-run-")
+    assert ids_of(one) != ids_of(two)  # each file's own batch by default
+    assert ids_of(one, "shared") == ids_of(two, "shared")  # a moved file resumes its batch when told which
+
+
+def test_inline_images_are_part_of_the_automatic_id(tmp_path: Path) -> None:
+    write(tmp_path / "red.png", png_bytes("red"))
+    write(tmp_path / "blue.png", png_bytes("blue"))
+    path = write(tmp_path / "p.csv", "prompt,images\na cat,red.png\na cat,blue.png\n")
+    red, blue = read_batch_file(path, scope="b").jobs
+    assert red.prompt == blue.prompt and red.job_id != blue.job_id
+    write(path, "prompt,images\na cat,blue.png\n")
+    assert [j.job_id for j in read_batch_file(path, scope="b").jobs] == [blue.job_id]
 
 
 def test_row_id_with_permutations_gets_suffixes(tmp_path: Path) -> None:
@@ -307,6 +384,8 @@ def test_row_id_with_permutations_gets_suffixes(tmp_path: Path) -> None:
 
 
 def test_task_kwargs_shape() -> None:
+    from dataclasses import replace
+
     from worker.batchfile import BatchJob
 
     job = BatchJob(
@@ -320,4 +399,6 @@ def test_task_kwargs_shape() -> None:
         "batch_id": "b",
         "then": "U1",
         "priority": 4,
+        "row": 1,
     }
+    assert "row" not in replace(job, row=0).task_kwargs(None)  # a single prompt has no file row

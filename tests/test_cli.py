@@ -4,19 +4,26 @@ embedded Valkey, the simulator over HTTP, a real Celery worker, the webhook serv
 
 from __future__ import annotations
 
+import base64
 import csv
 import hashlib
 import io
 import json
+import re
+import time
+from html import escape
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import redis
+from PIL import Image
 from typer.testing import CliRunner
 
+from simulator.server import SimulatorAdmin
 from tests.support.mjq import mjq, shared_stack, sim_stats
+from tests.support.stack import Stack, StackManager, reset_state
 from worker.devstack import DevStack
 from worker.redisserver import free_port
 
@@ -117,7 +124,8 @@ def test_dry_run_sends_nothing(tmp_path: Path, redis_url: str, redis_client: red
     assert [(r["row"], r["field"]) for r in rejected] == [("4", "mode")]
     human = mjq(None, "batch", str(path), "--dry-run", env=env)
     assert "relax" in human.out and "U1-4" in human.out and "1 row(s) rejected" in human.err
-    assert redis_client.dbsize() == 0
+    leftover = [k for k in redis_client.scan_iter() if not str(k).startswith(("mjq:lock:", "_kombu."))]
+    assert leftover == [], "a dry run records, queues and sends nothing"
     assert sim_stats(stack)["submissions"] == before
 
 
@@ -135,7 +143,11 @@ def test_batch_wait_resume_status_export_gallery(tmp_path: Path, stack: DevStack
     )
     run = mjq(stack, "batch", str(path), "--batch-id", "flow", "--wait", timeout=120)
     assert run.code == 0, run
-    assert "queued 4 job(s)" in run.out and "done" in run.out
+    assert "queued 4 job(s)" in run.out
+    # the live display's last frame: the bar's count, every group, the rate and ETA of a finished batch
+    assert "5/5" in run.out and "finished" in run.out, run.out
+    assert "done 5  failed 0  running 0  queued 0  rate " in run.out, run.out
+    assert re.search(r"rate \d+\.\d/min  ETA 0s", run.out), run.out
     book = ledger(stack)
     jobs = book.batch_jobs("flow")
     assert len(jobs) == 5  # 4 imagines + 1 upscale
@@ -167,9 +179,18 @@ def test_batch_wait_resume_status_export_gallery(tmp_path: Path, stack: DevStack
             "image_path",
             "image_sha256",
             "parent_job",
+            "created_at",
+            "submitted_at",
+            "started_at",
+            "finished_at",
+            "duration_s",
         ):
             assert row[key] == job.get(key), key
+        assert row["submitted_at"] and row["finished_at"] and row["duration_s"] > 0
+        assert row["created_at"] <= row["submitted_at"] <= row["finished_at"]
         assert row["tags"] == (["water", "client:acme"] if row["job_id"] == "f3" else [])
+        # the file row of the prompt (a follow-up: the row of the prompt it came from)
+        assert row["row"] == {"f1": 1, "f2.1": 2, "f2.2": 2, "f3": 3}[row["root_job"]], row
         assert hashlib.sha256(Path(row["image_path"]).read_bytes()).hexdigest() == row["image_sha256"]
     upscale = next(r for r in rows if r["parent_job"])
     assert upscale["parent_job"] == "f1"
@@ -177,19 +198,41 @@ def test_batch_wait_resume_status_export_gallery(tmp_path: Path, stack: DevStack
     assert mjq(stack, "export", "flow", "--format", "csv", "-o", str(out)).code == 0
     table = list(csv.DictReader(io.StringIO(out.read_text())))
     assert {r["job_id"]: r["image_sha256"] for r in table} == {k: v["image_sha256"] for k, v in by_id.items()}
+    assert {r["job_id"]: r["row"] for r in table} == {r["job_id"]: str(r["row"]) for r in rows}
 
     page = tmp_path / "g" / "flow.html"
     run = mjq(stack, "gallery", "flow", "--no-open", "-o", str(page))
     assert run.code == 0, run
     html = page.read_text()
-    for job in jobs:
-        assert f'data-job="{job["job_id"]}"' in html and f'data-sha256="{job["image_sha256"]}"' in html
+    cards = gallery_cards(html)
+    assert set(cards) == set(by_id)
+    for job_id, job in by_id.items():
+        card = cards[job_id]
+        assert f'data-status="succeeded" data-sha256="{job["image_sha256"]}"' in card
+        assert '<span class="badge" style="background:#1a7f37">succeeded</span>' in card
+        shown = job["final_prompt"] or job["prompt"] or ""  # an upscale shows the prompt upstream rendered
+        assert f'<div class="prompt">{escape(shown)}</div>' in card
+        assert job["parent_job"] or escape(job["prompt"]) in card, card
+        # its own image: an embedded thumbnail of the downloaded file, linked to that file
+        link = re.search(r'<a href="([^"]+)"><img src="data:image/jpeg;base64,([^"]+)"', card)
+        assert link, card[:300]
+        assert (page.parent / link.group(1)).resolve() == Path(job["image_path"]).resolve()
+        with Image.open(io.BytesIO(base64.b64decode(link.group(2)))) as thumb, Image.open(job["image_path"]) as full:
+            assert max(thumb.size) <= 384 and abs(thumb.width / thumb.height - full.width / full.height) < 0.02
     assert html.count('<img src="data:image/jpeg;base64,') == len(jobs)
-    assert "U1 of f1" in html
+    assert "U1 of f1" in cards[upscale["job_id"]]
+    assert '<span class="tag">client:acme</span>' in cards["f3"]
+
+
+def gallery_cards(html: str) -> dict[str, str]:
+    """Each job's card of a gallery page, by job id."""
+    found = re.finditer(r'<div class="card[^"]*" data-job="([^"]+)".*?</div></div></div>', html)
+    return {m.group(1): m.group(0) for m in found}
 
 
 def test_failures_status_and_requeue(tmp_path: Path, stack: DevStack) -> None:
-    path = write_jsonl(tmp_path / "bad.jsonl", [{"id": f"bad{i}", "prompt": f"doomed {i}"} for i in range(2)])
+    rows = [{"id": "bad0", "prompt": "doomed 0", "then": "U1"}, {"id": "bad1", "prompt": "doomed 1"}]
+    path = write_jsonl(tmp_path / "bad.jsonl", rows)
     faults(stack, failure_rate=1.0)
     try:
         run = mjq(stack, "batch", str(path), "--batch-id", "bad", "--wait", timeout=120)
@@ -198,18 +241,23 @@ def test_failures_status_and_requeue(tmp_path: Path, stack: DevStack) -> None:
     assert run.code == 1, run
     status = mjq(stack, "status", "bad", "--json").json()
     assert status["failed"] == 2
+    assert (status["counts"]["skipped"], status["total"]) == (1, 3)  # bad0's U1 will never run
     assert all(f["fail_reason"] for f in status["failures"])
     assert "failures" in mjq(stack, "status", "bad").out
     assert mjq(stack, "requeue", "bad").code == 2
     run = mjq(stack, "requeue", "bad", "--failed")
     assert run.code == 0 and "requeued 2" in run.out, run
-    final = _wait_status(stack, "bad", lambda s: s["done"] == 2)
-    assert final["failed"] == 0
+    # the requeued parent's follow-up is planned again, not skipped: the batch is not over before it exists
+    again = mjq(stack, "status", "bad", "--json").json()
+    assert again["counts"].get("skipped", 0) == 0 and again["total"] == 3 and again["status"] != "finished"
+    final = _wait_status(stack, "bad", lambda s: s["done"] == 3)
+    assert (final["failed"], final["total"], final["counts"].get("skipped", 0)) == (0, 3, 0)
+    assert final["status"] == "finished"
+    [child] = [j for j in ledger(stack).batch_jobs("bad") if j["parent_job"]]
+    assert child["parent_job"] == "bad0" and child["status"] == "succeeded"
 
 
 def _wait_status(stack: DevStack, batch: str, ok: Any, timeout_s: float = 60) -> dict[str, Any]:
-    import time
-
     deadline = time.monotonic() + timeout_s
     while True:
         status: dict[str, Any] = mjq(stack, "status", batch, "--json").json()
@@ -244,3 +292,226 @@ def test_imagine_wait_and_global_resume(stack: DevStack) -> None:
     assert all(r["status"] == "succeeded" and Path(r["image_path"]).is_file() for r in results)
     run = mjq(stack, "resume")
     assert run.code == 0 and "breaker cleared" in run.out
+
+
+def test_imagine_with_a_plan_waits_for_its_follow_ups(stack: DevStack) -> None:
+    run = mjq(stack, "imagine", "a lighthouse with a plan", "--then", "U1", "-p", "0", "--wait", "--json", timeout=90)
+    assert run.code == 0, run
+    root, child = run.json()
+    assert root["status"] == child["status"] == "succeeded"
+    assert root["priority"] == child["priority"] == 0  # a follow-up runs at its parent's priority, 0 included
+    assert child["parent_job"] == root["job_id"] and child["action"].startswith("MJ::JOB::upsample::1")
+    assert Path(child["image_path"]).is_file()
+
+
+def test_imagine_wait_exits_1_when_the_job_fails(stack: DevStack) -> None:
+    faults(stack, banned_words=["forbiddenword"])
+    try:
+        run = mjq(stack, "imagine", "a forbiddenword poster", "--wait", timeout=60)
+    finally:
+        faults(stack, banned_words=[])
+    assert run.code == 1, run
+    assert run.out.startswith("queued ") and "\nfailed " in run.out, run.out
+    assert "reason: " in run.out and "forbiddenword" in run.out.split("reason: ", 1)[1], run.out
+
+
+def test_batch_options_land_in_the_ledger(tmp_path: Path, stack: DevStack) -> None:
+    path = tmp_path / "opts.txt"
+    path.write_text("a paper boat\na glass greenhouse --fast\n", encoding="utf-8")
+    run = mjq(
+        stack, "batch", str(path), "-b", "opts", "--mode", "relax", "--then", "U2", "--priority", "7", "--wait",
+        timeout=120,
+    )
+    assert run.code == 0, run
+    book = ledger(stack)
+    records = {j["job_id"]: book.get_job(j["job_id"]) or {} for j in book.batch_jobs("opts")}
+    roots = {r["prompt"]: r for r in records.values() if not r.get("parent_job")}
+    children = [r for r in records.values() if r.get("parent_job")]
+    assert set(roots) == {"a paper boat", "a glass greenhouse --fast"}
+    assert roots["a paper boat"]["mode"] == "relax"
+    assert roots["a glass greenhouse --fast"]["mode"] == "fast"  # the prompt's own flag beats --mode
+    assert all(r["priority"] == 7 and r["then"] == "U2" and r["status"] == "succeeded" for r in roots.values())
+    assert all(r["meta"]["row"] in (1, 2) for r in roots.values())
+    assert len(children) == 2
+    for child in children:
+        parent = records[child["parent_job"]]
+        assert child["action"].startswith("MJ::JOB::upsample::2") and child["status"] == "succeeded"
+        assert (child["mode"], child["priority"]) == (parent["mode"], 7)  # inherited from the parent
+
+
+def test_priority_orders_admission_of_parked_jobs(tmp_path: Path, stack: DevStack) -> None:
+    """0 is the most urgent: parked jobs with priority 0 take the slots before older ones with priority 9."""
+    book = ledger(stack)
+    slots = int(stack.env.get("MJQ_SLOTS_FAST", "3"))
+    low, high = tmp_path / "low.txt", tmp_path / "high.txt"
+    low.write_text("".join(f"unhurried {i}\n" for i in range(slots)), encoding="utf-8")
+    high.write_text("".join(f"urgent {i}\n" for i in range(slots)), encoding="utf-8")
+    book.trip_breaker("test: park everything first")
+    try:
+        assert mjq(stack, "batch", str(low), "-b", "prio-low", "--priority", "9", "--mode", "fast").code == 0
+        assert mjq(stack, "batch", str(high), "-b", "prio-high", "--priority", "0", "--mode", "fast").code == 0
+        _wait_until(lambda: book.waiting_count("fast") >= 2 * slots, "every job parked")
+    finally:
+        assert mjq(stack, "resume").code == 0  # clears the stop: parked jobs are admitted by priority
+    for batch in ("prio-low", "prio-high"):
+        _wait_status(stack, batch, lambda s: s["done"] == slots)
+
+    def started(batch: str) -> list[float]:
+        return sorted(float((book.get_job(i) or {})["submitting_at"]) for i in book.batch_job_ids(batch))
+
+    assert max(started("prio-high")) < min(started("prio-low"))
+
+
+def test_paused_batch_submits_nothing_until_resumed(tmp_path: Path, stack: DevStack) -> None:
+    book = ledger(stack)
+    path = write_jsonl(tmp_path / "held.jsonl", [{"id": f"held{i}", "prompt": f"held back {i}"} for i in range(4)])
+    book.trip_breaker("test: nothing starts before the pause")
+    try:
+        assert mjq(stack, "batch", str(path), "-b", "held").code == 0
+        _wait_until(lambda: book.batch("held")["counts"]["queued"] == 4, "the jobs recorded")
+        assert mjq(stack, "pause", "held").code == 0
+    finally:
+        assert mjq(stack, "resume").code == 0  # the global stop is cleared; the batch stays paused
+    time.sleep(2.0)  # several housekeeping rounds and admissions
+    ids = book.batch_job_ids("held")
+    assert len(ids) == 4
+    assert not set(ids) & set(sim_stats(stack)["submissions_by_state"]), "a paused batch submitted"
+    status = mjq(stack, "status", "held", "--json").json()
+    assert (status["status"], status["queued"], status["running"]) == ("paused", 4, 0)
+    assert mjq(stack, "resume", "held").code == 0
+    _wait_status(stack, "held", lambda s: s["done"] == 4)
+    by_state = sim_stats(stack)["submissions_by_state"]
+    assert [by_state.get(i) for i in ids] == [1, 1, 1, 1]
+
+
+def test_export_to_a_missing_folder_is_one_readable_line(tmp_path: Path, stack: DevStack) -> None:
+    ledger(stack).ensure_batch("nowhere")
+    target = tmp_path / "no" / "such" / "dir" / "x.csv"
+    run = mjq(stack, "export", "nowhere", "-o", str(target))
+    assert run.code == 1, run
+    lines = run.err.splitlines()
+    assert lines[0] == f"mjq: No such file or directory: {target}", run.err
+    assert lines[1].strip().startswith("hint:") and len(lines) == 2 and "Traceback" not in run.err
+
+
+def _wait_until(check: Any, what: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+# ---------------------------------------------------------------------------------------------- batch totals
+
+
+def test_resume_after_editing_comments_and_adding_rows_pays_nothing_twice(tmp_path: Path, stack: DevStack) -> None:
+    from worker.batchfile import default_batch_id
+
+    path = tmp_path / "night.txt"
+    path.write_text("# first night\na red fox\na {small, tall} tower\n# end\n", encoding="utf-8")
+    batch = default_batch_id(path)
+    first = mjq(stack, "batch", str(path), "--wait", "--json", timeout=120)
+    assert first.code == 0 and first.json()["submitted"] == 3, first
+    book = ledger(stack)
+    done = set(book.batch_job_ids(batch))
+    path.write_text(
+        "# second night: every comment rewritten\n\n# and one more line of them\nan owl at dusk\na red fox\n\n"
+        "# moved below the new rows\na koi pond\na {small, tall} tower\n",
+        encoding="utf-8",
+    )
+    again = mjq(stack, "batch", str(path), "--wait", "--json", timeout=120)
+    assert again.code == 0, again
+    assert (again.json()["submitted"], again.json()["skipped"]) == (2, 3)
+    ids = book.batch_job_ids(batch)
+    assert done < set(ids) and len(ids) == 5
+    by_state = sim_stats(stack)["submissions_by_state"]
+    assert {i: by_state.get(i) for i in ids} == {i: 1 for i in ids}  # each job paid for exactly once
+    assert mjq(stack, "status", batch, "--json").json()["total"] == 5
+
+
+def test_copied_file_into_the_same_batch_ends(tmp_path: Path, stack: DevStack) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    original, copy = tmp_path / "a" / "p.txt", tmp_path / "b" / "p.txt"
+    original.write_text("a moved fox\na moved owl\n", encoding="utf-8")
+    copy.write_text(original.read_text(), encoding="utf-8")
+    assert mjq(stack, "batch", str(original), "-b", "moved", "--wait", timeout=60).code == 0
+    run = mjq(stack, "batch", str(copy), "-b", "moved", "--wait", timeout=60)
+    assert run.code == 0 and "queued 0 job(s), 2 already known" in run.out, run
+    assert mjq(stack, "status", "moved", "--json").json()["total"] == 2
+
+
+def test_interrupted_enqueue_then_rows_deleted_ends(tmp_path: Path, stack: DevStack) -> None:
+    from worker.batchfile import read_batch_file
+    from worker.cli import Backend, submit_jobs
+    from worker.settings import get_settings
+
+    path = write_jsonl(tmp_path / "cut.jsonl", [{"id": f"cut{i}", "prompt": f"cut short {i}"} for i in range(5)])
+    plan = read_batch_file(path, scope="cut")
+
+    def interrupt(sent: int) -> None:
+        if sent == 2:
+            raise KeyboardInterrupt  # Ctrl-C after two of five rows were enqueued
+
+    with stack.environment():
+        handle = Backend(get_settings())
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                submit_jobs(handle, plan.jobs, "cut", interrupt)
+        finally:
+            handle.close()
+    write_jsonl(path, [{"id": f"cut{i}", "prompt": f"cut short {i}"} for i in range(2)])  # the rest deleted
+    run = mjq(stack, "batch", str(path), "-b", "cut", "--wait", timeout=60)
+    assert run.code == 0 and "queued 0 job(s), 2 already known" in run.out, run
+    assert mjq(stack, "status", "cut", "--json").json()["total"] == 2
+
+
+def test_batch_of_jobs_known_in_another_batch_ends_at_once(tmp_path: Path, stack: DevStack) -> None:
+    path = write_jsonl(tmp_path / "twice.jsonl", [{"id": f"twice{i}", "prompt": f"only once {i}"} for i in range(2)])
+    assert mjq(stack, "batch", str(path), "-b", "first-home", "--wait", timeout=60).code == 0
+    run = mjq(stack, "batch", str(path), "-b", "second-home", "--wait", timeout=60)
+    assert run.code == 0 and "queued 0 job(s), 2 already known" in run.out, run
+    assert mjq(stack, "status", "second-home", "--json").json()["total"] == 0
+    assert mjq(stack, "status", "first-home", "--json").json()["total"] == 2
+
+
+# ---------------------------------------------------------------------------------------------- short deadlines
+
+
+@pytest.fixture
+def worker_stack(stack_manager: StackManager, sim: SimulatorAdmin) -> Stack:
+    """The polling worker of tests.support.stack: 3 s deadlines and 1.5 s HTTP timeouts make timed-out and
+    needs-review jobs quickly (the `mjq` stack above runs with production-like ones)."""
+    worker = stack_manager.use("poll")
+    reset_state(worker.redis_url)
+    return worker
+
+
+def test_requeue_timed_out_jobs(tmp_path: Path, worker_stack: Stack, sim: SimulatorAdmin) -> None:
+    env = worker_stack.env
+    path = write_jsonl(tmp_path / "stuck.jsonl", [{"id": "stuck-1", "prompt": "stuck for ever"}])
+    sim.faults(stuck_rate=1.0)
+    run = mjq(None, "batch", str(path), "-b", "stuck", "--wait", env=env, timeout=60)
+    sim.faults(stuck_rate=0.0)
+    assert run.code == 1, run
+    assert worker_stack.job("stuck-1")["status"] == "timed_out"
+    assert "requeued 0 job(s)" in mjq(None, "requeue", "stuck", "--failed", env=env).out  # not a failure
+    run = mjq(None, "requeue", "stuck", "--timed-out", env=env)
+    assert run.code == 0 and "requeued 1 job(s)" in run.out, run
+    assert worker_stack.wait_status("stuck-1", {"succeeded", "failed", "timed_out"})["status"] == "succeeded"
+    assert sim.stats()["submissions_by_state"] == {"stuck-1": 2}
+
+
+def test_requeue_needs_review_jobs(tmp_path: Path, worker_stack: Stack, sim: SimulatorAdmin) -> None:
+    env = worker_stack.env
+    path = write_jsonl(tmp_path / "lost.jsonl", [{"id": "lost-1", "prompt": "an answer that never comes"}])
+    sim.faults(read_delay_rate=1.0, read_delay_s=3.0)  # accepted upstream, but the answer comes after our timeout
+    run = mjq(None, "batch", str(path), "-b", "lost", "--wait", env=env, timeout=60)
+    sim.faults(read_delay_rate=0.0)
+    assert run.code == 1, run
+    assert worker_stack.job("lost-1")["status"] == "needs_review"
+    assert "requeued 0 job(s)" in mjq(None, "requeue", "lost", "--timed-out", env=env).out
+    run = mjq(None, "requeue", "lost", "--needs-review", env=env)
+    assert run.code == 0 and "requeued 1 job(s)" in run.out, run
+    assert worker_stack.wait_status("lost-1", {"succeeded", "failed", "needs_review"})["status"] == "succeeded"
+    assert sim.stats()["submissions_by_state"] == {"lost-1": 2}  # checked upstream first: it may pay twice

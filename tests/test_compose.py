@@ -86,9 +86,37 @@ def test_compose_structure() -> None:
     assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
     assert services["simulator"]["profiles"] == ["sim"]
     assert all("profiles" not in services[n] for n in ("redis", "worker", "beat", "webhook", "flower"))
+    for name in ("worker", "beat", "webhook", "flower"):
+        deps = services[name]["depends_on"]
+        assert deps["redis"] == {"condition": "service_healthy"}, name
+        # with `--profile sim` they wait for a healthy simulator; without it they start anyway
+        assert deps["simulator"] == {"condition": "service_healthy", "required": False}, name
+        assert services[name]["environment"]["MJQ_API_BASE_URL"] == "${MJQ_API_BASE_URL:-http://simulator:8787}"
+    assert services["simulator"]["depends_on"] == {}
     assert services["flower"]["command"][-1] == "--conf=/app/flower.conf"
     assert services["flower"]["environment"]["FLOWER_DB"].startswith("/state/")
     assert "COPY flower.conf" in (ROOT / "Dockerfile").read_text()
+
+
+def active_services(services: Mapping[str, Any], profiles: set[str]) -> set[str]:
+    """What Compose runs with these profiles enabled: services without profiles, and those of an active one."""
+    return {name for name, svc in services.items() if not svc.get("profiles") or profiles & set(svc["profiles"])}
+
+
+@pytest.mark.parametrize("profiles", [set(), {"sim"}])
+def test_every_required_dependency_is_part_of_the_project(profiles: set[str]) -> None:
+    """Compose refuses a project where a service depends on one that is off (compose-spec: `required` defaults
+    to true), so without the profile nothing may need the simulator, and with it the apps wait for it."""
+    services = load_compose()["services"]
+    active = active_services(services, profiles)
+    assert {"redis", "worker", "beat", "webhook", "flower"} <= active
+    assert ("simulator" in active) == ("sim" in profiles)
+    for name in active:
+        for dep, spec in (services[name].get("depends_on") or {}).items():
+            assert dep in services, (name, dep)
+            if spec.get("required", True):
+                assert dep in active, f"{name} needs {dep}, which is off with profiles {sorted(profiles)}"
+            assert spec.get("condition") == "service_healthy" and "healthcheck" in services[dep], (name, dep)
 
 
 def test_every_mjq_variable_is_a_setting() -> None:
@@ -130,7 +158,9 @@ def test_flower_conf_values(tmp_path: Path) -> None:
     assert isinstance(namespace["max_tasks"], int) and isinstance(namespace["purge_offline_workers"], int)
     assert namespace["natural_time"] is True
     columns = namespace["tasks_columns"].split(",")
-    assert {"name", "state", "kwargs", "result", "runtime"} <= set(columns)
+    # our job fields: job id (uuid), prompt/mode/batch (kwargs), status/upstream/image (result), queue
+    assert {"name", "uuid", "state", "kwargs", "result", "routing_key", "runtime"} <= set(columns)
+    assert "args" not in columns  # always "()": job tasks take keyword arguments only
     from flower.views.tasks import TASK_COLUMNS
 
     assert set(columns) <= set(TASK_COLUMNS), "flower would silently drop unknown columns"
@@ -248,3 +278,19 @@ def test_each_service_command_starts_and_turns_healthy(
     probe.close()
     queues = {q["name"] for qs in replies.values() for q in qs}
     assert {"interactive", "batch", "track"} <= queues
+
+
+def test_beat_healthcheck_needs_a_live_beat_not_a_schedule_file(tmp_path: Path, redis_url: str) -> None:
+    """The schedule file persists in the `state` volume, so a file (even a fresh one) proves nothing: the check
+    asks beat itself, which answers only while its scheduler loop ticks."""
+    beat = load_compose()["services"]["beat"]
+    local = LocalMap(tmp_path, redis_url)
+    (tmp_path / "state").mkdir()
+    for suffix in ("", ".db", ".dat"):
+        (tmp_path / "state" / f"celerybeat-schedule{suffix}").write_bytes(b"left by the last run")
+    test = beat["healthcheck"]["test"]
+    assert "celerybeat-schedule" not in " ".join(test)
+    assert not healthy(test, local.env(beat), local), "healthy without a beat running"
+    command = beat["command"]
+    assert "--enable-remote-control" in command and command[command.index("--hostname") + 1] == "beat@%h"
+    assert "beat@$$HOSTNAME" in test[-1]

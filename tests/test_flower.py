@@ -6,6 +6,7 @@ simulator over HTTP.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.images import png_data_uri
 from tests.support.mjq import shared_stack
 from worker.devstack import DevStack, flower_conf_path
 from worker.redisserver import free_port
@@ -85,11 +87,12 @@ def test_flower_requires_the_configured_auth_and_lists_our_tasks(flower: str) ->
 
 
 def test_flower_rest_async_apply_runs_a_real_job(flower: str, stack: DevStack) -> None:
+    prompt = "a lighthouse from flower on a stormy night, waves breaking on the rocks --ar 3:2"
     answer = httpx.post(
         f"{flower}/api/task/async-apply/tasks.imagine",
         auth=AUTH,
         timeout=10,
-        json={"kwargs": {"prompt": "a lighthouse from flower --ar 3:2", "mode": "fast"}},
+        json={"kwargs": {"prompt": prompt, "base64_array": [png_data_uri("teal")], "mode": "fast"}},
     )
     assert answer.status_code == 200, answer.text
     task_id = answer.json()["task-id"]
@@ -112,7 +115,23 @@ def test_flower_rest_async_apply_runs_a_real_job(flower: str, stack: DevStack) -
         )
     )
     assert listed["name"] == "tasks.imagine"
-    assert "lighthouse" in str(listed.get("kwargs")) and len(str(listed.get("kwargs"))) < 1100
+    # our short repr, not Celery's (the full prompt and image, cut at 1,024 characters)
+    assert listed["kwargs"] == f"{{prompt={prompt[:40] + '…'!r}, images=1×PNG {_size(job)}, mode=fast}}"
+    assert listed["args"] == "()"
+
+
+def _size(job: dict[str, Any]) -> str:
+    """How the repr shows the 1 input image of ``job`` (sizes as media.describe_images rounds them)."""
+    from worker.media import describe_images
+
+    return describe_images([png_data_uri("teal")]).split(" ", 1)[1]
+
+
+def test_the_dev_stack_gives_its_services_a_webhook_secret(stack: DevStack) -> None:
+    from worker.settings import webhook_secret_problem
+
+    assert stack.env.get("MJQ_WEBHOOK_BASE_URL")
+    assert webhook_secret_problem(stack.env.get("MJQ_WEBHOOK_SECRET", "")) is None
 
 
 def test_send_task_from_a_service_without_our_code(stack: DevStack) -> None:
@@ -129,3 +148,42 @@ def test_send_task_from_a_service_without_our_code(stack: DevStack) -> None:
         client.close()
     assert job["status"] == "succeeded" and job["prompt"].startswith("a fox via send_task")
     assert job["mode"] == "turbo" and job["image_sha256"]
+
+
+def test_flower_tasks_page_shows_our_job_fields(flower: str, stack: DevStack) -> None:
+    """flower.conf's columns are the ones Flower draws (it drops unknown names silently), and each carries a
+    job field: the job id, its short arguments, its result and its queue."""
+    job = {"prompt": "a koi for the tasks page", "mode": "turbo", "batch_id": "flower-page", "job_id": "fp-1"}
+    answer = httpx.post(f"{flower}/api/task/async-apply/tasks.imagine", auth=AUTH, timeout=10, json={"kwargs": job})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["task-id"] == "fp-1"  # the job id is the task id
+    result = f"{flower}/api/task/result/fp-1"
+    wait_for(lambda: httpx.get(result, auth=AUTH, timeout=10).json().get("state") == "SUCCESS", 60)
+
+    conf: dict[str, Any] = {}
+    exec(compile(flower_conf_path().read_text(), "flower.conf", "exec"), conf)
+    configured = conf["tasks_columns"].split(",")
+    page = httpx.get(f"{flower}/tasks", auth=AUTH, timeout=10).text
+    drawn = re.findall(r'<th data-column="([^"]+)"', page)
+    assert drawn == configured and {"uuid", "kwargs", "result", "routing_key"} <= set(drawn)
+
+    def row() -> dict[str, Any] | None:
+        query = {
+            "draw": "1",
+            "start": "0",
+            "length": "100",
+            "search[value]": "",
+            "order[0][column]": "0",
+            "order[0][dir]": "desc",
+            "columns[0][data]": "received",
+        }
+        table = httpx.get(f"{flower}/tasks/datatable", params=query, auth=AUTH, timeout=10).json()
+        found = [r for r in table["data"] if r["uuid"] == "fp-1"]
+        return found[0] if found and found[0].get("result") else None
+
+    shown = wait_for(row)
+    assert shown["name"] == "tasks.imagine" and shown["state"] == "SUCCESS"
+    assert shown["routing_key"] == "batch"
+    for text in ("prompt='a koi for the tasks page'", "mode=turbo", "batch_id=flower-page", "job_id=fp-1"):
+        assert text in shown["kwargs"], shown["kwargs"]
+    assert "'status': 'succeeded'" in shown["result"] and "'upstream_id': " in shown["result"], shown["result"]

@@ -115,3 +115,37 @@ def test_requeue_resets_terminal_jobs(redis_client: redis.Redis) -> None:
     assert job is not None and job["status"] == "queued" and "fail_reason" not in job
     assert ledger.batch("b1")["counts"]["failed"] == 0
     assert ledger.job_by_upstream("u9") is None
+
+
+def test_requeue_plans_the_skipped_children_of_a_parent_again(redis_client: redis.Redis) -> None:
+    ledger = make(redis_client, "parent")
+    ledger.add_planned("b1", 2)  # its plan: two follow-ups
+    ledger.transition("parent", "failed", forward=True, fields={"fail_reason": "banned"})
+    ledger.mark_skipped("b1", 2, "parent job parent failed", job_id="parent")
+    batch = ledger.batch("b1")
+    assert (batch["total"], batch["planned"], batch["counts"]["skipped"], batch["status"]) == (3, 0, 2, "finished")
+
+    assert ledger.requeue_jobs(["parent"]) == 1
+    batch = ledger.batch("b1")
+    assert (batch["total"], batch["planned"], batch["counts"]["skipped"]) == (1, 2, 0)  # no phantom skips
+    assert batch["status"] == "active"  # not finished before its children exist
+    for child in ("c1", "c2"):  # the parent succeeds this time: its children are created ...
+        ledger.create_job(child, {"batch_id": "b1", "mode": "fast", "parent_job": "parent"})
+    batch = ledger.batch("b1")
+    assert (batch["total"], batch["planned"], batch["counts"]["skipped"]) == (3, 0, 0)  # ... counted once
+    assert ledger.requeue_jobs(["parent"]) == 0  # not terminal: nothing to undo twice
+    assert "skipped_n" not in (ledger.get_job("parent") or {})
+
+
+def test_pending_jobs_count_until_created_anywhere(redis_client: redis.Redis) -> None:
+    ledger = Ledger(redis_client)
+    ledger.ensure_batch("b2")
+    ledger.expect_jobs("b2", ["x", "y", "x"])
+    batch = ledger.batch("b2")
+    assert batch["pending"] == 2 and batch["status"] == "active"
+    ledger.create_job("x", {"batch_id": "b2", "mode": "fast"})
+    ledger.create_job("y", {"batch_id": "elsewhere", "mode": "fast"})  # the same id was created in another batch
+    assert ledger.pending_jobs("b2") == 0
+    batch = ledger.batch("b2")
+    assert (batch["total"], batch["pending"]) == (1, 0)
+    assert redis_client.exists("mjq:batch:b2:expect") == 0

@@ -10,6 +10,7 @@ written to ``<file>.rejected.csv``; the rest of the file still runs.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -37,8 +38,9 @@ MAX_ROW_CHARS = 64 * 1024
 MAX_PROMPT_CHARS = 8192
 MAX_NESTING = 8
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$")
-_DASH_RE = re.compile(r"[\u2012\u2013\u2014\u2015\u2212](?=[A-Za-z])")
-_IMAGINE_RE = re.compile(r"^\s*/imagine\b\s*(?:prompt\s*:)?\s*", re.IGNORECASE)
+# A long dash that starts a parameter (at the start or after a space, before a letter): "—ar" -> "--ar".
+_DASH_RE = re.compile(r"(?:^|(?<=\s))[\u2012\u2013\u2014\u2015\u2212](?=[A-Za-z])")
+_IMAGINE_RE = re.compile(r"^\s*/imagine\b\s*(?:prompt\b\s*:?)?\s*", re.IGNORECASE)
 _MODE_FLAG_RE = re.compile(r"(?:^|\s)--(fast|relax|turbo)(?=\s|$)", re.IGNORECASE)
 _SPACE_RE = re.compile(r"\s+")
 
@@ -98,6 +100,8 @@ class BatchJob:
             kwargs["priority"] = self.priority
         if self.tags:
             kwargs["tags"] = list(self.tags)
+        if self.row > 0:
+            kwargs["row"] = self.row  # the file row, so the manifest points back to it
         return kwargs
 
 
@@ -404,17 +408,20 @@ def parse_priority(value: Any, field: str = "priority") -> int | None:
     return number
 
 
-def validate_plan(text: str | None, field: str = "then") -> str | None:
-    """Check a follow-up plan with the plan compiler itself, so a typo is refused before anything runs."""
+def validate_plan(text: str | None, field: str = "then", base_dir: Path | None = None) -> str | None:
+    """Check a follow-up plan with the plan compiler itself, so a typo is refused before anything runs.
+
+    Region masks are read and checked here too, relative to ``base_dir`` (the prompt file's folder; default
+    the current directory), and their paths made absolute: the worker never reads them from its own folder.
+    """
     if text is None or not text.strip():
         return None
-    from tasks.pipelines import parse as parse_plan
+    from tasks.pipelines import check_masks
 
     try:
-        parse_plan(text)
+        return check_masks(text, base_dir)
     except ValueError as exc:
         raise RowError(field, str(exc)) from None
-    return text.strip()
 
 
 class ImageLoader:
@@ -472,16 +479,42 @@ def _split_images(refs: list[str], loader: ImageLoader) -> tuple[list[str], list
     return urls, inline
 
 
-def auto_job_id(file_name: str, row: int, prompt: str) -> str:
-    """A key that is the same every time the same file is read: the file name, the row and the prompt."""
-    digest = hashlib.sha256(f"{file_name}\n{row}\n{prompt}".encode()).hexdigest()[:12]
-    stem = re.sub(r"[^A-Za-z0-9]+", "-", Path(file_name).stem).strip("-")[:24] or "batch"
-    return f"{stem}-r{row}-{digest}"
+def _slug(text: str, limit: int) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")[:limit]
+
+
+def default_batch_id(path: Path) -> str:
+    """The same file gives the same batch id (so re-running it resumes the batch); another folder, another id."""
+    stem = _slug(path.stem, 32) or "batch"
+    return f"{stem}-{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:6]}"
+
+
+class AutoIds:
+    """Job ids for rows without an ``id``, derived from what the job is, never from where its row is.
+
+    The key covers the scope (the batch), the normalised prompt (image URLs included), mode, bot, inline
+    images and plan, plus the occurrence number among identical jobs (a prompt listed twice runs twice).
+    Editing comments, adding rows or moving them keeps every other job's id, so a resumed batch never pays
+    again for what is done; the same file in another batch gets its own jobs.
+    """
+
+    def __init__(self, scope: str) -> None:
+        self.scope = scope
+        self.prefix = _slug(scope, 24) or "batch"
+        self.seen: Counter[str] = Counter()
+
+    def next(self, prompt: str, mode: str, bot: str, images: tuple[str, ...], then: str | None) -> str:
+        """The id of the next job with this content (the first, second, ... of identical ones)."""
+        image_keys = [hashlib.sha256(image.encode()).hexdigest() for image in images]
+        content = json.dumps([self.scope, prompt, mode, bot, image_keys, then or ""], ensure_ascii=False)
+        self.seen[content] += 1
+        digest = hashlib.sha256(f"{content}\n{self.seen[content]}".encode()).hexdigest()[:16]
+        return f"{self.prefix}-{digest}"
 
 
 def _build_jobs(
     raw: _RawRow,
-    file_name: str,
+    ids: AutoIds,
     defaults: Defaults,
     loader: ImageLoader,
     cap: int,
@@ -499,7 +532,7 @@ def _build_jobs(
     row_id = _text_field(raw.values, "id")
     if row_id is not None and not _ID_RE.match(row_id):
         raise RowError("id", "use 1-100 letters, digits or . _ : - (starting with a letter or digit)")
-    mode = parse_mode(_text_field(raw.values, "mode")) or flagged_mode(prompt_text) or defaults.mode or "fast"
+    row_mode = parse_mode(_text_field(raw.values, "mode"))
     bot_value = _text_field(raw.values, "bot")
     bot = parse_bot(bot_value) if bot_value else parse_bot(defaults.bot)
     then_value = _text_field(raw.values, "then")
@@ -511,15 +544,19 @@ def _build_jobs(
         raise RowError("tags", f"at most {MAX_TAGS} tags of at most {MAX_TAG_LENGTH} characters each")
     urls, inline = _split_images(_list_field(raw.values, "images", ";\n"), loader)
     variants = expand_permutations(normalise(prompt_text), cap)
-    jobs = []
-    for index, variant in enumerate(variants, start=1):
+    prompts = []
+    for variant in variants:  # the whole row is valid before any id is taken
         prompt = " ".join([*urls, variant]) if urls else variant
         if not variant:
             raise RowError("prompt", "empty prompt after normalisation")
         if len(prompt) > MAX_PROMPT_CHARS:
             raise RowError("prompt", f"longer than {MAX_PROMPT_CHARS} characters")
+        # the speed a variant asks for (`{--relax, --fast}`, a long dash fixed by normalise) is its own
+        prompts.append((prompt, row_mode or flagged_mode(variant) or defaults.mode or "fast"))
+    jobs = []
+    for index, (prompt, mode) in enumerate(prompts, start=1):
         if row_id is None:
-            job_id = auto_job_id(file_name, raw.row, prompt)
+            job_id = ids.next(prompt, mode, bot, tuple(inline), then_value or defaults.then)
         else:
             job_id = row_id if len(variants) == 1 else f"{row_id}.{index}"
         jobs.append(
@@ -539,14 +576,23 @@ def _build_jobs(
 
 
 def read_batch_file(
-    path: Path | str, defaults: Defaults | None = None, *, max_permutations: int = MAX_PERMUTATIONS
+    path: Path | str,
+    defaults: Defaults | None = None,
+    *,
+    max_permutations: int = MAX_PERMUTATIONS,
+    scope: str | None = None,
 ) -> BatchPlan:
-    """Read a prompt file; never raises for a bad row (see ``BatchPlan.rejected``), only for a bad file."""
+    """Read a prompt file; never raises for a bad row (see ``BatchPlan.rejected``), only for a bad file.
+
+    ``scope`` (the batch id the jobs go to; default the file's own ``default_batch_id``) keeps automatic job
+    ids apart between batches: see :class:`AutoIds`.
+    """
     path = Path(path)
     defaults = defaults or Defaults()
-    plan_check = validate_plan
-    if defaults.then:
-        defaults = replace(defaults, then=plan_check(defaults.then))
+    if defaults.then:  # given on the command line: masks relative to the current directory
+        defaults = replace(defaults, then=validate_plan(defaults.then))
+    # per row: masks relative to the prompt file; a plan repeated on many rows is checked (and read) once
+    plan_check = functools.lru_cache(maxsize=256)(functools.partial(validate_plan, base_dir=path.parent))
     try:
         text = _decode(path.read_bytes())
     except OSError as exc:
@@ -562,6 +608,7 @@ def read_batch_file(
     else:
         raise BatchFileError(f"unknown prompt file type {suffix or '(none)'!r}: use .txt, .csv or .jsonl")
     loader = ImageLoader(path.parent)
+    ids = AutoIds(scope or default_batch_id(path))
     seen: dict[str, int] = {}
     for item in rows:
         plan.rows += 1
@@ -569,7 +616,7 @@ def read_batch_file(
             plan.rejected.append(item)
             continue
         try:
-            jobs = _build_jobs(item, path.name, defaults, loader, max_permutations, plan_check)
+            jobs = _build_jobs(item, ids, defaults, loader, max_permutations, plan_check)
             clash = next((job.job_id for job in jobs if seen.get(job.job_id, item.row) != item.row), None)
             if clash is not None:
                 raise RowError("id", f"id {clash!r} already used by row {seen[clash]}")

@@ -8,10 +8,9 @@ stable shape.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
-import re
+import socket
 import sys
 import time
 import uuid
@@ -19,13 +18,14 @@ import webbrowser
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, ParamSpec, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
 import typer
 from pydantic import SecretStr
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 from rich.text import Text
@@ -37,6 +37,7 @@ from worker.batchfile import (
     BatchPlan,
     Defaults,
     RowError,
+    default_batch_id,
     flagged_mode,
     parse_bot,
     parse_mode,
@@ -45,6 +46,9 @@ from worker.batchfile import (
 )
 from worker.progress import FAILED, Snapshot, watch
 from worker.settings import Settings, SettingsError, get_settings
+
+if TYPE_CHECKING:
+    from worker.devstack import DevStack
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -99,6 +103,9 @@ def explain(exc: BaseException) -> CliError | None:
         return CliError(str(exc), hint, 2)
     if isinstance(exc, ValueError):  # InvalidInput and friends: the message names the field
         return CliError(str(exc), "nothing was queued", 2)
+    if isinstance(exc, OSError):  # a file we were told to read or write: missing folder, permissions, disk full
+        where = f": {exc.filename}" if exc.filename else ""
+        return CliError(f"{exc.strerror or exc}{where}", "check that the path exists and that you may write there")
     if type(exc).__module__.startswith("worker.mjapi"):
         return CliError(str(exc))
     return None
@@ -138,9 +145,9 @@ def cli_command(name: str | None = None, **kwargs: Any) -> Callable[[Callable[P,
 
 
 def fail(error: CliError) -> NoReturn:
-    err_console.print(f"[bold red]mjq:[/] {error.message}", markup=True, soft_wrap=True)
+    err_console.print(f"[bold red]mjq:[/] {escape(error.message)}", markup=True, soft_wrap=True)
     if error.hint:
-        err_console.print(f"  [dim]hint:[/] {error.hint}", markup=True, soft_wrap=True)
+        err_console.print(f"  [dim]hint:[/] {escape(error.hint)}", markup=True, soft_wrap=True)
     raise typer.Exit(error.code)
 
 
@@ -175,13 +182,26 @@ class Backend:
     def snapshot(self, batch_id: str) -> Snapshot:
         return Snapshot.from_batch(batch_id, self.ledger.batch(batch_id) or {})
 
-    def submit(self, kwargs: Mapping[str, Any], queue: str | None = None) -> str:
-        """Enqueue one imagine job through the producer API (validated there); returns its job id."""
+    def submit(self, kwargs: Mapping[str, Any], queue: str | None = None, producer: Any = None) -> str:
+        """Enqueue one imagine job through the producer API (validated there); returns its job id.
+
+        ``producer``: a kombu producer to reuse (``Backend.producer()``) instead of one per message.
+        """
         import tasks
 
-        options = {"queue": queue} if queue else {}
+        options: dict[str, Any] = {"queue": queue} if queue else {}
+        if producer is not None:
+            options["producer"] = producer
         result = tasks.imagine.apply_async(kwargs=dict(kwargs), **options)
         return str(kwargs.get("job_id") or result.id)
+
+    @contextmanager
+    def producer(self) -> Iterator[Any]:
+        """One broker connection and producer for many messages (a batch enqueues thousands)."""
+        from worker.app import app
+
+        with app.producer_or_acquire() as producer:
+            yield producer
 
     def unfinished(self, job_ids: Sequence[str]) -> int:
         """Jobs not yet through their finishing step (not terminal, or image still downloading)."""
@@ -206,10 +226,7 @@ def backend() -> Iterator[Backend]:
 # Producing
 
 
-def default_batch_id(path: Path) -> str:
-    """The same file gives the same batch id (so re-running it resumes the batch)."""
-    stem = re.sub(r"[^A-Za-z0-9]+", "-", path.stem).strip("-")[:32] or "batch"
-    return f"{stem}-{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:6]}"
+CHUNK = 200  # jobs looked up in (and announced to) the ledger per Redis round trip
 
 
 def submit_jobs(
@@ -217,28 +234,34 @@ def submit_jobs(
     jobs: Sequence[BatchJob],
     batch_id: str,
     on_progress: Callable[[int], None] | None = None,
-    source: str = "",
     queue: str | None = None,
 ) -> tuple[int, int]:
     """Enqueue jobs the ledger does not know yet; returns (submitted, skipped as already known).
 
-    The batch record is written first with the number of root jobs per source, so progress and ETA are
-    right from the first second (the worker creates each job's record when it takes the message).
+    Every job sent is announced to the batch (``Ledger.expect_jobs``), so progress and ETA count it before a
+    worker creates its record, and the batch ends once exactly those jobs (and their follow-ups) ended: jobs
+    already known, here or in another batch, and rows no longer in the file are never waited for. Jobs are
+    looked up ``CHUNK`` at a time (one round trip), which keeps ``mjq batch`` close to raw ``apply_async``.
     """
-    source = source or "+".join(sorted({job.job_id for job in jobs}))[:200]
-    current = (handle.ledger.batch(batch_id) or {}).get("meta") or {}
-    sources = dict(current.get("sources") or {})
-    sources[source] = max(len(jobs), int(sources.get(source, 0)))
-    handle.ledger.ensure_batch(batch_id, meta={"sources": sources})
+    handle.ledger.ensure_batch(batch_id)
     submitted = skipped = 0
-    for index, job in enumerate(jobs, start=1):
-        if handle.ledger.get_job(job.job_id) is not None:
-            skipped += 1
-        else:
-            handle.submit(job.task_kwargs(batch_id), queue)
-            submitted += 1
-        if on_progress is not None:
-            on_progress(index)
+    with handle.producer() as producer:
+        for start in range(0, len(jobs), CHUNK):
+            chunk = jobs[start : start + CHUNK]
+            known = handle.ledger.existing([job.job_id for job in chunk])
+            sent: list[str] = []
+            try:
+                for index, job in enumerate(chunk, start=start + 1):
+                    if job.job_id in known:
+                        skipped += 1
+                    else:
+                        handle.submit(job.task_kwargs(batch_id), queue, producer)
+                        sent.append(job.job_id)
+                        submitted += 1
+                    if on_progress is not None:
+                        on_progress(index)
+            finally:  # also when interrupted: what was sent is expected, nothing else
+                handle.ledger.expect_jobs(batch_id, sent)
     return submitted, skipped
 
 
@@ -266,11 +289,11 @@ def print_plan(summary: Mapping[str, Any]) -> None:
     table.add_row("[bold]total[/]", f"[bold]{summary['jobs']}[/]")
     console.print(table)
     for plan_text, count in summary["followups"].items():
-        console.print(f"follow-ups [cyan]{plan_text}[/] after {count} job(s)")
+        console.print(f"follow-ups [cyan]{escape(plan_text)}[/] after {count} job(s)")
     if summary["followup_jobs"]:
         console.print(f"planned follow-up jobs: [bold]{summary['followup_jobs']}[/] (when every step succeeds)")
     for warning in summary["warnings"]:
-        err_console.print(f"[yellow]warning:[/] {warning}")
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}")
     if summary["rejected"]:
         err_console.print(f"[yellow]{summary['rejected']} row(s) rejected[/] -> {summary['rejected_file']}")
 
@@ -290,7 +313,10 @@ def wait_for_batch(handle: Backend, batch_id: str, *, quiet: bool = False) -> Sn
 
 ModeOpt = Annotated[str | None, typer.Option("--mode", "-m", help="fast | relax | turbo (rows may override)")]
 ThenOpt = Annotated[str | None, typer.Option("--then", help='follow-up plan, e.g. "U1-4" or "U2>zoom:2x"')]
-PriorityOpt = Annotated[int | None, typer.Option("--priority", "-p", min=0, max=9, help="0-9")]
+PriorityOpt = Annotated[
+    int | None,
+    typer.Option("--priority", "-p", min=0, max=9, help="0 (most urgent) - 9 (least); default 2, or 5 in a batch"),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 WaitOpt = Annotated[bool, typer.Option("--wait", "-w", help="show live progress until done; exit 1 on failures")]
 
@@ -311,9 +337,9 @@ def batch_cmd(
     """Enqueue every prompt of a file (resumable: jobs already known are skipped)."""
     defaults = Defaults(mode=parse_mode(mode, "--mode"), bot=bot, then=validate_plan(then, "--then"), priority=priority)
     parse_bot(bot, "--bot")
-    plan = read_batch_file(file, defaults, max_permutations=max_permutations)
-    plan.write_rejects()
     batch_id = batch_id or default_batch_id(file)
+    plan = read_batch_file(file, defaults, max_permutations=max_permutations, scope=batch_id)
+    plan.write_rejects()
     summary = plan_summary(plan, batch_id)
     if dry_run:
         summary["dry_run"] = True
@@ -323,7 +349,7 @@ def batch_cmd(
         raise CliError(f"no runnable rows in {file}", f"see {plan.rejected_path}" if plan.rejected else None)
     with backend() as handle:
         if as_json or len(plan.jobs) < 200:
-            submitted, skipped = submit_jobs(handle, plan.jobs, batch_id, source=str(file.resolve()))
+            submitted, skipped = submit_jobs(handle, plan.jobs, batch_id)
         else:
             with Progress(
                 TextColumn("enqueueing"),
@@ -333,9 +359,7 @@ def batch_cmd(
                 transient=True,
             ) as bar:
                 task = bar.add_task("enqueue", total=len(plan.jobs))
-                submitted, skipped = submit_jobs(
-                    handle, plan.jobs, batch_id, lambda n: bar.update(task, completed=n), str(file.resolve())
-                )
+                submitted, skipped = submit_jobs(handle, plan.jobs, batch_id, lambda n: bar.update(task, completed=n))
         summary.update(submitted=submitted, skipped=skipped)
         if not as_json:
             print_plan(summary)
@@ -390,9 +414,7 @@ def imagine_cmd(
     own_batch = batch_id or (f"imagine-{jobs[0].job_id[:8]}" if plan_text and wait else None)
     with backend() as handle:
         if own_batch:
-            submit_jobs(
-                handle, jobs, own_batch, source=f"imagine:{jobs[0].job_id}", queue=None if batch_id else "interactive"
-            )
+            submit_jobs(handle, jobs, own_batch, queue=None if batch_id else "interactive")
         else:
             for job in jobs:
                 handle.submit(job.task_kwargs(None))
@@ -422,13 +444,14 @@ def imagine_cmd(
 
 
 def print_job(job: Mapping[str, Any]) -> None:
+    """One job's outcome; upstream text is printed as is (a reason like "[banned word: x]" is not markup)."""
     status = job.get("status")
     colour = "green" if status == "succeeded" else "red"
-    console.print(f"[{colour}]{status}[/] {job.get('job_id')} upstream={job.get('upstream_id') or '-'}")
+    console.print(f"[{colour}]{status}[/] {job.get('job_id')} upstream={escape(str(job.get('upstream_id') or '-'))}")
     if job.get("image_path") or job.get("image_url"):
-        console.print(f"  image: {job.get('image_path') or job.get('image_url')}")
+        console.print("  image: " + escape(str(job.get("image_path") or job.get("image_url"))))
     if job.get("fail_reason"):
-        console.print(f"  reason: {job.get('fail_reason')}")
+        console.print("  reason: " + escape(str(job.get("fail_reason"))))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -489,10 +512,10 @@ def status_cmd(
             table = Table("job", "status", "reason", "prompt", title="failures", title_justify="left")
             for job in failed:
                 table.add_row(
-                    str(job.get("job_id")),
-                    str(job.get("status")),
-                    str(job.get("fail_reason") or ""),
-                    _short(str(job.get("prompt") or ""), 50),
+                    Text(str(job.get("job_id"))),
+                    Text(str(job.get("status"))),
+                    Text(str(job.get("fail_reason") or "")),
+                    Text(_short(str(job.get("prompt") or ""), 50)),
                 )
             console.print(table)
 
@@ -718,11 +741,46 @@ def up_cmd(
         sink=sink,
         ephemeral=ephemeral,
     )
+    ready: list[bool] = []
+
+    def on_ready(up: DevStack) -> None:
+        ready.append(True)
+        print_stack(up)
+
     try:
-        code = run_forever(stack, print_stack)
+        code = run_forever(stack, on_ready)
     except StackError as exc:
-        raise CliError(str(exc), "another `mjq up` may be running; `mjq up` logs are in .mjq/logs") from None
+        if ready:  # it ran, then a service died: its log says why
+            raise CliError(str(exc), "the log of that service says why; `mjq up` starts everything again") from None
+        busy = taken_ports(stack)
+        hint = (
+            f"port {', '.join(map(str, busy))} is in use: another `mjq up` may be running "
+            "(stop it, or use `mjq up --ephemeral`)"
+            if busy
+            else f"the logs are in {stack.log_dir}"
+        )
+        raise CliError(str(exc), hint) from None
     raise typer.Exit(code)
+
+
+def taken_ports(stack: DevStack) -> list[int]:
+    """Ports the stack wanted that something else holds now (its own services are stopped by then)."""
+    if stack.ephemeral:
+        return []
+    settings = stack.settings
+    wanted: list[str | None] = [stack.webhook_url, stack.flower_url, stack.api_base_url if stack.simulated else None]
+    if stack.embedded_redis is not False and settings.redis_url is None:
+        wanted.append(settings.effective_redis_url)
+    ports = {urlsplit(url).port for url in wanted if url}
+    return sorted(port for port in ports if port is not None and _listening(port))
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+    except OSError:
+        return False
+    return True
 
 
 def print_stack(stack: Any) -> None:
@@ -755,8 +813,16 @@ def demo_cmd(
 
 
 @cli_command("config")
-def config_cmd(as_json: JsonOpt = False) -> None:
+def config_cmd(
+    as_json: JsonOpt = False,
+    markdown: Annotated[bool, typer.Option("--markdown", help="the README's table of every setting")] = False,
+) -> None:
     """Print the effective settings (secrets masked) and where each value came from."""
+    if markdown:
+        from worker.settings import settings_table
+
+        sys.stdout.write(settings_table() + "\n")
+        return
     settings = get_settings()
     explicit = settings.model_fields_set
     rows = []

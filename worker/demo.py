@@ -77,22 +77,14 @@ def run_demo(
 
     console.rule("[bold]mjqueue demo")
     console.print(f"starting Valkey, simulator (time factor {time_factor:g}), worker, webhook and Flower …")
-    stack = DevStack(
-        settings=settings,
-        time_factor=time_factor,
-        ephemeral=True,
-        simulate=True,
-        embedded_redis=True,
-        state_dir=root,
-        extra_env={"MJQ_MEDIA_DIR": str(media)},
-    )
+    stack = DevStack.isolated(root, settings=settings, time_factor=time_factor, extra_env={"MJQ_MEDIA_DIR": str(media)})
     with stack, stack.environment():
         console.print(f"Flower (live while the demo runs): [bold]{stack.flower_url}[/]")
-        plan = read_batch_file(prompt_file, Defaults())
         batch_id = "demo"
+        plan = read_batch_file(prompt_file, Defaults(), scope=batch_id)
         handle = Backend(get_settings())
         try:
-            submitted, _ = submit_jobs(handle, plan.jobs, batch_id, source=str(prompt_file))
+            submitted, _ = submit_jobs(handle, plan.jobs, batch_id)
             followups = ", ".join(f"{text} ×{n}" for text, n in plan.followups_by_plan().items())
             console.print(f"queued {submitted} prompts from {prompt_file.name}; follow-ups: {followups}")
             snap = watch(lambda: handle.snapshot(batch_id), console, timeout_s=timeout_s)

@@ -16,6 +16,7 @@ from worker.ledger import IMAGE_FIELDS
 
 FIELDS: tuple[str, ...] = (
     "job_id",
+    "row",
     "batch_id",
     "action",
     "mode",
@@ -83,11 +84,21 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def file_rows(jobs: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Job id -> its prompt-file row; a follow-up has the row of the prompt it descends from."""
+    jobs = list(jobs)
+    own = {str(job.get("job_id")): job.get("row") for job in jobs if job.get("row")}
+    return {
+        str(job.get("job_id")): own.get(str(job.get("job_id"))) or own.get(str(job.get("root_job"))) for job in jobs
+    }
+
+
 def write_manifest(jobs: Sequence[Mapping[str, Any]], fmt: str, out: TextIO) -> int:
     """Write the manifest of ``jobs`` to ``out``; returns the number of rows."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}: use jsonl or csv")
-    rows = [manifest_row(job) for job in order_jobs(jobs)]
+    rows_of = file_rows(jobs)
+    rows = [{**manifest_row(job), "row": rows_of.get(str(job.get("job_id")))} for job in order_jobs(jobs)]
     if fmt == "jsonl":
         for row in rows:
             out.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")

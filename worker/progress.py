@@ -41,18 +41,12 @@ class Snapshot:
 
     @classmethod
     def from_batch(cls, batch_id: str, info: Mapping[str, Any]) -> Snapshot:
-        """From ``Ledger.batch()``: counts per state, total, planned follow-ups, and the producer's meta.
-
-        ``meta.sources`` (root jobs enqueued per file) keeps the total right while workers are still
-        creating the jobs of a just-enqueued batch.
+        """From ``Ledger.batch()``: counts per state, jobs created, follow-ups planned, and jobs enqueued that no
+        worker has created yet (``pending``), so the total is right from the first second and counts each job
+        the batch will really get exactly once.
         """
         counts = {str(k): int(v) for k, v in (info.get("counts") or {}).items()}
-        meta = info.get("meta") or {}
-        expected = (
-            sum(int(n) for n in (meta.get("sources") or {}).values()) if isinstance(meta, Mapping) else 0
-        )
-        created = int(info.get("total") or 0)
-        total = max(created + int(info.get("planned") or 0), expected + int(info.get("planned") or 0))
+        total = sum(int(info.get(name) or 0) for name in ("total", "planned", "pending"))
 
         def group(states: tuple[str, ...]) -> int:
             return sum(counts.get(s, 0) for s in states)
@@ -76,8 +70,11 @@ class Snapshot:
 
     @property
     def is_over(self) -> bool:
-        """Every job (including planned follow-ups and roots not created yet) reached an end state."""
-        return self.total > 0 and self.running == 0 and self.finished >= self.total
+        """Every job (including planned follow-ups and roots not created yet) reached an end state.
+
+        A batch that will get no job at all (everything in it was already known elsewhere) is over at once.
+        """
+        return self.running == 0 and self.finished >= self.total
 
 
 class RateMeter:

@@ -31,13 +31,10 @@ def shared_stack() -> DevStack:
     global _STACK
     if _STACK is None:
         state = Path(tempfile.mkdtemp(prefix="mjq-stack-"))
-        stack = DevStack(
+        stack = DevStack.isolated(
+            state,
             settings=load_settings(),
             time_factor=TIME_FACTOR,
-            ephemeral=True,
-            simulate=True,
-            embedded_redis=True,
-            state_dir=state,
             worker_concurrency=8,
             extra_env={"MJQ_MEDIA_DIR": str(state / "media")},
         )

@@ -1,0 +1,83 @@
+"""The batch progress display (worker/progress.py): counts, rate over a sliding window, ETA, what is drawn."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from rich.console import Console
+
+from worker.progress import RateMeter, Snapshot, format_duration, render
+
+
+def batch_info(**counts: int) -> dict[str, Any]:
+    """A ``Ledger.batch()``-shaped record; ``total``/``planned``/``pending`` are taken out of ``counts``."""
+    sizes = {name: counts.pop(name, 0) for name in ("total", "planned", "pending")}
+    return {"status": "active", **sizes, "counts": counts}
+
+
+def text_of(snap: Snapshot, meter: RateMeter | None = None) -> str:
+    out = io.StringIO()
+    Console(file=out, width=160, color_system=None).print(render(snap, meter))
+    return out.getvalue()
+
+
+def test_snapshot_groups_states_and_counts_planned_and_pending_jobs() -> None:
+    info = batch_info(total=6, planned=3, pending=2, succeeded=2, failed=1, timed_out=1, running=1, queued=1)
+    snap = Snapshot.from_batch("b", info)
+    # 6 created + 3 follow-ups planned + 2 enqueued that no worker created yet
+    assert snap.total == 11
+    assert (snap.done, snap.failed, snap.running) == (2, 2, 1)
+    assert snap.queued == 11 - 4 - 1  # everything neither finished nor running, created or not
+    assert not snap.is_over
+
+
+def test_snapshot_is_over_only_when_nothing_is_left() -> None:
+    assert Snapshot.from_batch("b", batch_info(total=2, succeeded=1, skipped=1)).is_over
+    assert not Snapshot.from_batch("b", batch_info(total=2, pending=1, succeeded=2)).is_over
+    assert not Snapshot.from_batch("b", batch_info(total=2, planned=1, succeeded=2)).is_over
+    # a batch that got no job at all (everything was already known) ends at once instead of never
+    assert Snapshot.from_batch("b", batch_info()).is_over
+
+
+def test_rate_meter_measures_over_its_window_only() -> None:
+    meter = RateMeter(window_s=10.0)
+    assert meter.rate is None and meter.eta_s(5) is None  # one reading is no rate
+    meter.add(0, now=100.0)
+    meter.add(0, now=101.0)
+    assert meter.rate is None  # nothing finished yet: no rate, no ETA
+    meter.add(10, now=105.0)
+    assert meter.rate == 2.0
+    assert meter.eta_s(30) == 15.0
+    # an early burst leaves the window: the rate is the recent pace, not the average since the start
+    meter.add(11, now=120.0)
+    meter.add(12, now=125.0)
+    assert [t for t, _ in meter.samples] == [120.0, 125.0]
+    assert meter.rate == 0.2
+    assert meter.eta_s(4) == 20.0
+
+
+def test_format_duration() -> None:
+    assert [format_duration(s) for s in (None, 4.4, 65, 3600 + 5 * 60)] == ["--", "4s", "1m05s", "1h05m"]
+
+
+def test_render_shows_counts_rate_and_eta() -> None:
+    snap = Snapshot.from_batch(
+        "night", batch_info(total=10, succeeded=3, failed=1, running=2, queued=4, cancelled=1, skipped=1)
+    )
+    meter = RateMeter()
+    meter.add(0, now=0.0)
+    meter.add(6, now=60.0)  # 6 finished in a minute: 6.0/min; 4 left -> 40 s
+    text = text_of(snap, meter)
+    assert "night" in text and "6/10" in text and "active" in text
+    assert "done 3  failed 1  running 2  queued 2" in text
+    assert "rate 6.0/min  ETA 40s" in text
+    assert "cancelled/skipped 2" in text
+
+
+def test_render_without_a_rate_and_when_over() -> None:
+    waiting = Snapshot.from_batch("b", batch_info(total=3, pending=2, queued=3))
+    assert "done 0  failed 0  running 0  queued 5  rate --  ETA --" in text_of(waiting)
+    over = Snapshot.from_batch("b", {**batch_info(total=2, succeeded=2), "status": "finished"})
+    text = text_of(over, RateMeter())
+    assert "2/2" in text and "finished" in text and "ETA 0s" in text and "cancelled/skipped" not in text
