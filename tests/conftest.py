@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +17,24 @@ pytest_plugins = ["tests.support.plugins"]
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--full", action="store_true", help="run slow scenarios at full size")
+
+
+@pytest.fixture(autouse=True)
+def _own_environment() -> Iterator[None]:
+    """Each test gets back the ``MJQ_*`` environment it started with (stack fixtures point the producer at
+    their worker by setting it), so a unit test never reads the settings of an earlier test's stack."""
+    saved = {k: v for k, v in os.environ.items() if k.startswith(("MJQ_", "FLOWER_"))}
+    yield
+    for key in [k for k in os.environ if k.startswith(("MJQ_", "FLOWER_"))]:
+        del os.environ[key]
+    os.environ.update(saved)
+    from worker.settings import get_settings
+
+    get_settings.cache_clear()
+    if "worker.runtime" in sys.modules:
+        from worker.runtime import reset_runtime
+
+        reset_runtime()
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ from worker.mjapi import (
     AnswerLost,
     BannedPrompt,
     BotType,
+    Forbidden,
     MidjourneyClient,
     MJError,
     NotFound,
@@ -24,12 +25,12 @@ from worker.mjapi import (
     OutOfCredit,
     QueueFull,
     RateLimited,
-    RetryLater,
     ServerError,
     StopSubmitting,
     Task,
     Unauthorized,
     UpstreamSystemError,
+    ValidationRejected,
 )
 from worker.mjapi.models import ImagineRequest
 
@@ -204,7 +205,7 @@ def test_banned_word(sim: Any, client: MidjourneyClient) -> None:
     with pytest.raises(BannedPrompt) as info:
         client.imagine("a scene full of gore")
     assert not info.value.retryable
-    assert info.value.banned_word in (None, "gore")
+    assert info.value.banned_word == "gore"
     assert client.imagine("a kitten").task_id
 
 
@@ -221,6 +222,28 @@ def test_account_unavailable(sim: Any, client: MidjourneyClient) -> None:
     with pytest.raises(AccountUnavailable) as info:
         client.imagine("a cat")
     assert isinstance(info.value, StopSubmitting)
+
+
+def test_forbidden(sim: Any, client: MidjourneyClient) -> None:
+    sim.faults(forbidden=True)
+    with pytest.raises(Forbidden) as info:
+        client.imagine("a cat")
+    assert info.value.status == 403 and isinstance(info.value, StopSubmitting) and not info.value.retryable
+    with pytest.raises(Forbidden):
+        client.fetch("1")
+    assert sim.stats()["faults"]["forbidden"] == 2 and sim.stats()["submissions"] == 0
+
+
+@pytest.mark.parametrize(("dialect", "code"), [("proxy", 4), ("vendor", 21)])
+def test_upstream_validation_rejection(sim: Any, dialect: str, code: int) -> None:
+    """Input our checks let through (a button shaped right, but not one of this task's) refused upstream."""
+    sim.faults(dialect=dialect)
+    with MidjourneyClient(sim.url, sim.api_key, dialect=dialect) as c:
+        grid = wait_done(c, c.imagine("a red fox").task_id or "")
+        with pytest.raises(ValidationRejected) as info:
+            c.action(grid.id, "MJ::JOB::upsample::1::00000000-0000-0000-0000-000000000000")
+    assert type(info.value) is ValidationRejected and info.value.code == code and not info.value.retryable
+    assert "not a button" in str(info.value)
 
 
 def test_queue_full(sim: Any, client: MidjourneyClient) -> None:
@@ -258,9 +281,10 @@ def test_vendor_dialect(sim: Any) -> None:
             banned_words=[], concurrency={"FAST": 1, "RELAX": 1, "TURBO": 1}, queue_size=0, time_factor=1.0
         )
         c.imagine("one")
-        with pytest.raises((UpstreamSystemError, QueueFull, RateLimited)) as busy:
+        with pytest.raises(UpstreamSystemError) as busy:
             c.imagine("two")
-        assert isinstance(busy.value, RetryLater)
+        assert type(busy.value) is UpstreamSystemError and busy.value.code == 23  # vendor 23: system busy
+        assert busy.value.retryable
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -302,3 +326,31 @@ def test_api_key_never_in_repr_exceptions_or_logs(sim: Any, caplog: pytest.LogCa
         assert key not in record.getMessage()
         assert key not in repr(record.args)
     assert key not in caplog.text and sim.api_key not in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Image seed answers that are not a seed
+
+
+@pytest.mark.parametrize(
+    ("status", "content", "seed"),
+    [
+        (200, b"1234567890", "1234567890"),  # a bare seed
+        (200, b'{"code": 1, "description": "ok", "result": "987654"}', "987654"),
+        (200, b'{"code": 1, "description": "ok", "result": 42}', "42"),
+        (200, b"<html><body>502 Bad Gateway</body></html>", None),  # a proxy's page is not a seed
+        (200, b"OK", None),
+        (200, b'{"code": 1, "description": "ok", "result": "n/a"}', None),
+        (200, b'{"code": 1, "description": "ok", "result": true}', None),
+    ],
+)
+def test_image_seed_is_only_digits(status: int, content: bytes, seed: str | None) -> None:
+    import httpx
+
+    transport = httpx.MockTransport(lambda request: httpx.Response(status, content=content))
+    with MidjourneyClient("http://upstream.test", SECRET, transport=transport) as c:
+        if seed is not None:
+            assert c.image_seed("1") == seed
+        else:
+            with pytest.raises(UpstreamSystemError, match="image-seed"):
+                c.image_seed("1")

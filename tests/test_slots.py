@@ -87,3 +87,40 @@ def test_breaker_and_paused_batch_refuse_and_drop_lease(redis_client: redis.Redi
     ledger.trip_breaker("401")
     assert slots.try_admit("fast", "p", 1.0).reason == "breaker"
     assert slots.admit_next("fast") == []
+
+
+def test_queue_ahead_admits_that_many_more_per_mode(redis_client: redis.Redis) -> None:
+    slots = slots_for(redis_client, queue_ahead=1)
+    admitted = [i for i in range(6) if slots.try_admit("fast", f"a{i}", float(i)).admitted]
+    assert admitted == [0, 1, 2, 3]  # 3 slots + 1 waiting in the upstream's own queue
+    none = Slots(redis_client, Settings(slots_relax=0, queue_ahead=2))
+    assert not none.try_admit("relax", "r0", 0.0).admitted, "a mode without slots gets none ahead either"
+
+
+def test_a_retry_holding_its_lease_still_passes_pacing_and_the_daily_cap(redis_client: redis.Redis) -> None:
+    slots = Slots(redis_client, Settings(slots_fast=3, slot_lease_s=30.0, submit_interval_s=0.3, daily_cap=3))
+    day = time.strftime("%Y%m%d", time.gmtime())
+    assert slots.try_admit("fast", "r", 1.0).reason == "admitted"
+    again = slots.try_admit("fast", "r", 1.0)  # its submit was refused (429): the retry comes back at once
+    assert (again.admitted, again.reason) == (False, "pacing")
+    assert again.retry_at is not None and 0 < again.retry_at - time.time() <= 0.3
+    assert slots.holders("fast") == ["r"], "a retry refused by pacing keeps its slot"
+    time.sleep(0.35)
+    assert slots.try_admit("fast", "r", 1.0).reason == "held"
+    assert redis_client.get(f"mjq:daily:{day}") == "2"  # both POSTs count
+    time.sleep(0.35)
+    assert slots.try_admit("fast", "r", 1.0).reason == "held"
+    time.sleep(0.35)
+    capped = slots.try_admit("fast", "r", 1.0)
+    assert (capped.reason, capped.retry_at) == ("daily_cap", None)
+    assert slots.holders("fast") == [], "capped for the day: the slot goes back"
+
+
+def test_the_first_submit_of_a_job_admitted_for_it_is_not_paced_twice(redis_client: redis.Redis) -> None:
+    ledger = Ledger(redis_client)
+    slots = Slots(redis_client, Settings(slots_fast=3, slot_lease_s=30.0, submit_interval_s=5.0))
+    ledger.create_job("p", {"mode": "fast"})
+    ledger.park("p", {"task": "t", "id": "p"}, 1.0)
+    assert slots.admit_next("fast") == ["p"]  # took the pace for it
+    assert slots.try_admit("fast", "p", 1.0).reason == "held"  # its task submits now
+    assert slots.try_admit("fast", "p", 1.0).reason == "pacing"  # a retry of it waits for the pace

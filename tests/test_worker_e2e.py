@@ -139,6 +139,20 @@ def test_producer_validation_queues_nothing_and_send_task_fails_clearly(stack: S
 
 
 def test_a_task_delivered_twice_submits_once(stack: Stack, sim: Any) -> None:
+    """The second copy arrives while the job is tracked (it has an upstream id): straight to tracking."""
+    from worker.app import app
+
+    sim.faults(time_factor=0.03)  # a fast job runs 1.8 s: time for a copy to find it running
+    first = app.send_task("tasks.imagine", kwargs={"prompt": "twice"}, task_id="dup-1", queue="interactive")
+    job = stack.wait_status("dup-1", {"submitted", "running"})
+    assert job["upstream_id"]
+    app.send_task("tasks.imagine", kwargs={"prompt": "twice"}, task_id="dup-1", queue="interactive")
+    stack.wait(lambda: stack.job("dup-1").get("redelivered") == 1, 10, "the copy to reach tracking")
+    assert first.get(timeout=20)["status"] == "succeeded"
+    assert sim.stats()["submissions_by_state"] == {"dup-1": 1}
+
+
+def test_copies_sent_together_submit_once(stack: Stack, sim: Any) -> None:
     from worker.app import app
 
     first = app.send_task("tasks.imagine", kwargs={"prompt": "twice"}, task_id="dup-1", queue="interactive")
@@ -213,9 +227,11 @@ def test_busy_answers_use_no_attempts_and_end_at_the_deadline(stack: Stack, sim:
 def test_retryable_answers_are_retried_until_accepted(stack: Stack, sim: Any) -> None:
     import tasks
 
-    sim.faults(http_500_rate=0.3, http_429_rate=0.1, retry_after_s=0.1, seed=7)
+    sim.faults(http_500_rate=0.3, http_429_rate=0.1, retry_after_s=0.1, seed=7, fault_scope="submit")
     results = [tasks.imagine.delay(f"flaky {i}") for i in range(6)]
     assert all(r.get(timeout=30)["status"] == "succeeded" for r in results)
     stats = sim.stats()
-    assert stats["accepted"] == 6
-    assert stats["submissions"] >= 6
+    faults = stats["faults"]
+    assert faults.get("http_500", 0) > 0 and faults.get("http_429", 0) > 0, faults  # both were really injected
+    assert stats["accepted"] == 6 and sorted(stats["submissions_by_state"].values()) == [1] * 6
+    assert stats["requests"]["POST /mj/submit/imagine"] == 6 + faults["http_500"] + faults["http_429"]

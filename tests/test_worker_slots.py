@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from tests.support.stack import Stack
+from tests.support.events import TaskEvents
+from tests.support.stack import Stack, StackManager
 
 
 def test_slots_never_exceeded_under_200_concurrent_submissions(
@@ -70,7 +71,35 @@ def test_parked_jobs_cost_no_broker_traffic(stack: Stack, sim: Any) -> None:
     assert sim.stats()["submissions"] == 0
 
 
-def test_interactive_job_starts_before_queued_batch_work(stack: Stack, sim: Any) -> None:
+def test_interactive_message_is_taken_before_batch_messages_waiting_in_the_broker(
+    stack: Stack, stack_manager: StackManager, sim: Any
+) -> None:
+    """Batch messages sit unconsumed in the ``batch`` queue (no worker runs) when a single interactive request
+    arrives; the worker, started then, takes the interactive message first (queues are read in -Q order)."""
+    import tasks
+    from worker.app import app
+
+    worker = stack_manager.worker
+    assert worker is not None
+    worker.stop()
+    try:
+        batch = [tasks.imagine.delay(f"waiting batch {i}", batch_id="bgq") for i in range(12)]
+        single = tasks.imagine.delay("urgent single")
+        assert stack.redis.llen("batch") == 12 and stack.redis.llen("interactive") == 1  # nothing consumed
+    finally:
+        with TaskEvents(app) as events:
+            worker.start(stack.redis_url)
+            assert single.get(timeout=30)["status"] == "succeeded"
+            assert all(r.get(timeout=60)["status"] == "succeeded" for r in batch)
+    ids = {single.id, *(r.id for r in batch)}
+    started = [e["uuid"] for e in events.snapshot() if e.get("type") == "task-started" and e.get("uuid") in ids]
+    assert started[0] == single.id, started
+    received = [e["uuid"] for e in events.snapshot() if e.get("type") == "task-received" and e.get("uuid") in ids]
+    assert received[0] == single.id, received
+
+
+def test_parked_interactive_job_is_admitted_before_parked_batch_jobs(stack: Stack, sim: Any) -> None:
+    """The waiting set orders parked jobs by priority (interactive 2, batch 5), then age."""
     import tasks
 
     stack.ledger.trip_breaker("test: queue first")

@@ -7,6 +7,7 @@ Redis transport's ``priority`` strategy), so a single interactive request starts
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,19 +22,14 @@ TASK_MODULES = ("tasks.submit", "tasks.track", "tasks.followups", "tasks.pipelin
 
 
 def visibility_timeout_s(settings: Settings) -> int:
-    """Longer than any countdown we schedule (polls, submit retries) and than any task runs.
+    """Longer than any countdown we schedule (``Settings.countdowns``) and than any task runs.
 
-    ``MJQ_VISIBILITY_TIMEOUT_S`` overrides it (crash tests want redelivery within seconds).
+    ``MJQ_VISIBILITY_TIMEOUT_S`` overrides it (crash tests want redelivery within seconds); settings refuse a
+    value that is not above every countdown.
     """
     if settings.visibility_timeout_s:
-        return int(max(1.0, settings.visibility_timeout_s))
-    longest = max(
-        settings.poll_max_s,
-        settings.webhook_poll_s,
-        settings.submit_retry_max_s,
-        max(settings.expected_duration_s(m) for m in ("fast", "relax", "turbo")),
-    )
-    return int(max(3600.0, 4 * longest))
+        return max(1, math.ceil(settings.visibility_timeout_s))  # never below what the settings checked
+    return int(max(3600.0, 4 * max(settings.countdowns().values())))
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

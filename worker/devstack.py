@@ -22,13 +22,14 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import redis
 
 from worker.redisserver import RedisServer, free_port
-from worker.settings import Settings, load_settings
+from worker.settings import Settings, dev_webhook_secret, load_settings, webhook_secret_problem
 
 QUEUES = ("interactive", "track", "batch")  # the order is the priority (see worker.app)
 SIM_DURATIONS_S = {"fast": 60.0, "relax": 180.0, "turbo": 25.0}
@@ -209,6 +210,7 @@ class DevStack:
     embedded_redis: bool | None = None  # None: embedded Valkey only when MJQ_REDIS_URL is unset
     state_dir: Path | None = None
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    simulator_args: tuple[str, ...] = ()  # more `python -m simulator` flags (capacity, key, faults)
     ready_timeout_s: float = 60.0
 
     redis_server: RedisServer | None = None
@@ -219,6 +221,12 @@ class DevStack:
     webhook_url: str | None = None
     flower_url: str | None = None
     simulated: bool = False
+
+    @classmethod
+    def isolated(cls, state_dir: Path, **options: Any) -> DevStack:
+        """A stack of its own on free ports, with the embedded Valkey and the simulator whatever is configured:
+        the demo and the benchmarks never touch a real upstream, nor another stack's Redis."""
+        return cls(ephemeral=True, simulate=True, embedded_redis=True, state_dir=state_dir, **options)
 
     @property
     def state(self) -> Path:
@@ -292,6 +300,8 @@ class DevStack:
             env.update(self._scaled_env())
             if self.with_webhook and settings.webhook_base_url is None:
                 env["MJQ_WEBHOOK_BASE_URL"] = f"http://127.0.0.1:{webhook_port}"
+                if webhook_secret_problem(settings.webhook_secret.get_secret_value()):  # none configured
+                    env["MJQ_WEBHOOK_SECRET"] = dev_webhook_secret(self.state)
             sim_argv = [
                 sys.executable,
                 "-m",
@@ -302,6 +312,7 @@ class DevStack:
                 str(sim_port),
                 "--time-factor",
                 f"{self.time_factor:g}",
+                *self.simulator_args,
             ]
             sim = self._service("simulator", sim_argv, env)
             _wait_until(
@@ -385,12 +396,10 @@ class DevStack:
 
     @contextlib.contextmanager
     def environment(self) -> Iterator[None]:
-        """Point this process at the stack (env + fresh settings) for the duration of the block."""
-        from worker.settings import get_settings
-
+        """Point this process at the stack (env, settings, Celery app, runtime) for the duration of the block."""
         saved = {key: os.environ.get(key) for key in self.env}
         os.environ.update(self.env)
-        get_settings.cache_clear()
+        reload_settings()
         try:
             yield
         finally:
@@ -399,7 +408,7 @@ class DevStack:
                     os.environ.pop(key, None)
                 else:
                     os.environ[key] = value
-            get_settings.cache_clear()
+            reload_settings()
 
     def __enter__(self) -> DevStack:
         return self.start()
@@ -408,6 +417,21 @@ class DevStack:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def reload_settings() -> None:
+    """Re-read the settings and point an already-imported Celery app and runtime at them."""
+    from worker.settings import get_settings
+
+    get_settings.cache_clear()
+    if "worker.app" in sys.modules:
+        from worker.app import reconfigure
+
+        reconfigure(get_settings())
+    if "worker.runtime" in sys.modules:
+        from worker.runtime import reset_runtime
+
+        reset_runtime()
 
 
 def run_forever(stack: DevStack, on_ready: Callable[[DevStack], None]) -> int:

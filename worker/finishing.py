@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from celery import Task, group, signature
+from celery import Task, signature
 
 from worker.app import app
 from worker.canvas import pending_children
@@ -70,7 +70,7 @@ def _download(task: Task[Any, Any], job: Mapping[str, Any], rt: Runtime) -> None
     except DownloadError as exc:
         retries = int(task.request.retries or 0)
         if exc.transient and retries + 1 < rt.settings.download_attempts:
-            raise task.retry(countdown=min(5.0, 0.2 * 2**retries), max_retries=None) from exc
+            raise task.retry(countdown=rt.settings.download_retry_delay(retries), max_retries=None) from exc
         rt.ledger.update(job_id, {"download": "failed", "download_error": str(exc)})
         return
     rt.ledger.update(
@@ -87,29 +87,44 @@ def _download(task: Task[Any, Any], job: Mapping[str, Any], rt: Runtime) -> None
 
 
 def complete_task(job: Mapping[str, Any], result: dict[str, Any], rt: Runtime) -> None:
-    """Store the result under the original task id, tell Flower, fire the continuation once."""
+    """Store the result under the original task id, tell Flower, fire the continuation once.
+
+    ``needs_review`` is final for now, not for good: the task completes as failed (its chain and errbacks are
+    told, its planned children counted skipped) but the once-only continuation is not used up. When a webhook
+    later reconciles the job, this runs again for the real outcome: a success replaces the stored failure,
+    plans the children again and continues the chain exactly once (a chord and the errbacks, already told of
+    the failure, are not told twice).
+    """
     message = job.get("message")
     if not isinstance(message, dict) or not message.get("id"):
         return
     task_id = str(message["id"])
+    job_id = str(job["job_id"])
     ctx = context_from_message(message)
     status = str(job.get("status"))
     runtime_s = float(result.get("duration_s") or 0.0)
-    first = rt.ledger.mark_continued(str(job["job_id"]))
+    if status == "needs_review":
+        first, reviewed = rt.ledger.set_once(job_id, "review_finished", "1"), False
+    else:
+        first, reviewed = rt.ledger.mark_continued(job_id), bool(job.get("review_finished"))
     backend = app.backend
     if status == "succeeded":
         backend.store_result(task_id, result, "SUCCESS", request=ctx)
         _event("task-succeeded", uuid=task_id, result=_result_repr(result), runtime=runtime_s)
         if first:
-            if ctx.chord:
+            if reviewed:
+                rt.ledger.replan_skipped(job_id)
+            elif ctx.chord:
                 backend.on_chord_part_return(ctx, "SUCCESS", result)
             _continue(message, result, task_id)
     else:
         exc = JobFailed(f"{status}: {result.get('fail_reason') or ''}".strip(), result)
-        if first:
+        if first and not reviewed:
             backend.mark_as_failure(task_id, exc, request=ctx)  # also fails the chain and calls errbacks
             never = pending_children(message, job.get("then"))
-            rt.ledger.mark_skipped(job.get("batch_id") or None, never, f"parent job {job['job_id']} {status}")
+            rt.ledger.mark_skipped(
+                job.get("batch_id") or None, never, f"parent job {job['job_id']} {status}", job_id=str(job["job_id"])
+            )
         else:
             backend.store_result(task_id, exc, "FAILURE", request=ctx)
         if status == "cancelled":
@@ -134,12 +149,8 @@ def _event(kind: str, **fields: Any) -> None:
 def _continue(message: Mapping[str, Any], result: dict[str, Any], task_id: str) -> None:
     """Exactly what Celery's tracer does on success: link callbacks, then the next chain link."""
     root_id = message.get("root_id") or task_id
-    for cb in message.get("link") or []:
-        sig = signature(cb, app=app)
-        if isinstance(sig, group):
-            sig.apply_async((result,), parent_id=task_id, root_id=root_id)
-        else:
-            sig.apply_async((result,), parent_id=task_id, root_id=root_id)
+    for cb in message.get("link") or []:  # a task, chain or group signature: each takes the result first
+        signature(cb, app=app).apply_async((result,), parent_id=task_id, root_id=root_id)
     chain = list(message.get("chain") or [])
     if chain:
         nxt = signature(chain[-1], app=app)

@@ -17,7 +17,7 @@ import random
 import time
 import uuid
 from collections.abc import Iterable, Mapping
-from typing import Any, TypedDict
+from typing import Any, NoReturn, TypedDict
 
 from celery import Task
 from celery.exceptions import Ignore
@@ -26,8 +26,9 @@ from celery.result import AsyncResult
 from worker.admission import admit_parked, queue_score
 from worker.canvas import pending_children
 from worker.finishing import JobFailed
+from worker.imagestore import keep_images
 from worker.ledger import TERMINAL, result_of
-from worker.messages import message_from_request, resend
+from worker.messages import message_from_request, resend, task_reprs
 from worker.mjapi.errors import (
     AnswerLost,
     InvalidInput,
@@ -39,12 +40,21 @@ from worker.mjapi.errors import (
     StopSubmitting,
     UpstreamSystemError,
 )
-from worker.outcomes import after_terminal, cancel_job, ensure_tracking, finish_now, mark_needs_review, send_finish
+from worker.outcomes import (
+    after_terminal,
+    cancel_job,
+    ensure_tracking,
+    finish_now,
+    hold_slot,
+    mark_needs_review,
+    send_finish,
+)
 from worker.requests import (
     KINDS,
     Kind,
     build_request,
     check_caller_fields,
+    check_id,
     check_job_options,
     job_mode,
     lighten_images,
@@ -62,6 +72,7 @@ def park(task: Task[Any, Any], kind: Kind | None, job: Mapping[str, Any], rt: Ru
     """Store the message, add the job to its waiting set, then let the best parked job take any free slot."""
     score = queue_score(int(job.get("priority") or 0), float(job.get("created_at") or time.time()))
     where = rt.ledger.park(str(job["job_id"]), message_from_request(task, kind), score)
+    keep_images(job, rt)  # a parked job may wait long: its images must outlive the wait (also swept)
     if where == "cancelled":
         cancel_job(str(job["job_id"]), "batch cancelled", rt)
     elif where in ("parked",):
@@ -100,6 +111,7 @@ def start_job(
         raise InvalidInput(f"field 'kind': unknown request kind {kind!r}")
     req = task.request
     job_id = job_id or str(req.id)
+    check_id(job_id)  # a raw Celery task id (send_task(task_id=...)) becomes Redis keys and a media file name
     rt.slots.arrived(job_id)  # the task an admission or a retry expected has started (worker.admission)
     job = rt.ledger.get_job(job_id)
     if job is None:
@@ -141,8 +153,9 @@ def _create(
     light = lighten_images(spec, payload, rt)
     if modal:
         modal = lighten_images(KINDS["modal"], modal, rt)
-    if priority is None:
-        priority = int(parent.get("priority") or 0) if parent and parent.get("priority") else (5 if batch_id else 2)
+    if priority is None:  # a follow-up runs at its parent's priority (0, the most urgent, included)
+        inherited = parent.get("priority") if parent is not None else None
+        priority = int(inherited) if inherited is not None else (5 if batch_id else 2)
     fields: dict[str, Any] = {
         "task_id": task.request.id,
         "task_name": task.name,
@@ -180,10 +193,10 @@ def _advance(task: Task[Any, Any], spec: Kind, job: dict[str, Any], rt: Runtime)
         _admit_and_submit(task, spec, job, rt)
     elif status == "submitting":
         if job.get("upstream_id"):
-            ensure_tracking(job, rt)
+            _back_to_tracking(job, rt)
         else:
             settings = rt.settings
-            window = settings.http_timeout_s + settings.http_connect_timeout_s + 1.0
+            window = settings.submit_answer_window_s
             age = time.time() - float(job.get("submitting_at") or 0.0)
             if age < window:
                 # Another copy of this task may still be inside its POST: look again once it must be over.
@@ -194,10 +207,19 @@ def _advance(task: Task[Any, Any], spec: Kind, job: dict[str, Any], rt: Runtime)
                 # Crash between the POST and recording its answer: never a second POST.
                 mark_needs_review(job_id, "submit interrupted before the answer was recorded", rt)
     elif status in ("submitted", "running"):
-        ensure_tracking(job, rt)
+        _back_to_tracking(job, rt)
     elif status in TERMINAL and not rt.ledger.continued(job_id):
         send_finish(job_id)
     raise Ignore()
+
+
+def _back_to_tracking(job: Mapping[str, Any], rt: Runtime) -> None:
+    """A copy of the task of a job that already has an upstream id: never a second POST, only tracking.
+
+    Counted (``redelivered``) because a task that keeps coming back (a worker killed by it) must be visible.
+    """
+    rt.ledger.count(str(job["job_id"]), "redelivered")
+    ensure_tracking(job, rt)
 
 
 def _admit_and_submit(task: Task[Any, Any], spec: Kind, job: dict[str, Any], rt: Runtime) -> None:
@@ -208,8 +230,12 @@ def _admit_and_submit(task: Task[Any, Any], spec: Kind, job: dict[str, Any], rt:
         if adm.reason == "cancelled":
             cancel_job(job_id, "batch cancelled", rt)
             raise Ignore()
+        if adm.retry_at is not None:
+            # A retry refused by the submit pacing: it keeps its slot and submits when the pace allows.
+            _retry(task, spec, job, max(0.05, adm.retry_at - time.time()), rt)
         if not adm.admitted:
             park(task, spec, job, rt)
+        keep_images(job, rt)
     ok, _current, why = rt.ledger.transition(
         job_id,
         "submitting",
@@ -234,6 +260,9 @@ def _submit(task: Task[Any, Any], spec: Kind, job: dict[str, Any], rt: Runtime) 
     job_id, mode = str(job["job_id"]), str(job.get("mode") or "fast")
     try:
         request = build_request(spec, job.get("request") or {}, job_id, mode, rt)
+        if rt.ledger.breaker_tripped():
+            # Tripped since this job passed its gates (a concurrent submit's answer): the POST must not go out.
+            _back_to_parked(task, spec, job_id, rt)
         if spec.name == "upload":
             urls = rt.client.upload_discord_images(request.base64_array, filter=getattr(request, "filter", None))
             finish_now(job_id, "succeeded", {"extra": {"urls": urls}, "progress": "100%"}, rt)
@@ -249,19 +278,22 @@ def _submit(task: Task[Any, Any], spec: Kind, job: dict[str, Any], rt: Runtime) 
     except StopSubmitting as exc:
         tripped = rt.ledger.trip_breaker(f"{type(exc).__name__}: {reason_of(exc)}")
         log.error("submitting stopped (%s): %s", "tripped" if tripped else "already tripped", reason_of(exc))
-        rt.ledger.transition(job_id, "queued", from_states=["submitting"], release=True)
-        fresh = rt.ledger.get_job(job_id) or job
-        park(task, spec, fresh, rt)
+        _back_to_parked(task, spec, job_id, rt)
     except AnswerLost as exc:
         mark_needs_review(job_id, f"answer lost after sending: {reason_of(exc)}", rt)
-    except (RetryLater, NotSent) as exc:
-        _retry_later(task, job_id, mode, exc, rt)
+    except (RetryLater, NotSent) as exc:  # every retryable error is one of these
+        _retry_later(task, spec, job_id, exc, rt)
     except MJError as exc:
-        if getattr(exc, "retryable", False):
-            _retry_later(task, job_id, mode, exc, rt)
         mark_needs_review(job_id, f"unexpected answer: {reason_of(exc)}", rt)
     else:
         _accepted(job_id, mode, answer, rt)
+
+
+def _back_to_parked(task: Task[Any, Any], spec: Kind, job_id: str, rt: Runtime) -> NoReturn:
+    """The breaker is tripped: undo ``submitting`` (nothing was sent), free the slot and park the job."""
+    rt.ledger.transition(job_id, "queued", from_states=["submitting"], release=True)
+    park(task, spec, rt.ledger.get_job(job_id) or {"job_id": job_id}, rt)
+    raise Ignore()  # park always raises; this says so to the type checker
 
 
 def reason_of(exc: BaseException) -> str:
@@ -270,25 +302,56 @@ def reason_of(exc: BaseException) -> str:
     return f"{text} (banned word: {word})" if word and str(word) not in text else text
 
 
-def _retry_later(task: Task[Any, Any], job_id: str, mode: str, exc: Exception, rt: Runtime) -> None:
+def retry_delay(attempts: int, cap: float, jitter: float, retry_after: float | None = None) -> float:
+    """Seconds before submit attempt ``attempts + 1``: cap/16, cap/8, cap/4, then the cap, jittered downwards.
+
+    Jitter is applied after capping, so even capped retries spread out (within ``[cap * (1 - jitter), cap]``)
+    instead of a whole batch retrying in step; a Retry-After is honoured up to the cap.
+    """
+    base = 0.5 * cap * 2 ** (attempts - 4) if attempts < 4 else cap
+    delay = base * (1.0 - random.uniform(0.0, jitter))
+    return min(cap, max(delay, float(retry_after or 0.0)))
+
+
+def _retry_later(task: Task[Any, Any], spec: Kind, job_id: str, exc: Exception, rt: Runtime) -> NoReturn:
     """Queue full / 429 / 5xx / not sent: back to queued, keep the slot, retry with backoff and jitter."""
     settings = rt.settings
-    job = rt.ledger.get_job(job_id) or {}
+    job = rt.ledger.get_job(job_id) or {"job_id": job_id}
     attempts = int(job.get("attempts") or 1)
     gave_up = _give_up(job_id, job, attempts, exc, rt)
     if gave_up:
         finish_now(job_id, "failed", {"fail_reason": f"{gave_up}: {reason_of(exc)}"}, rt, release=True)
-        return
-    cap = settings.submit_retry_max_s
-    delay = min(cap, 0.5 * cap * 2 ** (attempts - 4)) if attempts < 4 else cap
-    delay = max(delay, min(cap, float(getattr(exc, "retry_after", None) or 0.0)))
-    delay *= 1.0 + random.uniform(0.0, settings.poll_jitter)
-    delay = min(delay, cap)
+        raise Ignore()
+    delay = retry_delay(attempts, settings.submit_retry_max_s, settings.poll_jitter, getattr(exc, "retry_after", None))
     rt.ledger.transition(job_id, "queued", from_states=["submitting"], fields={"last_error": reason_of(exc)})
-    rt.slots.renew(mode, job_id, max(settings.slot_lease_s, delay + 30.0))
-    rt.slots.expect(job_id, time.time() + delay + settings.slot_lease_s)  # the retry message may be lost
     log.info("job %s: %s; retry %d in %.2fs", job_id, reason_of(exc), attempts, delay)
-    raise task.retry(countdown=delay, max_retries=None, exc=exc)
+    _retry(task, spec, job, delay, rt, exc)
+
+
+def _retry(
+    task: Task[Any, Any], spec: Kind, job: Mapping[str, Any], delay: float, rt: Runtime, exc: Exception | None = None
+) -> NoReturn:
+    """Run this task again in ``delay`` seconds holding the job's slot, its images and its short Flower repr.
+
+    ``task.retry`` rebuilds the message from the request, and without our reprs Celery shows the full prompt
+    and the ``img:`` keys.
+    """
+    job_id, mode = str(job["job_id"]), str(job.get("mode") or "fast")
+    lease = rt.settings.slot_lease_s
+    rt.slots.renew(mode, job_id, delay + lease)
+    rt.slots.expect(job_id, time.time() + delay + lease)  # the retry message may be lost
+    keep_images(job, rt)
+    kwargs = lighten_images(spec, dict(task.request.kwargs or {}), rt)
+    argsrepr, kwargsrepr = task_reprs(task, task.request.args, kwargs)
+    raise task.retry(
+        args=task.request.args,
+        kwargs=kwargs,  # a send_task producer's base64 goes no further than its first message
+        countdown=delay,
+        max_retries=None,
+        exc=exc,
+        argsrepr=argsrepr,
+        kwargsrepr=kwargsrepr,
+    )
 
 
 def _give_up(job_id: str, job: Mapping[str, Any], attempts: int, exc: Exception, rt: Runtime) -> str | None:
@@ -320,20 +383,30 @@ def _accepted(job_id: str, mode: str, answer: Any, rt: Runtime) -> None:
         return
     now = time.time()
     if answer.outcome == "modal":
-        # The action waits for its modal step, which is another request (tasks.modal): this job is done.
+        # The action waits for its modal step and this job has no input for it. A raw ``tasks.action`` job is
+        # done: the modal is another request (``tasks.modal``), its result says ``awaiting_modal``. A follow-up
+        # (press, or vary/reroll/pan on a remix account with no prompt) fails: "succeeded" with no image would
+        # hand its chain a result without buttons.
         extra = {"awaiting_modal": True, "properties": dict(getattr(answer, "properties", None) or {})}
+        fields = {"submitted_at": now, "submit_outcome": "modal", "progress": "MODAL", "extra": extra}
+        follow_up = ((rt.ledger.get_job(job_id) or {}).get("meta") or {}).get("follow_up")
+        if follow_up:
+            fields["fail_reason"] = (
+                f"{follow_up!r} needs the modal step: give a prompt/mask for it (press(..., prompt=, mask=), "
+                f"custom_zoom, vary_region, remix); upstream task {upstream} waits in MODAL"
+            )
         ok, _prev, _ = rt.ledger.transition(
             job_id,
-            "succeeded",
+            "failed" if follow_up else "succeeded",
             from_states=["submitting"],
             upstream=upstream,
             release=True,
-            fields={"submitted_at": now, "submit_outcome": "modal", "progress": "MODAL", "extra": extra},
+            fields=fields,
         )
         if ok:
             after_terminal(job_id, mode, rt)
         return
-    delay = first_poll_delay(mode, rt.settings)
+    delay = first_poll_delay(mode, rt.settings, getattr(answer, "queue_position", None))
     fields = {
         "submitted_at": now,
         "deadline_at": now + rt.settings.deadline_s(mode),
@@ -359,6 +432,7 @@ def _accepted(job_id: str, mode: str, answer: Any, rt: Runtime) -> None:
             rt.ledger.schedule(job_id, now + delay)
         else:
             return
+    hold_slot(job_id, mode, now + delay, rt)  # the first poll may come long after the admission lease ran out
     from tasks.track import poll
 
     poll.apply_async((job_id,), countdown=delay)
@@ -402,7 +476,12 @@ class JobTask(Task):  # type: ignore[misc]
         light = lighten_images(spec, call)
         if call.get("modal"):
             light["modal"] = lighten_images(KINDS["modal"], call["modal"])
+        if call.get("then"):
+            from tasks.pipelines import store_masks  # the plan grammar lives with the tasks that run it
+
+            light["then"] = store_masks(str(call["then"]))  # region masks are read here, where the plan is given
         task_id = task_id or call.get("job_id") or str(uuid.uuid4())
+        check_id(task_id)  # the task id is the job id
         if "queue" not in options and "routing_key" not in options:
             options["queue"] = "batch" if call.get("batch_id") else "interactive"
         return super().apply_async((), light, task_id=task_id, **options)
@@ -431,9 +510,20 @@ class JobOptions(TypedDict, total=False):
     job_id: str  # your id for the job (and its Celery task id); default a new UUID
     then: str  # a follow-up plan such as "U1-4" or "U2 > zoom:2x" (tasks.pipelines)
     tags: list[str]  # your labels, kept with the job and in its result, exports and gallery
+    row: int  # the prompt-file row the job came from (1-based), kept in its result and the manifest
 
 
 JOB_OPTIONS = (*JobOptions.__annotations__, "modal")
+
+
+def job_meta(options: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The caller's labels kept with the job (results, exports, gallery): tags and the prompt-file row."""
+    meta: dict[str, Any] = {}
+    if options.get("tags"):
+        meta["tags"] = list(options["tags"])
+    if options.get("row"):
+        meta["row"] = int(options["row"])
+    return meta or None
 
 
 def run_job_task(task: Task[Any, Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -442,6 +532,11 @@ def run_job_task(task: Task[Any, Any], kwargs: Mapping[str, Any]) -> dict[str, A
     check_job_options(kwargs)  # send_task producers skip JobTask.apply_async: refuse here, before any record
     payload = {k: v for k, v in kwargs.items() if k not in JOB_OPTIONS and v is not None}
     priority = kwargs.get("priority")
+    then = kwargs.get("then") or None
+    if then:
+        from tasks.pipelines import store_masks
+
+        then = store_masks(str(then), files=False)  # sent by name: masks as data URIs or img: references only
     return start_job(
         task,
         kind,
@@ -450,7 +545,7 @@ def run_job_task(task: Task[Any, Any], kwargs: Mapping[str, Any]) -> dict[str, A
         mode=kwargs.get("mode") or None,
         batch_id=kwargs.get("batch_id") or None,
         priority=int(priority) if priority is not None else None,
-        then=kwargs.get("then") or None,
+        then=then,
         modal=kwargs.get("modal") or None,
-        meta={"tags": list(kwargs["tags"])} if kwargs.get("tags") else None,
+        meta=job_meta(kwargs),
     )

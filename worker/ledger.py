@@ -8,6 +8,7 @@ Keys (all prefixed ``mjq:``; the scripts build key names themselves, so this nee
 - ``job:<id>``           hash: the job record (result fields, request, stored task message, attempts, ...)
 - ``batch:<id>``         hash: status (active|paused|cancelled), total, planned, ``n:<state>`` counters, meta
 - ``batch:<id>:jobs``    zset: job ids by creation time;  ``batches``: zset of batch ids by creation time
+- ``batch:<id>:expect``  set: jobs enqueued into the batch whose record no worker has created yet
 - ``children:<job>``     zset: follow-up jobs of a job
 - ``upstream``           hash: upstream task id -> job id
 - ``inflight``           zset: accepted jobs being tracked, score = next check time
@@ -18,6 +19,7 @@ Keys (all prefixed ``mjq:``; the scripts build key names themselves, so this nee
 - ``finishing``          zset: jobs whose terminal transition won but whose finishing step has not run yet
 - ``breaker``            hash: the global stop after 401/403/out of credit (tripped, reason, at)
 - ``img:<sha256>``       input images stored once by the producer (see ``worker.imagestore``)
+- ``imgjobs``            zset: unfinished jobs that refer to stored images (their TTL is kept, ``imagestore``)
 """
 
 from __future__ import annotations
@@ -60,7 +62,9 @@ FLOAT_FIELDS = frozenset(
         "duration_s",
     }
 )
-INT_FIELDS = frozenset({"image_bytes", "image_width", "image_height", "attempts", "polls", "priority", "busy_answers"})
+INT_FIELDS = frozenset(
+    {"image_bytes", "image_width", "image_height", "attempts", "polls", "priority", "busy_answers", "redelivered"}
+)
 
 # The image of a finished job: the upstream URL and the downloaded copy.
 IMAGE_FIELDS = ("image_url", "image_path", "image_sha256", "image_bytes", "image_width", "image_height")
@@ -71,6 +75,7 @@ RESULT_KEYS = (
     "batch_id",
     "action",
     "mode",
+    "priority",
     "status",
     "prompt",
     "final_prompt",
@@ -307,9 +312,28 @@ end
 return out
 """
 
+# A parent whose children were counted skipped (see mark_skipped) will have them after all: plan them again.
+_LUA_REPLAN_FN = """
+local function replan(jkey)
+  local skipped = tonumber(redis.call('HGET', jkey, 'skipped_n') or '0') or 0
+  local b = redis.call('HGET', jkey, 'batch_id')
+  if skipped > 0 and b and b ~= '' then
+    local bk = P .. 'batch:' .. b
+    redis.call('HINCRBY', bk, 'total', -skipped)
+    redis.call('HINCRBY', bk, 'n:skipped', -skipped)
+    redis.call('HINCRBY', bk, 'planned', tonumber(redis.call('HGET', jkey, 'skipped_planned') or '0') or 0)
+  end
+  redis.call('HDEL', jkey, 'skipped_n', 'skipped_planned')
+end
+"""
+
+# Replan the skipped children of one job. ARGV: job_id.
+_LUA_REPLAN = _LUA_PRELUDE + _LUA_REPLAN_FN + "replan(P .. 'job:' .. ARGV[1])\nreturn 1\n"
+
 # Reset jobs for a requeue. ARGV: now, reset-fields JSON list, job ids...
 _LUA_REQUEUE = (
     _LUA_PRELUDE
+    + _LUA_REPLAN_FN
     + """
 local now = ARGV[1]
 local drop = cjson.decode(ARGV[2])
@@ -321,6 +345,7 @@ for i = 3, #ARGV do
   if cur and TERMINAL[cur] then
     local up = redis.call('HGET', jkey, 'upstream_id')
     if up then redis.call('HDEL', P .. 'upstream', up) end
+    replan(jkey)  -- its never-run children are planned again: they exist once it succeeds
     for _, k in ipairs(drop) do redis.call('HDEL', jkey, k) end
     redis.call('HSET', jkey, 'status', 'queued', 'updated_at', now)
     redis.call('ZREM', P .. 'finishing', jid)
@@ -388,6 +413,7 @@ class Ledger:
         self._batch_status = client.register_script(_LUA_BATCH_STATUS)
         self._claim = client.register_script(_LUA_CLAIM)
         self._requeue = client.register_script(_LUA_REQUEUE)
+        self._replan = client.register_script(_LUA_REPLAN)
 
     # ---------------------------------------------------------------- jobs
     def create_job(self, job_id: str, fields: Mapping[str, Any]) -> tuple[bool, str]:
@@ -398,6 +424,13 @@ class Ledger:
     def get_job(self, job_id: str) -> dict[str, Any] | None:
         raw = cast(dict[str, str], self.redis.hgetall(_key("job", job_id)))
         return decode_job(raw) if raw else None
+
+    def existing(self, job_ids: Sequence[str]) -> set[str]:
+        """The ids among ``job_ids`` that have a job record (one round trip)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.exists(_key("job", job_id))
+        return {job_id for job_id, found in zip(job_ids, pipe.execute(), strict=True) if found}
 
     def status(self, job_id: str) -> str | None:
         return cast(str | None, self.redis.hget(_key("job", job_id), "status"))
@@ -502,6 +535,11 @@ class Ledger:
     def overdue(self, before: float, limit: int = 200) -> list[str]:
         return cast(list[str], self.redis.zrangebyscore(_key("inflight"), "-inf", before, start=0, num=limit))
 
+    def next_check(self, job_id: str) -> float | None:
+        """When an in-flight job is checked next (its score in ``inflight``), None when not in flight."""
+        score = self.redis.zscore(_key("inflight"), job_id)
+        return float(score) if score is not None else None
+
     def schedule(self, job_id: str, at: float) -> None:
         """Set the next check time of an in-flight job (only if it is still in flight)."""
         self.redis.zadd(_key("inflight"), {job_id: at}, xx=True)
@@ -535,6 +573,10 @@ class Ledger:
     def continued(self, job_id: str) -> bool:
         return bool(self.redis.hexists(_key("job", job_id), "continued"))
 
+    def replan_skipped(self, job_id: str) -> None:
+        """The children counted skipped when this job failed will exist after all (it was reconciled)."""
+        self._replan(args=[job_id])
+
     # ---------------------------------------------------------------- batches
     def ensure_batch(self, batch_id: str, meta: Mapping[str, Any] | None = None) -> None:
         """Create the batch record if missing (status active) and merge ``meta`` into it."""
@@ -554,8 +596,12 @@ class Ledger:
         self.ensure_batch(batch_id)
         self.redis.hincrby(_key("batch", batch_id), "planned", n)
 
-    def mark_skipped(self, batch_id: str | None, n: int = 1, reason: str = "") -> None:
-        """Planned jobs that will never exist (children of a failed parent): planned -= n, skipped += n."""
+    def mark_skipped(self, batch_id: str | None, n: int = 1, reason: str = "", job_id: str | None = None) -> None:
+        """Planned jobs that will never exist (children of a failed parent): planned -= n, skipped += n.
+
+        With ``job_id`` (the parent) the counts are also kept on the parent, so requeueing it plans its
+        children again instead of leaving them skipped (``requeue_jobs``).
+        """
         if not batch_id or n <= 0:
             return
         key = _key("batch", batch_id)
@@ -567,7 +613,31 @@ class Ledger:
         pipe.hincrby(key, "n:skipped", n)
         if reason:
             pipe.hset(key, "last_skip_reason", reason)
+        if job_id:
+            pipe.hincrby(_key("job", job_id), "skipped_n", n)
+            pipe.hincrby(_key("job", job_id), "skipped_planned", take)
         pipe.execute()
+
+    def expect_jobs(self, batch_id: str, job_ids: Iterable[str]) -> None:
+        """Jobs just enqueued into the batch: it counts them (total, ETA, end) before a worker creates them."""
+        ids = list(job_ids)
+        if ids:
+            self.redis.sadd(_key("batch", batch_id, "expect"), *ids)
+
+    def pending_jobs(self, batch_id: str) -> int:
+        """Enqueued jobs of the batch with no record yet; those created meanwhile (here or, with the same id,
+        in another batch) leave the set, so a batch expects exactly the jobs it will really get."""
+        key = _key("batch", batch_id, "expect")
+        ids = sorted(cast(set[str], self.redis.smembers(key)))
+        if not ids:
+            return 0
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.exists(_key("job", job_id))
+        created = [job_id for job_id, exists in zip(ids, pipe.execute(), strict=True) if exists]
+        if created:
+            self.redis.srem(key, *created)
+        return len(ids) - len(created)
 
     def set_batch_status(self, batch_id: str, status: str) -> int:
         """'paused' | 'active' (moves parked jobs between waiting and held); -1 if the batch is cancelled."""
@@ -582,7 +652,12 @@ class Ledger:
         return [j["job_id"] for j in self.batch_jobs(batch_id) if j.get("status") == "queued"]
 
     def batch(self, batch_id: str) -> dict[str, Any]:
-        """Counts per state, total, planned, meta and status (active | paused | cancelled | finished)."""
+        """Counts per state, total, planned, pending, meta and status (active | paused | cancelled | finished).
+
+        ``pending`` (enqueued, not created yet) is read before the counters: a job created in between is then
+        counted twice for one reading, never missed (a batch never looks finished early).
+        """
+        pending = self.pending_jobs(batch_id)
         raw = cast(dict[str, str], self.redis.hgetall(_key("batch", batch_id)))
         if not raw:
             return {}
@@ -602,10 +677,12 @@ class Ledger:
         out.setdefault("total", 0)
         out.setdefault("planned", 0)
         out.setdefault("meta", {})
+        out["pending"] = pending
         out["counts"] = counts
         finished = sum(counts[s] for s in TERMINAL)
         status = out.get("status", "active")
-        if status == "active" and out["total"] > 0 and out["planned"] <= 0 and finished >= out["total"]:
+        ended = out["planned"] <= 0 and pending == 0 and finished >= out["total"]
+        if status == "active" and out["total"] > 0 and ended:
             status = "finished"
         out["status"] = status
         out["finished"] = finished
@@ -652,6 +729,7 @@ class Ledger:
             "attempts",
             "polls",
             "continued",
+            "review_finished",
             "settled_by",
             "extra",
         ]
@@ -668,6 +746,10 @@ class Ledger:
 
     def clear_breaker(self) -> None:
         self.redis.delete(_key("breaker"))
+
+    def breaker_tripped(self) -> bool:
+        """The one-command check made right before every submit POST."""
+        return bool(self.redis.hget(_key("breaker"), "tripped") == "1")
 
     def breaker(self) -> dict[str, Any]:
         raw = cast(dict[str, str], self.redis.hgetall(_key("breaker")))
@@ -687,6 +769,7 @@ def result_of(job: Mapping[str, Any]) -> dict[str, Any]:
     out["parent_job"] = job.get("parent_job") or None
     out["root_job"] = job.get("root_job") or job.get("job_id")
     out["tags"] = list((job.get("meta") or {}).get("tags") or [])
+    out["row"] = (job.get("meta") or {}).get("row")
     if out["duration_s"] is None and job.get("finished_at") and job.get("created_at"):
         out["duration_s"] = round(float(job["finished_at"]) - float(job["created_at"]), 3)
     return out

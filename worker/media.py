@@ -13,7 +13,7 @@ import base64
 import binascii
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from worker.mjapi.errors import InvalidInput
@@ -167,22 +167,41 @@ def _peek(value: str) -> tuple[str, int]:
     _, _, payload = value.partition(",")
     payload = _WHITESPACE.sub("", payload)
     size = len(payload) * 3 // 4 - payload[-2:].count("=")
+    return _label(payload), max(size, 0)
+
+
+def _label(payload: str) -> str:
+    """The type label of base64 image data from its first characters."""
     try:
         start = base64.b64decode(payload[:32] + "=" * (-len(payload[:32]) % 4))
     except (binascii.Error, ValueError):
         start = b""
     kind = _sniff_kind(start)
-    return (SUPPORTED_MIMES[kind] if kind else "?"), max(size, 0)
+    return SUPPORTED_MIMES[kind] if kind else "?"
 
 
-def describe_images(values: Sequence[str]) -> str:
-    """Short human summary for task reprs (Flower), never the data: ``2×PNG 1.2MB``, ``1×PNG+1×JPEG 80KB``."""
+def peek_head(head: str, length: int) -> tuple[str, int]:
+    """(type label, approximate decoded size) of a data URI known by its first characters and its length."""
+    prefix, _, payload = head.partition(",")
+    return _label(payload), max(0, (length - len(prefix) - 1) * 3 // 4)
+
+
+def describe_images(values: Sequence[str], resolve: Callable[[str], tuple[str, int] | None] | None = None) -> str:
+    """Short human summary for task reprs (Flower), never the data: ``2×PNG 1.2MB``, ``1×PNG+1×JPEG 80KB``.
+
+    ``resolve`` gives (label, size) of a value that is not a data URI (an ``img:`` reference), None if unknown.
+    """
     if not values:
         return "none"
     kinds: Counter[str] = Counter()
     total = 0
     for value in values:
-        label, size = _peek(value) if isinstance(value, str) and value.startswith("data:") else ("?", 0)
+        found = None
+        if isinstance(value, str) and value.startswith("data:"):
+            found = _peek(value)
+        elif isinstance(value, str) and resolve is not None:
+            found = resolve(value)
+        label, size = found or ("?", 0)
         kinds[label] += 1
         total += size
     return "+".join(f"{n}×{label}" for label, n in kinds.items()) + f" {_human_size(total)}"

@@ -137,12 +137,26 @@ def settle(job_id: str, upstream_task: Any, source: str = "poll", rt: Runtime | 
         release=to in TERMINAL,
         **extra,
     )
+    mode = str(job.get("mode") or "fast")
     if not ok:
+        if rt.ledger.status(job_id) not in TERMINAL:
+            hold_slot(job_id, mode, rt.ledger.next_check(job_id) or time.time(), rt)  # a duplicate: still alive
         return "ignored"
     if to in TERMINAL:
-        after_terminal(job_id, str(job.get("mode") or "fast"), rt)
+        after_terminal(job_id, mode, rt)
         return "finished"
+    hold_slot(job_id, mode, rt.ledger.next_check(job_id) or time.time(), rt)
     return "updated"
+
+
+def hold_slot(job_id: str, mode: str, next_check: float, rt: Runtime) -> None:
+    """Keep a tracked job's slot lease until its next check and one lease period more (a check may be late).
+
+    Renewed on accept, on every settle and at every poll: with webhooks the first poll comes after the expected
+    duration, which may be longer than ``slot_lease_s``, and an expired lease lets another job take the slot
+    of a job still running upstream.
+    """
+    rt.slots.renew(mode, job_id, max(0.0, next_check - time.time()) + rt.settings.slot_lease_s)
 
 
 def after_terminal(job_id: str, mode: str, rt: Runtime) -> None:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import redis
 
+from worker.processes import stop_process
+
 
 def free_port() -> int:
     """A TCP port that is free on 127.0.0.1 right now."""
@@ -72,15 +74,7 @@ class RedisServer:
     def stop(self, kill: bool = False) -> None:
         if self.process is None:
             return
-        if kill:
-            self.process.kill()
-        else:
-            self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, 10.0, kill=kill)
         self.process = None
 
     def __enter__(self) -> RedisServer:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from worker.imagestore import IMAGE_REF, load_image, store_image
+from worker.imagestore import load_image, peek_image, store_image
 from worker.mjapi import validate_request
 from worker.mjapi.errors import (
     InvalidInput,
@@ -106,6 +106,19 @@ MAX_TAGS, MAX_TAG_LENGTH = 20, 64
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 
+def check_id(value: object, name: str = "job_id") -> None:
+    """Ids become Redis keys, media file names and webhook URL segments: 1-128 of letters, digits and ``._:-``.
+
+    A job id may also come from a raw Celery task id (``send_task(..., task_id=...)``), so this runs on the
+    worker before anything is recorded, not only on the ``job_id`` option.
+    """
+    if not isinstance(value, str) or not JOB_ID_RE.match(value):
+        raise InvalidInput(
+            f"field '{name}': must be 1-128 characters of letters, digits and . _ : - "
+            f"(starting with a letter or digit), not {str(value)[:60]!r}"
+        )
+
+
 def check_job_options(options: Mapping[str, Any]) -> None:
     """Job options (not request fields) checked like the request: ids, priority and the follow-up plan.
 
@@ -114,14 +127,14 @@ def check_job_options(options: Mapping[str, Any]) -> None:
     """
     for name in ("job_id", "batch_id"):
         value = options.get(name)
-        if value not in (None, "") and (not isinstance(value, str) or not JOB_ID_RE.match(value)):
-            raise InvalidInput(
-                f"field '{name}': must be 1-128 characters of letters, digits and . _ : - "
-                f"(starting with a letter or digit), not {str(value)[:60]!r}"
-            )
+        if value not in (None, ""):
+            check_id(value, name)
     priority = options.get("priority")
     if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9):
         raise InvalidInput(f"field 'priority': must be a whole number 0-9, not {str(priority)[:20]!r}")
+    row = options.get("row")
+    if row is not None and (isinstance(row, bool) or not isinstance(row, int) or row < 1):
+        raise InvalidInput(f"field 'row': must be a prompt-file row number (1 or more), not {str(row)[:20]!r}")
     tags = options.get("tags")
     if tags is not None and (
         not isinstance(tags, list | tuple)
@@ -172,7 +185,13 @@ def build_request(
     return validate_request(kind.name, data)
 
 
-def short_repr(kind: Kind, payload: Mapping[str, Any], options: Mapping[str, Any]) -> str:
+def short_repr(
+    kind: Kind, payload: Mapping[str, Any], options: Mapping[str, Any], rt: Runtime | None = None
+) -> str:
+    """What Flower shows of a job task's arguments: ``{prompt='a red fox…', images=2×PNG 1.2MB, mode=fast}``.
+
+    Never an image or its ``img:`` key (the size and type of a stored image are read from Redis, not the data).
+    """
     from worker.media import describe_images
 
     parts: list[str] = []
@@ -183,8 +202,7 @@ def short_repr(kind: Kind, payload: Mapping[str, Any], options: Mapping[str, Any
             parts.append(f"{name}={(text[:40] + '…') if len(text) > 40 else text!r}")
     images = image_values(kind, payload)
     if images:
-        full = [v for v in images if not v.startswith(IMAGE_REF)]
-        parts.append(f"images={describe_images(full)}" if len(full) == len(images) else f"images={len(images)}")
+        parts.append(f"images={describe_images(images, lambda ref: peek_image(ref, rt))}")
     for name in ("mode", "batch_id", "job_id"):
         if options.get(name):
             parts.append(f"{name}={options[name]}")

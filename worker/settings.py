@@ -6,6 +6,8 @@ fails with a message that names the variable.  Secrets are ``SecretStr`` so they
 
 from __future__ import annotations
 
+import os
+import secrets
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -64,7 +66,9 @@ class Settings(BaseSettings):
         None, description="Public base URL of our webhook server; unset means polling only."
     )
     webhook_secret: SecretStr = Field(
-        SecretStr("change-me-webhook-secret"), description="Secret for per-job webhook tokens (HMAC)."
+        SecretStr(""),
+        description="Secret for per-job webhook tokens (HMAC); required (16+ random characters) with"
+        " MJQ_WEBHOOK_BASE_URL.",
     )
     webhook_host: str = Field("127.0.0.1", description="Address the webhook server binds to.")
     webhook_port: int = Field(8788, ge=1, le=65535, description="Port the webhook server binds to.")
@@ -77,26 +81,40 @@ class Settings(BaseSettings):
     slot_lease_s: PositiveSeconds = Field(
         300.0, description="A slot lease not renewed for this long is reclaimed (crashed worker)."
     )
+    queue_ahead: int = Field(
+        0,
+        ge=0,
+        le=50,
+        description="Jobs per mode submitted beyond its slots, to wait in the upstream's own queue so the account"
+        " starts the next job the moment one ends (self-hosted servers queue 10; 0 = submit only into a free slot).",
+    )
     submit_interval_s: NonNegativeSeconds = Field(
         0.0, description="Minimum gap between two submits across the cluster (0 = no pacing)."
     )
     daily_cap: int = Field(0, ge=0, description="Most submits per UTC day (0 = no cap).")
 
     # Tracking: backoff polling and deadlines
-    poll_initial_s: PositiveSeconds = Field(5.0, description="First poll delay after submit.")
+    poll_initial_s: PositiveSeconds = Field(5.0, description="First delay of the poll backoff.")
+    poll_from_expected: bool = Field(
+        True,
+        description="Polling only: the first poll waits for the mode's expected duration (a job is rarely done"
+        " sooner; every early poll is a request), then the backoff starts. False: the backoff starts at submit.",
+    )
     poll_factor: float = Field(1.5, ge=1.0, description="Each poll delay is the previous times this.")
     poll_max_s: PositiveSeconds = Field(30.0, description="Cap of the poll delay.")
     poll_jitter: float = Field(0.2, ge=0.0, le=1.0, description="Relative jitter on each poll delay.")
     webhook_poll_s: PositiveSeconds = Field(
-        60.0, description="Safety-net poll delay when webhooks are on (first poll after expected duration)."
+        60.0,
+        description="Webhooks on: safety-net poll period; the first poll comes this long after the expected duration.",
     )
     expected_fast_s: PositiveSeconds = Field(60.0, description="Typical duration of a fast job.")
     expected_relax_s: PositiveSeconds = Field(300.0, description="Typical duration of a relax job.")
     expected_turbo_s: PositiveSeconds = Field(30.0, description="Typical duration of a turbo job.")
     job_deadline_s: PositiveSeconds = Field(
-        900.0, description="A fast/turbo job not finished this long after submit is timed out."
+        900.0, description="A fast job not finished this long after submit is timed out."
     )
     job_deadline_relax_s: PositiveSeconds = Field(3600.0, description="Deadline of a relax job.")
+    job_deadline_turbo_s: PositiveSeconds = Field(900.0, description="Deadline of a turbo job.")
     submit_retry_max_s: PositiveSeconds = Field(60.0, description="Cap of the retry delay after queue full/429/5xx.")
 
     # Storage
@@ -169,20 +187,104 @@ class Settings(BaseSettings):
             raise ValueError("MJQ_POLL_MAX_S must be >= MJQ_POLL_INITIAL_S")
         return self
 
+    @model_validator(mode="after")
+    def _webhook_secret_when_public(self) -> Settings:
+        """A public webhook URL with a known or short secret lets anyone forge callbacks (finish jobs, fake images)."""
+        if self.webhook_base_url:
+            problem = webhook_secret_problem(self.webhook_secret.get_secret_value())
+            if problem:
+                raise ValueError(f"MJQ_WEBHOOK_SECRET {problem} (required because MJQ_WEBHOOK_BASE_URL is set)")
+        return self
+
+    @model_validator(mode="after")
+    def _visibility_above_countdowns(self) -> Settings:
+        """A message held past the visibility timeout is delivered again, and again (see the design notes)."""
+        if self.visibility_timeout_s:
+            what, longest = max(self.countdowns().items(), key=lambda item: item[1])
+            if self.visibility_timeout_s <= longest:
+                raise ValueError(
+                    f"MJQ_VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s:g} s) must be above every countdown in "
+                    f"use; the longest is the {what} ({longest:g} s)"
+                )
+        return self
+
+    @property
+    def submit_answer_window_s(self) -> float:
+        """How long a sent submit may still be waiting for its answer (read + connect timeout, one second more)."""
+        return self.http_timeout_s + self.http_connect_timeout_s + 1.0
+
+    @staticmethod
+    def download_retry_delay(retries: int) -> float:
+        """Countdown before download attempt ``retries + 2`` (after a transient error of attempt ``retries + 1``)."""
+        return min(5.0, 0.2 * 2.0 ** max(0, retries))
+
+    def countdowns(self) -> dict[str, float]:
+        """The longest countdown of each kind mjqueue schedules; the visibility timeout must exceed them all."""
+        slowest = 1.0 + self.poll_jitter  # polls are jittered both ways
+        first_poll = max(self.expected_fast_s, self.expected_relax_s, self.expected_turbo_s)
+        if self.webhook_base_url:
+            first_poll += self.webhook_poll_s
+        return {
+            "poll delay (MJQ_POLL_MAX_S)": self.poll_max_s * slowest,
+            "safety-net poll (MJQ_WEBHOOK_POLL_S)": self.webhook_poll_s * slowest,
+            "first poll (MJQ_EXPECTED_*_S)": first_poll * slowest,
+            "submit retry (MJQ_SUBMIT_RETRY_MAX_S)": self.submit_retry_max_s,
+            "submit pacing (MJQ_SUBMIT_INTERVAL_S)": self.submit_interval_s,
+            "second look at a sent submit (MJQ_HTTP_TIMEOUT_S + MJQ_HTTP_CONNECT_TIMEOUT_S + 1)": (
+                self.submit_answer_window_s + 0.2
+            ),
+            "download retry (MJQ_DOWNLOAD_ATTEMPTS)": self.download_retry_delay(self.download_attempts - 2),
+        }
+
     def slots_for(self, mode: str) -> int:
         """Upstream slots for a speed mode (fast | relax | turbo)."""
         return int(getattr(self, f"slots_{mode.lower()}"))
+
+    def admission_limit(self, mode: str) -> int:
+        """Jobs of a mode submitted and not finished at once: its slots, plus those queued ahead upstream."""
+        slots = self.slots_for(mode)
+        return slots + self.queue_ahead if slots > 0 else 0
 
     def expected_duration_s(self, mode: str) -> float:
         return float(getattr(self, f"expected_{mode.lower()}_s"))
 
     def deadline_s(self, mode: str) -> float:
-        return self.job_deadline_relax_s if mode.lower() == "relax" else self.job_deadline_s
+        """The deadline of a job of this speed mode (MJQ_JOB_DEADLINE_S is the fast one)."""
+        mode = mode.lower()
+        if mode == "relax":
+            return self.job_deadline_relax_s
+        return self.job_deadline_turbo_s if mode == "turbo" else self.job_deadline_s
 
     @property
     def effective_redis_url(self) -> str:
         """The Redis URL in use: the configured one, or the default local port of the embedded server."""
         return self.redis_url or "redis://127.0.0.1:6390/0"
+
+
+WEBHOOK_SECRET_MIN_LENGTH = 16
+_PLACEHOLDER_SECRETS = ("change-me",)  # the old default and the .env.example text start with it
+
+
+def webhook_secret_problem(secret: str) -> str | None:
+    """What is wrong with a webhook secret (unset, short, a placeholder), or None when it is usable."""
+    if not secret:
+        return "is not set"
+    if len(secret) < WEBHOOK_SECRET_MIN_LENGTH:
+        return f"must be at least {WEBHOOK_SECRET_MIN_LENGTH} characters"
+    if secret.lower().startswith(_PLACEHOLDER_SECRETS):
+        return "is still the placeholder: set a long random string"
+    return None
+
+
+def dev_webhook_secret(state_dir: Path) -> str:
+    """A random webhook secret kept in ``state_dir`` (made once), for a local stack where none is configured."""
+    path = state_dir / "webhook-secret"
+    if not path.is_file() or webhook_secret_problem(path.read_text().strip()):
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(32))
+    return path.read_text().strip()
 
 
 class SettingsError(RuntimeError):
@@ -193,8 +295,11 @@ def describe_validation_error(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
         loc = [str(part) for part in err.get("loc", ()) if part != "__root__"]
-        name = "MJQ_" + loc[0].upper() if loc else "settings"
-        lines.append(f"{name}: {err.get('msg', 'invalid')}")
+        message = str(err.get("msg", "invalid"))
+        if loc:
+            lines.append(f"MJQ_{loc[0].upper()}: {message}")
+        else:  # a check across fields: its message starts with the variable it is about
+            lines.append(message.removeprefix("Value error, "))
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 
@@ -210,3 +315,21 @@ def load_settings() -> Settings:
 def get_settings() -> Settings:
     """The process-wide settings (cached; tests call ``get_settings.cache_clear()`` after changing env)."""
     return load_settings()
+
+
+def _shown_default(value: object) -> str:
+    if value is None:
+        return "(unset)"
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    text = value.value if isinstance(value, StrEnum) else str(value)
+    return text or "(empty)"
+
+
+def settings_table() -> str:
+    """The README's configuration table, made from the fields themselves (``mjq config --markdown``)."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, info in Settings.model_fields.items():
+        meaning = (info.description or "").replace("|", "\\|")
+        rows.append(f"| `MJQ_{name.upper()}` | `{_shown_default(info.default)}` | {meaning} |")
+    return "\n".join(rows)

@@ -44,8 +44,11 @@ end
 """
 
 # ARGV: mode, job_id, slots, now, lease_s, interval_s, daily_cap, day, score
-# Returns {1, 'admitted'|'held'} or {0, reason}; reasons: breaker, paused, cancelled, slots, queue, pacing,
-# daily_cap. A job refused by the breaker or its batch loses any lease it held.
+# Returns {1, 'admitted'|'held'} or {0, reason[, retry_at]}; reasons: breaker, paused, cancelled, slots, queue,
+# pacing, daily_cap. A job refused by the breaker, its batch or the daily cap loses any lease it held.
+# A job that already holds a lease submits again (a retry) only through the pacing gates, like any submit;
+# refused by pacing, it keeps its lease and gets the time the pace allows (retry_at). The first submit of a
+# job admitted by admit_next passes without them: admit_next already took its turn (``admit_token``).
 _LUA_TRY_ADMIT = (
     _LUA_GATES
     + """
@@ -67,7 +70,21 @@ if redis.call('HGET', P .. 'breaker', 'tripped') == '1' then
 end
 redis.call('ZREMRANGEBYSCORE', skey, '-inf', now)
 if redis.call('ZSCORE', skey, jid) then
-  redis.call('ZADD', skey, 'XX', now + lease, jid)
+  local jkey = P .. 'job:' .. jid
+  if redis.call('HDEL', jkey, 'admit_token') == 1 then
+    redis.call('ZADD', skey, 'XX', now + lease, jid)
+    return {1, 'held'}
+  end
+  local held_why = global_gate(now, interval, cap, day)
+  if held_why == 'pacing' then
+    redis.call('ZADD', skey, 'XX', now + lease, jid)
+    return {0, 'pacing', redis.call('GET', P .. 'pace')}
+  end
+  if held_why then
+    redis.call('ZREM', skey, jid)
+    return {0, held_why}
+  end
+  take(skey, jid, now, lease, interval, cap, day)
   return {1, 'held'}
 end
 if redis.call('ZCARD', skey) >= n then return {0, 'slots'} end
@@ -77,6 +94,7 @@ local why = global_gate(now, interval, cap, day)
 if why then return {0, why} end
 take(skey, jid, now, lease, interval, cap, day)
 redis.call('ZREM', P .. 'waiting:' .. mode, jid)
+redis.call('HDEL', P .. 'job:' .. jid, 'admit_token')
 return {1, 'admitted'}
 """
 )
@@ -102,6 +120,7 @@ while #out < max do
   local jid = head[1]
   if redis.call('HGET', P .. 'job:' .. jid, 'status') == 'queued' then
     take(skey, jid, now, lease, interval, cap, day)
+    redis.call('HSET', P .. 'job:' .. jid, 'admit_token', '1')
     redis.call('ZADD', P .. 'expected', now + lease, jid)
     table.insert(out, jid)
     if interval > 0 then break end
@@ -116,6 +135,7 @@ return out
 class Admission:
     admitted: bool
     reason: str
+    retry_at: float | None = None  # refused by pacing while holding a lease: the epoch second it may submit
 
 
 class Slots:
@@ -139,7 +159,7 @@ class Slots:
             args=[
                 mode,
                 job_id,
-                self.settings.slots_for(mode),
+                self.settings.admission_limit(mode),
                 repr(now),
                 repr(self.settings.slot_lease_s),
                 repr(interval),
@@ -148,7 +168,7 @@ class Slots:
                 repr(score),
             ]
         )
-        return Admission(bool(int(res[0])), str(res[1]))
+        return Admission(bool(int(res[0])), str(res[1]), float(res[2]) if len(res) > 2 and res[2] else None)
 
     def admit_next(self, mode: str, limit: int = 50) -> list[str]:
         """Pop parked jobs that may start now; each already holds its slot lease when returned."""
@@ -157,7 +177,7 @@ class Slots:
         res = self._next(
             args=[
                 mode,
-                self.settings.slots_for(mode),
+                self.settings.admission_limit(mode),
                 repr(now),
                 repr(self.settings.slot_lease_s),
                 repr(interval),

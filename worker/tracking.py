@@ -11,11 +11,12 @@ from typing import Any
 import redis
 
 from worker.admission import admit_parked, resend_overdue
+from worker.imagestore import sweep_images
 from worker.ledger import TERMINAL
 from worker.mjapi.errors import (
     MJError,
 )
-from worker.outcomes import field_of, finish_now, send_finish, settle
+from worker.outcomes import field_of, finish_now, hold_slot, send_finish, settle
 from worker.runtime import Runtime, runtime
 from worker.settings import Settings
 from worker.slots import MODES
@@ -27,9 +28,21 @@ def _jitter(delay: float, settings: Settings) -> float:
     return max(0.01, delay * (1.0 + random.uniform(-settings.poll_jitter, settings.poll_jitter)))
 
 
-def first_poll_delay(mode: str, settings: Settings) -> float:
+def first_poll_delay(mode: str, settings: Settings, queue_position: int | None = None) -> float:
+    """Delay from an accepted submit to the job's first poll.
+
+    A job is rarely done before its mode's expected duration (longer when the upstream queued it behind
+    ``queue_position`` others), and every early poll is an upstream request: polling only, the first poll waits
+    for that (``MJQ_POLL_FROM_EXPECTED``); with webhooks the callbacks should have settled the job by then, so
+    the safety net comes one ``MJQ_WEBHOOK_POLL_S`` later still.
+    """
+    slots = max(1, settings.slots_for(mode))
+    expected = settings.expected_duration_s(mode) * (1.0 + max(0, queue_position or 0) / slots)
+    expected = min(expected, settings.deadline_s(mode))  # an absurd queue position never delays past the deadline
     if settings.webhook_base_url:
-        return _jitter(settings.expected_duration_s(mode), settings)
+        return _jitter(expected + settings.webhook_poll_s, settings)
+    if settings.poll_from_expected:
+        return _jitter(expected, settings)
     return _jitter(settings.poll_initial_s, settings)
 
 
@@ -49,7 +62,7 @@ def claim_seconds(settings: Settings) -> float:
     housekeeping re-polls them, so it follows the configured timeouts instead of a fixed 30 s floor (the
     worker-kill and Redis-restart scenarios of tests/reliability stalled 30 s on it whatever the settings).
     """
-    return max(2 * settings.poll_max_s, settings.http_timeout_s + settings.http_connect_timeout_s + 1.0)
+    return max(2 * settings.poll_max_s, settings.submit_answer_window_s)
 
 
 def poll_jobs(job_id: str, rt: Runtime | None = None) -> int:
@@ -101,7 +114,7 @@ def poll_jobs(job_id: str, rt: Runtime | None = None) -> int:
         if deadline:
             delay = max(0.01, min(delay, deadline - time.time() + 0.01))
         rt.ledger.schedule(jid, time.time() + delay)
-        rt.slots.renew(mode, jid)
+        hold_slot(jid, mode, time.time() + delay, rt)
         poll.apply_async((jid,), countdown=delay)
     return len(jobs)
 
@@ -130,7 +143,14 @@ def housekeeping(rt: Runtime | None = None) -> dict[str, int]:
         stale = rt.ledger.finishing_stale(now - settings.finish_stale_s)
         for jid in stale:
             send_finish(jid)
-        return {"admitted": admitted, "resent": resent, "overdue": len(overdue), "refinished": len(stale)}
+        images = sweep_images(rt)  # parked jobs may wait longer than their images' TTL
+        return {
+            "admitted": admitted,
+            "resent": resent,
+            "overdue": len(overdue),
+            "refinished": len(stale),
+            "images_kept": images,
+        }
     finally:
         with contextlib.suppress(redis.exceptions.LockError):
             lock.release()

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from worker.settings import Settings, get_settings
+from worker.settings import Settings, get_settings, webhook_secret_problem
 
 log = logging.getLogger("mjqueue.webhook")
 
@@ -52,8 +52,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
     from worker import requests, runtime
 
     settings = settings or get_settings()
+    unusable = webhook_secret_problem(settings.webhook_secret.get_secret_value())
 
     async def hook(request: Request) -> JSONResponse:
+        if unusable:  # tokens made with an empty or known secret can be forged: accept none
+            return _error(503, f"MJQ_WEBHOOK_SECRET {unusable}")
         job_id = str(request.path_params["job_id"])
         token = str(request.path_params["token"])
         if not hmac.compare_digest(token.encode(), requests.webhook_token(job_id, settings).encode()):

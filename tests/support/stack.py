@@ -1,5 +1,6 @@
 """The worker stack for integration tests: a REAL Celery worker subprocess (with beat), the simulator over
-HTTP, a real webhook server (uvicorn in a thread) and the test process as producer — all on the session Redis.
+HTTP, a real webhook server (uvicorn in a thread, or in its own process for the configurations listed in
+``OWN_WEBHOOK_PROCESS``) and the test process as producer — all on the session Redis.
 
 One worker runs at a time; it is restarted only when a test asks for another configuration (``poll`` or
 ``hook``), so group tests by configuration. Between tests only mjqueue's keys and stored results are cleared
@@ -9,7 +10,6 @@ One worker runs at a time; it is restarted only when a test asks for another con
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import redis
 
+from worker.processes import stop_process
 from worker.redisserver import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,8 +38,13 @@ BASE_ENV = {
     "MJQ_POLL_FACTOR": "1.5",
     "MJQ_POLL_MAX_S": "0.3",
     "MJQ_POLL_JITTER": "0.1",
+    # the session simulator's durations (time factor 0.01): polling only, the first poll comes after them
+    "MJQ_EXPECTED_FAST_S": "0.6",
+    "MJQ_EXPECTED_RELAX_S": "1.8",
+    "MJQ_EXPECTED_TURBO_S": "0.25",
     "MJQ_JOB_DEADLINE_S": "3",
     "MJQ_JOB_DEADLINE_RELAX_S": "6",
+    "MJQ_JOB_DEADLINE_TURBO_S": "3",
     "MJQ_SUBMIT_RETRY_MAX_S": "0.3",
     "MJQ_HTTP_TIMEOUT_S": "1.5",
     "MJQ_HTTP_CONNECT_TIMEOUT_S": "1.0",
@@ -60,6 +66,9 @@ CONFIGS: dict[str, dict[str, str]] = {
 # Configurations that get the webhook URL, and worker log levels other than INFO (other suites register theirs).
 HOOKED: set[str] = {"hook"}
 LOGLEVELS: dict[str, str] = {}
+# Hooked configurations whose webhook server runs in its own process (as `mjq webhook` does in production), with
+# the configuration's settings and log level; the others share the in-process thread.
+OWN_WEBHOOK_PROCESS: set[str] = set()
 
 
 @dataclass
@@ -113,15 +122,29 @@ class WorkerProcess:
         raise RuntimeError(f"worker not ready after {timeout_s}s; see {self.log_path}")
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, 15.0)
         self.process = None
+
+
+def wait_healthy(
+    url: str, timeout_s: float, process: subprocess.Popen[bytes] | None = None, log_path: Path | None = None
+) -> None:
+    """Until the webhook server at ``url`` answers its health check (or its process died)."""
+    import httpx
+
+    where = f"; see {log_path}" if log_path else ""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"webhook server exited early{where}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"webhook server not ready after {timeout_s}s{where}")
 
 
 class WebhookThread:
@@ -134,7 +157,6 @@ class WebhookThread:
         self.thread: threading.Thread | None = None
 
     def start(self) -> WebhookThread:
-        import httpx
         import uvicorn
 
         from worker.settings import get_settings
@@ -146,21 +168,61 @@ class WebhookThread:
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError("webhook server did not start")
+        wait_healthy(self.url, 10.0)
+        return self
 
     def stop(self) -> None:
         if self.server is not None:
             self.server.should_exit = True
         if self.thread is not None:
             self.thread.join(timeout=5)
+
+
+class WebhookProcess:
+    """uvicorn serving ``worker.webhook:create_app`` in its own process, logging to a file at ``loglevel``
+    (root logger included, so mjqueue's own loggers show), like ``mjq webhook`` in production."""
+
+    def __init__(self, port: int, env: dict[str, str], log_path: Path, loglevel: str = "INFO") -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.env = env
+        self.log_path = log_path
+        self.loglevel = loglevel.upper()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def _log_config(self) -> Path:
+        import json
+
+        config = {
+            "version": 1,
+            "disable_existing_loggers": False,
+            "formatters": {"plain": {"format": "[%(asctime)s: %(levelname)s/%(name)s] %(message)s"}},
+            "handlers": {"out": {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stdout"}},
+            "root": {"level": self.loglevel, "handlers": ["out"]},
+        }
+        path = self.log_path.with_suffix(".logging.json")
+        path.write_text(json.dumps(config), encoding="utf-8")
+        return path
+
+    def start(self, timeout_s: float = 20.0) -> WebhookProcess:
+
+        argv = [
+            sys.executable, "-m", "uvicorn", "--factory", "worker.webhook:create_app",
+            "--host", "127.0.0.1", "--port", str(self.port),
+            "--log-config", str(self._log_config()), "--log-level", self.loglevel.lower(),
+        ]  # fmt: skip
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        wait_healthy(self.url, timeout_s, self.process, self.log_path)
+        return self
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process, 10.0)
+        self.process = None
 
 
 @dataclass
@@ -172,6 +234,7 @@ class Stack:
     env: dict[str, str]
     webhook_url: str
     log_path: Path
+    webhook_process: WebhookProcess | None = None
     redis: redis.Redis = field(init=False)
 
     def __post_init__(self) -> None:
@@ -219,6 +282,8 @@ class StackManager:
         self.sim_url = sim_url
         self.tmp = tmp
         self.webhook = WebhookThread(free_port())
+        self.webhook_process: WebhookProcess | None = None
+        self.webhook_process_port = free_port()
         self.worker: WorkerProcess | None = None
         self.current: str | None = None
         self.stack: Stack | None = None
@@ -232,29 +297,41 @@ class StackManager:
         env["MJQ_MEDIA_DIR"] = str(self.tmp / "media")
         env["MJQ_STATE_DIR"] = str(self.tmp / "state")
         if name in HOOKED:
-            env["MJQ_WEBHOOK_BASE_URL"] = self.webhook.url
+            own = name in OWN_WEBHOOK_PROCESS
+            env["MJQ_WEBHOOK_BASE_URL"] = f"http://127.0.0.1:{self.webhook_process_port}" if own else self.webhook.url
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         return env
 
     def use(self, name: str) -> Stack:
+        env = self.env_for(name)
+        apply_env_here(env)  # every test: tests/conftest.py gives each test back the environment it started with
         if self.current == name and self.stack is not None:
             return self.stack
         if self.worker is not None:
             self.worker.stop()
-        env = self.env_for(name)
-        apply_env_here(env)
         reset_state(self.redis_url)
         if self.webhook.thread is None:
             self.webhook.start()
         log_path = self.tmp / f"worker-{name}.log"
         self.worker = WorkerProcess(env, log_path, loglevel=LOGLEVELS.get(name, "INFO")).start(self.redis_url)
+        if self.webhook_process is not None:
+            self.webhook_process.stop()
+            self.webhook_process = None
+        webhook_url = self.webhook.url
+        if name in HOOKED and name in OWN_WEBHOOK_PROCESS:
+            self.webhook_process = WebhookProcess(
+                self.webhook_process_port, env, self.tmp / f"webhook-{name}.log", LOGLEVELS.get(name, "INFO")
+            ).start()
+            webhook_url = self.webhook_process.url
         self.current = name
-        self.stack = Stack(name, self.redis_url, env, self.webhook.url, log_path)
+        self.stack = Stack(name, self.redis_url, env, webhook_url, log_path, self.webhook_process)
         return self.stack
 
     def close(self) -> None:
         if self.worker is not None:
             self.worker.stop()
+        if self.webhook_process is not None:
+            self.webhook_process.stop()
         self.webhook.stop()
 
 
@@ -302,7 +379,8 @@ def stack_manager(
     manager.close()
 
 
-def _use(manager: StackManager, name: str, sim: Any) -> Stack:
+def use_config(manager: StackManager, name: str, sim: Any) -> Stack:
+    """The manager's worker in configuration ``name`` (started if another runs), with clean state."""
     stack = manager.use(name)
     reset_state(stack.redis_url)
     return stack
@@ -311,10 +389,10 @@ def _use(manager: StackManager, name: str, sim: Any) -> Stack:
 @pytest.fixture
 def stack(stack_manager: StackManager, sim: Any) -> Stack:
     """The polling-only stack (no webhook URL), clean."""
-    return _use(stack_manager, "poll", sim)
+    return use_config(stack_manager, "poll", sim)
 
 
 @pytest.fixture
 def hook_stack(stack_manager: StackManager, sim: Any) -> Stack:
     """The stack with webhooks on (safety-net polls only after the expected duration), clean."""
-    return _use(stack_manager, "hook", sim)
+    return use_config(stack_manager, "hook", sim)

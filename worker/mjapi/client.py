@@ -260,12 +260,16 @@ class _Core:
 
         def parse(status: int, body: Any, headers: Mapping[str, str]) -> str:
             raise_for_status(status, body, dialect, headers)
-            if isinstance(body, int | str) and not isinstance(body, bool) and str(body).strip():
-                return str(body).strip()
-            result = check_code(body, status, dialect).get("result")
-            if isinstance(result, int | str) and not isinstance(result, bool) and str(result).strip():
-                return str(result).strip()
-            raise UpstreamSystemError("image-seed: the answer carries no seed", status=status)
+            if not isinstance(body, Mapping):  # a bare seed (some servers), or an HTML page / proxy text
+                seed = _seed(body)
+                if seed is None:
+                    shown = str(body)[:80]
+                    raise UpstreamSystemError(f"image-seed: the answer is not a seed: {shown!r}", status=status)
+                return seed
+            seed = _seed(check_code(body, status, dialect).get("result"))
+            if seed is None:
+                raise UpstreamSystemError("image-seed: the answer carries no seed", status=status)
+            return seed
 
         return Call("image-seed", "GET", f"/mj/task/{tid}/image-seed", None, parse, idempotent=True)
 
@@ -317,6 +321,16 @@ class _Core:
             delay = max(delay, retry_after)
         log.debug("%s: %s; retry %d in %.2fs", call.what, type(exc).__name__, attempt + 1, delay)
         return delay
+
+
+def _seed(value: Any) -> str | None:
+    """A seed is a whole number (a JSON number or digits); anything else is not one."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return str(value) if value >= 0 else None
+    text = str(value).strip() if isinstance(value, str) else ""
+    return text if text.isascii() and text.isdigit() else None
 
 
 def _unwrap(body: Any, dialect: Dialect, status: int) -> Any:
