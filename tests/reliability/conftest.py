@@ -2,9 +2,17 @@
 
 The suite reuses the session's :class:`StackManager` (one real worker at a time) and registers its own
 configurations in ``tests.support.stack``: a short broker visibility timeout (so a ``kill -9`` is followed by
-redelivery within seconds, not an hour), short slot leases and expected durations (so an ambiguous job's slot
-hold ends within the test). The default run uses reduced batches (``REDUCED`` root jobs); ``--full``
-(``make reliability``) runs every scenario with ``FULL`` root jobs plus their follow-ups.
+redelivery within seconds, not an hour) and short expected durations. Slot leases: the crash scenarios
+(``rel_crash``: worker kill, Redis restart) need them short, a killed worker's slots come back by expiry; every
+other scenario runs with ``LONG_LEASE_S``, longer than any scenario may run (pytest's timeout), so a lease that
+is never released is still there for the audit to count instead of expiring unseen. Hooked configurations run
+the webhook server in its own process (``uvicorn worker.webhook:create_app``, as ``mjq webhook``).
+
+The default run uses reduced batches (``REDUCED`` root jobs); ``--full`` (``make reliability``) runs every
+scenario with ``FULL`` root jobs plus their follow-ups and writes the README's results table.
+
+Randomness (kill moments, simulator fault seeds, the fault relay) comes from one seed per run, printed with
+the figures: ``RELIABILITY_SEED=<n>`` replays a run. A fixed seed would test the same few moments forever.
 """
 
 from __future__ import annotations
@@ -21,33 +29,43 @@ from typing import Any, cast
 
 import pytest
 
-from tests.reliability.audit import RESULTS, TERMINAL, results_path, write_table
+from tests.reliability.audit import TERMINAL, audit
 from tests.reliability.faultproxy import FaultProxy
+from tests.reliability.report import RESULTS, Figures, results_path, write_readme, write_table
 from tests.support import stack as stack_support
 from tests.support.stack import Stack, StackManager, WorkerProcess, reset_state
 
-# A unique key for the secrets scenario: it must not occur anywhere by accident.
+# Unique secrets for the secrets scenario: they must not occur anywhere by accident.
 SECRET_API_KEY = "sk-rel-7Q2vK9xW4mB8nL1pZ6tR3yH5"
+SECRET_WEBHOOK = "whsec-rel-4Jd8Kq2Lx7Vb9Nz3Tp6Ry1Wc"
 
 REDUCED, FULL = 48, 200
+CRASH_LEASE_S = 5.0  # a killed worker's slots (and its lost messages, see worker.admission) come back this soon
+LONG_LEASE_S = 900.0  # beyond pytest's per-test timeout (pyproject: 300 s): no lease can expire in a scenario
+WEBHOOK_MAX_BODY = 65_536  # callbacks are ~2 KB; a small limit keeps oversized bodies cheap under load
 
 REL_BASE = {
     "MJQ_VISIBILITY_TIMEOUT_S": "4",
-    "MJQ_SLOT_LEASE_S": "10",
+    "MJQ_SLOT_LEASE_S": str(LONG_LEASE_S),
     "MJQ_FINISH_STALE_S": "5",
-    "MJQ_EXPECTED_FAST_S": "1.0",
-    "MJQ_EXPECTED_RELAX_S": "1.5",
-    "MJQ_EXPECTED_TURBO_S": "1.0",
+    # about the simulated durations below (0.12 s / 0.36 s / 0.05 s): the first poll waits for them
+    "MJQ_EXPECTED_FAST_S": "0.15",
+    "MJQ_EXPECTED_RELAX_S": "0.4",
+    "MJQ_EXPECTED_TURBO_S": "0.1",
+    "MJQ_WEBHOOK_POLL_S": "0.5",  # also bounds the settings' countdown check against the visibility timeout
 }
-REL_HOOK = {**REL_BASE, "MJQ_WEBHOOK_POLL_S": "0.5"}
+REL_HOOK = {**REL_BASE, "MJQ_WEBHOOK_MAX_BODY_BYTES": str(WEBHOOK_MAX_BODY)}
+HOOKED = {"rel-hook", "rel-debug", "rel-faults"}
 stack_support.CONFIGS.update(
     {
         "rel-poll": dict(REL_BASE),
+        "rel-crash": {**REL_BASE, "MJQ_SLOT_LEASE_S": str(CRASH_LEASE_S)},
         "rel-hook": dict(REL_HOOK),
-        "rel-debug": {**REL_HOOK, "MJQ_API_KEY": SECRET_API_KEY},
+        "rel-debug": {**REL_HOOK, "MJQ_API_KEY": SECRET_API_KEY, "MJQ_WEBHOOK_SECRET": SECRET_WEBHOOK},
     }
 )
-stack_support.HOOKED.update({"rel-hook", "rel-debug", "rel-faults"})
+stack_support.HOOKED.update(HOOKED)
+stack_support.OWN_WEBHOOK_PROCESS.update(HOOKED)
 stack_support.LOGLEVELS["rel-debug"] = "DEBUG"
 
 MODES = ("fast", "relax", "turbo")
@@ -55,6 +73,15 @@ PLAN = "U1"  # every FOLLOW_UP_EVERY-th root job upscales its first image when i
 FOLLOW_UP_EVERY = 6
 # Simulated job durations (FAST 60 s, RELAX 180 s, TURBO 25 s) times this: 0.12 s / 0.36 s / 0.05 s.
 TIME_FACTOR = 0.002
+
+
+def _session_seed() -> int:
+    env = os.environ.get("RELIABILITY_SEED")
+    return int(env) if env else random.SystemRandom().randrange(1, 2**31)
+
+
+SEED = _session_seed()
+_SESSION: dict[str, Any] = {"started": time.monotonic(), "files": set()}
 
 
 def _children(pid: int) -> list[int]:
@@ -66,6 +93,11 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def unexpected_ends(fig: Figures, allowed: tuple[str, ...] = ("succeeded",)) -> dict[str, int]:
+    """Jobs that ended in a state the scenario does not explain (e.g. failed or timed out without a cause)."""
+    return {k: v for k, v in fig.by_status.items() if k not in allowed}
+
+
 @dataclass
 class Rel:
     """One scenario's handles: the worker stack, its manager (kill / restart), the simulator admin."""
@@ -75,8 +107,31 @@ class Rel:
     sim: Any
     size: int
     full: bool
-    rng: random.Random = field(default_factory=lambda: random.Random(7))
+    name: str = ""
+    crash: bool = False
+    rng: random.Random = field(default_factory=random.Random)
     restarts: int = 0
+
+    def __post_init__(self) -> None:
+        self.rng.seed(f"{SEED}:{self.name}")  # per scenario, so one scenario's draws do not shift another's
+
+    def fault_seed(self) -> int:
+        """A seed for the simulator's random faults, drawn from the run's seed."""
+        return self.rng.randrange(1, 2**31)
+
+    def audit(
+        self,
+        scenario: str,
+        batch_ids: list[str],
+        enqueued: list[str],
+        *,
+        started: float,
+        extra: dict[str, Any] | None = None,
+        notes: str = "",
+    ) -> Figures:
+        """The audit with this scenario's size, crash flag and the run's seed in the figures."""
+        return audit(self.stack, self.sim, scenario, batch_ids, enqueued, started=started, full=self.full,
+                     crash=self.crash, extra={"seed": SEED, **(extra or {})}, notes=notes)
 
     def enqueue(
         self,
@@ -86,12 +141,14 @@ class Rel:
         modes: tuple[str, ...] = MODES,
         prompt: Callable[[int], str] | None = None,
         follow_ups: bool = True,
+        first: int = 0,
     ) -> list[str]:
-        """Enqueue ``n`` imagine jobs (every 6th with the follow-up plan ``U1``); returns their job ids."""
+        """Enqueue ``n`` imagine jobs numbered from ``first`` (every 6th with the follow-up plan ``U1``); returns
+        their job ids."""
         import tasks
 
         ids = []
-        for i in range(self.size if n is None else n):
+        for i in range(first, first + (self.size if n is None else n)):
             text = prompt(i) if prompt is not None else f"reliability {batch_id} #{i} a lighthouse"
             options: dict[str, Any] = {"mode": modes[i % len(modes)], "batch_id": batch_id}
             if follow_ups and i % FOLLOW_UP_EVERY == 0:
@@ -200,11 +257,12 @@ class Rel:
         return self.stack.log_path.read_text(errors="replace")
 
 
-def _rel(stack_manager: StackManager, sim: Any, name: str, full_size: bool) -> Iterator[Rel]:
+def _rel(stack_manager: StackManager, sim: Any, name: str, full_size: bool, request: pytest.FixtureRequest, *,
+         crash: bool = False) -> Iterator[Rel]:
     stack = stack_manager.use(name)
     reset_state(stack.redis_url)
     sim.faults(time_factor=TIME_FACTOR)
-    rel = Rel(stack, stack_manager, sim, FULL if full_size else REDUCED, full_size)
+    rel = Rel(stack, stack_manager, sim, FULL if full_size else REDUCED, full_size, request.node.name, crash)
     yield rel
     # a scenario that killed or stopped things leaves a healthy worker for the next one
     worker = stack_manager.worker
@@ -214,28 +272,35 @@ def _rel(stack_manager: StackManager, sim: Any, name: str, full_size: bool) -> I
 
 
 @pytest.fixture
-def rel_poll(stack_manager: StackManager, sim: Any, full_size: bool) -> Iterator[Rel]:
-    """Polling-only worker with the crash-friendly settings."""
-    yield from _rel(stack_manager, sim, "rel-poll", full_size)
+def rel_poll(stack_manager: StackManager, sim: Any, full_size: bool, request: pytest.FixtureRequest) -> Iterator[Rel]:
+    """Polling-only worker, long slot leases (nothing may expire unseen)."""
+    yield from _rel(stack_manager, sim, "rel-poll", full_size, request)
 
 
 @pytest.fixture
-def rel_hook(stack_manager: StackManager, sim: Any, full_size: bool) -> Iterator[Rel]:
-    """Webhooks on (safety-net polls after the expected duration), crash-friendly settings."""
-    yield from _rel(stack_manager, sim, "rel-hook", full_size)
+def rel_crash(stack_manager: StackManager, sim: Any, full_size: bool, request: pytest.FixtureRequest) -> Iterator[Rel]:
+    """Polling-only worker with short slot leases: the crash scenarios (kill -9, Redis restart)."""
+    yield from _rel(stack_manager, sim, "rel-crash", full_size, request, crash=True)
 
 
 @pytest.fixture
-def rel_debug(stack_manager: StackManager, sim: Any, full_size: bool) -> Iterator[Rel]:
-    """Webhooks on, worker log level DEBUG, a unique API key (the simulator is switched to it)."""
+def rel_hook(stack_manager: StackManager, sim: Any, full_size: bool, request: pytest.FixtureRequest) -> Iterator[Rel]:
+    """Webhooks on (own server process; safety-net polls after the expected duration), long leases."""
+    yield from _rel(stack_manager, sim, "rel-hook", full_size, request)
+
+
+@pytest.fixture
+def rel_debug(stack_manager: StackManager, sim: Any, full_size: bool, request: pytest.FixtureRequest) -> Iterator[Rel]:
+    """Webhooks on, worker and webhook server at DEBUG, unique API key and webhook secret (the simulator is
+    switched to that key)."""
     sim.faults(api_key=SECRET_API_KEY)
-    yield from _rel(stack_manager, sim, "rel-debug", full_size)
+    yield from _rel(stack_manager, sim, "rel-debug", full_size, request)
 
 
 @pytest.fixture(scope="session")
 def fault_proxy(sim_server: Any) -> Iterator[FaultProxy]:
     """A relay in front of the simulator that refuses connections part of the time (see ``faultproxy``)."""
-    proxy = FaultProxy(("127.0.0.1", int(sim_server.port)), seed=3).start()
+    proxy = FaultProxy(("127.0.0.1", int(sim_server.port)), seed=SEED).start()
     stack_support.CONFIGS["rel-faults"] = {
         **REL_HOOK,
         "MJQ_API_BASE_URL": proxy.url,
@@ -246,12 +311,14 @@ def fault_proxy(sim_server: Any) -> Iterator[FaultProxy]:
 
 
 @pytest.fixture
-def rel_faults(stack_manager: StackManager, sim: Any, full_size: bool, fault_proxy: FaultProxy) -> Iterator[Rel]:
+def rel_faults(
+    stack_manager: StackManager, sim: Any, full_size: bool, fault_proxy: FaultProxy, request: pytest.FixtureRequest
+) -> Iterator[Rel]:
     """Webhooks on; the worker talks to the simulator (vendor dialect) through the fault relay."""
     sim.faults(dialect="vendor")
     fault_proxy.faulty(True)
     try:
-        yield from _rel(stack_manager, sim, "rel-faults", full_size)
+        yield from _rel(stack_manager, sim, "rel-faults", full_size, request)
     finally:
         fault_proxy.faulty(False)
 
@@ -261,18 +328,41 @@ def started() -> float:
     return time.monotonic()
 
 
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """The figures of every scenario that ran, as a table (also written next to the results file)."""
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Remember which scenario files this run holds (the README is rewritten only by a run of all of them)."""
+    here = Path(__file__).parent
+    _SESSION["files"] = {item.path.name for item in items if item.path.parent == here}
+
+
+def _ran_everything(terminalreporter: Any) -> bool:
+    stats = terminalreporter.stats
+    if any(stats.get(k) for k in ("failed", "error", "deselected", "skipped")):
+        return False
+    every = {p.name for p in Path(__file__).parent.glob("test_*.py")}
+    return bool(_SESSION["files"] == every)
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """The figures of every scenario that ran, as a table (also written next to the results file); a full-size
+    run of the whole suite that passed writes them into the README."""
     if not RESULTS:
         return
-    table = write_table()
+    table = write_table(RESULTS)
     write = terminalreporter.write_line
     write("")
-    write(f"reliability results (JSON lines in {results_path()}, table in {table}):")
-    write(f"{'scenario':<36} {'size':<7} {'jobs':>5} {'lost':>5} {'dup':>4} {'resub':>5} {'review':>6} {'secs':>6}  "
+    write(f"reliability results, seed {SEED} (replay: RELIABILITY_SEED={SEED}); JSON lines in {results_path()}, "
+          f"table in {table}:")
+    write(f"{'scenario':<38} {'size':<7} {'jobs':>5} {'lost':>5} {'dup':>4} {'resub':>5} {'review':>6} {'secs':>6}  "
           "outcome")
     for fig in RESULTS:
         write(
-            f"{fig.scenario:<36} {fig.size:<7} {fig.jobs:>5} {fig.lost:>5} {fig.duplicate_submits:>4} "
-            f"{fig.resubmits:>5} {fig.needs_review:>6} {fig.seconds:>6.1f}  {fig.outcome}"
+            f"{fig.scenario:<38} {fig.size:<7} {fig.jobs:>5} {fig.lost:>5} {fig.duplicate_submits:>4} "
+            f"{fig.resubmits:>5} {fig.needs_review:>6} {fig.seconds:>6.1f}  {fig.outcome} {fig.notes}"
         )
+    if config.getoption("--full") and _ran_everything(terminalreporter):
+        readme = Path(__file__).resolve().parents[2] / "README.md"
+        run_s = time.monotonic() - float(_SESSION["started"])
+        if write_readme(readme, RESULTS, seed=SEED, run_s=run_s):
+            write(f"README.md results table rewritten from these figures ({readme})")
+        else:
+            write("README.md has no reliability markers: table not written")

@@ -3,18 +3,17 @@ duplicated and an older one re-sent after the final one (nothing regresses, noth
 
 from __future__ import annotations
 
-from tests.reliability.audit import audit
 from tests.reliability.conftest import Rel
 
 
 def test_all_callbacks_dropped(rel_hook: Rel, started: float) -> None:
     rel = rel_hook
-    rel.sim.faults(drop_callback_rate=1.0)
+    rel.sim.faults(drop_callback_rate=1.0, seed=rel.fault_seed())
     ids = rel.enqueue("hooks-dropped")
-    rel.wait_finished("hooks-dropped", timeout=120 if rel.full else 60)
+    rel.wait_finished("hooks-dropped", timeout=rel.timeout(60))
     stats = rel.sim.stats()
-    fig = audit(rel.stack, rel.sim, "4a all webhooks dropped", ["hooks-dropped"], ids, started=started,
-                full=rel.full, extra={"callbacks_sent": stats["callbacks_sent"]})
+    fig = rel.audit("4a all webhooks dropped", ["hooks-dropped"], ids, started=started,
+                    extra={"callbacks_sent": stats["callbacks_sent"]})
     assert fig.ok, fig.line()
     assert stats["callbacks_sent"] == 0 and stats["callbacks_dropped"] > 0
     assert fig.by_status == {"succeeded": fig.jobs}
@@ -22,12 +21,12 @@ def test_all_callbacks_dropped(rel_hook: Rel, started: float) -> None:
 
 def test_all_callbacks_duplicated_and_reordered(rel_hook: Rel, started: float) -> None:
     rel = rel_hook
-    rel.sim.faults(duplicate_callbacks=True, reorder_callbacks=True)
+    rel.sim.faults(duplicate_callbacks=True, reorder_callbacks=True, seed=rel.fault_seed())
     ids = rel.enqueue("hooks-dup")
-    rel.wait_finished("hooks-dup", timeout=120 if rel.full else 60)
+    rel.wait_finished("hooks-dup", timeout=rel.timeout(60))
     stats = rel.sim.stats()
-    fig = audit(rel.stack, rel.sim, "4b webhooks duplicated+reordered", ["hooks-dup"], ids, started=started,
-                full=rel.full, extra={"callbacks_sent": stats["callbacks_sent"]})
+    fig = rel.audit("4b webhooks duplicated+reordered", ["hooks-dup"], ids, started=started,
+                    extra={"callbacks_sent": stats["callbacks_sent"]})
     assert fig.ok, fig.line()
     assert stats["callbacks_sent"] >= 2 * fig.jobs
     assert fig.by_status == {"succeeded": fig.jobs}

@@ -1,14 +1,25 @@
 """Scenario 6: the balance runs out mid-batch. Submitting stops at the answer that said so (only the submits
-already in flight may still arrive), the rest wait parked; after a top-up ``resume_submitting()`` finishes it."""
+already in flight may still arrive), the rest wait parked; after a top-up the operator's ``mjq resume`` (the CLI,
+as a subprocess on the stack's settings) clears the stop and the batch finishes."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+from pathlib import Path
 
-from tests.reliability.audit import audit
 from tests.reliability.conftest import Rel
+from tests.support.stack import ROOT
 
-SLOTS = 9  # 3 per mode: the most submits that can be in flight when the breaker trips
+
+def in_flight_limit() -> int:
+    """The most submits that can be in flight when the breaker trips: every job admitted at once, all modes."""
+    from worker.settings import get_settings
+    from worker.slots import MODES
+
+    settings = get_settings()
+    return sum(settings.admission_limit(mode) for mode in MODES)
 
 
 def test_out_of_credit_stops_then_resume_finishes(rel_poll: Rel, started: float) -> None:
@@ -23,7 +34,8 @@ def test_out_of_credit_stops_then_resume_finishes(rel_poll: Rel, started: float)
     stats = rel.sim.stats()
     refused = stats["submissions"] - stats["accepted"]
     assert stats["accepted"] == balance
-    assert 1 <= refused <= SLOTS, f"{refused} submits after the out-of-credit answer"
+    limit = in_flight_limit()
+    assert 1 <= refused <= limit, f"{refused} submits after the out-of-credit answer (at most {limit} in flight)"
     breaker = control.breaker_status()
     assert "OutOfCredit" in breaker["reason"], breaker
     batch = rel.stack.ledger.batch("credit")
@@ -33,9 +45,13 @@ def test_out_of_credit_stops_then_resume_finishes(rel_poll: Rel, started: float)
     assert rel.sim.stats()["submissions"] == still, "submitting went on with the breaker tripped"
 
     rel.sim.faults(balance=1000)
-    control.resume_submitting()
-    rel.wait_finished("credit", timeout=120 if rel.full else 60)
-    fig = audit(rel.stack, rel.sim, "6 out of credit + resume", ["credit"], ids, started=started,
-                full=rel.full, extra={"refused_after_empty": refused, "balance": balance})
+    mjq = Path(sys.executable).with_name("mjq")  # the console script of this environment
+    resume = subprocess.run([str(mjq), "resume"], cwd=ROOT, env=rel.stack.env, capture_output=True, text=True,
+                            timeout=60)
+    assert resume.returncode == 0 and "breaker cleared" in resume.stdout, (resume.stdout, resume.stderr[-2000:])
+    assert not control.breaker_status()["tripped"]
+    rel.wait_finished("credit", timeout=rel.timeout(60))
+    fig = rel.audit("6 out of credit + mjq resume", ["credit"], ids, started=started,
+                    extra={"refused_after_empty": refused, "balance": balance, "in_flight_limit": limit})
     assert fig.ok, fig.line()
     assert fig.by_status == {"succeeded": fig.jobs}
