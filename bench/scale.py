@@ -1,0 +1,117 @@
+"""5. Memory and broker load at scale: many queued jobs while C run upstream.
+
+mjqueue parks a job that has no slot (no worker thread, no broker message); the baseline is the common
+alternative, a task that retries itself with a countdown while no slot is free (``bench.naive``), whose
+messages the worker holds in memory. Broker load is every command Redis processed in the window, divided by
+the waiting jobs and the window's minutes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from bench.report import Figure
+from bench.stack import CAPACITY, enqueue, prompts, running
+from worker.devstack import Service, worker_argv
+from worker.redisserver import RedisServer
+
+RSS_TARGET_MB = 250.0
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+@dataclass(frozen=True)
+class Load:
+    waiting: int
+    worker_rss_mb: float
+    redis_mb: float
+    commands_per_job_minute: float
+
+
+def _commands(client: redis.Redis) -> int:
+    return int(client.info("stats")["total_commands_processed"])
+
+
+def _window(client: redis.Redis, pid: int, waiting: int, seconds: float) -> Load:
+    before = _commands(client)
+    time.sleep(seconds)
+    per_minute = (_commands(client) - before - 1) / max(1, waiting) / (seconds / 60)
+    return Load(waiting, rss_mb(pid), int(client.info("memory")["used_memory"]) / 2**20, per_minute)
+
+
+def _wait_for(check: object, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} after {timeout_s:.0f} s")
+        time.sleep(0.5)
+
+
+def measure_ours(root: Path, time_factor: float, n: int, window_s: float) -> Load:
+    """``n`` jobs queued behind C running ones that last longer than the window."""
+    hold_s = 10 * window_s + 120  # the C jobs in flight outlast the measurement
+    env = {"MJQ_JOB_DEADLINE_S": f"{3 * hold_s:g}", "MJQ_EXPECTED_FAST_S": f"{hold_s:g}"}
+    with running(root, "scale", time_factor=time_factor, env=env,
+                 sim_args=("--fast-duration", f"{hold_s / time_factor:g}")) as bench:
+        from worker.runtime import runtime
+
+        ledger = runtime().ledger
+        enqueue(prompts(n, "scale"), "scale")
+        waiting = n - CAPACITY
+        _wait_for(lambda: ledger.waiting_count("fast") >= waiting and bench.redis.llen("batch") == 0,
+                  120 + n / 50, f"{waiting} parked jobs")
+        time.sleep(2.0)  # the last admissions' follow-on work settles
+        return _window(bench.redis, bench.pid("worker"), waiting, window_s)
+
+
+def measure_naive(root: Path, n: int, window_s: float) -> Load:
+    """``n`` naive waiters retrying every ``window_s`` (so each retries once in the window)."""
+    root.mkdir(parents=True, exist_ok=True)
+    with RedisServer(root / "naive-redis") as server:
+        env = {**os.environ, "BENCH_REDIS_URL": server.url, "BENCH_NAIVE_RETRY_S": f"{window_s:g}"}
+        argv = worker_argv(concurrency=8, queues=("naive",), loglevel="WARNING")
+        argv[argv.index("worker.app")] = "bench.naive"
+        worker = Service("naive-worker", argv, env, root / "naive-worker.log", None)
+        worker.start()
+        client = redis.Redis.from_url(server.url)
+        try:
+            from bench.naive import app, naive_wait
+
+            app.conf.broker_url = server.url
+            _wait_for(lambda: client.exists("_kombu.binding.naive"), 60, "the naive worker")
+            for _ in range(n):
+                naive_wait.apply_async(("slots",), queue="naive")
+            # every waiter has run once and is held by the worker, counting down to its retry
+            _wait_for(lambda: client.llen("naive") == 0 and client.hlen("unacked") >= n, 120 + n / 50,
+                      f"{n} naive waiters held")
+            assert worker.process is not None
+            return _window(client, worker.process.pid, n, window_s)
+        finally:
+            client.close()
+            worker.terminate()
+            worker.wait(15)
+            sys.stdout.flush()
+
+
+def figures(ours: Load, naive: Load) -> list[Figure]:
+    name = "5 scale"
+    return [
+        Figure(name, f"worker RSS, {ours.waiting:,} jobs waiting + {CAPACITY} in flight", ours.worker_rss_mb, "MB",
+               "retry-with-countdown waiters", naive.worker_rss_mb, target=f"≤ {RSS_TARGET_MB:.0f} MB",
+               met=ours.worker_rss_mb <= RSS_TARGET_MB),
+        Figure(name, "Redis memory", ours.redis_mb, "MB", "retry-with-countdown waiters", naive.redis_mb),
+        Figure(name, "broker commands per waiting job per minute", ours.commands_per_job_minute, "",
+               "retry-with-countdown waiters", naive.commands_per_job_minute),
+    ]
