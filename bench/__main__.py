@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -47,15 +48,28 @@ SIZES = {
 BENCHMARKS = ("utilisation", "requests", "enqueue", "latency", "scale", "fanout")
 
 
-@contextlib.contextmanager
-def timed(console: Console, title: str) -> Iterator[None]:
-    started = time.monotonic()
-    console.print(f"[bold]{title}[/] …")
-    yield
-    console.print(f"  done in {time.monotonic() - started:.0f} s")
+class Steps:
+    """Runs each benchmark step with its timing; a step that fails is reported and the others still run."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.errors: list[str] = []
+
+    @contextlib.contextmanager
+    def step(self, title: str) -> Iterator[None]:
+        started = time.monotonic()
+        self.console.print(f"[bold]{title}[/] …")
+        try:
+            yield
+        except Exception as exc:  # one broken benchmark must not throw away the others' figures
+            self.errors.append(f"{title}: {type(exc).__name__}: {exc}")
+            self.console.print(f"  [red]failed[/] after {time.monotonic() - started:.0f} s: {exc}")
+            self.console.print_exception(max_frames=8)
+        else:
+            self.console.print(f"  done in {time.monotonic() - started:.0f} s")
 
 
-def run(sizes: Sizes, chosen: set[str], work: Path, console: Console) -> list[Figure]:
+def run(sizes: Sizes, chosen: set[str], work: Path, steps: Steps) -> list[Figure]:
     """Run the chosen benchmarks; one webhook stack serves 1, 2, 4 and 6, a polling stack 2 and 4."""
     tf = TIME_FACTOR
     figures: list[Figure] = []
@@ -64,22 +78,24 @@ def run(sizes: Sizes, chosen: set[str], work: Path, console: Console) -> list[Fi
     hooked: latency.Continuations | None = None
     polled: latency.Continuations | None = None
     if chosen & {"utilisation", "requests", "latency", "fanout"}:
-        with running(work, "webhooks", time_factor=tf, env={"MJQ_QUEUE_AHEAD": "1"}) as bench:
+        with steps.step("webhook stack (queue ahead 1)"), running(
+            work, "webhooks", time_factor=tf, env={"MJQ_QUEUE_AHEAD": "1"}
+        ) as bench:
             if chosen & {"utilisation", "requests"}:
-                with timed(console, f"1 utilisation: {sizes.utilisation:,} prompts, then both baselines"):
+                with steps.step(f"1 utilisation: {sizes.utilisation:,} prompts, then both baselines"):
                     ours = utilisation.measure_ours(bench, sizes.utilisation, "util")
                     util = (ours, *utilisation.measure_baselines(bench, sizes.fire, sizes.serial))
             if chosen & {"latency", "requests"}:
-                with timed(console, f"4 continuation, webhooks: {sizes.latency_roots} imagines > U1"):
+                with steps.step(f"4 continuation, webhooks: {sizes.latency_roots} imagines > U1"):
                     hooked = latency.measure(bench, sizes.latency_roots, "hooked")
             if "fanout" in chosen:
-                with timed(console, f"6 fan-out: {sizes.fanout_roots} imagines x U1-4"):
+                with steps.step(f"6 fan-out: {sizes.fanout_roots} imagines x U1-4"):
                     figures += fanout.measure(bench, sizes.fanout_roots)
     if "utilisation" in chosen:
-        with timed(console, f"1 utilisation, queue ahead 0: {sizes.utilisation // 4:,} prompts"):
+        with steps.step(f"1 utilisation, queue ahead 0: {sizes.utilisation // 4:,} prompts"):
             exact = utilisation.run_exact_slots(work, tf, sizes.utilisation // 4)
     if chosen & {"latency", "requests"}:
-        with timed(console, f"2/4 polling only: {sizes.latency_roots} imagines > U1"), running(
+        with steps.step(f"2/4 polling only: {sizes.latency_roots} imagines > U1"), running(
             work, "polling", time_factor=tf, webhooks=False
         ) as bench:
             polled = latency.measure(bench, sizes.latency_roots, "polled")
@@ -88,10 +104,10 @@ def run(sizes: Sizes, chosen: set[str], work: Path, console: Console) -> list[Fi
     if hooked is not None and polled is not None and "latency" in chosen:
         figures += latency.figures(hooked, polled)
     if "enqueue" in chosen:
-        with timed(console, f"3 enqueue: {sizes.enqueue:,} prompts through 3 producers"):
+        with steps.step(f"3 enqueue: {sizes.enqueue:,} prompts through 3 producers"):
             figures += enqueue.run(work / "enqueue", sizes.enqueue)
     if "scale" in chosen:
-        with timed(console, f"5 scale: {sizes.waiting:,} waiting jobs, {sizes.window_s:g} s windows, ours and naive"):
+        with steps.step(f"5 scale: {sizes.waiting:,} waiting jobs, {sizes.window_s:g} s windows, ours and naive"):
             ours_load = scale.measure_ours(work, tf, sizes.waiting, sizes.window_s)
             figures += scale.figures(ours_load, scale.measure_naive(work / "naive", sizes.waiting, sizes.window_s))
     return sorted(figures, key=lambda f: f.benchmark.split()[0])
@@ -121,25 +137,31 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
     out, chosen, sizes = args.out.resolve(), _chosen(args.only), SIZES[args.size]
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="mjq-bench-") as tmp:
-        work = Path(tmp)
-        hermetic_environment(work)
-        try:
-            figures = run(sizes, chosen, work, console)
-        finally:
-            os.chdir(ROOT)
+    work = Path(tempfile.mkdtemp(prefix="mjq-bench-"))
+    hermetic_environment(work)
+    steps = Steps(console)
+    try:
+        figures = run(sizes, chosen, work, steps)
+    finally:
+        os.chdir(ROOT)
     config = {"size": args.size, "time_factor": TIME_FACTOR, "capacity": CAPACITY, "queue": QUEUE,
               "sizes": asdict(sizes), "benchmarks": sorted(chosen)}
-    document = results_document(figures, config, time.monotonic() - started)
+    document = results_document(figures, config, time.monotonic() - started, steps.errors)
     print_table(figures, console)
     write_results(document, out)
     console.print(f"results: {out}")
+    for f in figures:
+        if f.met is False:
+            console.print(f"[yellow]target missed:[/] {f.benchmark} {f.measure}: {f.value:.3g} (target {f.target})")
+    if steps.errors:
+        for error in steps.errors:
+            console.print(f"[red]failed:[/] {error}")
+        console.print(f"logs of every service: {work}")
+        return 1
+    shutil.rmtree(work, ignore_errors=True)
     if args.readme:
         update_readme(ROOT / "README.md", document)
         console.print(f"README: {ROOT / 'README.md'}")
-    missed = [f for f in figures if f.met is False]
-    for f in missed:
-        console.print(f"[yellow]target missed:[/] {f.benchmark} {f.measure}: {f.value:.3g} (target {f.target})")
     return 0
 
 

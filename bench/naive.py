@@ -10,11 +10,15 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import redis
 from celery import Celery, Task
 
 RETRY_EVERY_S = float(os.environ.get("BENCH_NAIVE_RETRY_S", "60"))
+BROKER_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+RUNS = "bench:naive:runs"  # how many times the waiters looked for a slot
 
-app = Celery("bench-naive", broker=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"))
+app = Celery("bench-naive", broker=BROKER_URL)
+slots = redis.Redis.from_url(BROKER_URL)
 app.conf.update(
     task_serializer="json",
     accept_content=["json"],
@@ -29,8 +33,7 @@ app.conf.update(
 @app.task(bind=True, name="bench.naive_wait", max_retries=None)  # type: ignore[untyped-decorator]
 def naive_wait(self: Task[Any, Any], slot_key: str) -> None:
     """Wait for a slot the naive way: look, and if none is free, retry in RETRY_EVERY_S."""
-    with app.connection_for_read() as conn:
-        client = conn.default_channel.client
-        if int(client.get(slot_key) or 0) <= 0:
-            raise self.retry(countdown=RETRY_EVERY_S)
-        client.decr(slot_key)
+    slots.incr(RUNS)
+    if int(slots.get(slot_key) or 0) <= 0:
+        raise self.retry(countdown=RETRY_EVERY_S)
+    slots.decr(slot_key)

@@ -72,13 +72,16 @@ def print_table(figures: Sequence[Figure], console: Console) -> None:
     console.print(table)
 
 
-def results_document(figures: Sequence[Figure], config: dict[str, Any], seconds: float) -> dict[str, Any]:
+def results_document(
+    figures: Sequence[Figure], config: dict[str, Any], seconds: float, errors: Sequence[str] = ()
+) -> dict[str, Any]:
     return {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": machine(),
         "config": config,
         "seconds": round(seconds, 1),
         "figures": [asdict(f) for f in figures],
+        "errors": list(errors),
     }
 
 

@@ -73,4 +73,4 @@ def test_smoke_run_measures_every_benchmark_against_its_baseline(tmp_path: Path)
     # behaviour, not timing: mjqueue never overfills the account, the naive fire-everything always does
     full = by_measure["queue-full answers"]
     assert full["value"] == 0 and full["baseline_value"] > 0
-    assert doc["config"]["size"] == "smoke" and doc["machine"]
+    assert doc["config"]["size"] == "smoke" and doc["machine"] and doc["errors"] == []

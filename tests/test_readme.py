@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from worker.settings import Settings
+from worker.settings import Settings, settings_table
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -21,6 +21,7 @@ def test_it_opens_with_the_two_commands_and_ci_runs_the_second() -> None:
 def test_every_setting_is_in_the_configuration_table() -> None:
     missing = [f"MJQ_{name.upper()}" for name in Settings.model_fields if f"MJQ_{name.upper()}" not in README]
     assert not missing, f"settings missing from README.md: {missing}"
+    assert settings_table() in README, "README's configuration table is stale: paste `mjq config --markdown`"
 
 
 def test_every_cli_command_is_documented() -> None:

@@ -244,6 +244,23 @@ def test_downloads_can_be_turned_off(lean_stack: Stack, sim: Any) -> None:
     assert image_requests(sim) == 0
 
 
+def test_a_batch_job_refused_by_the_worker_is_counted_failed_and_the_batch_ends(stack: Stack, sim: Any) -> None:
+    """``mjq batch`` announces each job it sends; one the worker must refuse before recording it (its image
+    reference expired in Redis meanwhile) would keep the batch waiting forever: it is recorded as failed."""
+    from worker.app import app
+
+    missing = "img:" + "0" * 64
+    stack.ledger.ensure_batch("refused")
+    stack.ledger.expect_jobs("refused", ["gone-image"])
+    app.send_task("tasks.imagine", kwargs={"prompt": "an image that expired", "base64_array": [missing],
+                                           "batch_id": "refused"}, task_id="gone-image", queue="batch")
+    batch = stack.wait_batch("refused", 1, timeout=20)
+    assert batch["status"] == "finished" and batch["counts"]["failed"] == 1, batch
+    job = stack.job("gone-image")
+    assert "invalid input" in job["fail_reason"] and "base64_array" in job["fail_reason"], job
+    assert sim.stats()["submissions"] == 0
+
+
 def test_a_long_parked_job_keeps_its_images(lean_stack: Stack, sim: Any) -> None:
     import tasks
     from worker import control

@@ -115,6 +115,24 @@ def test_parked_interactive_job_is_admitted_before_parked_batch_jobs(stack: Stac
     assert first["submitted_at"] < min(r["submitted_at"] for r in results)
 
 
+def test_an_admitted_batch_job_goes_ahead_of_queued_batch_messages(stack: Stack, sim: Any) -> None:
+    """A parked batch job re-sent once it holds a slot travels on ``track`` (read before ``batch``): behind
+    thousands of freshly enqueued batch messages, it would leave the account idle while it waits."""
+    import tasks
+    from tests.support.events import TaskEvents
+    from worker import control
+    from worker.app import app
+
+    stack.ledger.trip_breaker("test: park first")
+    with TaskEvents(app) as events:
+        job = tasks.imagine.delay("parked then admitted", batch_id="ahead")
+        stack.wait(lambda: stack.ledger.waiting_count("fast") == 1, 20, "the job parked")
+        control.resume_submitting()
+        assert job.get(timeout=20)["status"] == "succeeded"
+        sent = events.for_task(job.id, "task-sent")
+    assert [e.get("queue") for e in sent] == ["batch", "track"], sent
+
+
 def test_pause_and_resume_a_batch(stack: Stack, sim: Any) -> None:
     import tasks
     from worker import control

@@ -31,7 +31,7 @@ def admit_parked(modes: Iterable[str] = MODES, rt: Runtime | None = None) -> int
                 rt.slots.arrived(job_id)
                 log.warning("parked job %s has no stored task message; released its slot", job_id)
                 continue
-            resend(message)
+            resend(message, admitted=True)
             sent += 1
     return sent
 
@@ -74,7 +74,7 @@ def resend_overdue(rt: Runtime | None = None) -> int:
         if waiting and isinstance(message, dict):
             log.warning("job %s: its task did not start in time (message lost?); sending it again", member)
             rt.slots.expect(member, now + rt.settings.slot_lease_s)
-            resend(message)
+            resend(message, admitted=True)  # most often an admitted job whose message was lost: it holds a slot
             again += 1
         else:
             rt.slots.arrived(member)

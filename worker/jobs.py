@@ -149,6 +149,8 @@ def _create(
             build_request(KINDS["modal"], {"task_id": "0", **modal}, None, resolved_mode, rt)
     except InvalidInput as exc:
         log.info("job %s refused: %s", job_id, exc)
+        if batch_id and rt.ledger.is_expected(batch_id, job_id):
+            _record_refused(task, spec, job_id, batch_id, resolved_mode, exc, rt)
         raise
     light = lighten_images(spec, payload, rt)
     if modal:
@@ -184,6 +186,17 @@ def _create(
     job = rt.ledger.get_job(job_id)
     assert job is not None
     return job
+
+
+def _record_refused(
+    task: Task[Any, Any], spec: Kind, job_id: str, batch_id: str, mode: str, exc: InvalidInput, rt: Runtime
+) -> None:
+    """A job its batch counts on, refused by the worker (an image reference that expired before it started):
+    it is recorded as failed with the reason, so the batch still ends and ``mjq status`` says why."""
+    fields = {"task_id": task.request.id, "task_name": task.name, "kind": spec.name, "action": spec.action,
+              "mode": mode, "batch_id": batch_id, "message": message_from_request(task, spec)}
+    rt.ledger.create_job(job_id, fields)
+    finish_now(job_id, "failed", {"fail_reason": f"invalid input: {exc}"}, rt)
 
 
 def _advance(task: Task[Any, Any], spec: Kind, job: dict[str, Any], rt: Runtime) -> dict[str, Any]:

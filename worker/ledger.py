@@ -624,6 +624,10 @@ class Ledger:
         if ids:
             self.redis.sadd(_key("batch", batch_id, "expect"), *ids)
 
+    def is_expected(self, batch_id: str, job_id: str) -> bool:
+        """Whether the batch counts on this job (enqueued by ``mjq batch``, no record yet)."""
+        return bool(self.redis.sismember(_key("batch", batch_id, "expect"), job_id))
+
     def pending_jobs(self, batch_id: str) -> int:
         """Enqueued jobs of the batch with no record yet; those created meanwhile (here or, with the same id,
         in another batch) leave the set, so a batch expects exactly the jobs it will really get."""
