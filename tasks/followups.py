@@ -35,7 +35,7 @@ from worker.imagestore import IMAGE_REF, store_image
 from worker.jobs import JobTask, start_job
 from worker.ledger import TERMINAL
 from worker.media import MAX_IMAGE_BYTES, parse_data_uri, to_data_uri
-from worker.messages import message_from_request
+from worker.messages import UNDERWAY_QUEUE, message_from_request
 from worker.mjapi.errors import InvalidInput
 from worker.runtime import Runtime, runtime
 
@@ -87,8 +87,9 @@ def follow_up_repr(args: tuple[Any, ...]) -> str:
 
 
 def queue_of(parent: Any) -> str:
-    """The queue of a follow-up of ``parent`` (a job result): ``batch`` in a batch, else ``interactive``."""
-    return "batch" if isinstance(parent, Mapping) and parent.get("batch_id") else "interactive"
+    """The queue of a follow-up of ``parent`` (a job result): in a batch, the queue of work under way (read
+    before the batch's roots still waiting to be parked), else ``interactive``."""
+    return UNDERWAY_QUEUE if isinstance(parent, Mapping) and parent.get("batch_id") else "interactive"
 
 
 def _light_one(value: Any) -> Any:

@@ -322,8 +322,9 @@ def test_strength_on_a_grid_is_recorded_not_pressed(stack: Stack, sim: Any) -> N
 
 
 def test_follow_ups_run_on_the_queue_of_their_parent(stack: Stack, sim: Any) -> None:
-    """Follow-ups of a batch job go to ``batch`` (plans and chain links alike), of a single job to
-    ``interactive``: the queue each message arrived on is kept in the job's stored message."""
+    """Follow-ups of a batch job go to ``track``, the queue of work under way, read before the batch's own
+    roots (plans and chain links alike); of a single job to ``interactive``: the queue each message arrived on
+    is kept in the job's stored message."""
     import tasks
     from tasks.followups import upscale, zoom
 
@@ -334,7 +335,10 @@ def test_follow_ups_run_on_the_queue_of_their_parent(stack: Stack, sim: Any) -> 
     batch = stack.wait_batch("queues", 6, timeout=30)
     assert batch["counts"]["succeeded"] == 6, batch
     for job in stack.ledger.batch_jobs("queues"):
-        assert stack.job(job["job_id"])["message"]["queue"] == "batch", job
+        record = stack.job(job["job_id"])
+        assert record["message"]["queue"] == ("track" if job["parent_job"] else "batch"), job
+        if job["parent_job"]:  # waits for a slot by its root's age (depth first), grandchildren included
+            assert record["root_created_at"] == stack.job(record["root_job"])["created_at"], record
     lineage = [single]
     while lineage[-1].get("parent_job"):
         lineage.append(stack.job(lineage[-1]["parent_job"]))

@@ -124,3 +124,14 @@ def test_the_first_submit_of_a_job_admitted_for_it_is_not_paced_twice(redis_clie
     assert slots.admit_next("fast") == ["p"]  # took the pace for it
     assert slots.try_admit("fast", "p", 1.0).reason == "held"  # its task submits now
     assert slots.try_admit("fast", "p", 1.0).reason == "pacing"  # a retry of it waits for the pace
+
+
+def test_a_follow_up_waits_by_its_roots_age() -> None:
+    from worker.admission import waiting_score
+
+    early_root = {"priority": 5, "created_at": 100.0}
+    later_root = {"priority": 5, "created_at": 200.0}
+    child = {"priority": 5, "created_at": 300.0, "root_created_at": 150.0}  # its root came between the two
+    order = sorted([later_root, child, early_root], key=waiting_score)
+    assert order == [early_root, child, later_root]
+    assert waiting_score({"priority": 0, "created_at": 900.0}) < waiting_score(early_root), "priority first"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from worker.messages import resend
 from worker.runtime import Runtime, runtime
@@ -16,6 +17,14 @@ log = logging.getLogger("mjqueue.admission")
 def queue_score(priority: int, created_at: float) -> float:
     """Waiting-set order: priority first (0 = most urgent), then enqueue time."""
     return priority * 1e13 + created_at * 1000.0
+
+
+def waiting_score(job: Mapping[str, Any]) -> float:
+    """A job's place among parked jobs: its priority, then the age of its root job, so a follow-up waits behind
+    what was enqueued before its root, not behind the whole rest of a batch (depth first: a prompt's upscales
+    come soon after its grid, while its buttons and CDN links are fresh)."""
+    age = job.get("root_created_at") or job.get("created_at") or time.time()
+    return queue_score(int(job.get("priority") or 0), float(age))
 
 
 def admit_parked(modes: Iterable[str] = MODES, rt: Runtime | None = None) -> int:

@@ -23,7 +23,7 @@ from celery import Task
 from celery.exceptions import Ignore
 from celery.result import AsyncResult
 
-from worker.admission import admit_parked, queue_score
+from worker.admission import admit_parked, waiting_score
 from worker.canvas import pending_children
 from worker.finishing import JobFailed
 from worker.imagestore import keep_images
@@ -70,7 +70,7 @@ log = logging.getLogger("mjqueue.jobs")
 
 def park(task: Task[Any, Any], kind: Kind | None, job: Mapping[str, Any], rt: Runtime) -> None:
     """Store the message, add the job to its waiting set, then let the best parked job take any free slot."""
-    score = queue_score(int(job.get("priority") or 0), float(job.get("created_at") or time.time()))
+    score = waiting_score(job)
     where = rt.ledger.park(str(job["job_id"]), message_from_request(task, kind), score)
     keep_images(job, rt)  # a parked job may wait long: its images must outlive the wait (also swept)
     if where == "cancelled":
@@ -178,6 +178,8 @@ def _create(
     if parent is not None:
         fields["parent_job"] = parent.get("job_id")
         fields["root_job"] = parent.get("root_job") or parent.get("job_id")
+        recorded = rt.ledger.get_job(str(parent.get("job_id"))) or {}
+        fields["root_created_at"] = recorded.get("root_created_at") or recorded.get("created_at")
     created, _ = rt.ledger.create_job(job_id, fields)
     if created and parent is None and batch_id:
         planned = pending_children(fields["message"], then)
@@ -238,7 +240,7 @@ def _back_to_tracking(job: Mapping[str, Any], rt: Runtime) -> None:
 def _admit_and_submit(task: Task[Any, Any], spec: Kind, job: dict[str, Any], rt: Runtime) -> None:
     job_id, mode = str(job["job_id"]), str(job.get("mode") or "fast")
     if spec.needs_slot:
-        score = queue_score(int(job.get("priority") or 0), float(job.get("created_at") or time.time()))
+        score = waiting_score(job)
         adm = rt.slots.try_admit(mode, job_id, score)
         if adm.reason == "cancelled":
             cancel_job(job_id, "batch cancelled", rt)

@@ -53,6 +53,7 @@ JSON_FIELDS = frozenset({"buttons", "extra", "request", "message", "modal", "met
 FLOAT_FIELDS = frozenset(
     {
         "created_at",
+        "root_created_at",
         "submitted_at",
         "submitting_at",
         "started_at",

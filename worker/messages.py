@@ -72,16 +72,17 @@ def message_from_request(task: Task[Any, Any], kind: Kind | None = None) -> dict
     }
 
 
-# A job that holds its slot is sent again on this queue: workers read it before ``batch``, where the rest of a
-# batch file may be waiting by the thousand (found by the utilisation benchmark: at the start of a 2,000-prompt
-# batch, admitted jobs waited behind the batch's own messages and the account sat idle for seconds).
-ADMITTED_QUEUE = "track"
+# Work of jobs already under way (a job just admitted to a slot, a follow-up of a batch job) travels on this
+# queue: workers read it before ``batch``, where the rest of a batch file may wait by the thousand to be parked
+# (found by the benchmarks: at the start of a 2,000-prompt batch, admitted jobs waited behind the batch's own
+# messages and the account sat idle for seconds; follow-ups waited up to a second to start).
+UNDERWAY_QUEUE = "track"
 
 
 def resend(message: Mapping[str, Any], countdown: float | None = None, *, admitted: bool = False) -> None:
     """Publish a stored task message again: same task id, chain, callbacks and group membership.
 
-    ``admitted``: the job holds a slot now, so its message goes ahead of queued batch work (``ADMITTED_QUEUE``)
+    ``admitted``: the job holds a slot now, so its message goes ahead of queued batch work (``UNDERWAY_QUEUE``)
     unless it came from the interactive queue, which is read first anyway.
     """
     options = {k: message.get(k) for k in MESSAGE_OPTIONS if message.get(k) is not None}
@@ -91,7 +92,7 @@ def resend(message: Mapping[str, Any], countdown: float | None = None, *, admitt
         args=list(message.get("args") or []),
         kwargs=dict(message.get("kwargs") or {}),
         task_id=str(message["id"]),
-        queue=ADMITTED_QUEUE if admitted and queue != "interactive" else queue,
+        queue=UNDERWAY_QUEUE if admitted and queue != "interactive" else queue,
         priority=message.get("priority"),
         argsrepr=message.get("argsrepr"),
         kwargsrepr=message.get("kwargsrepr"),
