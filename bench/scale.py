@@ -9,8 +9,8 @@ the waiting jobs and the window's minutes.
 from __future__ import annotations
 
 import os
-import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,9 +51,9 @@ def _window(client: redis.Redis, pid: int, waiting: int, seconds: float) -> Load
     return Load(waiting, rss_mb(pid), int(client.info("memory")["used_memory"]) / 2**20, per_minute)
 
 
-def _wait_for(check: object, timeout_s: float, what: str) -> None:
+def _wait_for(check: Callable[[], object], timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
-    while not check():  # type: ignore[operator]
+    while not check():
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} after {timeout_s:.0f} s")
         time.sleep(0.5)
@@ -102,7 +102,6 @@ def measure_naive(root: Path, n: int, window_s: float) -> Load:
             client.close()
             worker.terminate()
             worker.wait(15)
-            sys.stdout.flush()
 
 
 def figures(ours: Load, naive: Load) -> list[Figure]:

@@ -26,8 +26,7 @@ def measure_ours(bench: Bench, n: int, batch_id: str, then: str | None = None, j
     """Run a batch through mjqueue and read what the simulator saw (then reset the simulator)."""
     enqueue(prompts(n, batch_id), batch_id, then=then)
     wait_batch(batch_id, jobs or n, timeout_s=60 + 4 * (jobs or n) * bench.job_duration_s / CAPACITY)
-    run = UpstreamRun.read(bench.admin)
-    return run
+    return UpstreamRun.read(bench.admin)
 
 
 def measure_baselines(bench: Bench, fire_n: int, serial_n: int) -> tuple[UpstreamRun, UpstreamRun]:
