@@ -18,13 +18,13 @@ import redis
 
 from bench.report import Figure
 from bench.stack import prompts
-from worker.redisserver import RedisServer
+from worker.devstack.redisserver import RedisServer
 
 TARGET = 0.7  # of raw apply_async
 
 
 def _point_at(url: str) -> None:
-    from worker.devstack import reload_settings
+    from worker.devstack.stack import reload_settings
 
     os.environ["MJQ_REDIS_URL"] = url
     reload_settings()

@@ -24,7 +24,7 @@ class Continuations:
 
 
 def measure(bench: Bench, roots: int, batch_id: str) -> Continuations:
-    from worker.runtime import runtime
+    from worker.store.runtime import runtime
 
     ids = enqueue(prompts(roots, batch_id), batch_id, then="U1")
     wait_batch(batch_id, 2 * roots, timeout_s=60 + 8 * roots * bench.job_duration_s)

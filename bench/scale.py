@@ -18,8 +18,8 @@ import redis
 
 from bench.report import Figure
 from bench.stack import CAPACITY, enqueue, prompts, running
-from worker.devstack import Service, worker_argv
-from worker.redisserver import RedisServer
+from worker.devstack.redisserver import RedisServer
+from worker.devstack.stack import Service, worker_argv
 
 RSS_TARGET_MB = 250.0
 
@@ -65,7 +65,7 @@ def measure_ours(root: Path, time_factor: float, n: int, window_s: float) -> Loa
     env = {"MJQ_JOB_DEADLINE_S": f"{3 * hold_s:g}", "MJQ_EXPECTED_FAST_S": f"{hold_s:g}"}
     with running(root, "scale", time_factor=time_factor, env=env,
                  sim_args=("--fast-duration", f"{hold_s / time_factor:g}")) as bench:
-        from worker.runtime import runtime
+        from worker.store.runtime import runtime
 
         ledger = runtime().ledger
         enqueue(prompts(n, "scale"), "scale")

@@ -1,6 +1,6 @@
 """The benchmark's stack: embedded Valkey, the simulator and real worker/webhook processes, per scenario.
 
-Every scenario gets a fresh :class:`~worker.devstack.DevStack` (nothing carries over between figures). The
+Every scenario gets a fresh :class:`~worker.devstack.stack.DevStack` (nothing carries over between figures). The
 simulated account runs ``CAPACITY`` fast jobs at once plus ``QUEUE`` waiting; its clock runs ``1 /
 time_factor`` times faster than real time, and so do the product's *default* timings (poll backoff, expected
 durations, deadlines): a benchmark at time factor 0.005 is the real configuration with a 60 s job taking
@@ -21,7 +21,7 @@ from typing import Any
 import redis
 
 from simulator.server import SimulatorAdmin
-from worker.devstack import DevStack
+from worker.devstack.stack import DevStack
 from worker.settings import Settings
 
 API_KEY = "bench-key"  # the simulator's key: the bench never talks to a real upstream
@@ -138,8 +138,8 @@ def prompts(n: int, tag: str) -> list[str]:
 
 def wait_batch(batch_id: str, jobs: int, timeout_s: float) -> dict[str, Any]:
     """Block until ``jobs`` jobs of the batch exist and all are terminal, with their images downloaded."""
-    from worker.ledger import TERMINAL
-    from worker.runtime import runtime
+    from worker.store.ledger import TERMINAL
+    from worker.store.runtime import runtime
 
     ledger = runtime().ledger
     deadline = time.monotonic() + timeout_s

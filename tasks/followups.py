@@ -27,17 +27,17 @@ from celery import group
 from celery.canvas import Signature, _chain
 from celery.exceptions import Ignore
 
-from worker.admission import register_expect_hook
 from worker.app import task
-from worker.buttons import Want, custom_id, offers, resolve
-from worker.finishing import complete_task, register_finish_hook
-from worker.imagestore import IMAGE_REF, store_image
-from worker.jobs import JobTask, start_job
-from worker.ledger import TERMINAL
+from worker.jobs.admission import register_expect_hook
+from worker.jobs.finishing import complete_task, register_finish_hook
+from worker.jobs.messages import UNDERWAY_QUEUE, message_from_request
+from worker.jobs.start import JobTask, start_job
 from worker.media import MAX_IMAGE_BYTES, parse_data_uri, to_data_uri
-from worker.messages import UNDERWAY_QUEUE, message_from_request
 from worker.mjapi.errors import InvalidInput
-from worker.runtime import Runtime, runtime
+from worker.plans.buttons import Want, custom_id, offers, resolve
+from worker.store.images import IMAGE_REF, store_image
+from worker.store.ledger import TERMINAL
+from worker.store.runtime import Runtime, runtime
 
 log = logging.getLogger("mjqueue.followups")
 
@@ -47,7 +47,7 @@ class FollowUpTask(JobTask):
 
     Image arguments (a Vary (Region) mask) are stored once in Redis when the signature or message is made,
     so the broker and Flower only ever see a short reference. The queue follows the parent: a follow-up is sent
-    when its parent finishes (``worker.finishing``), where no ``batch_id`` keyword is there for
+    when its parent finishes (``worker.jobs.finishing``), where no ``batch_id`` keyword is there for
     ``JobTask.apply_async`` to pick the queue by, so without this every follow-up of a batch went to
     ``interactive`` and competed with single requests.
     """
@@ -185,7 +185,7 @@ def press_button(
     """The one body of every follow-up: check the parent, resolve the button, run the action as a job.
 
     ``meta`` is kept with the child job (next to ``follow_up``, what was asked for). A follow-up that stops at
-    the modal step without ``modal`` input fails (``worker.jobs``) instead of ending with no image.
+    the modal step without ``modal`` input fails (``worker.jobs.start``) instead of ending with no image.
     """
     parent = _parent(parent)
     if parent.get("status") != "succeeded":
@@ -359,7 +359,7 @@ def _index(index: Any) -> int:
 FOLLOW_UP_TASKS = (upscale, vary, reroll, zoom, custom_zoom, pan, upscale_more, vary_region, remix, press)
 
 
-PLAN = "plan"  # expectations ``plan/<parent job id>`` (worker.admission)
+PLAN = "plan"  # expectations ``plan/<parent job id>`` (worker.jobs.admission)
 
 
 def _plan_ids(sig: Signature, parent_id: str, path: str = "0") -> list[str]:

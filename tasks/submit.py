@@ -1,4 +1,4 @@
-"""Submit tasks, one per request kind. Thin: each delegates to ``worker.jobs`` (validate -> slot -> submit
+"""Submit tasks, one per request kind. Thin: each delegates to ``worker.jobs.start`` (validate -> slot -> submit
 once -> tracking). The return value (delivered when the job finishes) is the job result dict."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, Unpack
 
 from worker.app import task
-from worker.jobs import JobOptions, JobTask, run_job_task
+from worker.jobs.start import JobOptions, JobTask, run_job_task
 
 Opt = Any  # keyword arguments are validated by the request models, not by Celery
 

@@ -7,9 +7,9 @@ from typing import Any
 
 from celery import Task
 
-from worker import finishing, tracking
 from worker.app import task
-from worker.runtime import runtime
+from worker.jobs import finishing, tracking
+from worker.store.runtime import runtime
 
 
 @task(name="tasks.track.poll", acks_late=True, ignore_result=True)

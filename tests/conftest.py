@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from worker.redisserver import RedisServer
+from worker.devstack.redisserver import RedisServer
 
 pytest_plugins = ["tests.support.plugins"]
 
@@ -31,8 +31,8 @@ def _own_environment() -> Iterator[None]:
     from worker.settings import get_settings
 
     get_settings.cache_clear()
-    if "worker.runtime" in sys.modules:
-        from worker.runtime import reset_runtime
+    if "worker.store.runtime" in sys.modules:
+        from worker.store.runtime import reset_runtime
 
         reset_runtime()
 

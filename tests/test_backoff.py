@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from worker.jobs import retry_delay
+from worker.jobs.start import retry_delay
+from worker.jobs.tracking import next_poll_delay
 from worker.settings import Settings
-from worker.tracking import next_poll_delay
 
 SAMPLES = 300
 

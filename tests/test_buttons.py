@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from worker.buttons import ButtonNotOffered, Want, resolve
+from worker.plans.buttons import ButtonNotOffered, Want, resolve
 
 H = "6c4fa0e3-0d3b-4bb6-8b8b-1d2a3c4b5e6f"
 GRID = [

@@ -24,8 +24,8 @@ from typer.testing import CliRunner
 from simulator.server import SimulatorAdmin
 from tests.support.mjq import mjq, shared_stack, sim_stats
 from tests.support.stack import Stack, StackManager, reset_state
-from worker.devstack import DevStack
-from worker.redisserver import free_port
+from worker.devstack.redisserver import free_port
+from worker.devstack.stack import DevStack
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def stack() -> DevStack:
 
 
 def ledger(stack: DevStack) -> Any:
-    from worker.ledger import Ledger
+    from worker.store.ledger import Ledger
 
     return Ledger(redis.Redis.from_url(stack.redis_url, decode_responses=True))
 

@@ -23,7 +23,7 @@ from typing import Any, cast
 import pytest
 import yaml
 
-from worker.redisserver import free_port
+from worker.devstack.redisserver import free_port
 from worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

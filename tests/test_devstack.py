@@ -16,8 +16,8 @@ from pathlib import Path
 import redis
 
 from tests.support.mjq import BIN, mjq
-from worker.devstack import QUEUES, worker_argv
-from worker.redisserver import free_port
+from worker.devstack.redisserver import free_port
+from worker.devstack.stack import QUEUES, worker_argv
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -20,8 +20,8 @@ import pytest
 
 from tests.support.images import png_data_uri
 from tests.support.mjq import shared_stack
-from worker.devstack import DevStack, flower_conf_path
-from worker.redisserver import free_port
+from worker.devstack.redisserver import free_port
+from worker.devstack.stack import DevStack, flower_conf_path
 
 AUTH = ("ops", "s3cret-flower")
 

@@ -141,7 +141,7 @@ def test_a_lost_plan_is_sent_again_with_the_same_follow_ups(stack: Stack, sim: A
     follow-ups have ids derived from the parent, so sending twice creates (and pays for) each one once."""
     import tasks
     from tasks.followups import start_plan
-    from worker.runtime import runtime
+    from worker.store.runtime import runtime
 
     parent = tasks.imagine.delay("a plan that got lost", batch_id="lost-plan").id
     assert stack.wait_status(parent, {"succeeded"})["status"] == "succeeded"
@@ -213,7 +213,7 @@ def test_region_masks_are_read_where_the_plan_is_given(
     from tasks.followups import start_plan
     from worker.batchfile import read_batch_file
     from worker.mjapi.errors import InvalidInput
-    from worker.runtime import runtime
+    from worker.store.runtime import runtime
 
     folder = tmp_path / "prompts"
     (folder / "masks").mkdir(parents=True)

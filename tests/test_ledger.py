@@ -6,7 +6,7 @@ import threading
 
 import redis
 
-from worker.ledger import Ledger
+from worker.store.ledger import Ledger
 
 
 def make(redis_client: redis.Redis, job_id: str = "j1", batch: str = "b1") -> Ledger:

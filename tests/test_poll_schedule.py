@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
+from worker.jobs.tracking import first_poll_delay
 from worker.settings import Settings
-from worker.tracking import first_poll_delay
 
 
 def settings(**values: Any) -> Settings:

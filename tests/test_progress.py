@@ -7,7 +7,7 @@ from typing import Any
 
 from rich.console import Console
 
-from worker.progress import RateMeter, Snapshot, format_duration, render
+from worker.reports.progress import RateMeter, Snapshot, format_duration, render
 
 
 def batch_info(**counts: int) -> dict[str, Any]:

@@ -7,9 +7,9 @@ import time
 
 import redis
 
-from worker.ledger import Ledger
 from worker.settings import Settings
-from worker.slots import Slots
+from worker.store.ledger import Ledger
+from worker.store.slots import Slots
 
 
 def slots_for(client: redis.Redis, **kw: object) -> Slots:
@@ -127,7 +127,7 @@ def test_the_first_submit_of_a_job_admitted_for_it_is_not_paced_twice(redis_clie
 
 
 def test_a_follow_up_waits_by_its_roots_age() -> None:
-    from worker.admission import waiting_score
+    from worker.jobs.admission import waiting_score
 
     early_root = {"priority": 5, "created_at": 100.0}
     later_root = {"priority": 5, "created_at": 200.0}

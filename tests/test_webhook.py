@@ -11,7 +11,7 @@ from tests.support.stack import Stack
 
 
 def hook_url(stack: Stack, job_id: str) -> str:
-    from worker.requests import webhook_url
+    from worker.jobs.kinds import webhook_url
     from worker.settings import get_settings
 
     url = webhook_url(job_id, get_settings())

@@ -9,9 +9,9 @@ import pytest
 
 from tests.support.stack import Stack
 from worker.app import celery_config
-from worker.jobs import retry_delay
+from worker.jobs.start import retry_delay
+from worker.jobs.tracking import first_poll_delay, next_poll_delay
 from worker.settings import Settings
-from worker.tracking import first_poll_delay, next_poll_delay
 
 RELIABILITY = {
     "task_acks_late": True,

@@ -91,7 +91,7 @@ def test_chain_group_and_chord_continue_with_the_job_result(stack: Stack, sim: A
 
 def test_banned_prompt_fails_fast_and_the_batch_continues(stack: Stack, sim: Any) -> None:
     import tasks
-    from worker.jobs import JobFailed
+    from worker.jobs.start import JobFailed
 
     sim.faults(banned_words=["forbidden"])
     started = time.monotonic()
@@ -169,7 +169,7 @@ def test_copies_sent_together_submit_once(stack: Stack, sim: Any) -> None:
 
 def test_stuck_job_times_out_and_frees_its_slot(stack: Stack, sim: Any) -> None:
     import tasks
-    from worker.jobs import JobFailed
+    from worker.jobs.start import JobFailed
 
     sim.faults(stuck_rate=1.0)
     stuck = tasks.imagine.delay("stuck forever")
@@ -184,7 +184,7 @@ def test_stuck_job_times_out_and_frees_its_slot(stack: Stack, sim: Any) -> None:
 
 def test_answer_lost_needs_review_without_a_second_post(stack: Stack, sim: Any) -> None:
     import tasks
-    from worker.jobs import JobFailed
+    from worker.jobs.start import JobFailed
 
     sim.faults(read_delay_rate=1.0, read_delay_s=3.0)
     lost = tasks.imagine.delay("slow answer")

@@ -180,7 +180,7 @@ def test_admitted_job_whose_resend_was_lost_is_sent_again(stack: Stack, sim: Any
 def test_cancel_a_batch_completes_waiting_tasks_as_cancelled(stack: Stack, sim: Any) -> None:
     import tasks
     from worker import control
-    from worker.jobs import JobFailed
+    from worker.jobs.start import JobFailed
 
     sim.faults(time_factor=0.02)
     results = [tasks.imagine.delay(f"cancel me {i}", batch_id="cb") for i in range(10)]
@@ -220,7 +220,7 @@ def test_out_of_credit_stops_submitting_until_resume(stack: Stack, sim: Any) -> 
 def test_requeue_failed_jobs(stack: Stack, sim: Any) -> None:
     import tasks
     from worker import control
-    from worker.jobs import JobFailed
+    from worker.jobs.start import JobFailed
 
     sim.faults(banned_words=["nope"])
     bad = tasks.imagine.delay("nope nope", batch_id="rq")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from worker.requests import MAX_TAG_LENGTH, MAX_TAGS
+from worker.jobs.kinds import MAX_TAG_LENGTH, MAX_TAGS
 
 MODES = ("fast", "relax", "turbo")
 BOTS = {

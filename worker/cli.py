@@ -44,11 +44,11 @@ from worker.batchfile import (
     read_batch_file,
     validate_plan,
 )
-from worker.progress import FAILED, Snapshot, watch
+from worker.reports.progress import FAILED, Snapshot, watch
 from worker.settings import Settings, SettingsError, get_settings
 
 if TYPE_CHECKING:
-    from worker.devstack import DevStack
+    from worker.devstack.stack import DevStack
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -163,7 +163,7 @@ class Backend:
     """Ledger, controls and the producer API behind one small object (one Redis connection)."""
 
     def __init__(self, settings: Settings | None = None) -> None:
-        from worker.ledger import Ledger
+        from worker.store.ledger import Ledger
 
         self.settings = settings or get_settings()
         self.redis = redis.Redis.from_url(self.settings.effective_redis_url, decode_responses=True)
@@ -504,7 +504,7 @@ def status_cmd(
             )
             return
         print_breaker(breaker)
-        from worker.progress import RateMeter, render
+        from worker.reports.progress import RateMeter, render
 
         console.print(render(snap, RateMeter()))
         console.print("  " + "  ".join(f"{state} {n}" for state, n in snap.counts.items() if n))
@@ -625,7 +625,7 @@ def export_cmd(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="file (default: stdout)")] = None,
 ) -> None:
     """Write the batch manifest: job, prompt, status, upstream id, image URL/path/sha256, lineage, times."""
-    from worker.export import FORMATS, write_manifest
+    from worker.reports.export import FORMATS, write_manifest
 
     if fmt not in FORMATS:
         raise CliError(f"unknown format {fmt!r}", "use --format jsonl or --format csv", 2)
@@ -649,7 +649,7 @@ def gallery_cmd(
     open_browser: Annotated[bool, typer.Option("--open/--no-open", help="open it in a browser")] = True,
 ) -> None:
     """Write a self-contained HTML contact sheet of the batch (images embedded) and open it."""
-    from worker.gallery import write_gallery
+    from worker.reports.gallery import write_gallery
 
     with backend() as handle:
         snap = Snapshot.from_batch(batch, handle.batch(batch))
@@ -685,7 +685,7 @@ def sim_cmd(ctx: typer.Context) -> None:
 @cli_command("webhook")
 def webhook_cmd() -> None:
     """Run the webhook server that receives the upstream's notifyHook callbacks."""
-    from worker.webhook import serve
+    from worker.service.webhook import serve
 
     serve()
 
@@ -699,7 +699,7 @@ def worker_cmd(
     loglevel: Annotated[str, typer.Option("--loglevel", "-l")] = "INFO",
 ) -> None:
     """Run a Celery worker on all mjqueue queues with sensible defaults (task events on for Flower)."""
-    from worker.devstack import worker_argv
+    from worker.devstack.stack import worker_argv
 
     settings = get_settings()
     argv = worker_argv(
@@ -724,7 +724,7 @@ def up_cmd(
     ephemeral: Annotated[bool, typer.Option(help="free ports instead of the configured ones")] = False,
 ) -> None:
     """Run everything on this machine: Valkey, simulator, worker + beat, webhook, Flower. Ctrl-C stops it."""
-    from worker.devstack import DevStack, StackError, run_forever
+    from worker.devstack.stack import DevStack, StackError, run_forever
 
     colours = {"worker": "cyan", "webhook": "magenta", "flower": "green", "simulator": "yellow"}
 
@@ -807,7 +807,7 @@ def demo_cmd(
     open_browser: Annotated[bool, typer.Option("--open/--no-open", help="open the gallery")] = False,
 ) -> None:
     """Start a stack, run a demo batch with follow-ups, show progress, write a gallery; exit 0 if all ok."""
-    from worker.demo import run_demo
+    from worker.devstack.demo import run_demo
 
     raise typer.Exit(run_demo(console, size=size, time_factor=time_factor, open_browser=open_browser))
 

@@ -9,12 +9,12 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from worker.admission import admit_parked
 from worker.app import app
-from worker.messages import resend
-from worker.outcomes import cancel_job
-from worker.runtime import Runtime, runtime
-from worker.slots import MODES
+from worker.jobs.admission import admit_parked
+from worker.jobs.messages import resend
+from worker.jobs.settle import cancel_job
+from worker.store.runtime import Runtime, runtime
+from worker.store.slots import MODES
 
 REQUEUABLE = frozenset({"failed", "timed_out", "cancelled", "needs_review"})
 

@@ -6,7 +6,7 @@ redelivery within seconds, not an hour) and short expected durations. Slot lease
 (``rel_crash``: worker kill, Redis restart) need them short, a killed worker's slots come back by expiry; every
 other scenario runs with ``LONG_LEASE_S``, longer than any scenario may run (pytest's timeout), so a lease that
 is never released is still there for the audit to count instead of expiring unseen. Hooked configurations run
-the webhook server in its own process (``uvicorn worker.webhook:create_app``, as ``mjq webhook``).
+the webhook server in its own process (``uvicorn worker.service.webhook:create_app``, as ``mjq webhook``).
 
 The default run uses reduced batches (``REDUCED`` root jobs); ``--full`` (``make reliability``) runs every
 scenario with ``FULL`` root jobs plus their follow-ups and writes the README's results table.
@@ -40,7 +40,7 @@ SECRET_API_KEY = "sk-rel-7Q2vK9xW4mB8nL1pZ6tR3yH5"
 SECRET_WEBHOOK = "whsec-rel-4Jd8Kq2Lx7Vb9Nz3Tp6Ry1Wc"
 
 REDUCED, FULL = 48, 200
-CRASH_LEASE_S = 5.0  # a killed worker's slots (and its lost messages, see worker.admission) come back this soon
+CRASH_LEASE_S = 5.0  # a killed worker's slots (and its lost messages, see worker.jobs.admission) come back this soon
 LONG_LEASE_S = 900.0  # beyond pytest's per-test timeout (pyproject: 300 s): no lease can expire in a scenario
 WEBHOOK_MAX_BODY = 65_536  # callbacks are ~2 KB; a small limit keeps oversized bodies cheap under load
 

@@ -32,8 +32,8 @@ def claimed(rel: Rel) -> int:
     """Jobs claimed by a poll in the last second and not rescheduled yet: that poll is still running.
 
     A claim puts its jobs at now + claim_s (3.5 s here); every schedule is nearer (first polls under 2 s)."""
+    from worker.jobs.tracking import claim_seconds
     from worker.settings import get_settings
-    from worker.tracking import claim_seconds
 
     return int(rel.stack.redis.zcount("mjq:inflight", time.time() + claim_seconds(get_settings()) - 1.0, "+inf"))
 

@@ -53,7 +53,7 @@ def in_flight(rel: Rel, batch_id: str) -> bool:
 
 
 def test_hostile_webhook_input_under_load(rel_hook: Rel, started: float, tmp_path: Path) -> None:
-    from worker.requests import webhook_token
+    from worker.jobs.kinds import webhook_token
     from worker.settings import get_settings
 
     rel = rel_hook

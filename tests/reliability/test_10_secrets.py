@@ -35,7 +35,7 @@ import redis
 
 from tests.reliability.conftest import SECRET_API_KEY, SECRET_WEBHOOK, Rel
 from tests.support.stack import ROOT
-from worker.redisserver import free_port
+from worker.devstack.redisserver import free_port
 
 SECRETS = {"api key": SECRET_API_KEY, "webhook secret": SECRET_WEBHOOK}
 # Put in one prompt, so it travels where prompts go (messages, base64 bodies, records, logs): proves the scans see

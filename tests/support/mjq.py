@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from worker.devstack import DevStack
+from worker.devstack.stack import DevStack
 from worker.settings import load_settings
 
 BIN = Path(sys.executable).parent

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 import redis
 
-from worker.processes import stop_process
-from worker.redisserver import RedisServer, free_port
+from worker.devstack.processes import stop_process
+from worker.devstack.redisserver import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 WEBHOOK_SECRET = "test-webhook-secret"
@@ -148,7 +148,7 @@ def wait_healthy(
 
 
 class WebhookThread:
-    """uvicorn serving ``worker.webhook.create_app`` in a daemon thread (real sockets)."""
+    """uvicorn serving ``worker.service.webhook.create_app`` in a daemon thread (real sockets)."""
 
     def __init__(self, port: int) -> None:
         self.port = port
@@ -159,8 +159,8 @@ class WebhookThread:
     def start(self) -> WebhookThread:
         import uvicorn
 
+        from worker.service.webhook import create_app
         from worker.settings import get_settings
-        from worker.webhook import create_app
 
         config = uvicorn.Config(
             create_app(get_settings()), host="127.0.0.1", port=self.port, log_level="warning"
@@ -179,7 +179,7 @@ class WebhookThread:
 
 
 class WebhookProcess:
-    """uvicorn serving ``worker.webhook:create_app`` in its own process, logging to a file at ``loglevel``
+    """uvicorn serving ``worker.service.webhook:create_app`` in its own process, logging to a file at ``loglevel``
     (root logger included, so mjqueue's own loggers show), like ``mjq webhook`` in production."""
 
     def __init__(self, port: int, env: dict[str, str], log_path: Path, loglevel: str = "INFO") -> None:
@@ -207,7 +207,7 @@ class WebhookProcess:
     def start(self, timeout_s: float = 20.0) -> WebhookProcess:
 
         argv = [
-            sys.executable, "-m", "uvicorn", "--factory", "worker.webhook:create_app",
+            sys.executable, "-m", "uvicorn", "--factory", "worker.service.webhook:create_app",
             "--host", "127.0.0.1", "--port", str(self.port),
             "--log-config", str(self._log_config()), "--log-level", self.loglevel.lower(),
         ]  # fmt: skip
@@ -242,7 +242,7 @@ class Stack:
 
     @property
     def ledger(self) -> Any:
-        from worker.runtime import runtime
+        from worker.store.runtime import runtime
 
         return runtime().ledger
 
@@ -264,7 +264,7 @@ class Stack:
 
     def wait_batch(self, batch_id: str, expected: int, timeout: float = 30.0) -> dict[str, Any]:
         """Wait until ``expected`` jobs of the batch exist and all are terminal."""
-        from worker.ledger import TERMINAL
+        from worker.store.ledger import TERMINAL
 
         def done() -> bool:
             b = self.ledger.batch(batch_id)
@@ -341,8 +341,8 @@ def apply_env_here(env: dict[str, str]) -> None:
         del os.environ[key]
     os.environ.update({k: v for k, v in env.items() if k.startswith("MJQ_")})
     from worker.app import reconfigure
-    from worker.runtime import reset_runtime
     from worker.settings import get_settings
+    from worker.store.runtime import reset_runtime
 
     get_settings.cache_clear()
     reconfigure(get_settings())

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 import httpx
 import redis
 
-from worker.redisserver import RedisServer, free_port
+from worker.devstack.redisserver import RedisServer, free_port
 from worker.settings import Settings, dev_webhook_secret, load_settings, webhook_secret_problem
 
 QUEUES = ("interactive", "track", "batch")  # the order is the priority (see worker.app)
@@ -428,8 +428,8 @@ def reload_settings() -> None:
         from worker.app import reconfigure
 
         reconfigure(get_settings())
-    if "worker.runtime" in sys.modules:
-        from worker.runtime import reset_runtime
+    if "worker.store.runtime" in sys.modules:
+        from worker.store.runtime import reset_runtime
 
         reset_runtime()
 

@@ -23,12 +23,30 @@ from celery import Task
 from celery.exceptions import Ignore
 from celery.result import AsyncResult
 
-from worker.admission import admit_parked, waiting_score
-from worker.canvas import pending_children
-from worker.finishing import JobFailed
-from worker.imagestore import keep_images
-from worker.ledger import TERMINAL, result_of
-from worker.messages import message_from_request, resend, task_reprs
+from worker.jobs.admission import admit_parked, waiting_score
+from worker.jobs.finishing import JobFailed
+from worker.jobs.kinds import (
+    KINDS,
+    Kind,
+    build_request,
+    check_caller_fields,
+    check_id,
+    check_job_options,
+    job_mode,
+    lighten_images,
+    short_repr,
+)
+from worker.jobs.messages import message_from_request, resend, task_reprs
+from worker.jobs.settle import (
+    after_terminal,
+    cancel_job,
+    ensure_tracking,
+    finish_now,
+    hold_slot,
+    mark_needs_review,
+    send_finish,
+)
+from worker.jobs.tracking import first_poll_delay
 from worker.mjapi.errors import (
     AnswerLost,
     InvalidInput,
@@ -40,28 +58,10 @@ from worker.mjapi.errors import (
     StopSubmitting,
     UpstreamSystemError,
 )
-from worker.outcomes import (
-    after_terminal,
-    cancel_job,
-    ensure_tracking,
-    finish_now,
-    hold_slot,
-    mark_needs_review,
-    send_finish,
-)
-from worker.requests import (
-    KINDS,
-    Kind,
-    build_request,
-    check_caller_fields,
-    check_id,
-    check_job_options,
-    job_mode,
-    lighten_images,
-    short_repr,
-)
-from worker.runtime import Runtime, reset_runtime, runtime
-from worker.tracking import first_poll_delay
+from worker.plans.canvas import pending_children
+from worker.store.images import keep_images
+from worker.store.ledger import TERMINAL, result_of
+from worker.store.runtime import Runtime, reset_runtime, runtime
 
 __all__ = ["JobFailed", "JobTask", "reset_runtime", "run_job_task", "runtime", "start_job"]
 
@@ -112,7 +112,7 @@ def start_job(
     req = task.request
     job_id = job_id or str(req.id)
     check_id(job_id)  # a raw Celery task id (send_task(task_id=...)) becomes Redis keys and a media file name
-    rt.slots.arrived(job_id)  # the task an admission or a retry expected has started (worker.admission)
+    rt.slots.arrived(job_id)  # the task an admission or a retry expected has started (worker.jobs.admission)
     job = rt.ledger.get_job(job_id)
     if job is None:
         job = _create(task, spec, payload, job_id, mode, batch_id, priority, parent_result, then, modal, meta, rt)
@@ -461,7 +461,7 @@ class JobTask(Task):  # type: ignore[misc]
     """
 
     kind: str = ""
-    counts_as_job = True  # batches count these (worker.canvas)
+    counts_as_job = True  # batches count these (worker.plans.canvas)
     acks_late = True
     reject_on_worker_lost = True
     max_retries = None

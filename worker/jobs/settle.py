@@ -11,10 +11,10 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from worker.admission import admit_parked
-from worker.ledger import TERMINAL
-from worker.requests import KINDS
-from worker.runtime import Runtime, runtime
+from worker.jobs.admission import admit_parked
+from worker.jobs.kinds import KINDS
+from worker.store.ledger import TERMINAL
+from worker.store.runtime import Runtime, runtime
 
 STATUS_MAP = {
     "NOT_START": "submitted",

@@ -9,8 +9,8 @@ from celery import Task
 from celery.app.task import Context
 
 from worker.app import app
-from worker.imagestore import IMAGE_REF
-from worker.requests import KINDS, Kind, lighten_images, short_repr
+from worker.jobs.kinds import KINDS, Kind, lighten_images, short_repr
+from worker.store.images import IMAGE_REF
 
 MESSAGE_OPTIONS = ("chain", "link", "link_error", "root_id", "parent_id", "group_id", "group_index", "chord")
 _REPR_TEXT = 40

@@ -10,16 +10,16 @@ from typing import Any
 
 import redis
 
-from worker.admission import admit_parked, resend_overdue
-from worker.imagestore import sweep_images
-from worker.ledger import TERMINAL
+from worker.jobs.admission import admit_parked, resend_overdue
+from worker.jobs.settle import field_of, finish_now, hold_slot, send_finish, settle
 from worker.mjapi.errors import (
     MJError,
 )
-from worker.outcomes import field_of, finish_now, hold_slot, send_finish, settle
-from worker.runtime import Runtime, runtime
 from worker.settings import Settings
-from worker.slots import MODES
+from worker.store.images import sweep_images
+from worker.store.ledger import TERMINAL
+from worker.store.runtime import Runtime, runtime
+from worker.store.slots import MODES
 
 log = logging.getLogger("mjqueue.tracking")
 

@@ -9,10 +9,10 @@ from typing import Any
 from celery import Task, signature
 
 from worker.app import app
-from worker.canvas import pending_children
-from worker.ledger import TERMINAL
-from worker.messages import context_from_message
-from worker.runtime import Runtime, runtime
+from worker.jobs.messages import context_from_message
+from worker.plans.canvas import pending_children
+from worker.store.ledger import TERMINAL
+from worker.store.runtime import Runtime, runtime
 
 log = logging.getLogger("mjqueue.finishing")
 

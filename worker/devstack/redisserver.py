@@ -10,7 +10,7 @@ from pathlib import Path
 
 import redis
 
-from worker.processes import stop_process
+from worker.devstack.processes import stop_process
 
 
 def free_port() -> int:

@@ -4,7 +4,7 @@ A slot is a member of the sorted set ``mjq:slots:<mode>`` (member = job id, scor
 scripts first drop expired leases, so a crashed worker's slot comes back after ``slot_lease_s``. A job that
 cannot be admitted is *parked* in the ledger (no worker, no broker message); when a slot frees,
 ``admit_next`` pops the best parked jobs and gives each a lease on its behalf before its task is re-sent, so
-no newcomer can take it, and ``mjq:expected`` holds each until its task starts (see ``worker.admission``).
+no newcomer can take it, and ``mjq:expected`` holds each until its task starts (see ``worker.jobs.admission``).
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ class Slots:
         self.redis.zrem("mjq:expected", member)
 
     def overdue_expected(self, now: float, limit: int = 100) -> list[str]:
-        """Expected tasks that did not start in time: their message was lost (see ``worker.admission``)."""
+        """Expected tasks that did not start in time: their message was lost (see ``worker.jobs.admission``)."""
         return cast(list[str], self.redis.zrangebyscore("mjq:expected", "-inf", now, start=0, num=limit))
 
     def renew(self, mode: str, job_id: str, seconds: float | None = None) -> None:

@@ -13,12 +13,12 @@ import time
 from collections.abc import Mapping
 from typing import Any, cast
 
-from worker.ledger import TERMINAL
 from worker.media import peek_head
 from worker.mjapi.errors import (
     InvalidInput,
 )
-from worker.runtime import Runtime, runtime
+from worker.store.ledger import TERMINAL
+from worker.store.runtime import Runtime, runtime
 
 IMAGE_REF = "img:"
 _REF = re.compile(r"img:([0-9a-f]{64})")

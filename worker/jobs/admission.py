@@ -7,9 +7,9 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from worker.messages import resend
-from worker.runtime import Runtime, runtime
-from worker.slots import MODES
+from worker.jobs.messages import resend
+from worker.store.runtime import Runtime, runtime
+from worker.store.slots import MODES
 
 log = logging.getLogger("mjqueue.admission")
 

@@ -49,7 +49,8 @@ def _error(status: int, message: str) -> JSONResponse:
 
 def create_app(settings: Settings | None = None) -> Starlette:
     """The ASGI app (settings default to the process settings)."""
-    from worker import requests, runtime
+    from worker.jobs import kinds as requests
+    from worker.store import runtime
 
     settings = settings or get_settings()
     unusable = webhook_secret_problem(settings.webhook_secret.get_secret_value())
@@ -99,7 +100,7 @@ def _text(value: Any) -> str | None:
 
 def _settle(rt: Any, job_id: str, body: dict[str, Any]) -> str:
     """The callback as a task snapshot for ``settle``; wrong types become "absent", never a server error."""
-    from worker import outcomes
+    from worker.jobs import settle as outcomes
 
     buttons = body.get("buttons")
     properties = body.get("properties")

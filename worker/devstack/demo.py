@@ -63,9 +63,9 @@ def run_demo(
 ) -> int:
     """Run the demo end to end; returns the exit code (0 = every job succeeded)."""
     from worker.cli import Backend, submit_jobs
-    from worker.devstack import DevStack
-    from worker.gallery import write_gallery
-    from worker.progress import watch
+    from worker.devstack.stack import DevStack
+    from worker.reports.gallery import write_gallery
+    from worker.reports.progress import watch
 
     settings = get_settings()
     root = (settings.state_dir / "demo").resolve()
@@ -94,7 +94,7 @@ def run_demo(
             handle.close()
     gallery = write_gallery(batch_id, jobs, root / "gallery.html", snap.counts)
     manifest = root / "manifest.jsonl"
-    from worker.export import write_manifest
+    from worker.reports.export import write_manifest
 
     with manifest.open("w", encoding="utf-8") as out:
         write_manifest(jobs, "jsonl", out)

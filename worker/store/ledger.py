@@ -14,11 +14,11 @@ Keys (all prefixed ``mjq:``; the scripts build key names themselves, so this nee
 - ``inflight``           zset: accepted jobs being tracked, score = next check time
 - ``waiting:<mode>``     zset: parked jobs waiting for a slot, score = priority * 1e13 + created (ms)
 - ``held:<batch>``       zset: parked jobs of a paused batch (moved back to ``waiting`` on resume)
-- ``slots:<mode>``       zset: slot leases, member = job id, score = lease expiry (see ``worker.slots``)
-- ``expected``           zset: tasks that must start by the score, else their message was lost (``worker.slots``)
+- ``slots:<mode>``       zset: slot leases, member = job id, score = lease expiry (see ``worker.store.slots``)
+- ``expected``           zset: tasks that must start by the score, else their message was lost (``worker.store.slots``)
 - ``finishing``          zset: jobs whose terminal transition won but whose finishing step has not run yet
 - ``breaker``            hash: the global stop after 401/403/out of credit (tripped, reason, at)
-- ``img:<sha256>``       input images stored once by the producer (see ``worker.imagestore``)
+- ``img:<sha256>``       input images stored once by the producer (see ``worker.store.images``)
 - ``imgjobs``            zset: unfinished jobs that refer to stored images (their TTL is kept, ``imagestore``)
 """
 

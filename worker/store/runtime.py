@@ -6,10 +6,10 @@ import threading
 
 import redis
 
-from worker.ledger import Ledger
 from worker.mjapi import MidjourneyClient
 from worker.settings import Settings, get_settings
-from worker.slots import Slots
+from worker.store.ledger import Ledger
+from worker.store.slots import Slots
 
 
 class Runtime:

@@ -18,7 +18,7 @@ from typing import Any
 
 from PIL import Image
 
-from worker.export import format_time, order_jobs
+from worker.reports.export import format_time, order_jobs
 
 THUMB_PX = 384
 STATUS_COLOURS = {

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from worker.ledger import IMAGE_FIELDS
+from worker.store.ledger import IMAGE_FIELDS
 
 FIELDS: tuple[str, ...] = (
     "job_id",

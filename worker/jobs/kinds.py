@@ -13,14 +13,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from worker.imagestore import load_image, peek_image, store_image
 from worker.mjapi import validate_request
 from worker.mjapi.errors import (
     InvalidInput,
 )
-from worker.runtime import Runtime, runtime
 from worker.settings import Settings
-from worker.slots import MODES
+from worker.store.images import load_image, peek_image, store_image
+from worker.store.runtime import Runtime, runtime
+from worker.store.slots import MODES
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""Local stacks: the embedded Valkey, processes, `mjq up` and the demo."""

@@ -1,0 +1,1 @@
+"""What people read: progress, exports, the gallery."""
