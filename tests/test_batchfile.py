@@ -297,7 +297,7 @@ def test_region_masks_are_read_relative_to_the_prompt_file(tmp_path: Path, monke
     monkeypatch.chdir(tmp_path / "masks")  # not the folder the paths are relative to
     plan = read_batch_file(path)
     [job] = plan.jobs
-    from tasks.pipelines import Action, parse
+    from worker.plans.grammar import Action, parse
 
     region = parse(job.then or "").sequences[0].steps[1]
     assert isinstance(region, Action) and region.args == (str((tmp_path / "masks" / "hat.png").resolve()), "a hat")

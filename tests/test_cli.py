@@ -443,7 +443,7 @@ def test_copied_file_into_the_same_batch_ends(tmp_path: Path, stack: DevStack) -
 
 def test_interrupted_enqueue_then_rows_deleted_ends(tmp_path: Path, stack: DevStack) -> None:
     from worker.batchfile import read_batch_file
-    from worker.cli import Backend, submit_jobs
+    from worker.producer import Backend, submit_jobs
     from worker.settings import get_settings
 
     path = write_jsonl(tmp_path / "cut.jsonl", [{"id": f"cut{i}", "prompt": f"cut short {i}"} for i in range(5)])

@@ -122,7 +122,7 @@ def test_flower_rest_async_apply_runs_a_real_job(flower: str, stack: DevStack) -
 
 def _size(job: dict[str, Any]) -> str:
     """How the repr shows the 1 input image of ``job`` (sizes as media.describe_images rounds them)."""
-    from worker.media import describe_images
+    from worker.mjapi.images import describe_images
 
     return describe_images([png_data_uri("teal")]).split(" ", 1)[1]
 

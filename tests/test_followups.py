@@ -140,7 +140,7 @@ def test_a_lost_plan_is_sent_again_with_the_same_follow_ups(stack: Stack, sim: A
     """A plan whose messages were lost (worker killed, broker pop lost) is sent again by housekeeping; the
     follow-ups have ids derived from the parent, so sending twice creates (and pays for) each one once."""
     import tasks
-    from tasks.followups import start_plan
+    from worker.plans.runner import start_plan
     from worker.store.runtime import runtime
 
     parent = tasks.imagine.delay("a plan that got lost", batch_id="lost-plan").id
@@ -210,9 +210,9 @@ def test_region_masks_are_read_where_the_plan_is_given(
     """A mask path in a plan is read by the producer (relative to its directory, or to the prompt file) and
     stored by reference; the worker, which runs in another directory, never reads it."""
     import tasks
-    from tasks.followups import start_plan
     from worker.batchfile import read_batch_file
     from worker.mjapi.errors import InvalidInput
+    from worker.plans.runner import start_plan
     from worker.store.runtime import runtime
 
     folder = tmp_path / "prompts"

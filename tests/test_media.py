@@ -8,9 +8,9 @@ import io
 import pytest
 from PIL import Image
 
-from worker import media
-from worker.media import MAX_IMAGE_BYTES, describe_images, parse_data_uri, sniff_mime, to_data_uri
+from worker.mjapi import images as media
 from worker.mjapi.errors import InvalidInput
+from worker.mjapi.images import MAX_IMAGE_BYTES, describe_images, parse_data_uri, sniff_mime, to_data_uri
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -9,8 +9,8 @@ import pytest
 from celery import group
 from celery.canvas import _chain
 
-from tasks.pipelines import PlanError, check_masks, compile, count_jobs, map_masks, parse, store_masks
 from worker.mjapi.errors import InvalidInput
+from worker.plans.grammar import PlanError, check_masks, compile, count_jobs, map_masks, parse, store_masks
 
 ROUND_TRIPS = [
     ("U1-4", 4),

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -18,7 +17,7 @@ from kombu.entity import Exchange, Queue
 from worker.settings import Settings, get_settings
 
 QUEUES = ("interactive", "track", "batch")
-TASK_MODULES = ("tasks.submit", "tasks.track", "tasks.followups", "tasks.pipelines")
+TASK_MODULES = ("tasks.submit", "tasks.track", "tasks.followups")  # by name: tasks/ sits above this module
 
 
 def visibility_timeout_s(settings: Settings) -> int:
@@ -105,10 +104,7 @@ def create_app(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     celery_app = Celery("mjqueue")
     celery_app.conf.update(celery_config(settings))
-    # Only modules that exist: follow-ups and plans land from another work stream.
-    # (checked by file, not by import: importing the tasks package here would be circular)
-    root = Path(__file__).resolve().parents[1]
-    celery_app.conf.include = [m for m in TASK_MODULES if (root / (m.replace(".", "/") + ".py")).is_file()]
+    celery_app.conf.include = list(TASK_MODULES)
     return celery_app
 
 

@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from worker.jobs.kinds import MAX_TAG_LENGTH, MAX_TAGS
+from worker.mjapi import images
+from worker.plans.grammar import check_masks, count_jobs
 
 MODES = ("fast", "relax", "turbo")
 BOTS = {
@@ -133,7 +135,6 @@ class BatchPlan:
 
     def followup_jobs(self) -> int:
         """Follow-up jobs the plans will create when every step succeeds."""
-        from tasks.pipelines import count_jobs
 
         return sum(count_jobs(text) * n for text, n in self.followups_by_plan().items())
 
@@ -416,7 +417,6 @@ def validate_plan(text: str | None, field: str = "then", base_dir: Path | None =
     """
     if text is None or not text.strip():
         return None
-    from tasks.pipelines import check_masks
 
     try:
         return check_masks(text, base_dir)
@@ -436,11 +436,9 @@ class ImageLoader:
         self._cache: dict[Path, str] = {}
 
     def load(self, ref: str) -> str:
-        from worker import media
-
         if ref.startswith("data:"):
             try:
-                media.parse_data_uri(ref, "images")
+                images.parse_data_uri(ref, "images")
             except ValueError as exc:
                 raise RowError("images", f"{getattr(exc, 'rule', None) or exc}") from None
             return ref
@@ -451,14 +449,14 @@ class ImageLoader:
         if path not in self._cache:
             try:
                 size = path.stat().st_size
-                if size > media.MAX_IMAGE_BYTES:
-                    raise RowError("images", f"{ref}: {size} bytes, more than {media.MAX_IMAGE_BYTES}")
+                if size > images.MAX_IMAGE_BYTES:
+                    raise RowError("images", f"{ref}: {size} bytes, more than {images.MAX_IMAGE_BYTES}")
                 data = path.read_bytes()
             except OSError as exc:
                 raise RowError("images", f"{ref}: cannot read ({exc.strerror or exc})") from None
-            uri = media.to_data_uri(data)
+            uri = images.to_data_uri(data)
             try:
-                media.parse_data_uri(uri, "images")
+                images.parse_data_uri(uri, "images")
             except ValueError as exc:
                 raise RowError("images", f"{ref}: {getattr(exc, 'rule', None) or exc}") from None
             self._cache[path] = uri

@@ -15,10 +15,10 @@ import sys
 import time
 import uuid
 import webbrowser
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, ParamSpec, TypeVar
+from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -30,25 +30,32 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 from rich.text import Text
 
+from worker import control
 from worker.batchfile import (
     MAX_PERMUTATIONS,
     BatchFileError,
     BatchJob,
     BatchPlan,
     Defaults,
+    ImageLoader,
     RowError,
     default_batch_id,
+    expand_permutations,
     flagged_mode,
+    normalise,
     parse_bot,
     parse_mode,
     read_batch_file,
     validate_plan,
 )
-from worker.reports.progress import FAILED, Snapshot, watch
-from worker.settings import Settings, SettingsError, get_settings
-
-if TYPE_CHECKING:
-    from worker.devstack.stack import DevStack
+from worker.devstack.demo import run_demo
+from worker.devstack.stack import DevStack, StackError, run_forever, worker_argv
+from worker.producer import Backend, UnknownBatch, backend, submit_jobs
+from worker.reports.export import FORMATS, write_manifest
+from worker.reports.gallery import write_gallery
+from worker.reports.progress import FAILED, RateMeter, Snapshot, render, watch
+from worker.service.webhook import serve
+from worker.settings import Settings, SettingsError, get_settings, settings_table
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -96,6 +103,8 @@ def explain(exc: BaseException) -> CliError | None:
             f"cannot reach Redis at {url}: is `mjq up` running?",
             "start it with `mjq up`, or set MJQ_REDIS_URL to your Redis",
         )
+    if isinstance(exc, UnknownBatch):
+        return CliError(str(exc), "`mjq status` lists the batches")
     if isinstance(exc, BatchFileError):
         return CliError(str(exc), "prompt files are .txt (one per line), .csv (header with 'prompt') or .jsonl", 2)
     if isinstance(exc, RowError):
@@ -153,116 +162,6 @@ def fail(error: CliError) -> NoReturn:
 
 def print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, ensure_ascii=False, default=str, indent=2) + "\n")
-
-
-# --------------------------------------------------------------------------------------------------------
-# The stream C boundary: ledger, controls and the producer API, in one place.
-
-
-class Backend:
-    """Ledger, controls and the producer API behind one small object (one Redis connection)."""
-
-    def __init__(self, settings: Settings | None = None) -> None:
-        from worker.store.ledger import Ledger
-
-        self.settings = settings or get_settings()
-        self.redis = redis.Redis.from_url(self.settings.effective_redis_url, decode_responses=True)
-        self.redis.ping()
-        self.ledger = Ledger(self.redis)
-
-    def close(self) -> None:
-        self.redis.close()
-
-    def batch(self, batch_id: str) -> dict[str, Any]:
-        info = self.ledger.batch(batch_id)
-        if not info or not (info.get("total") or info.get("planned") or info.get("counts")):
-            raise CliError(f"no batch {batch_id!r}", "`mjq status` lists the batches")
-        return dict(info)
-
-    def snapshot(self, batch_id: str) -> Snapshot:
-        return Snapshot.from_batch(batch_id, self.ledger.batch(batch_id) or {})
-
-    def submit(self, kwargs: Mapping[str, Any], queue: str | None = None, producer: Any = None) -> str:
-        """Enqueue one imagine job through the producer API (validated there); returns its job id.
-
-        ``producer``: a kombu producer to reuse (``Backend.producer()``) instead of one per message.
-        """
-        import tasks
-
-        options: dict[str, Any] = {"queue": queue} if queue else {}
-        if producer is not None:
-            options["producer"] = producer
-        result = tasks.imagine.apply_async(kwargs=dict(kwargs), **options)
-        return str(kwargs.get("job_id") or result.id)
-
-    @contextmanager
-    def producer(self) -> Iterator[Any]:
-        """One broker connection and producer for many messages (a batch enqueues thousands)."""
-        from worker.app import app
-
-        with app.producer_or_acquire() as producer:
-            yield producer
-
-    def unfinished(self, job_ids: Sequence[str]) -> int:
-        """Jobs not yet through their finishing step (not terminal, or image still downloading)."""
-        return self.ledger.unfinished(job_ids)
-
-    def wait_finished(self, job_ids: Sequence[str], timeout_s: float | None = 60.0) -> None:
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while self.unfinished(job_ids) and (deadline is None or time.monotonic() < deadline):
-            time.sleep(0.3)
-
-
-@contextmanager
-def backend() -> Iterator[Backend]:
-    handle = Backend()
-    try:
-        yield handle
-    finally:
-        handle.close()
-
-
-# --------------------------------------------------------------------------------------------------------
-# Producing
-
-
-CHUNK = 200  # jobs looked up in (and announced to) the ledger per Redis round trip
-
-
-def submit_jobs(
-    handle: Backend,
-    jobs: Sequence[BatchJob],
-    batch_id: str,
-    on_progress: Callable[[int], None] | None = None,
-    queue: str | None = None,
-) -> tuple[int, int]:
-    """Enqueue jobs the ledger does not know yet; returns (submitted, skipped as already known).
-
-    Every job sent is announced to the batch (``Ledger.expect_jobs``), so progress and ETA count it before a
-    worker creates its record, and the batch ends once exactly those jobs (and their follow-ups) ended: jobs
-    already known, here or in another batch, and rows no longer in the file are never waited for. Jobs are
-    looked up ``CHUNK`` at a time (one round trip), which keeps ``mjq batch`` close to raw ``apply_async``.
-    """
-    handle.ledger.ensure_batch(batch_id)
-    submitted = skipped = 0
-    with handle.producer() as producer:
-        for start in range(0, len(jobs), CHUNK):
-            chunk = jobs[start : start + CHUNK]
-            known = handle.ledger.existing([job.job_id for job in chunk])
-            sent: list[str] = []
-            try:
-                for index, job in enumerate(chunk, start=start + 1):
-                    if job.job_id in known:
-                        skipped += 1
-                    else:
-                        handle.submit(job.task_kwargs(batch_id), queue, producer)
-                        sent.append(job.job_id)
-                        submitted += 1
-                    if on_progress is not None:
-                        on_progress(index)
-            finally:  # also when interrupted: what was sent is expected, nothing else
-                handle.ledger.expect_jobs(batch_id, sent)
-    return submitted, skipped
 
 
 def plan_summary(plan: BatchPlan, batch_id: str) -> dict[str, Any]:
@@ -390,8 +289,6 @@ def imagine_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Enqueue one prompt (permutations are expanded like in files)."""
-    from worker.batchfile import ImageLoader, expand_permutations, normalise
-
     loader = ImageLoader(Path.cwd())
     images = tuple(loader.load(str(path)) for path in image or [])
     chosen_mode = parse_mode(mode, "--mode")
@@ -465,8 +362,6 @@ def status_cmd(
     failures: Annotated[int, typer.Option(help="failures to list")] = 20,
 ) -> None:
     """A table of batches, or one batch's counts with its failures and reasons."""
-    from worker import control
-
     with backend() as handle:
         breaker = control.breaker_status()
         if batch is None:
@@ -504,8 +399,6 @@ def status_cmd(
             )
             return
         print_breaker(breaker)
-        from worker.reports.progress import RateMeter, render
-
         console.print(render(snap, RateMeter()))
         console.print("  " + "  ".join(f"{state} {n}" for state, n in snap.counts.items() if n))
         if failed:
@@ -550,8 +443,6 @@ BatchArg = Annotated[str, typer.Argument(help="batch id (see `mjq status`)")]
 @cli_command("pause")
 def pause_cmd(batch: BatchArg) -> None:
     """Stop submitting a batch's queued jobs (jobs already upstream finish)."""
-    from worker import control
-
     with backend() as handle:
         handle.batch(batch)
         control.pause_batch(batch)
@@ -563,8 +454,6 @@ def resume_cmd(
     batch: Annotated[str | None, typer.Argument(help="batch id; none = clear the global stop")] = None,
 ) -> None:
     """Resume a paused batch; without a batch, clear the global stop (breaker) after 401/credit errors."""
-    from worker import control
-
     with backend() as handle:
         if batch is None:
             control.resume_submitting()
@@ -578,8 +467,6 @@ def resume_cmd(
 @cli_command("cancel")
 def cancel_cmd(batch: BatchArg) -> None:
     """Cancel a batch: queued jobs are never submitted; running upstream jobs are left to finish."""
-    from worker import control
-
     with backend() as handle:
         handle.batch(batch)
         control.cancel_batch(batch)
@@ -597,8 +484,6 @@ def requeue_cmd(
     cancelled: Annotated[bool, typer.Option("--cancelled")] = False,
 ) -> None:
     """Queue again the batch's jobs in the chosen end states (same job ids; succeeded jobs never rerun)."""
-    from worker import control
-
     chosen = (
         ("failed", failed),
         ("timed_out", timed_out),
@@ -625,8 +510,6 @@ def export_cmd(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="file (default: stdout)")] = None,
 ) -> None:
     """Write the batch manifest: job, prompt, status, upstream id, image URL/path/sha256, lineage, times."""
-    from worker.reports.export import FORMATS, write_manifest
-
     if fmt not in FORMATS:
         raise CliError(f"unknown format {fmt!r}", "use --format jsonl or --format csv", 2)
     with backend() as handle:
@@ -649,8 +532,6 @@ def gallery_cmd(
     open_browser: Annotated[bool, typer.Option("--open/--no-open", help="open it in a browser")] = True,
 ) -> None:
     """Write a self-contained HTML contact sheet of the batch (images embedded) and open it."""
-    from worker.reports.gallery import write_gallery
-
     with backend() as handle:
         snap = Snapshot.from_batch(batch, handle.batch(batch))
         jobs = handle.ledger.batch_jobs(batch)
@@ -685,8 +566,6 @@ def sim_cmd(ctx: typer.Context) -> None:
 @cli_command("webhook")
 def webhook_cmd() -> None:
     """Run the webhook server that receives the upstream's notifyHook callbacks."""
-    from worker.service.webhook import serve
-
     serve()
 
 
@@ -699,8 +578,6 @@ def worker_cmd(
     loglevel: Annotated[str, typer.Option("--loglevel", "-l")] = "INFO",
 ) -> None:
     """Run a Celery worker on all mjqueue queues with sensible defaults (task events on for Flower)."""
-    from worker.devstack.stack import worker_argv
-
     settings = get_settings()
     argv = worker_argv(
         concurrency=concurrency,
@@ -724,8 +601,6 @@ def up_cmd(
     ephemeral: Annotated[bool, typer.Option(help="free ports instead of the configured ones")] = False,
 ) -> None:
     """Run everything on this machine: Valkey, simulator, worker + beat, webhook, Flower. Ctrl-C stops it."""
-    from worker.devstack.stack import DevStack, StackError, run_forever
-
     colours = {"worker": "cyan", "webhook": "magenta", "flower": "green", "simulator": "yellow"}
 
     def sink(name: str, line: str) -> None:
@@ -807,8 +682,6 @@ def demo_cmd(
     open_browser: Annotated[bool, typer.Option("--open/--no-open", help="open the gallery")] = False,
 ) -> None:
     """Start a stack, run a demo batch with follow-ups, show progress, write a gallery; exit 0 if all ok."""
-    from worker.devstack.demo import run_demo
-
     raise typer.Exit(run_demo(console, size=size, time_factor=time_factor, open_browser=open_browser))
 
 
@@ -819,8 +692,6 @@ def config_cmd(
 ) -> None:
     """Print the effective settings (secrets masked) and where each value came from."""
     if markdown:
-        from worker.settings import settings_table
-
         sys.stdout.write(settings_table() + "\n")
         return
     settings = get_settings()

@@ -14,6 +14,11 @@ from typing import Any
 from rich.console import Console
 
 from worker.batchfile import Defaults, read_batch_file
+from worker.devstack.stack import DevStack
+from worker.producer import Backend, submit_jobs
+from worker.reports.export import write_manifest
+from worker.reports.gallery import write_gallery
+from worker.reports.progress import watch
 from worker.settings import get_settings
 
 SUBJECTS = [
@@ -62,11 +67,6 @@ def run_demo(
     timeout_s: float = 300.0,
 ) -> int:
     """Run the demo end to end; returns the exit code (0 = every job succeeded)."""
-    from worker.cli import Backend, submit_jobs
-    from worker.devstack.stack import DevStack
-    from worker.reports.gallery import write_gallery
-    from worker.reports.progress import watch
-
     settings = get_settings()
     root = (settings.state_dir / "demo").resolve()
     shutil.rmtree(root, ignore_errors=True)  # a fresh demo every time (else it would "resume" the old one)
@@ -94,8 +94,6 @@ def run_demo(
             handle.close()
     gallery = write_gallery(batch_id, jobs, root / "gallery.html", snap.counts)
     manifest = root / "manifest.jsonl"
-    from worker.reports.export import write_manifest
-
     with manifest.open("w", encoding="utf-8") as out:
         write_manifest(jobs, "jsonl", out)
     ok = snap.is_over and snap.failed == 0 and snap.ended == 0 and snap.done == snap.total

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from worker.jobs.messages import resend
+from worker.plans.runner import PLAN, start_plan
 from worker.store.runtime import Runtime, runtime
 from worker.store.slots import MODES
 
@@ -45,15 +46,6 @@ def admit_parked(modes: Iterable[str] = MODES, rt: Runtime | None = None) -> int
     return sent
 
 
-# Expected tasks of other kinds (``<kind>/<id>`` members): the hook sends again what is missing and returns
-# True when it did (it then sets a new expectation itself).
-EXPECT_HOOKS: dict[str, Callable[[str, Runtime], bool]] = {}
-
-
-def register_expect_hook(kind: str, hook: Callable[[str, Runtime], bool]) -> None:
-    EXPECT_HOOKS[kind] = hook
-
-
 def resend_overdue(rt: Runtime | None = None) -> int:
     """Send again the tasks that were expected to start and did not; returns how many were sent.
 
@@ -72,8 +64,7 @@ def resend_overdue(rt: Runtime | None = None) -> int:
         kind, sep, ident = member.partition("/")  # job ids cannot contain "/"
         if sep:
             rt.slots.arrived(member)
-            hook = EXPECT_HOOKS.get(kind)
-            if hook is not None and hook(ident, rt):
+            if kind == PLAN and start_plan(ident, rt):  # sends what is missing, and expects it again
                 again += 1
             continue
         job = rt.ledger.get_job(member) or {}

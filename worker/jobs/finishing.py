@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from celery import Task, signature
 
 from worker.app import app
 from worker.jobs.messages import context_from_message
+from worker.media import DownloadError, download_image
 from worker.plans.canvas import pending_children
+from worker.plans.runner import start_plan
 from worker.store.ledger import TERMINAL
 from worker.store.runtime import Runtime, runtime
 
@@ -28,15 +30,6 @@ class JobFailed(Exception):
         return str(self.args[0])
 
 
-FINISH_HOOKS: list[Callable[[dict[str, Any]], None]] = []
-
-
-def register_finish_hook(hook: Callable[[dict[str, Any]], None]) -> None:
-    """Called with the job result after a job finished (follow-up plans use it); must be idempotent."""
-    if hook not in FINISH_HOOKS:
-        FINISH_HOOKS.append(hook)
-
-
 def finish_job(task: Task[Any, Any], job_id: str, rt: Runtime | None = None) -> dict[str, Any] | None:
     rt = rt or runtime()
     job = rt.ledger.get_job(job_id)
@@ -48,17 +41,15 @@ def finish_job(task: Task[Any, Any], job_id: str, rt: Runtime | None = None) -> 
     result = rt.ledger.job_result(job_id)
     complete_task(job, result, rt)
     rt.ledger.finished(job_id)
-    for hook in FINISH_HOOKS:
+    if result.get("status") == "succeeded":
         try:
-            hook(result)
-        except Exception:
-            log.exception("finish hook %r failed for job %s", hook, job_id)
+            start_plan(job_id, rt, result)  # idempotent: the plan's ids come from this job's id
+        except Exception:  # the job itself is done; housekeeping has no expectation yet, so say it loudly
+            log.exception("job %s: its plan could not be started", job_id)
     return result
 
 
 def _download(task: Task[Any, Any], job: Mapping[str, Any], rt: Runtime) -> None:
-    from worker.media import DownloadError, download_image
-
     job_id = str(job["job_id"])
     try:
         saved = download_image(

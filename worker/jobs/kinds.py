@@ -17,8 +17,9 @@ from worker.mjapi import validate_request
 from worker.mjapi.errors import (
     InvalidInput,
 )
+from worker.plans.grammar import parse as parse_plan
 from worker.settings import Settings
-from worker.store.images import load_image, peek_image, store_image
+from worker.store.images import load_image, store_image
 from worker.store.runtime import Runtime, runtime
 from worker.store.slots import MODES
 
@@ -148,7 +149,6 @@ def check_job_options(options: Mapping[str, Any]) -> None:
     if then is not None:
         if not isinstance(then, str):
             raise InvalidInput(f"field 'then': must be a plan text like 'U1-4', not {type(then).__name__}")
-        from tasks.pipelines import parse as parse_plan  # the plan grammar lives with the tasks that run it
 
         parse_plan(then)  # PlanError is an InvalidInput naming the field 'then'
 
@@ -183,27 +183,3 @@ def build_request(
                 data["notify_hook"] = hook
             data["state"] = job_id
     return validate_request(kind.name, data)
-
-
-def short_repr(
-    kind: Kind, payload: Mapping[str, Any], options: Mapping[str, Any], rt: Runtime | None = None
-) -> str:
-    """What Flower shows of a job task's arguments: ``{prompt='a red fox…', images=2×PNG 1.2MB, mode=fast}``.
-
-    Never an image or its ``img:`` key (the size and type of a stored image are read from Redis, not the data).
-    """
-    from worker.media import describe_images
-
-    parts: list[str] = []
-    for name in ("prompt", "task_id", "custom_id"):
-        value = payload.get(name)
-        if value:
-            text = str(value)
-            parts.append(f"{name}={(text[:40] + '…') if len(text) > 40 else text!r}")
-    images = image_values(kind, payload)
-    if images:
-        parts.append(f"images={describe_images(images, lambda ref: peek_image(ref, rt))}")
-    for name in ("mode", "batch_id", "job_id"):
-        if options.get(name):
-            parts.append(f"{name}={options[name]}")
-    return "{" + ", ".join(parts) + "}"

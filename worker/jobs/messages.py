@@ -9,39 +9,10 @@ from celery import Task
 from celery.app.task import Context
 
 from worker.app import app
-from worker.jobs.kinds import KINDS, Kind, lighten_images, short_repr
-from worker.store.images import IMAGE_REF
+from worker.jobs.kinds import Kind, lighten_images
+from worker.jobs.reprs import task_reprs
 
 MESSAGE_OPTIONS = ("chain", "link", "link_error", "root_id", "parent_id", "group_id", "group_index", "chord")
-_REPR_TEXT = 40
-
-
-def _safe(value: Any, depth: int = 0) -> str:
-    """A short repr that never shows an image (data URI or ``img:`` key) and cuts long texts."""
-    if isinstance(value, Mapping):
-        if value.get("job_id") and "status" in value:
-            return f"<job {value['job_id']} {value.get('status')}>"  # a parent job result (follow-ups)
-        if depth > 1:
-            return "{…}"
-        return "{" + ", ".join(f"{k}={_safe(v, depth + 1)}" for k, v in value.items()) + "}"
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_safe(v, depth + 1) for v in value[:5]) + (", …]" if len(value) > 5 else "]")
-    if isinstance(value, str):
-        if value.startswith(("data:", IMAGE_REF)):
-            return "<image>"
-        return repr(value[:_REPR_TEXT] + "…") if len(value) > _REPR_TEXT else repr(value)
-    return repr(value)[:_REPR_TEXT]
-
-
-def task_reprs(task: Task[Any, Any], args: Any, kwargs: Mapping[str, Any]) -> tuple[str, str]:
-    """``argsrepr``/``kwargsrepr`` of a job task message we send (re-sent, retried): what Flower shows.
-
-    Celery builds a message without them from the full arguments (the prompt, ``img:`` keys, cut at 1 KB), so
-    every message we publish again passes them.
-    """
-    spec = KINDS.get(str(getattr(task, "kind", "") or ""))
-    kwargsrepr = short_repr(spec, kwargs, kwargs) if spec is not None else _safe(dict(kwargs))
-    return "(" + ", ".join(_safe(a) for a in list(args or [])) + ")", kwargsrepr
 
 
 def message_from_request(task: Task[Any, Any], kind: Kind | None = None) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from worker.jobs.admission import admit_parked
+from worker.jobs.dispatch import send_finish, send_poll
 from worker.jobs.kinds import KINDS
 from worker.store.ledger import TERMINAL
 from worker.store.runtime import Runtime, runtime
@@ -201,9 +202,7 @@ def ensure_tracking(job: Mapping[str, Any], rt: Runtime) -> None:
     if job.get("status") == "submitting":
         rt.ledger.transition(job_id, "submitted", from_states=["submitting"], inflight=time.time())
     rt.ledger.schedule(job_id, time.time())
-    from tasks.track import poll
-
-    poll.apply_async((job_id,), countdown=0)
+    send_poll(job_id)
 
 
 def cancel_job(job_id: str, reason: str, rt: Runtime | None = None) -> bool:
@@ -218,8 +217,3 @@ def cancel_job(job_id: str, reason: str, rt: Runtime | None = None) -> bool:
         send_finish(job_id)
     return ok
 
-
-def send_finish(job_id: str, countdown: float = 0.0) -> None:
-    from tasks.track import finish
-
-    finish.apply_async((job_id,), countdown=countdown)

@@ -24,6 +24,7 @@ from celery.exceptions import Ignore
 from celery.result import AsyncResult
 
 from worker.jobs.admission import admit_parked, waiting_score
+from worker.jobs.dispatch import send_finish, send_poll
 from worker.jobs.finishing import JobFailed
 from worker.jobs.kinds import (
     KINDS,
@@ -34,9 +35,9 @@ from worker.jobs.kinds import (
     check_job_options,
     job_mode,
     lighten_images,
-    short_repr,
 )
-from worker.jobs.messages import message_from_request, resend, task_reprs
+from worker.jobs.messages import message_from_request, resend
+from worker.jobs.reprs import short_repr, task_reprs
 from worker.jobs.settle import (
     after_terminal,
     cancel_job,
@@ -44,7 +45,6 @@ from worker.jobs.settle import (
     finish_now,
     hold_slot,
     mark_needs_review,
-    send_finish,
 )
 from worker.jobs.tracking import first_poll_delay
 from worker.mjapi.errors import (
@@ -59,6 +59,7 @@ from worker.mjapi.errors import (
     UpstreamSystemError,
 )
 from worker.plans.canvas import pending_children
+from worker.plans.grammar import store_masks
 from worker.store.images import keep_images
 from worker.store.ledger import TERMINAL, result_of
 from worker.store.runtime import Runtime, reset_runtime, runtime
@@ -448,9 +449,7 @@ def _accepted(job_id: str, mode: str, answer: Any, rt: Runtime) -> None:
         else:
             return
     hold_slot(job_id, mode, now + delay, rt)  # the first poll may come long after the admission lease ran out
-    from tasks.track import poll
-
-    poll.apply_async((job_id,), countdown=delay)
+    send_poll(job_id, countdown=delay)
 
 
 class JobTask(Task):  # type: ignore[misc]
@@ -492,8 +491,6 @@ class JobTask(Task):  # type: ignore[misc]
         if call.get("modal"):
             light["modal"] = lighten_images(KINDS["modal"], call["modal"])
         if call.get("then"):
-            from tasks.pipelines import store_masks  # the plan grammar lives with the tasks that run it
-
             light["then"] = store_masks(str(call["then"]))  # region masks are read here, where the plan is given
         task_id = task_id or call.get("job_id") or str(uuid.uuid4())
         check_id(task_id)  # the task id is the job id
@@ -549,8 +546,6 @@ def run_job_task(task: Task[Any, Any], kwargs: Mapping[str, Any]) -> dict[str, A
     priority = kwargs.get("priority")
     then = kwargs.get("then") or None
     if then:
-        from tasks.pipelines import store_masks
-
         then = store_masks(str(then), files=False)  # sent by name: masks as data URIs or img: references only
     return start_job(
         task,

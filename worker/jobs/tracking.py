@@ -11,7 +11,8 @@ from typing import Any
 import redis
 
 from worker.jobs.admission import admit_parked, resend_overdue
-from worker.jobs.settle import field_of, finish_now, hold_slot, send_finish, settle
+from worker.jobs.dispatch import send_finish, send_poll
+from worker.jobs.settle import field_of, finish_now, hold_slot, settle
 from worker.mjapi.errors import (
     MJError,
 )
@@ -67,7 +68,6 @@ def claim_seconds(settings: Settings) -> float:
 
 def poll_jobs(job_id: str, rt: Runtime | None = None) -> int:
     """One poll: claim this job (and other due jobs), fetch them, settle, schedule the next polls."""
-    from tasks.track import poll
 
     rt = rt or runtime()
     settings = rt.settings
@@ -115,14 +115,13 @@ def poll_jobs(job_id: str, rt: Runtime | None = None) -> int:
             delay = max(0.01, min(delay, deadline - time.time() + 0.01))
         rt.ledger.schedule(jid, time.time() + delay)
         hold_slot(jid, mode, time.time() + delay, rt)
-        poll.apply_async((jid,), countdown=delay)
+        send_poll(jid, countdown=delay)
     return len(jobs)
 
 
 def housekeeping(rt: Runtime | None = None) -> dict[str, int]:
     """Beat entry (one at a time by a Redis lock): admit parked jobs, re-send lost tasks, re-poll overdue jobs,
     re-finish."""
-    from tasks.track import poll
 
     rt = rt or runtime()
     settings = rt.settings
@@ -139,7 +138,7 @@ def housekeeping(rt: Runtime | None = None) -> dict[str, int]:
         overdue = rt.ledger.overdue(now - grace)
         for jid in overdue:
             rt.ledger.schedule(jid, now)
-            poll.apply_async((jid,), countdown=0)
+            send_poll(jid)
         stale = rt.ledger.finishing_stale(now - settings.finish_stale_s)
         for jid in stale:
             send_finish(jid)

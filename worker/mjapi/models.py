@@ -27,6 +27,7 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
 from worker.mjapi.errors import InvalidInput
+from worker.mjapi.images import parse_data_uri
 
 MAX_PROMPT_CHARS = 8192
 MAX_STATE_CHARS = 4096
@@ -109,10 +110,8 @@ def _check_prompt(value: str) -> str:
 
 
 def _check_image(value: str) -> str:
-    from worker import media  # late: worker.media imports our errors module
-
     try:
-        media.parse_data_uri(value, "")
+        parse_data_uri(value, "")
     except InvalidInput as exc:
         raise _rule(exc.rule) from None
     return value

@@ -13,7 +13,10 @@ from typing import Any
 
 from worker.mjapi.errors import InvalidInput
 
-ZOOM_FACTORS = {"2": "50", "2.0": "50", "1.5": "75"}  # Zoom Out 2x is Outpaint::50, 1.5x is Outpaint::75
+# The one follow-up vocabulary (the plan grammar, the follow-up tasks and the resolver all read it).
+ZOOM_OUT = {"2": "50", "1.5": "75"}  # Zoom Out 2x is Outpaint::50, 1.5x is Outpaint::75
+CUSTOM_ZOOM = (1.0, 2.0)  # the factors Custom Zoom takes
+STRENGTHS = ("subtle", "strong")
 PAN_DIRECTIONS = ("left", "right", "up", "down")
 PAN_EMOJI = {"left": "⬅️", "right": "➡️", "up": "⬆️", "down": "⬇️"}
 UPSCALE_MORE = {
@@ -22,6 +25,7 @@ UPSCALE_MORE = {
     "subtle": (r"upsample_v\d+_2x_subtle::", "Upscale (Subtle)"),
     "creative": (r"upsample_v\d+_2x_creative::", "Upscale (Creative)"),
 }
+UPSCALE_KINDS = tuple(UPSCALE_MORE)
 
 
 class ButtonNotOffered(InvalidInput):
@@ -71,7 +75,7 @@ def _patterns(want: Want) -> tuple[list[str], list[str]]:
     if kind == "reroll":
         return [r"^MJ::JOB::reroll::"], ["🔄"]
     if kind == "zoom":
-        percent = ZOOM_FACTORS.get(arg, "")
+        percent = ZOOM_OUT.get(arg.removesuffix(".0"), "")
         return [rf"^MJ::Outpaint::{percent}::"], [f"Zoom Out {arg.removesuffix('.0')}x"]
     if kind == "custom_zoom":
         return [r"^MJ::CustomZoom::"], ["Custom Zoom"]

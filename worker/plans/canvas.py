@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from worker.app import app
+from worker.plans.grammar import count_jobs
 
 
 def _is_job_task(name: Any) -> bool:
@@ -44,7 +45,5 @@ def pending_children(message: Mapping[str, Any] | None, then: str | None = None)
         count += count_signatures(message.get("chain") or [])
         count += count_signatures(message.get("link") or [])
     if then:
-        from tasks.pipelines import count_jobs  # the plan grammar lives with the tasks that run it
-
         count += count_jobs(then)
     return count

@@ -19,7 +19,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from worker.jobs import kinds as requests
+from worker.jobs import settle as outcomes
 from worker.settings import Settings, get_settings, webhook_secret_problem
+from worker.store import runtime
 
 log = logging.getLogger("mjqueue.webhook")
 
@@ -49,9 +52,6 @@ def _error(status: int, message: str) -> JSONResponse:
 
 def create_app(settings: Settings | None = None) -> Starlette:
     """The ASGI app (settings default to the process settings)."""
-    from worker.jobs import kinds as requests
-    from worker.store import runtime
-
     settings = settings or get_settings()
     unusable = webhook_secret_problem(settings.webhook_secret.get_secret_value())
 
@@ -100,8 +100,6 @@ def _text(value: Any) -> str | None:
 
 def _settle(rt: Any, job_id: str, body: dict[str, Any]) -> str:
     """The callback as a task snapshot for ``settle``; wrong types become "absent", never a server error."""
-    from worker.jobs import settle as outcomes
-
     buttons = body.get("buttons")
     properties = body.get("properties")
     task = {

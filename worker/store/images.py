@@ -13,10 +13,10 @@ import time
 from collections.abc import Mapping
 from typing import Any, cast
 
-from worker.media import peek_head
 from worker.mjapi.errors import (
     InvalidInput,
 )
+from worker.mjapi.images import peek_head
 from worker.store.ledger import TERMINAL
 from worker.store.runtime import Runtime, runtime
 
