@@ -22,6 +22,7 @@ up: install
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 typecheck: install
 	$(BIN)/mypy worker tasks simulator bench tests
@@ -32,6 +33,7 @@ pytest: install
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy worker tasks simulator bench tests
+	$(BIN)/lint-imports
 	$(BIN)/pytest -q
 
 test-full: install

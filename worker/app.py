@@ -16,7 +16,8 @@ from kombu.entity import Exchange, Queue
 
 from worker.settings import Settings, get_settings
 
-QUEUES = ("interactive", "track", "batch")
+QUEUES = ("interactive", "track", "batch")  # read in this order (-Q): the order is the priority
+INTERACTIVE, TRACK, BATCH = QUEUES
 TASK_MODULES = ("tasks.submit", "tasks.track", "tasks.followups")  # by name: tasks/ sits above this module
 
 
@@ -57,18 +58,18 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "worker_send_task_events": True,
         "task_send_sent_event": True,
-        "task_default_queue": "interactive",
+        "task_default_queue": INTERACTIVE,
         "task_queues": [
             Queue(name, Exchange(name, type="direct"), routing_key=name)  # type: ignore[no-untyped-call]
             for name in QUEUES
         ],
-        "task_routes": {"tasks.track.*": {"queue": "track"}},
+        "task_routes": {"tasks.track.*": {"queue": TRACK}},
         "worker_hijack_root_logger": False,
         "beat_schedule": {
             "mjq-housekeeping": {
                 "task": "tasks.track.housekeeping",
                 "schedule": settings.housekeeping_interval_s,
-                "options": {"queue": "track", "expires": max(5.0, 5 * settings.housekeeping_interval_s)},
+                "options": {"queue": TRACK, "expires": max(5.0, 5 * settings.housekeeping_interval_s)},
             }
         },
         "timezone": "UTC",

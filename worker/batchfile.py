@@ -22,11 +22,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from worker.jobs.kinds import MAX_TAG_LENGTH, MAX_TAGS
+from worker.jobs.kinds import ID_RULE, JOB_ID_RE, MAX_TAG_LENGTH, MAX_TAGS
 from worker.mjapi import images
+from worker.mjapi.models import MODES
 from worker.plans.grammar import check_masks, count_jobs
 
-MODES = ("fast", "relax", "turbo")
 BOTS = {
     "mj": "MID_JOURNEY",
     "midjourney": "MID_JOURNEY",
@@ -39,7 +39,6 @@ MAX_PERMUTATIONS = 100
 MAX_ROW_CHARS = 64 * 1024
 MAX_PROMPT_CHARS = 8192
 MAX_NESTING = 8
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$")
 # A long dash that starts a parameter (at the start or after a space, before a letter): "—ar" -> "--ar".
 _DASH_RE = re.compile(r"(?:^|(?<=\s))[\u2012\u2013\u2014\u2015\u2212](?=[A-Za-z])")
 _IMAGINE_RE = re.compile(r"^\s*/imagine\b\s*(?:prompt\b\s*:?)?\s*", re.IGNORECASE)
@@ -528,8 +527,8 @@ def _build_jobs(
     if prompt_text is None:
         raise RowError("prompt", "empty prompt")
     row_id = _text_field(raw.values, "id")
-    if row_id is not None and not _ID_RE.match(row_id):
-        raise RowError("id", "use 1-100 letters, digits or . _ : - (starting with a letter or digit)")
+    if row_id is not None and not JOB_ID_RE.match(row_id):
+        raise RowError("id", f"use {ID_RULE}")
     row_mode = parse_mode(_text_field(raw.values, "mode"))
     bot_value = _text_field(raw.values, "bot")
     bot = parse_bot(bot_value) if bot_value else parse_bot(defaults.bot)
@@ -557,6 +556,8 @@ def _build_jobs(
             job_id = ids.next(prompt, mode, bot, tuple(inline), then_value or defaults.then)
         else:
             job_id = row_id if len(variants) == 1 else f"{row_id}.{index}"
+            if not JOB_ID_RE.match(job_id):
+                raise RowError("id", f"{job_id!r}: with its variant number, the id must stay {ID_RULE}")
         jobs.append(
             BatchJob(
                 job_id=job_id,

@@ -13,8 +13,9 @@ from worker.app import app
 from worker.jobs.admission import admit_parked
 from worker.jobs.messages import resend
 from worker.jobs.settle import cancel_job
+from worker.mjapi.models import MODES
+from worker.store import keys
 from worker.store.runtime import Runtime, runtime
-from worker.store.slots import MODES
 
 REQUEUABLE = frozenset({"failed", "timed_out", "cancelled", "needs_review"})
 
@@ -61,7 +62,7 @@ def requeue(
     if not jobs:
         return 0
     if rt.ledger.batch_status(batch_id) == "cancelled":
-        rt.redis.hset(f"mjq:batch:{batch_id}", "status", "active")
+        rt.redis.hset(keys.batch(batch_id), "status", "active")
     ids = [str(j["job_id"]) for j in jobs]
     count = rt.ledger.requeue_jobs(ids)
     for job_id in ids:

@@ -15,8 +15,8 @@ from tests.support.stack import ROOT
 
 def in_flight_limit() -> int:
     """The most submits that can be in flight when the breaker trips: every job admitted at once, all modes."""
+    from worker.mjapi.models import MODES
     from worker.settings import get_settings
-    from worker.store.slots import MODES
 
     settings = get_settings()
     return sum(settings.admission_limit(mode) for mode in MODES)

@@ -28,10 +28,10 @@ from urllib.parse import urlsplit
 import httpx
 import redis
 
+from worker.app import QUEUES
 from worker.devstack.redisserver import RedisServer, free_port
 from worker.settings import Settings, dev_webhook_secret, load_settings, webhook_secret_problem
 
-QUEUES = ("interactive", "track", "batch")  # the order is the priority (see worker.app)
 SIM_DURATIONS_S = {"fast": 60.0, "relax": 180.0, "turbo": 25.0}
 LogSink = Callable[[str, str], None]
 

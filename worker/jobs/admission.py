@@ -8,9 +8,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from worker.jobs.messages import resend
+from worker.mjapi.models import MODES
 from worker.plans.runner import PLAN, start_plan
 from worker.store.runtime import Runtime, runtime
-from worker.store.slots import MODES
 
 log = logging.getLogger("mjqueue.admission")
 

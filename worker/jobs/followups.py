@@ -17,7 +17,7 @@ from typing import Any
 from celery.canvas import Signature
 from celery.exceptions import Ignore
 
-from worker.app import task
+from worker.app import INTERACTIVE, task
 from worker.jobs.finishing import complete_task
 from worker.jobs.messages import UNDERWAY_QUEUE, message_from_request
 from worker.jobs.reprs import args_repr, safe_repr
@@ -58,7 +58,7 @@ class FollowUpTask(JobTask):
 def queue_of(parent: Any) -> str:
     """The queue of a follow-up of ``parent`` (a job result): in a batch, the queue of work under way (read
     before the batch's roots still waiting to be parked), else ``interactive``."""
-    return UNDERWAY_QUEUE if isinstance(parent, Mapping) and parent.get("batch_id") else "interactive"
+    return UNDERWAY_QUEUE if isinstance(parent, Mapping) and parent.get("batch_id") else INTERACTIVE
 
 
 def _light_one(value: Any) -> Any:

@@ -17,11 +17,11 @@ from worker.mjapi import validate_request
 from worker.mjapi.errors import (
     InvalidInput,
 )
+from worker.mjapi.models import MODES
 from worker.plans.grammar import parse as parse_plan
 from worker.settings import Settings
 from worker.store.images import load_image, store_image
 from worker.store.runtime import Runtime, runtime
-from worker.store.slots import MODES
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,9 @@ def check_caller_fields(payload: Mapping[str, Any]) -> None:
 
 
 MAX_TAGS, MAX_TAG_LENGTH = 20, 64
-JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+MAX_ID_CHARS = 128
+JOB_ID_RE = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9._:-]{{0,{MAX_ID_CHARS - 1}}}$")
+ID_RULE = f"1-{MAX_ID_CHARS} characters of letters, digits and . _ : - (starting with a letter or digit)"
 
 
 def check_id(value: object, name: str = "job_id") -> None:
@@ -114,10 +116,7 @@ def check_id(value: object, name: str = "job_id") -> None:
     worker before anything is recorded, not only on the ``job_id`` option.
     """
     if not isinstance(value, str) or not JOB_ID_RE.match(value):
-        raise InvalidInput(
-            f"field '{name}': must be 1-128 characters of letters, digits and . _ : - "
-            f"(starting with a letter or digit), not {str(value)[:60]!r}"
-        )
+        raise InvalidInput(f"field '{name}': must be {ID_RULE}, not {str(value)[:60]!r}")
 
 
 def check_job_options(options: Mapping[str, Any]) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 from celery import Task
 from celery.app.task import Context
 
-from worker.app import app
+from worker.app import INTERACTIVE, TRACK, app
 from worker.jobs.kinds import Kind, lighten_images
 from worker.jobs.reprs import task_reprs
 
@@ -36,7 +36,7 @@ def message_from_request(task: Task[Any, Any], kind: Kind | None = None) -> dict
         "group_id": req.group,
         "group_index": req.group_index,
         "chord": req.chord,
-        "queue": delivery.get("routing_key") or task.queue or "interactive",
+        "queue": delivery.get("routing_key") or task.queue or INTERACTIVE,
         "priority": delivery.get("priority"),
         "argsrepr": argsrepr,
         "kwargsrepr": kwargsrepr,
@@ -47,7 +47,7 @@ def message_from_request(task: Task[Any, Any], kind: Kind | None = None) -> dict
 # queue: workers read it before ``batch``, where the rest of a batch file may wait by the thousand to be parked
 # (found by the benchmarks: at the start of a 2,000-prompt batch, admitted jobs waited behind the batch's own
 # messages and the account sat idle for seconds; follow-ups waited up to a second to start).
-UNDERWAY_QUEUE = "track"
+UNDERWAY_QUEUE = TRACK
 
 
 def resend(message: Mapping[str, Any], countdown: float | None = None, *, admitted: bool = False) -> None:
@@ -57,13 +57,13 @@ def resend(message: Mapping[str, Any], countdown: float | None = None, *, admitt
     unless it came from the interactive queue, which is read first anyway.
     """
     options = {k: message.get(k) for k in MESSAGE_OPTIONS if message.get(k) is not None}
-    queue = str(message.get("queue") or "interactive")
+    queue = str(message.get("queue") or INTERACTIVE)
     app.send_task(
         str(message["task"]),
         args=list(message.get("args") or []),
         kwargs=dict(message.get("kwargs") or {}),
         task_id=str(message["id"]),
-        queue=UNDERWAY_QUEUE if admitted and queue != "interactive" else queue,
+        queue=UNDERWAY_QUEUE if admitted and queue != INTERACTIVE else queue,
         priority=message.get("priority"),
         argsrepr=message.get("argsrepr"),
         kwargsrepr=message.get("kwargsrepr"),

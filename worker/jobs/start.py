@@ -23,6 +23,7 @@ from celery import Task
 from celery.exceptions import Ignore
 from celery.result import AsyncResult
 
+from worker.app import BATCH, INTERACTIVE
 from worker.jobs.admission import admit_parked, waiting_score
 from worker.jobs.dispatch import send_finish, send_poll
 from worker.jobs.finishing import JobFailed
@@ -495,7 +496,7 @@ class JobTask(Task):  # type: ignore[misc]
         task_id = task_id or call.get("job_id") or str(uuid.uuid4())
         check_id(task_id)  # the task id is the job id
         if "queue" not in options and "routing_key" not in options:
-            options["queue"] = "batch" if call.get("batch_id") else "interactive"
+            options["queue"] = BATCH if call.get("batch_id") else INTERACTIVE
         return super().apply_async((), light, task_id=task_id, **options)
 
     def _bind(self, args: list[Any], kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -16,11 +16,12 @@ from worker.jobs.settle import field_of, finish_now, hold_slot, settle
 from worker.mjapi.errors import (
     MJError,
 )
+from worker.mjapi.models import MODES
 from worker.settings import Settings
+from worker.store import keys
 from worker.store.images import sweep_images
 from worker.store.ledger import TERMINAL
 from worker.store.runtime import Runtime, runtime
-from worker.store.slots import MODES
 
 log = logging.getLogger("mjqueue.tracking")
 
@@ -126,7 +127,7 @@ def housekeeping(rt: Runtime | None = None) -> dict[str, int]:
     rt = rt or runtime()
     settings = rt.settings
     lock = rt.redis.lock(
-        "mjq:lock:housekeeping", timeout=max(10.0, 5 * settings.housekeeping_interval_s), blocking=False
+        keys.HOUSEKEEPING_LOCK, timeout=max(10.0, 5 * settings.housekeeping_interval_s), blocking=False
     )
     if not lock.acquire():
         return {"skipped": 1}

@@ -48,6 +48,9 @@ class Mode(StrEnum):
     TURBO = "TURBO"
 
 
+MODES = ("fast", "relax", "turbo")  # the speed modes as jobs name them (``Mode`` lower-cased), the default first
+
+
 class Dimensions(StrEnum):
     PORTRAIT = "PORTRAIT"
     SQUARE = "SQUARE"

@@ -17,16 +17,17 @@ from worker.mjapi.errors import (
     InvalidInput,
 )
 from worker.mjapi.images import peek_head
+from worker.store import keys
 from worker.store.ledger import TERMINAL
 from worker.store.runtime import Runtime, runtime
 
 IMAGE_REF = "img:"
 _REF = re.compile(r"img:([0-9a-f]{64})")
-JOBS_WITH_IMAGES = "mjq:imgjobs"  # zset: unfinished jobs whose request names stored images (score: created)
+JOBS_WITH_IMAGES = keys.IMAGE_JOBS  # zset: unfinished jobs whose request names stored images (score: created)
 
 
 def _key(digest: str) -> str:
-    return f"mjq:img:{digest}"
+    return keys.image(digest)
 
 
 def _ttl_ms(rt: Runtime) -> int:
@@ -80,7 +81,7 @@ def sweep_images(rt: Runtime) -> int:
     (a lock in Redis), a few commands per job with images.
     """
     period_ms = max(int(rt.settings.housekeeping_interval_s * 1000), _ttl_ms(rt) // 4)
-    if not rt.redis.set("mjq:lock:imagesweep", "1", px=period_ms, nx=True):
+    if not rt.redis.set(keys.IMAGE_SWEEP_LOCK, "1", px=period_ms, nx=True):
         return 0
     ids = cast(list[str], rt.redis.zrange(JOBS_WITH_IMAGES, 0, -1))
     kept = 0
@@ -88,7 +89,7 @@ def sweep_images(rt: Runtime) -> int:
         chunk = ids[start : start + 200]
         pipe = rt.redis.pipeline(transaction=False)
         for job_id in chunk:
-            pipe.hmget(f"mjq:job:{job_id}", ["status", "request", "modal", "then"])
+            pipe.hmget(keys.job(job_id), ["status", "request", "modal", "then"])
         digests: list[str] = []
         done: list[str] = []
         for job_id, (status, *values) in zip(chunk, pipe.execute(), strict=True):

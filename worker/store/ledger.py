@@ -3,23 +3,7 @@
 Every state change is ONE Lua script call, so two paths (a webhook and a poll, or two redelivered copies of a
 task) can never both win a transition, and batch counters move in the same step as the job they count.
 
-Keys (all prefixed ``mjq:``; the scripts build key names themselves, so this needs one Redis, not a cluster):
-
-- ``job:<id>``           hash: the job record (result fields, request, stored task message, attempts, ...)
-- ``batch:<id>``         hash: status (active|paused|cancelled), total, planned, ``n:<state>`` counters, meta
-- ``batch:<id>:jobs``    zset: job ids by creation time;  ``batches``: zset of batch ids by creation time
-- ``batch:<id>:expect``  set: jobs enqueued into the batch whose record no worker has created yet
-- ``children:<job>``     zset: follow-up jobs of a job
-- ``upstream``           hash: upstream task id -> job id
-- ``inflight``           zset: accepted jobs being tracked, score = next check time
-- ``waiting:<mode>``     zset: parked jobs waiting for a slot, score = priority * 1e13 + created (ms)
-- ``held:<batch>``       zset: parked jobs of a paused batch (moved back to ``waiting`` on resume)
-- ``slots:<mode>``       zset: slot leases, member = job id, score = lease expiry (see ``worker.store.slots``)
-- ``expected``           zset: tasks that must start by the score, else their message was lost (``worker.store.slots``)
-- ``finishing``          zset: jobs whose terminal transition won but whose finishing step has not run yet
-- ``breaker``            hash: the global stop after 401/403/out of credit (tripped, reason, at)
-- ``img:<sha256>``       input images stored once by the producer (see ``worker.store.images``)
-- ``imgjobs``            zset: unfinished jobs that refer to stored images (their TTL is kept, ``imagestore``)
+Keys: ``worker.store.keys``; scripts: ``worker/store/lua``.
 """
 
 from __future__ import annotations
@@ -31,7 +15,8 @@ from typing import Any, cast
 
 import redis
 
-PREFIX = "mjq:"
+from worker.store import keys
+from worker.store.scripts import register
 
 STATES = (
     "queued",
@@ -95,274 +80,6 @@ RESULT_KEYS = (
     "extra",
 )
 
-# Shared Lua prelude: key helpers and state tables.
-_LUA_PRELUDE = """
-local P = 'mjq:'
-local TERMINAL = {succeeded=true, failed=true, timed_out=true, cancelled=true, needs_review=true,
-                  skipped=true}
-local RANK = {queued=0, submitting=1, submitted=2, running=3}
-local function count_move(jkey, from, to, now)
-  if from == to then return end
-  local b = redis.call('HGET', jkey, 'batch_id')
-  if b and b ~= '' then
-    local bk = P .. 'batch:' .. b
-    if from then redis.call('HINCRBY', bk, 'n:' .. from, -1) end
-    redis.call('HINCRBY', bk, 'n:' .. to, 1)
-    redis.call('HSET', bk, 'updated_at', now)
-  end
-end
-"""
-
-# Create a job (idempotent on its id). ARGV: job_id, fields JSON, now.
-_LUA_CREATE = (
-    _LUA_PRELUDE
-    + """
-local jid = ARGV[1]
-local f = cjson.decode(ARGV[2])
-local now = ARGV[3]
-local jkey = P .. 'job:' .. jid
-local cur = redis.call('HGET', jkey, 'status')
-if cur then return {0, cur} end
-for k, v in pairs(f) do redis.call('HSET', jkey, k, v) end
-redis.call('HSET', jkey, 'job_id', jid, 'status', 'queued', 'created_at', now, 'updated_at', now)
-local b = f['batch_id']
-if b and b ~= '' then
-  local bk = P .. 'batch:' .. b
-  if redis.call('HSETNX', bk, 'batch_id', b) == 1 then
-    redis.call('HSET', bk, 'status', 'active', 'created_at', now)
-    redis.call('ZADD', P .. 'batches', now, b)
-  end
-  redis.call('HINCRBY', bk, 'total', 1)
-  if f['parent_job'] and f['parent_job'] ~= '' then
-    local planned = tonumber(redis.call('HGET', bk, 'planned') or '0')
-    if planned > 0 then redis.call('HINCRBY', bk, 'planned', -1) end
-  end
-  redis.call('ZADD', bk .. ':jobs', now, jid)
-  count_move(jkey, nil, 'queued', now)
-end
-if f['parent_job'] and f['parent_job'] ~= '' then
-  redis.call('ZADD', P .. 'children:' .. f['parent_job'], now, jid)
-end
-return {1, 'queued'}
-"""
-)
-
-# The one transition script. ARGV: job_id, spec JSON. Spec keys:
-#   to (state), now, from (list of allowed current states), forward (settle rules: no regressions, terminal
-#   is final), reconcile (needs_review may move on), progress (number), gate (refuse when the breaker is
-#   tripped or the batch paused/cancelled), require_no_upstream, fields {k: v}, delete [k], incr {k: n},
-#   upstream (id to record and index), inflight (absolute next-check score), lease_until (slot lease kept
-#   until), release (free the slot).
-# Returns {1, previous_state} when applied, {0, current_state, why} when refused.
-_LUA_TRANSITION = (
-    _LUA_PRELUDE
-    + """
-local jid = ARGV[1]
-local s = cjson.decode(ARGV[2])
-local jkey = P .. 'job:' .. jid
-local cur = redis.call('HGET', jkey, 'status')
-if not cur then return {0, '', 'unknown'} end
-local to = s['to']
-local now = s['now']
-if s['from'] then
-  local ok = false
-  for _, st in ipairs(s['from']) do if st == cur then ok = true end end
-  if not ok then return {0, cur, 'state'} end
-end
-if s['forward'] then
-  if TERMINAL[cur] and not (cur == 'needs_review' and s['reconcile']) then return {0, cur, 'final'} end
-  if not TERMINAL[to] and cur ~= 'needs_review' then
-    if RANK[to] < RANK[cur] then return {0, cur, 'regression'} end
-    if to == cur then
-      local p = tonumber(redis.call('HGET', jkey, 'progress_pct') or '0') or 0
-      if (tonumber(s['progress']) or 0) <= p then return {0, cur, 'stale'} end
-    end
-  end
-end
-if s['require_no_upstream'] and redis.call('HEXISTS', jkey, 'upstream_id') == 1 then
-  return {0, cur, 'upstream'}
-end
-if s['gate'] then
-  local br = redis.call('HGET', P .. 'breaker', 'tripped')
-  if br == '1' then return {0, cur, 'breaker'} end
-  local b = redis.call('HGET', jkey, 'batch_id')
-  if b and b ~= '' then
-    local bst = redis.call('HGET', P .. 'batch:' .. b, 'status')
-    if bst == 'paused' or bst == 'cancelled' then return {0, cur, bst} end
-  end
-end
-if s['fields'] then for k, v in pairs(s['fields']) do redis.call('HSET', jkey, k, v) end end
-if s['delete'] then for _, k in ipairs(s['delete']) do redis.call('HDEL', jkey, k) end end
-if s['incr'] then for k, v in pairs(s['incr']) do redis.call('HINCRBY', jkey, k, v) end end
-if s['progress'] then redis.call('HSET', jkey, 'progress_pct', s['progress']) end
-redis.call('HSET', jkey, 'status', to, 'updated_at', now)
-count_move(jkey, cur, to, now)
-local mode = redis.call('HGET', jkey, 'mode') or 'fast'
-if s['upstream'] then
-  redis.call('HSET', jkey, 'upstream_id', s['upstream'])
-  redis.call('HSETNX', P .. 'upstream', s['upstream'], jid)
-end
-if TERMINAL[to] then
-  redis.call('ZREM', P .. 'inflight', jid)
-  redis.call('ZREM', P .. 'waiting:' .. mode, jid)
-  local b = redis.call('HGET', jkey, 'batch_id')
-  if b and b ~= '' then redis.call('ZREM', P .. 'held:' .. b, jid) end
-  redis.call('ZADD', P .. 'finishing', now, jid)
-  redis.call('HSET', jkey, 'finished_at', now)
-elseif s['inflight'] then
-  redis.call('ZADD', P .. 'inflight', s['inflight'], jid)
-end
-if s['release'] then redis.call('ZREM', P .. 'slots:' .. mode, jid) end
-if s['lease_until'] then redis.call('ZADD', P .. 'slots:' .. mode, 'XX', s['lease_until'], jid) end
-return {1, cur}
-"""
-)
-
-# Park a queued job: store its task message and put it in its mode's waiting set (or its paused batch's
-# held set). ARGV: job_id, message JSON, score. Returns 'parked' | 'held' | 'cancelled' | <status>.
-_LUA_PARK = (
-    _LUA_PRELUDE
-    + """
-local jid = ARGV[1]
-local jkey = P .. 'job:' .. jid
-local cur = redis.call('HGET', jkey, 'status')
-if cur ~= 'queued' then return cur or '' end
-if ARGV[2] ~= '' then redis.call('HSET', jkey, 'message', ARGV[2]) end
-local mode = redis.call('HGET', jkey, 'mode') or 'fast'
-local b = redis.call('HGET', jkey, 'batch_id')
-if b and b ~= '' then
-  local bst = redis.call('HGET', P .. 'batch:' .. b, 'status')
-  if bst == 'cancelled' then return 'cancelled' end
-  if bst == 'paused' then
-    redis.call('ZADD', P .. 'held:' .. b, ARGV[3], jid)
-    return 'held'
-  end
-end
-redis.call('ZADD', P .. 'waiting:' .. mode, ARGV[3], jid)
-return 'parked'
-"""
-)
-
-# Pause / resume a batch, moving its parked jobs between waiting:<mode> and held:<batch>.
-# ARGV: batch_id, new status ('paused' | 'active'). Returns the number of jobs moved.
-_LUA_BATCH_STATUS = (
-    _LUA_PRELUDE
-    + """
-local b = ARGV[1]
-local bk = P .. 'batch:' .. b
-if redis.call('HSETNX', bk, 'batch_id', b) == 1 then
-  redis.call('HSET', bk, 'created_at', ARGV[3])
-  redis.call('ZADD', P .. 'batches', ARGV[3], b)
-end
-local cur = redis.call('HGET', bk, 'status')
-if cur == 'cancelled' then return -1 end
-redis.call('HSET', bk, 'status', ARGV[2])
-local moved = 0
-local held = P .. 'held:' .. b
-if ARGV[2] == 'paused' then
-  local ids = redis.call('ZRANGE', bk .. ':jobs', 0, -1)
-  for _, jid in ipairs(ids) do
-    local mode = redis.call('HGET', P .. 'job:' .. jid, 'mode') or 'fast'
-    local score = redis.call('ZSCORE', P .. 'waiting:' .. mode, jid)
-    if score then
-      redis.call('ZREM', P .. 'waiting:' .. mode, jid)
-      redis.call('ZADD', held, score, jid)
-      moved = moved + 1
-    end
-  end
-else
-  local items = redis.call('ZRANGE', held, 0, -1, 'WITHSCORES')
-  for i = 1, #items, 2 do
-    local jid = items[i]
-    local mode = redis.call('HGET', P .. 'job:' .. jid, 'mode') or 'fast'
-    redis.call('ZADD', P .. 'waiting:' .. mode, items[i + 1], jid)
-    moved = moved + 1
-  end
-  redis.call('DEL', held)
-end
-return moved
-"""
-)
-
-# Claim due in-flight jobs for one poll. ARGV: job_id ('' = any), now, claim_until, limit, tolerance.
-# The poll's own job must be due, else nothing is claimed (someone else re-scheduled it). Claimed jobs get
-# score claim_until so no other poll takes them; the claimer schedules their next poll.
-_LUA_CLAIM = """
-local P = 'mjq:'
-local key = P .. 'inflight'
-local jid = ARGV[1]
-local now = tonumber(ARGV[2])
-local tol = tonumber(ARGV[5])
-local out = {}
-if jid ~= '' then
-  local sc = redis.call('ZSCORE', key, jid)
-  if not sc or tonumber(sc) > now + tol then return out end
-  redis.call('ZADD', key, ARGV[3], jid)
-  table.insert(out, jid)
-end
-local limit = tonumber(ARGV[4])
-if limit > #out then
-  local due = redis.call('ZRANGEBYSCORE', key, '-inf', now, 'LIMIT', 0, limit - #out)
-  for _, other in ipairs(due) do
-    if other ~= jid then
-      redis.call('ZADD', key, ARGV[3], other)
-      table.insert(out, other)
-    end
-  end
-end
-return out
-"""
-
-# A parent whose children were counted skipped (see mark_skipped) will have them after all: plan them again.
-_LUA_REPLAN_FN = """
-local function replan(jkey)
-  local skipped = tonumber(redis.call('HGET', jkey, 'skipped_n') or '0') or 0
-  local b = redis.call('HGET', jkey, 'batch_id')
-  if skipped > 0 and b and b ~= '' then
-    local bk = P .. 'batch:' .. b
-    redis.call('HINCRBY', bk, 'total', -skipped)
-    redis.call('HINCRBY', bk, 'n:skipped', -skipped)
-    redis.call('HINCRBY', bk, 'planned', tonumber(redis.call('HGET', jkey, 'skipped_planned') or '0') or 0)
-  end
-  redis.call('HDEL', jkey, 'skipped_n', 'skipped_planned')
-end
-"""
-
-# Replan the skipped children of one job. ARGV: job_id.
-_LUA_REPLAN = _LUA_PRELUDE + _LUA_REPLAN_FN + "replan(P .. 'job:' .. ARGV[1])\nreturn 1\n"
-
-# Reset jobs for a requeue. ARGV: now, reset-fields JSON list, job ids...
-_LUA_REQUEUE = (
-    _LUA_PRELUDE
-    + _LUA_REPLAN_FN
-    + """
-local now = ARGV[1]
-local drop = cjson.decode(ARGV[2])
-local n = 0
-for i = 3, #ARGV do
-  local jid = ARGV[i]
-  local jkey = P .. 'job:' .. jid
-  local cur = redis.call('HGET', jkey, 'status')
-  if cur and TERMINAL[cur] then
-    local up = redis.call('HGET', jkey, 'upstream_id')
-    if up then redis.call('HDEL', P .. 'upstream', up) end
-    replan(jkey)  -- its never-run children are planned again: they exist once it succeeds
-    for _, k in ipairs(drop) do redis.call('HDEL', jkey, k) end
-    redis.call('HSET', jkey, 'status', 'queued', 'updated_at', now)
-    redis.call('ZREM', P .. 'finishing', jid)
-    count_move(jkey, cur, 'queued', now)
-    n = n + 1
-  end
-end
-return n
-"""
-)
-
-
-def _key(*parts: str) -> str:
-    return PREFIX + ":".join(parts)
-
-
 def _dump(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
 
@@ -408,13 +125,13 @@ class Ledger:
 
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
-        self._create = client.register_script(_LUA_CREATE)
-        self._transition = client.register_script(_LUA_TRANSITION)
-        self._park = client.register_script(_LUA_PARK)
-        self._batch_status = client.register_script(_LUA_BATCH_STATUS)
-        self._claim = client.register_script(_LUA_CLAIM)
-        self._requeue = client.register_script(_LUA_REQUEUE)
-        self._replan = client.register_script(_LUA_REPLAN)
+        self._create = register(client, "prelude", "create")
+        self._transition = register(client, "prelude", "transition")
+        self._park = register(client, "prelude", "park")
+        self._batch_status = register(client, "prelude", "batch_status")
+        self._claim = register(client, "claim")
+        self._requeue = register(client, "prelude", "replan_fn", "requeue")
+        self._replan = register(client, "prelude", "replan_fn", "replan")
 
     # ---------------------------------------------------------------- jobs
     def create_job(self, job_id: str, fields: Mapping[str, Any]) -> tuple[bool, str]:
@@ -423,32 +140,32 @@ class Ledger:
         return bool(int(res[0])), str(res[1])
 
     def get_job(self, job_id: str) -> dict[str, Any] | None:
-        raw = cast(dict[str, str], self.redis.hgetall(_key("job", job_id)))
+        raw = cast(dict[str, str], self.redis.hgetall(keys.job(job_id)))
         return decode_job(raw) if raw else None
 
     def existing(self, job_ids: Sequence[str]) -> set[str]:
         """The ids among ``job_ids`` that have a job record (one round trip)."""
         pipe = self.redis.pipeline(transaction=False)
         for job_id in job_ids:
-            pipe.exists(_key("job", job_id))
+            pipe.exists(keys.job(job_id))
         return {job_id for job_id, found in zip(job_ids, pipe.execute(), strict=True) if found}
 
     def status(self, job_id: str) -> str | None:
-        return cast(str | None, self.redis.hget(_key("job", job_id), "status"))
+        return cast(str | None, self.redis.hget(keys.job(job_id), "status"))
 
     def update(self, job_id: str, fields: Mapping[str, Any]) -> None:
         """Set non-state fields (download results, ...); never the status."""
         data = encode_fields(fields)
         if data:
-            self.redis.hset(_key("job", job_id), mapping=cast(Mapping[Any, Any], data))
+            self.redis.hset(keys.job(job_id), mapping=cast(Mapping[Any, Any], data))
 
     def set_once(self, job_id: str, field_name: str, value: str) -> bool:
         """Set a non-state field only if it is unset; True when this call set it (a once-only claim)."""
-        return bool(self.redis.hsetnx(_key("job", job_id), field_name, value))
+        return bool(self.redis.hsetnx(keys.job(job_id), field_name, value))
 
     def count(self, job_id: str, field_name: str) -> int:
         """Add one to a counter field of the job (polls, ...) and return the new value."""
-        return int(self.redis.hincrby(_key("job", job_id), field_name, 1))
+        return int(self.redis.hincrby(keys.job(job_id), field_name, 1))
 
     def transition(
         self,
@@ -510,12 +227,12 @@ class Ledger:
         return result_of(job)
 
     def job_by_upstream(self, upstream_id: str) -> dict[str, Any] | None:
-        job_id = cast(str | None, self.redis.hget(_key("upstream"), upstream_id))
+        job_id = cast(str | None, self.redis.hget(keys.UPSTREAM, upstream_id))
         return self.get_job(job_id) if job_id else None
 
     def children(self, job_id: str) -> list[dict[str, Any]]:
         """Follow-up jobs created from this job, oldest first."""
-        ids = cast(list[str], self.redis.zrange(_key("children", job_id), 0, -1))
+        ids = cast(list[str], self.redis.zrange(keys.children(job_id), 0, -1))
         return [j for j in (self.get_job(i) for i in ids) if j is not None]
 
     # ---------------------------------------------------------------- waiting / in flight
@@ -524,7 +241,7 @@ class Ledger:
         return str(self._park(args=[job_id, _dump(message) if message else "", repr(score)]))
 
     def waiting_count(self, mode: str) -> int:
-        return int(self.redis.zcard(_key("waiting", mode)))
+        return int(self.redis.zcard(keys.waiting(mode)))
 
     def claim_due(
         self, job_id: str, now: float, claim_s: float, limit: int, tolerance: float = 0.05
@@ -534,16 +251,16 @@ class Ledger:
         return [str(x) for x in res]
 
     def overdue(self, before: float, limit: int = 200) -> list[str]:
-        return cast(list[str], self.redis.zrangebyscore(_key("inflight"), "-inf", before, start=0, num=limit))
+        return cast(list[str], self.redis.zrangebyscore(keys.INFLIGHT, "-inf", before, start=0, num=limit))
 
     def next_check(self, job_id: str) -> float | None:
         """When an in-flight job is checked next (its score in ``inflight``), None when not in flight."""
-        score = self.redis.zscore(_key("inflight"), job_id)
+        score = self.redis.zscore(keys.INFLIGHT, job_id)
         return float(score) if score is not None else None
 
     def schedule(self, job_id: str, at: float) -> None:
         """Set the next check time of an in-flight job (only if it is still in flight)."""
-        self.redis.zadd(_key("inflight"), {job_id: at}, xx=True)
+        self.redis.zadd(keys.INFLIGHT, {job_id: at}, xx=True)
 
     def unfinished(self, job_ids: Sequence[str]) -> int:
         """How many of ``job_ids`` are not through their finishing step (not terminal, or still downloading)."""
@@ -552,8 +269,8 @@ class Ledger:
             chunk = list(job_ids[start : start + 500])
             pipe = self.redis.pipeline()
             for job_id in chunk:
-                pipe.hget(_key("job", job_id), "status")
-            pipe.zmscore(_key("finishing"), chunk)
+                pipe.hget(keys.job(job_id), "status")
+            pipe.zmscore(keys.FINISHING, chunk)
             *statuses, finishing = pipe.execute()
             pending += sum(1 for status in statuses if status not in TERMINAL)
             pending += sum(1 for score in finishing if score is not None)
@@ -561,18 +278,18 @@ class Ledger:
 
     def finishing_stale(self, before: float, limit: int = 100) -> list[str]:
         return cast(
-            list[str], self.redis.zrangebyscore(_key("finishing"), "-inf", before, start=0, num=limit)
+            list[str], self.redis.zrangebyscore(keys.FINISHING, "-inf", before, start=0, num=limit)
         )
 
     def finished(self, job_id: str) -> None:
-        self.redis.zrem(_key("finishing"), job_id)
+        self.redis.zrem(keys.FINISHING, job_id)
 
     def mark_continued(self, job_id: str) -> bool:
         """Record that the job's continuation fired; False when it already had."""
-        return bool(self.redis.hsetnx(_key("job", job_id), "continued", "1"))
+        return bool(self.redis.hsetnx(keys.job(job_id), "continued", "1"))
 
     def continued(self, job_id: str) -> bool:
-        return bool(self.redis.hexists(_key("job", job_id), "continued"))
+        return bool(self.redis.hexists(keys.job(job_id), "continued"))
 
     def replan_skipped(self, job_id: str) -> None:
         """The children counted skipped when this job failed will exist after all (it was reconciled)."""
@@ -581,11 +298,11 @@ class Ledger:
     # ---------------------------------------------------------------- batches
     def ensure_batch(self, batch_id: str, meta: Mapping[str, Any] | None = None) -> None:
         """Create the batch record if missing (status active) and merge ``meta`` into it."""
-        key = _key("batch", batch_id)
+        key = keys.batch(batch_id)
         now = time.time()
         if self.redis.hsetnx(key, "batch_id", batch_id):
             self.redis.hset(key, mapping={"status": "active", "created_at": repr(now)})
-            self.redis.zadd(_key("batches"), {batch_id: now}, nx=True)
+            self.redis.zadd(keys.BATCHES, {batch_id: now}, nx=True)
         if meta:
             current = self.redis.hget(key, "meta")
             merged = json.loads(cast(str, current)) if current else {}
@@ -595,7 +312,7 @@ class Ledger:
     def add_planned(self, batch_id: str, n: int) -> None:
         """Announce ``n`` jobs that will be created later (follow-ups), so totals and ETAs count them."""
         self.ensure_batch(batch_id)
-        self.redis.hincrby(_key("batch", batch_id), "planned", n)
+        self.redis.hincrby(keys.batch(batch_id), "planned", n)
 
     def mark_skipped(self, batch_id: str | None, n: int = 1, reason: str = "", job_id: str | None = None) -> None:
         """Planned jobs that will never exist (children of a failed parent): planned -= n, skipped += n.
@@ -605,7 +322,7 @@ class Ledger:
         """
         if not batch_id or n <= 0:
             return
-        key = _key("batch", batch_id)
+        key = keys.batch(batch_id)
         planned = int(cast(str | None, self.redis.hget(key, "planned")) or 0)
         take = min(n, planned)
         pipe = self.redis.pipeline()
@@ -615,30 +332,30 @@ class Ledger:
         if reason:
             pipe.hset(key, "last_skip_reason", reason)
         if job_id:
-            pipe.hincrby(_key("job", job_id), "skipped_n", n)
-            pipe.hincrby(_key("job", job_id), "skipped_planned", take)
+            pipe.hincrby(keys.job(job_id), "skipped_n", n)
+            pipe.hincrby(keys.job(job_id), "skipped_planned", take)
         pipe.execute()
 
     def expect_jobs(self, batch_id: str, job_ids: Iterable[str]) -> None:
         """Jobs just enqueued into the batch: it counts them (total, ETA, end) before a worker creates them."""
         ids = list(job_ids)
         if ids:
-            self.redis.sadd(_key("batch", batch_id, "expect"), *ids)
+            self.redis.sadd(keys.batch_expect(batch_id), *ids)
 
     def is_expected(self, batch_id: str, job_id: str) -> bool:
         """Whether the batch counts on this job (enqueued by ``mjq batch``, no record yet)."""
-        return bool(self.redis.sismember(_key("batch", batch_id, "expect"), job_id))
+        return bool(self.redis.sismember(keys.batch_expect(batch_id), job_id))
 
     def pending_jobs(self, batch_id: str) -> int:
         """Enqueued jobs of the batch with no record yet; those created meanwhile (here or, with the same id,
         in another batch) leave the set, so a batch expects exactly the jobs it will really get."""
-        key = _key("batch", batch_id, "expect")
+        key = keys.batch_expect(batch_id)
         ids = sorted(cast(set[str], self.redis.smembers(key)))
         if not ids:
             return 0
         pipe = self.redis.pipeline(transaction=False)
         for job_id in ids:
-            pipe.exists(_key("job", job_id))
+            pipe.exists(keys.job(job_id))
         created = [job_id for job_id, exists in zip(ids, pipe.execute(), strict=True) if exists]
         if created:
             self.redis.srem(key, *created)
@@ -651,9 +368,9 @@ class Ledger:
     def cancel_batch_record(self, batch_id: str) -> list[str]:
         """Mark the batch cancelled and return the ids of its jobs still queued (waiting or not)."""
         self.ensure_batch(batch_id)
-        key = _key("batch", batch_id)
+        key = keys.batch(batch_id)
         self.redis.hset(key, "status", "cancelled")
-        self.redis.delete(_key("held", batch_id))
+        self.redis.delete(keys.held(batch_id))
         return [j["job_id"] for j in self.batch_jobs(batch_id) if j.get("status") == "queued"]
 
     def batch(self, batch_id: str) -> dict[str, Any]:
@@ -663,7 +380,7 @@ class Ledger:
         counted twice for one reading, never missed (a batch never looks finished early).
         """
         pending = self.pending_jobs(batch_id)
-        raw = cast(dict[str, str], self.redis.hgetall(_key("batch", batch_id)))
+        raw = cast(dict[str, str], self.redis.hgetall(keys.batch(batch_id)))
         if not raw:
             return {}
         counts = {s: 0 for s in STATES}
@@ -694,24 +411,24 @@ class Ledger:
         return out
 
     def batches(self) -> list[dict[str, Any]]:
-        ids = cast(list[str], self.redis.zrange(_key("batches"), 0, -1))
+        ids = cast(list[str], self.redis.zrange(keys.BATCHES, 0, -1))
         return [b for b in (self.batch(i) for i in ids) if b]
 
     def batch_job_ids(self, batch_id: str) -> list[str]:
-        return cast(list[str], self.redis.zrange(_key("batch", batch_id, "jobs"), 0, -1))
+        return cast(list[str], self.redis.zrange(keys.batch_jobs(batch_id), 0, -1))
 
     def batch_jobs(self, batch_id: str) -> list[dict[str, Any]]:
         """Job results of a batch in creation order."""
         ids = self.batch_job_ids(batch_id)
         pipe = self.redis.pipeline()
         for job_id in ids:
-            pipe.hgetall(_key("job", job_id))
+            pipe.hgetall(keys.job(job_id))
         return [result_of(decode_job(raw)) for raw in pipe.execute() if raw]
 
     def batch_status(self, batch_id: str | None) -> str:
         if not batch_id:
             return "active"
-        return cast(str | None, self.redis.hget(_key("batch", batch_id), "status")) or "active"
+        return cast(str | None, self.redis.hget(keys.batch(batch_id), "status")) or "active"
 
     def requeue_jobs(self, job_ids: list[str]) -> int:
         """Put terminal jobs back to ``queued`` with their result fields cleared."""
@@ -743,21 +460,21 @@ class Ledger:
     # ---------------------------------------------------------------- breaker
     def trip_breaker(self, reason: str) -> bool:
         """Stop all submitting; True when this call tripped it (first reason wins)."""
-        key = _key("breaker")
+        key = keys.BREAKER
         tripped = bool(self.redis.hsetnx(key, "tripped", "1"))
         if tripped:
             self.redis.hset(key, mapping={"reason": reason, "at": repr(time.time())})
         return tripped
 
     def clear_breaker(self) -> None:
-        self.redis.delete(_key("breaker"))
+        self.redis.delete(keys.BREAKER)
 
     def breaker_tripped(self) -> bool:
         """The one-command check made right before every submit POST."""
-        return bool(self.redis.hget(_key("breaker"), "tripped") == "1")
+        return bool(self.redis.hget(keys.BREAKER, "tripped") == "1")
 
     def breaker(self) -> dict[str, Any]:
-        raw = cast(dict[str, str], self.redis.hgetall(_key("breaker")))
+        raw = cast(dict[str, str], self.redis.hgetall(keys.BREAKER))
         return {
             "tripped": raw.get("tripped") == "1",
             "reason": raw.get("reason", ""),

@@ -1,0 +1,19 @@
+-- Park a queued job: store its task message and put it in its mode's waiting set (or its paused batch's
+-- held set). ARGV: job_id, message JSON, score. Returns 'parked' | 'held' | 'cancelled' | <status>.
+local jid = ARGV[1]
+local jkey = P .. 'job:' .. jid
+local cur = redis.call('HGET', jkey, 'status')
+if cur ~= 'queued' then return cur or '' end
+if ARGV[2] ~= '' then redis.call('HSET', jkey, 'message', ARGV[2]) end
+local mode = redis.call('HGET', jkey, 'mode') or 'fast'
+local b = redis.call('HGET', jkey, 'batch_id')
+if b and b ~= '' then
+  local bst = redis.call('HGET', P .. 'batch:' .. b, 'status')
+  if bst == 'cancelled' then return 'cancelled' end
+  if bst == 'paused' then
+    redis.call('ZADD', P .. 'held:' .. b, ARGV[3], jid)
+    return 'held'
+  end
+end
+redis.call('ZADD', P .. 'waiting:' .. mode, ARGV[3], jid)
+return 'parked'
