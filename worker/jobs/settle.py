@@ -14,6 +14,7 @@ from typing import Any
 from worker.jobs.admission import admit_parked
 from worker.jobs.dispatch import send_finish, send_poll
 from worker.jobs.kinds import KINDS
+from worker.mjapi.models import Task
 from worker.store.ledger import TERMINAL
 from worker.store.runtime import Runtime, runtime
 
@@ -28,12 +29,6 @@ STATUS_MAP = {
 }
 
 
-def field_of(task: Any, name: str, alias: str | None = None) -> Any:
-    if isinstance(task, Mapping):
-        return task.get(name, task.get(alias) if alias else None)
-    return getattr(task, name, None)
-
-
 def _progress_pct(progress: Any) -> int:
     try:
         return max(0, min(100, int(float(str(progress or "0").strip().rstrip("%")))))
@@ -41,19 +36,8 @@ def _progress_pct(progress: Any) -> int:
         return 0
 
 
-def _buttons(task: Any) -> list[dict[str, Any]]:
-    out = []
-    for b in field_of(task, "buttons") or []:
-        out.append(
-            {
-                "custom_id": field_of(b, "custom_id", "customId"),
-                "label": field_of(b, "label"),
-                "emoji": field_of(b, "emoji"),
-                "style": field_of(b, "style"),
-                "type": field_of(b, "type"),
-            }
-        )
-    return out
+def _buttons(task: Task) -> list[dict[str, Any]]:
+    return [b.model_dump(include={"custom_id", "label", "emoji", "style", "type"}) for b in task.buttons]
 
 
 def _describe_prompts(text: str) -> list[str]:
@@ -62,38 +46,33 @@ def _describe_prompts(text: str) -> list[str]:
     return [p.strip() for p in parts if p.strip()]
 
 
-def _fields_from_task(task: Any, to: str, source: str) -> dict[str, Any]:
-    props = field_of(task, "properties") or {}
+def _fields_from_task(task: Task, to: str, source: str) -> dict[str, Any]:
+    props = task.properties
     fields: dict[str, Any] = {"settled_by": source}
-    progress = field_of(task, "progress")
-    if progress:
-        fields["progress"] = progress
-    final = props.get("finalPrompt") or props.get("final_prompt") or field_of(task, "prompt_en", "promptEn")
+    if task.progress:
+        fields["progress"] = task.progress
+    final = props.get("finalPrompt") or props.get("final_prompt") or task.prompt_en
     if final:
         fields["final_prompt"] = final
-    start = field_of(task, "start_time", "startTime")
-    if isinstance(start, int | float) and not isinstance(start, bool) and 0 < start < 1e14:
-        fields["started_at"] = float(start) / 1000.0
-    image_url = field_of(task, "image_url", "imageUrl")
-    if image_url:
-        fields["image_url"] = image_url
+    if task.start_time and 0 < task.start_time < 1e14:
+        fields["started_at"] = float(task.start_time) / 1000.0
+    if task.image_url:
+        fields["image_url"] = task.image_url
     if to == "succeeded":
         fields["buttons"] = _buttons(task)
         fields["progress"] = "100%"
-        action = field_of(task, "action")
-        if str(action or "").upper() == "DESCRIBE":
-            text = str(final or field_of(task, "prompt") or "")
-            fields["extra"] = {"prompts": _describe_prompts(text)}
+        if str(task.action or "").upper() == "DESCRIBE":
+            fields["extra"] = {"prompts": _describe_prompts(str(final or task.prompt or ""))}
         if props.get("seed"):
             fields.setdefault("extra", {})["seed"] = props.get("seed")
     if to == "failed":
-        fields["fail_reason"] = field_of(task, "fail_reason", "failReason") or "upstream FAILURE"
+        fields["fail_reason"] = task.fail_reason or "upstream FAILURE"
     if to == "cancelled":
-        fields["fail_reason"] = field_of(task, "fail_reason", "failReason") or "cancelled upstream"
+        fields["fail_reason"] = task.fail_reason or "cancelled upstream"
     return fields
 
 
-def settle(job_id: str, upstream_task: Any, source: str = "poll", rt: Runtime | None = None) -> str:
+def settle(job_id: str, task: Task, source: str = "poll", rt: Runtime | None = None) -> str:
     """Apply an upstream task snapshot (poll or webhook) to its job. The first terminal transition wins.
 
     Returns ``unknown`` (no such job), ``mismatch`` (id/state do not belong to the job), ``ignored``
@@ -103,8 +82,7 @@ def settle(job_id: str, upstream_task: Any, source: str = "poll", rt: Runtime | 
     job = rt.ledger.get_job(job_id)
     if job is None:
         return "unknown"
-    task_id = field_of(task := upstream_task, "id")
-    state = field_of(task, "state")
+    task_id, state = task.id, task.state
     upstream = job.get("upstream_id")
     ours = KINDS.get(str(job.get("kind") or ""), KINDS["imagine"]).hooked  # did this job set `state`?
     if job.get("submit_outcome") == "exists":
@@ -117,7 +95,7 @@ def settle(job_id: str, upstream_task: Any, source: str = "poll", rt: Runtime | 
         if state != job_id or not task_id:
             return "mismatch"
         reconcile = True
-    to = STATUS_MAP.get(str(field_of(task, "status") or "").upper())
+    to = STATUS_MAP.get(str(task.status or "").upper())
     if to is None:
         return "ignored"
     fields = _fields_from_task(task, to, source)
@@ -133,7 +111,7 @@ def settle(job_id: str, upstream_task: Any, source: str = "poll", rt: Runtime | 
         to,
         forward=True,
         reconcile=reconcile,
-        progress=_progress_pct(field_of(task, "progress")),
+        progress=_progress_pct(task.progress),
         fields=fields,
         release=to in TERMINAL,
         **extra,

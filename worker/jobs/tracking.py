@@ -6,17 +6,16 @@ import contextlib
 import logging
 import random
 import time
-from typing import Any
 
 import redis
 
 from worker.jobs.admission import admit_parked, resend_overdue
 from worker.jobs.dispatch import send_finish, send_poll
-from worker.jobs.settle import field_of, finish_now, hold_slot, settle
+from worker.jobs.settle import finish_now, hold_slot, settle
 from worker.mjapi.errors import (
     MJError,
 )
-from worker.mjapi.models import MODES
+from worker.mjapi.models import MODES, Task
 from worker.settings import Settings
 from worker.store import keys
 from worker.store.images import sweep_images
@@ -78,7 +77,7 @@ def poll_jobs(job_id: str, rt: Runtime | None = None) -> int:
         return 0
     jobs = {i: j for i in ids if (j := rt.ledger.get_job(i)) is not None}
     wanted = {str(j["upstream_id"]): i for i, j in jobs.items() if j.get("upstream_id")}
-    found: dict[str, Any] = {}
+    found: dict[str, Task] = {}
     try:
         if len(wanted) == 1:
             (up,) = wanted
@@ -87,7 +86,7 @@ def poll_jobs(job_id: str, rt: Runtime | None = None) -> int:
                 found[up] = one
         elif wanted:
             for item in rt.client.list_by_condition(list(wanted)):
-                found[str(field_of(item, "id"))] = item
+                found[item.id] = item
     except MJError as exc:
         log.warning("poll of %d jobs failed: %s", len(wanted), exc)
     for jid, job in jobs.items():

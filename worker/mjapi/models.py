@@ -351,6 +351,29 @@ class Task(ResponseModel):
         """SUCCESS, FAILURE or CANCEL: nothing more will change."""
         return self.status in FINISHED_STATUSES
 
+    @classmethod
+    def read(cls, body: Mapping[str, Any]) -> Task:
+        """A task object as sent by any server (callback body, list item): a field of an unexpected type reads
+        as absent, a button that does not parse is left out, instead of losing the whole task.
+
+        Raises ``ValueError`` only when the ``id`` itself is missing or unusable.
+        """
+        data = dict(body)
+        for _ in range(len(data) + 1):
+            try:
+                return cls.model_validate(data)
+            except ValidationError as exc:
+                bad_buttons = {e["loc"][1] for e in exc.errors() if e["loc"][:1] == ("buttons",) and len(e["loc"]) > 2}
+                bad_fields = {str(e["loc"][0]) for e in exc.errors() if e["loc"] and e["loc"][:1] != ("buttons",)}
+                bad_fields |= {"buttons"} if any(e["loc"] == ("buttons",) for e in exc.errors()) else set()
+                if "id" in bad_fields or not (bad_fields or bad_buttons):
+                    raise ValueError(f"not a task object: {exc.errors()[0]['msg']}") from None
+                if bad_buttons and isinstance(data.get("buttons"), list):
+                    data["buttons"] = [b for i, b in enumerate(data["buttons"]) if i not in bad_buttons]
+                for name in bad_fields:
+                    data.pop(name, None)
+        raise ValueError("not a task object")
+
 
 Outcome = Literal["submitted", "queued", "exists", "modal"]
 

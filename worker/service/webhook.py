@@ -21,6 +21,7 @@ from starlette.routing import Route
 
 from worker.jobs import kinds as requests
 from worker.jobs import settle as outcomes
+from worker.mjapi.models import Task
 from worker.settings import Settings, get_settings, webhook_secret_problem
 from worker.store import runtime
 
@@ -93,29 +94,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
     )
 
 
-def _text(value: Any) -> str | None:
-    """A string field of the callback, or None when the sender put something else there."""
-    return value if isinstance(value, str) else None
-
-
 def _settle(rt: Any, job_id: str, body: dict[str, Any]) -> str:
-    """The callback as a task snapshot for ``settle``; wrong types become "absent", never a server error."""
-    buttons = body.get("buttons")
-    properties = body.get("properties")
-    task = {
-        "id": str(body.get("id")),
-        "state": _text(body.get("state")),
-        "status": _text(body.get("status")),
-        "progress": _text(body.get("progress")),
-        "prompt": _text(body.get("prompt")),
-        "prompt_en": _text(body.get("promptEn")),
-        "image_url": _text(body.get("imageUrl")),
-        "fail_reason": _text(body.get("failReason")),
-        "start_time": body.get("startTime"),
-        "action": _text(body.get("action")),
-        "buttons": [b for b in buttons if isinstance(b, dict)] if isinstance(buttons, list) else [],
-        "properties": properties if isinstance(properties, dict) else {},
-    }
+    """The callback read as the client's ``Task`` (fields of a wrong type read as absent) and settled."""
+    try:
+        task = Task.read(body)
+    except ValueError:  # no usable id: it cannot be this job's task
+        return "unknown" if rt.ledger.status(job_id) is None else "mismatch"
     return outcomes.settle(job_id, task, "webhook", rt)
 
 
