@@ -138,7 +138,7 @@ def prompts(n: int, tag: str) -> list[str]:
 
 def wait_batch(batch_id: str, jobs: int, timeout_s: float) -> dict[str, Any]:
     """Block until ``jobs`` jobs of the batch exist and all are terminal, with their images downloaded."""
-    from worker.store.ledger import TERMINAL
+    from worker.store.records import TERMINAL
     from worker.store.runtime import runtime
 
     ledger = runtime().ledger

@@ -12,15 +12,20 @@ Each body checks its arguments against the one follow-up vocabulary (``worker.pl
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from worker.jobs.followups import follow_up, index_of, modal_input, number, one_of, parent_of, press_button
 from worker.jobs.start import JobTask
 from worker.mjapi.errors import InvalidInput
+from worker.plans import masks
 from worker.plans.buttons import CUSTOM_ZOOM, PAN_DIRECTIONS, STRENGTHS, UPSCALE_KINDS, ZOOM_OUT, Want, offers
-from worker.plans.masks import mask_reference
+from worker.store.runtime import runtime
 
-__all__ = ["mask_reference"]
+
+def mask_reference(mask: str, field: str = "mask", base_dir: Path | None = None) -> str:
+    """Store a mask (data URI, ``img:`` reference or image file path) once in Redis; return its reference."""
+    return masks.mask_reference(mask, runtime(), field, base_dir)
 
 
 @follow_up("upscale")
@@ -90,7 +95,7 @@ def vary_region(self: JobTask, parent: Any, mask: str, prompt: str | None = None
     """Vary (Region): the modal step with a mask (``mask_reference()`` keeps it out of the broker)."""
     if not isinstance(mask, str) or not mask:
         raise InvalidInput("mask", "Vary (Region) needs a mask (data URI, img: reference or image file)")
-    return press_button(self, parent, Want("vary_region"), modal=modal_input(prompt, mask))
+    return press_button(self, parent, Want("vary_region"), modal=modal_input(self, prompt, mask))
 
 
 @follow_up("remix")
@@ -119,7 +124,8 @@ def press(
     """
     if not isinstance(label_or_custom_id, str) or not label_or_custom_id.strip():
         raise InvalidInput("label_or_custom_id", "give a button label, emoji or customId")
-    return press_button(self, parent, Want("press", arg=label_or_custom_id), modal=modal_input(prompt, mask) or None)
+    want = Want("press", arg=label_or_custom_id)
+    return press_button(self, parent, want, modal=modal_input(self, prompt, mask) or None)
 
 
 FOLLOW_UP_TASKS = (upscale, vary, reroll, zoom, custom_zoom, pan, upscale_more, vary_region, remix, press)

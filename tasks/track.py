@@ -15,19 +15,19 @@ from worker.store.runtime import runtime
 @task(name="tasks.track.poll", acks_late=True, ignore_result=True)
 def poll(job_id: str) -> int:
     """Check one due job (and any other due jobs, in one list-by-condition call)."""
-    return tracking.poll_jobs(job_id)
+    return tracking.poll_jobs(job_id, runtime())
 
 
 @task(bind=True, name="tasks.track.finish", acks_late=True, ignore_result=True, max_retries=None)
 def finish(self: Task[Any, Any], job_id: str) -> None:
     """Download the image, write the result, complete the original task, fire its continuation once."""
-    finishing.finish_job(self, job_id)
+    finishing.finish_job(self, job_id, runtime())
 
 
 @task(name="tasks.track.housekeeping", ignore_result=True)
 def housekeeping() -> dict[str, int]:
     """Admit parked jobs, re-send lost tasks, re-poll overdue jobs, re-finish (one runner at a time)."""
-    return tracking.housekeeping()
+    return tracking.housekeeping(runtime())
 
 
 @task(name="tasks.fetch_task")

@@ -9,8 +9,11 @@ import pytest
 from celery import group
 from celery.canvas import _chain
 
+from tasks.pipelines import PlanError, check_masks, compile, count_jobs, parse
 from worker.mjapi.errors import InvalidInput
-from worker.plans.grammar import PlanError, check_masks, compile, count_jobs, map_masks, parse, store_masks
+from worker.plans import grammar
+from worker.plans.grammar import map_masks
+from worker.store.runtime import runtime
 
 ROUND_TRIPS = [
     ("U1-4", 4),
@@ -110,5 +113,5 @@ def test_mask_files_are_checked_relative_to_the_folder_given(tmp_path: Path) -> 
             check_masks(plan, tmp_path)
         assert info.value.field == "then" and words in str(info.value)
     with pytest.raises(InvalidInput) as worker_side:
-        store_masks("U1>region:hat.png", tmp_path, files=False)  # the worker never reads a mask file
+        grammar.store_masks("U1>region:hat.png", runtime(), tmp_path, files=False)  # the worker never reads a file
     assert worker_side.value.field == "then" and "img: reference" in str(worker_side.value)

@@ -169,18 +169,19 @@ def test_a_failed_download_keeps_the_url_and_the_job_succeeds(stack: Stack, sim:
 def test_unauthorized_trips_the_breaker_until_resume(stack: Stack, sim: Any) -> None:
     import tasks
     from worker import control
+    from worker.store.runtime import runtime
 
     sim.faults(api_key="a-key-we-do-not-have")
     first = tasks.imagine.delay("refused key", batch_id="ua")
-    stack.wait(lambda: control.breaker_status()["tripped"], 20, "the breaker")
-    assert "Unauthorized" in control.breaker_status()["reason"]
+    stack.wait(lambda: control.breaker_status(runtime())["tripped"], 20, "the breaker")
+    assert "Unauthorized" in control.breaker_status(runtime())["reason"]
     rest = [tasks.imagine.delay(f"after the 401 {i}", batch_id="ua") for i in range(4)]
     stack.wait(lambda: stack.ledger.waiting_count("fast") == 5, 20, "every job parked")
     time.sleep(1.0)
     assert sim.stats()["requests"].get("POST /mj/submit/imagine") == 1  # the answer that tripped it was the last
     assert stack.ledger.batch("ua")["counts"]["queued"] == 5
     sim.faults(api_key=SIM_KEY)
-    control.resume_submitting()
+    control.resume_submitting(runtime())
     assert all(r.get(timeout=30)["status"] == "succeeded" for r in [first, *rest])
     assert sorted(sim.stats()["submissions_by_state"].values()) == [1] * 5
 
@@ -264,6 +265,7 @@ def test_a_batch_job_refused_by_the_worker_is_counted_failed_and_the_batch_ends(
 def test_a_long_parked_job_keeps_its_images(lean_stack: Stack, sim: Any) -> None:
     import tasks
     from worker import control
+    from worker.store.runtime import runtime
 
     stack = lean_stack
     stack.ledger.trip_breaker("test: hold the job longer than its images live")
@@ -273,7 +275,7 @@ def test_a_long_parked_job_keeps_its_images(lean_stack: Stack, sim: Any) -> None
     key = f"mjq:img:{ref[4:]}"
     time.sleep(5.0)  # 2.5 times MJQ_IMAGE_TTL_S
     assert stack.redis.exists(key), "the parked job's image expired"
-    control.resume_submitting()
+    control.resume_submitting(runtime())
     assert result.get(timeout=20)["status"] == "succeeded"
     stack.wait(lambda: not stack.redis.exists(key), 15, "the finished job's image to expire")
 

@@ -45,6 +45,7 @@ def test_parked_jobs_cost_no_broker_traffic(stack: Stack, sim: Any) -> None:
     """Measured: Redis commands per parked job per minute (INFO commandstats deltas)."""
     import tasks
     from worker import control
+    from worker.store.runtime import runtime
 
     def total_calls() -> int:
         stats = stack.redis.info("commandstats")
@@ -69,8 +70,8 @@ def test_parked_jobs_cost_no_broker_traffic(stack: Stack, sim: Any) -> None:
     )
     assert per_job < 1.0
     assert sim.stats()["submissions"] == 0
-    assert control.cancel_batch("parked") == n  # parked jobs are cancelled without ever being submitted
-    control.resume_submitting()
+    assert control.cancel_batch("parked", runtime()) == n  # parked jobs are cancelled without ever being submitted
+    control.resume_submitting(runtime())
     assert stack.wait_batch("parked", n, timeout=30)["counts"]["cancelled"] == n
     assert sim.stats()["submissions"] == 0
 
@@ -112,8 +113,9 @@ def test_parked_interactive_job_is_admitted_before_parked_batch_jobs(stack: Stac
     single = tasks.imagine.delay("urgent single")
     stack.wait(lambda: stack.ledger.waiting_count("fast") == 13, 20, "single parked")
     from worker import control
+    from worker.store.runtime import runtime
 
-    control.resume_submitting()
+    control.resume_submitting(runtime())
     first = single.get(timeout=20)
     results = [r.get(timeout=30) for r in batch]
     assert first["submitted_at"] < min(r["submitted_at"] for r in results)
@@ -126,12 +128,13 @@ def test_an_admitted_batch_job_goes_ahead_of_queued_batch_messages(stack: Stack,
     from tests.support.events import TaskEvents
     from worker import control
     from worker.app import app
+    from worker.store.runtime import runtime
 
     stack.ledger.trip_breaker("test: park first")
     with TaskEvents(app) as events:
         job = tasks.imagine.delay("parked then admitted", batch_id="ahead")
         stack.wait(lambda: stack.ledger.waiting_count("fast") == 1, 20, "the job parked")
-        control.resume_submitting()
+        control.resume_submitting(runtime())
         assert job.get(timeout=20)["status"] == "succeeded"
         sent = events.for_task(job.id, "task-sent")
     assert [e.get("queue") for e in sent] == ["batch", "track"], sent
@@ -140,12 +143,13 @@ def test_an_admitted_batch_job_goes_ahead_of_queued_batch_messages(stack: Stack,
 def test_pause_and_resume_a_batch(stack: Stack, sim: Any) -> None:
     import tasks
     from worker import control
+    from worker.store.runtime import runtime
 
     sim.faults(time_factor=0.02)
     for i in range(12):
         tasks.imagine.delay(f"pausable {i}", batch_id="pb")
     stack.wait(lambda: sim.stats()["submissions"] >= 1, 20, "first submissions")
-    control.pause_batch("pb")
+    control.pause_batch("pb", runtime())
     time.sleep(0.3)
     frozen = sim.stats()["submissions"]
     assert frozen <= 6
@@ -153,7 +157,7 @@ def test_pause_and_resume_a_batch(stack: Stack, sim: Any) -> None:
     assert sim.stats()["submissions"] == frozen
     batch = stack.ledger.batch("pb")
     assert batch["status"] == "paused" and batch["counts"]["queued"] == 12 - frozen
-    control.resume_batch("pb")
+    control.resume_batch("pb", runtime())
     assert stack.wait_batch("pb", 12, timeout=40)["counts"]["succeeded"] == 12
     assert sim.stats()["submissions"] == 12
 
@@ -181,11 +185,12 @@ def test_cancel_a_batch_completes_waiting_tasks_as_cancelled(stack: Stack, sim: 
     import tasks
     from worker import control
     from worker.jobs.start import JobFailed
+    from worker.store.runtime import runtime
 
     sim.faults(time_factor=0.02)
     results = [tasks.imagine.delay(f"cancel me {i}", batch_id="cb") for i in range(10)]
     stack.wait(lambda: sim.stats()["submissions"] >= 3, 20, "first submissions")
-    control.cancel_batch("cb")  # jobs whose task has not run yet are cancelled when it runs
+    control.cancel_batch("cb", runtime())  # jobs whose task has not run yet are cancelled when it runs
     outcomes = []
     for r in results:
         try:
@@ -201,33 +206,35 @@ def test_cancel_a_batch_completes_waiting_tasks_as_cancelled(stack: Stack, sim: 
 def test_out_of_credit_stops_submitting_until_resume(stack: Stack, sim: Any) -> None:
     import tasks
     from worker import control
+    from worker.store.runtime import runtime
 
     sim.faults(balance=2)
     results = [tasks.imagine.delay(f"credit {i}", batch_id="oc") for i in range(6)]
-    stack.wait(lambda: control.breaker_status()["tripped"], 20, "the breaker")
+    stack.wait(lambda: control.breaker_status(runtime())["tripped"], 20, "the breaker")
     time.sleep(1.5)
     stats = sim.stats()
     assert stats["accepted"] == 2
     assert stats["submissions"] == 3  # the answer that tripped the breaker was the last submit
-    assert control.breaker_status()["reason"]
+    assert control.breaker_status(runtime())["reason"]
     assert stack.ledger.batch("oc")["counts"]["queued"] == 4
     sim.faults(balance=100)
-    control.resume_submitting()
+    control.resume_submitting(runtime())
     assert all(r.get(timeout=30)["status"] == "succeeded" for r in results)
-    assert not control.breaker_status()["tripped"]
+    assert not control.breaker_status(runtime())["tripped"]
 
 
 def test_requeue_failed_jobs(stack: Stack, sim: Any) -> None:
     import tasks
     from worker import control
     from worker.jobs.start import JobFailed
+    from worker.store.runtime import runtime
 
     sim.faults(banned_words=["nope"])
     bad = tasks.imagine.delay("nope nope", batch_id="rq")
     with pytest.raises(JobFailed):
         bad.get(timeout=15)
     sim.faults(banned_words=[])
-    assert control.requeue("rq", {"failed"}) == 1
+    assert control.requeue("rq", {"failed"}, rt=runtime()) == 1
     stack.wait_status(bad.id, {"succeeded"}, 20)
     from celery.result import AsyncResult
 

@@ -56,6 +56,7 @@ from worker.reports.gallery import write_gallery
 from worker.reports.progress import FAILED, RateMeter, Snapshot, render, watch
 from worker.service.webhook import serve
 from worker.settings import Settings, SettingsError, get_settings, settings_table
+from worker.store.runtime import runtime
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -363,7 +364,7 @@ def status_cmd(
 ) -> None:
     """A table of batches, or one batch's counts with its failures and reasons."""
     with backend() as handle:
-        breaker = control.breaker_status()
+        breaker = control.breaker_status(runtime())
         if batch is None:
             rows = [Snapshot.from_batch(str(b.get("batch_id") or b.get("id")), b) for b in handle.ledger.batches()]
             if as_json:
@@ -445,7 +446,7 @@ def pause_cmd(batch: BatchArg) -> None:
     """Stop submitting a batch's queued jobs (jobs already upstream finish)."""
     with backend() as handle:
         handle.batch(batch)
-        control.pause_batch(batch)
+        control.pause_batch(batch, runtime())
     console.print(f"paused {batch}")
 
 
@@ -456,11 +457,11 @@ def resume_cmd(
     """Resume a paused batch; without a batch, clear the global stop (breaker) after 401/credit errors."""
     with backend() as handle:
         if batch is None:
-            control.resume_submitting()
+            control.resume_submitting(runtime())
             console.print("submitting resumed (breaker cleared)")
             return
         handle.batch(batch)
-        control.resume_batch(batch)
+        control.resume_batch(batch, runtime())
     console.print(f"resumed {batch}")
 
 
@@ -469,7 +470,7 @@ def cancel_cmd(batch: BatchArg) -> None:
     """Cancel a batch: queued jobs are never submitted; running upstream jobs are left to finish."""
     with backend() as handle:
         handle.batch(batch)
-        control.cancel_batch(batch)
+        control.cancel_batch(batch, runtime())
     console.print(f"cancelled {batch}")
 
 
@@ -495,7 +496,7 @@ def requeue_cmd(
         raise CliError("choose what to requeue", "add --failed, --timed-out, --needs-review and/or --cancelled", 2)
     with backend() as handle:
         handle.batch(batch)
-        count = control.requeue(batch, statuses)
+        count = control.requeue(batch, statuses, rt=runtime())
     console.print(f"requeued {count} job(s) of {batch}")
 
 

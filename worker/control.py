@@ -15,45 +15,41 @@ from worker.jobs.messages import resend
 from worker.jobs.settle import cancel_job
 from worker.mjapi.models import MODES
 from worker.store import keys
-from worker.store.runtime import Runtime, runtime
+from worker.store.runtime import Runtime
 
 REQUEUABLE = frozenset({"failed", "timed_out", "cancelled", "needs_review"})
 
 
-def pause_batch(batch_id: str, rt: Runtime | None = None) -> int:
+def pause_batch(batch_id: str, rt: Runtime) -> int:
     """Submit nothing more from this batch (jobs already submitted finish); returns parked jobs held."""
-    rt = rt or runtime()
     return max(0, rt.ledger.set_batch_status(batch_id, "paused"))
 
 
-def resume_batch(batch_id: str, rt: Runtime | None = None) -> int:
+def resume_batch(batch_id: str, rt: Runtime) -> int:
     """Let a paused batch submit again; its parked jobs go back to waiting and start as slots free."""
-    rt = rt or runtime()
     moved = rt.ledger.set_batch_status(batch_id, "active")
     admit_parked(MODES, rt)
     return max(0, moved)
 
 
-def cancel_batch(batch_id: str, rt: Runtime | None = None) -> int:
+def cancel_batch(batch_id: str, rt: Runtime) -> int:
     """Cancel every job of the batch not yet submitted (their tasks complete as cancelled); returns how many.
 
     Jobs already accepted upstream run to their end (they are paid for). Jobs whose task message has not run
     yet are cancelled when it does.
     """
-    rt = rt or runtime()
     ids = rt.ledger.cancel_batch_record(batch_id)
     return sum(1 for job_id in ids if cancel_job(job_id, "batch cancelled", rt))
 
 
 def requeue(
-    batch_id: str, statuses: Iterable[str] = ("failed", "timed_out"), rt: Runtime | None = None
+    batch_id: str, statuses: Iterable[str] = ("failed", "timed_out"), *, rt: Runtime
 ) -> int:
     """Run again the jobs of a batch in ``statuses`` (failed, timed_out, cancelled, needs_review).
 
     Each job goes back to ``queued`` with its result cleared and its original task message is sent again
     (same task id, same chain), so it passes admission and submit-once like a new job. Returns how many.
     """
-    rt = rt or runtime()
     wanted = set(statuses)
     bad = wanted - REQUEUABLE
     if bad:
@@ -75,16 +71,14 @@ def requeue(
     return count
 
 
-def resume_submitting(rt: Runtime | None = None) -> dict[str, Any]:
+def resume_submitting(rt: Runtime) -> dict[str, Any]:
     """Clear the global breaker (after fixing the key or adding credit) and start parked jobs at once."""
-    rt = rt or runtime()
     before = rt.ledger.breaker()
     rt.ledger.clear_breaker()
     admit_parked(MODES, rt)
     return before
 
 
-def breaker_status(rt: Runtime | None = None) -> dict[str, Any]:
+def breaker_status(rt: Runtime) -> dict[str, Any]:
     """{"tripped": bool, "reason": str, "at": epoch seconds | None}."""
-    rt = rt or runtime()
     return rt.ledger.breaker()

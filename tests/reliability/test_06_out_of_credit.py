@@ -24,19 +24,20 @@ def in_flight_limit() -> int:
 
 def test_out_of_credit_stops_then_resume_finishes(rel_poll: Rel, started: float) -> None:
     from worker import control
+    from worker.store.runtime import runtime
 
     rel = rel_poll
     balance = rel.size // 2
     rel.sim.faults(balance=balance)
     ids = rel.enqueue("credit")
-    rel.stack.wait(lambda: control.breaker_status()["tripped"], 30, "the breaker to trip")
+    rel.stack.wait(lambda: control.breaker_status(runtime())["tripped"], 30, "the breaker to trip")
     time.sleep(1.5)  # anything still coming would arrive now
     stats = rel.sim.stats()
     refused = stats["submissions"] - stats["accepted"]
     assert stats["accepted"] == balance
     limit = in_flight_limit()
     assert 1 <= refused <= limit, f"{refused} submits after the out-of-credit answer (at most {limit} in flight)"
-    breaker = control.breaker_status()
+    breaker = control.breaker_status(runtime())
     assert "OutOfCredit" in breaker["reason"], breaker
     batch = rel.stack.ledger.batch("credit")
     assert batch["counts"]["failed"] == 0 and batch["status"] == "active"
@@ -49,7 +50,7 @@ def test_out_of_credit_stops_then_resume_finishes(rel_poll: Rel, started: float)
     resume = subprocess.run([str(mjq), "resume"], cwd=ROOT, env=rel.stack.env, capture_output=True, text=True,
                             timeout=60)
     assert resume.returncode == 0 and "breaker cleared" in resume.stdout, (resume.stdout, resume.stderr[-2000:])
-    assert not control.breaker_status()["tripped"]
+    assert not control.breaker_status(runtime())["tripped"]
     rel.wait_finished("credit", timeout=rel.timeout(60))
     fig = rel.audit("6 out of credit + mjq resume", ["credit"], ids, started=started,
                     extra={"refused_after_empty": refused, "balance": balance, "in_flight_limit": limit})

@@ -264,7 +264,7 @@ class Stack:
 
     def wait_batch(self, batch_id: str, expected: int, timeout: float = 30.0) -> dict[str, Any]:
         """Wait until ``expected`` jobs of the batch exist and all are terminal."""
-        from worker.store.ledger import TERMINAL
+        from worker.store.records import TERMINAL
 
         def done() -> bool:
             b = self.ledger.batch(batch_id)

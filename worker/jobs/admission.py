@@ -8,9 +8,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from worker.jobs.messages import resend
-from worker.mjapi.models import MODES
 from worker.plans.runner import PLAN, start_plan
-from worker.store.runtime import Runtime, runtime
+from worker.store.runtime import Runtime
 
 log = logging.getLogger("mjqueue.admission")
 
@@ -28,9 +27,8 @@ def waiting_score(job: Mapping[str, Any]) -> float:
     return queue_score(int(job.get("priority") or 0), float(age))
 
 
-def admit_parked(modes: Iterable[str] = MODES, rt: Runtime | None = None) -> int:
+def admit_parked(modes: Iterable[str], rt: Runtime) -> int:
     """Admit parked jobs for which a slot is free now and re-send their tasks; returns how many."""
-    rt = rt or runtime()
     sent = 0
     for mode in modes:
         for job_id in rt.slots.admit_next(mode):  # each is now expected to start within its lease
@@ -46,7 +44,7 @@ def admit_parked(modes: Iterable[str] = MODES, rt: Runtime | None = None) -> int
     return sent
 
 
-def resend_overdue(rt: Runtime | None = None) -> int:
+def resend_overdue(rt: Runtime) -> int:
     """Send again the tasks that were expected to start and did not; returns how many were sent.
 
     Task messages can be lost although every task acks late: the Redis transport pops a message before it
@@ -57,7 +55,6 @@ def resend_overdue(rt: Runtime | None = None) -> int:
     stored message of a job still waiting for it is sent again. A second copy is harmless: it has the same
     task id, and a job that already left ``queued`` is not submitted again.
     """
-    rt = rt or runtime()
     now = time.time()
     again = 0
     for member in rt.slots.overdue_expected(now):

@@ -13,8 +13,8 @@ from worker.jobs.messages import context_from_message
 from worker.media import DownloadError, download_image
 from worker.plans.canvas import pending_children
 from worker.plans.runner import start_plan
-from worker.store.ledger import TERMINAL
-from worker.store.runtime import Runtime, runtime
+from worker.store.records import TERMINAL
+from worker.store.runtime import Runtime
 
 log = logging.getLogger("mjqueue.finishing")
 
@@ -30,8 +30,7 @@ class JobFailed(Exception):
         return str(self.args[0])
 
 
-def finish_job(task: Task[Any, Any], job_id: str, rt: Runtime | None = None) -> dict[str, Any] | None:
-    rt = rt or runtime()
+def finish_job(task: Task[Any, Any], job_id: str, rt: Runtime) -> dict[str, Any] | None:
     job = rt.ledger.get_job(job_id)
     if job is None or job.get("status") not in TERMINAL:
         return None

@@ -26,8 +26,8 @@ from worker.mjapi.errors import InvalidInput
 from worker.plans.buttons import Want, custom_id, resolve
 from worker.plans.masks import mask_reference
 from worker.store.images import store_image
-from worker.store.ledger import TERMINAL
-from worker.store.runtime import runtime
+from worker.store.records import DEFAULT_MODE, TERMINAL
+from worker.store.runtime import Runtime
 
 
 class FollowUpTask(JobTask):
@@ -43,11 +43,13 @@ class FollowUpTask(JobTask):
     kind = ""
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:
-        return super().s(*_light(args), **{k: _light_one(v) for k, v in kwargs.items()})
+        rt = self.runtime()
+        return super().s(*_light(args, rt), **{k: _light_one(v, rt) for k, v in kwargs.items()})
 
     def apply_async(self, args: Any = None, kwargs: Any = None, task_id: str | None = None, **options: Any) -> Any:
-        light_args = _light(tuple(args or ()))
-        light_kwargs = {k: _light_one(v) for k, v in (kwargs or {}).items()}
+        rt = self.runtime()
+        light_args = _light(tuple(args or ()), rt)
+        light_kwargs = {k: _light_one(v, rt) for k, v in (kwargs or {}).items()}
         if "queue" not in options and "routing_key" not in options:  # a retry keeps its routing key
             options["queue"] = queue_of(light_args[0] if light_args else None)
         options.setdefault("argsrepr", args_repr(light_args))
@@ -61,12 +63,12 @@ def queue_of(parent: Any) -> str:
     return UNDERWAY_QUEUE if isinstance(parent, Mapping) and parent.get("batch_id") else INTERACTIVE
 
 
-def _light_one(value: Any) -> Any:
-    return store_image(value) if isinstance(value, str) and value.startswith("data:") else value
+def _light_one(value: Any, rt: Runtime) -> Any:
+    return store_image(value, rt) if isinstance(value, str) and value.startswith("data:") else value
 
 
-def _light(args: tuple[Any, ...]) -> tuple[Any, ...]:
-    return tuple(_light_one(a) for a in args)
+def _light(args: tuple[Any, ...], rt: Runtime) -> tuple[Any, ...]:
+    return tuple(_light_one(a, rt) for a in args)
 
 
 def parent_of(parent: Any) -> Mapping[str, Any]:
@@ -78,7 +80,7 @@ def parent_of(parent: Any) -> Mapping[str, Any]:
 def _refuse(self: JobTask, parent: Mapping[str, Any], want: Want, reason: str) -> dict[str, Any]:
     """Record this child as a failed job (so the batch counts it and skips the rest of its branch) and fail its
     Celery task; siblings go on."""
-    rt = runtime()
+    rt = self.runtime()
     job_id = str(self.request.id)
     if rt.ledger.get_job(job_id) is None:
         rt.ledger.create_job(
@@ -88,13 +90,13 @@ def _refuse(self: JobTask, parent: Mapping[str, Any], want: Want, reason: str) -
                 "task_name": self.name,
                 "kind": "action",
                 "action": want.describe(),
-                "mode": parent.get("mode") or "fast",
+                "mode": parent.get("mode") or DEFAULT_MODE,
                 "batch_id": parent.get("batch_id") or "",
                 "priority": int(parent.get("priority") or 0),
                 "prompt": parent.get("prompt"),
                 "parent_job": parent.get("job_id"),
                 "root_job": parent.get("root_job") or parent.get("job_id"),
-                "message": message_from_request(self),
+                "message": message_from_request(self, rt),
             },
         )
     rt.ledger.transition(job_id, "failed", from_states=["queued"], fields={"fail_reason": reason})
@@ -164,10 +166,11 @@ def follow_up(name: str) -> Callable[[Callable[..., dict[str, Any]]], Any]:
     return declare
 
 
-def modal_input(prompt: str | None, mask: str | None) -> dict[str, Any]:
+def modal_input(self: JobTask, prompt: str | None, mask: str | None) -> dict[str, Any]:
+    """The modal step's input (Vary (Region), Custom Zoom, a remix): the mask is stored once, by reference."""
     modal: dict[str, Any] = {}
     if mask:
-        modal["mask_base64"] = mask_reference(mask)
+        modal["mask_base64"] = mask_reference(mask, self.runtime())
     if prompt:
         modal["prompt"] = prompt
     return modal

@@ -21,7 +21,7 @@ from worker.mjapi.models import MODES
 from worker.plans.grammar import parse as parse_plan
 from worker.settings import Settings
 from worker.store.images import load_image, store_image
-from worker.store.runtime import Runtime, runtime
+from worker.store.runtime import Runtime
 
 
 @dataclass(frozen=True)
@@ -59,11 +59,11 @@ def _map_images(kind: Kind, payload: Mapping[str, Any], fn: Callable[[str, str],
     return out
 
 
-def resolve_images(kind: Kind, payload: Mapping[str, Any], rt: Runtime | None = None) -> dict[str, Any]:
+def resolve_images(kind: Kind, payload: Mapping[str, Any], rt: Runtime) -> dict[str, Any]:
     return _map_images(kind, payload, lambda v, f: load_image(v, f, rt))
 
 
-def lighten_images(kind: Kind, payload: Mapping[str, Any], rt: Runtime | None = None) -> dict[str, Any]:
+def lighten_images(kind: Kind, payload: Mapping[str, Any], rt: Runtime) -> dict[str, Any]:
     return _map_images(kind, payload, lambda v, _f: store_image(v, rt))
 
 
@@ -165,7 +165,7 @@ def webhook_url(job_id: str, settings: Settings) -> str | None:
 
 
 def build_request(
-    kind: Kind, payload: Mapping[str, Any], job_id: str | None, mode: str, rt: Runtime | None = None
+    kind: Kind, payload: Mapping[str, Any], job_id: str | None, mode: str, rt: Runtime
 ) -> Any:
     """The validated request model (images resolved; our accountFilter mode, notifyHook and state added)."""
     data = resolve_images(kind, payload, rt)
@@ -176,7 +176,7 @@ def build_request(
             af["modes"] = [mode.upper()]
         data["account_filter"] = af
         if job_id is not None:
-            settings = (rt or runtime()).settings
+            settings = rt.settings
             hook = webhook_url(job_id, settings)
             if hook:
                 data["notify_hook"] = hook

@@ -11,17 +11,18 @@ from celery.app.task import Context
 from worker.app import INTERACTIVE, TRACK, app
 from worker.jobs.kinds import Kind, lighten_images
 from worker.jobs.reprs import task_reprs
+from worker.store.runtime import Runtime
 
 MESSAGE_OPTIONS = ("chain", "link", "link_error", "root_id", "parent_id", "group_id", "group_index", "chord")
 
 
-def message_from_request(task: Task[Any, Any], kind: Kind | None = None) -> dict[str, Any]:
+def message_from_request(task: Task[Any, Any], rt: Runtime, kind: Kind | None = None) -> dict[str, Any]:
     """The current task message (light: images by reference) in a form ``resend`` can publish again."""
     req = task.request
     kwargs = dict(req.kwargs or {})
     if kind is not None:
-        kwargs = lighten_images(kind, kwargs)
-    argsrepr, kwargsrepr = task_reprs(task, req.args, kwargs)
+        kwargs = lighten_images(kind, kwargs, rt)
+    argsrepr, kwargsrepr = task_reprs(task, req.args, kwargs, rt)
     delivery = req.delivery_info or {}
     return {
         "task": task.name,

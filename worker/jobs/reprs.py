@@ -32,19 +32,19 @@ def safe_repr(value: Any, depth: int = 0) -> str:
     return repr(value)[:_REPR_TEXT]
 
 
-def task_reprs(task: Task[Any, Any], args: Any, kwargs: Mapping[str, Any]) -> tuple[str, str]:
+def task_reprs(task: Task[Any, Any], args: Any, kwargs: Mapping[str, Any], rt: Runtime) -> tuple[str, str]:
     """``argsrepr``/``kwargsrepr`` of a job task message we send (re-sent, retried): what Flower shows.
 
     Celery builds a message without them from the full arguments (the prompt, ``img:`` keys, cut at 1 KB), so
     every message we publish again passes them.
     """
     spec = KINDS.get(str(getattr(task, "kind", "") or ""))
-    kwargsrepr = short_repr(spec, kwargs, kwargs) if spec is not None else safe_repr(dict(kwargs))
+    kwargsrepr = short_repr(spec, kwargs, kwargs, rt) if spec is not None else safe_repr(dict(kwargs))
     return args_repr(tuple(args or ())), kwargsrepr
 
 
 def short_repr(
-    kind: Kind, payload: Mapping[str, Any], options: Mapping[str, Any], rt: Runtime | None = None
+    kind: Kind, payload: Mapping[str, Any], options: Mapping[str, Any], rt: Runtime
 ) -> str:
     """What Flower shows of a job task's arguments: ``{prompt='a red fox…', images=2×PNG 1.2MB, mode=fast}``.
 

@@ -15,8 +15,8 @@ from worker.jobs.admission import admit_parked
 from worker.jobs.dispatch import send_finish, send_poll
 from worker.jobs.kinds import KINDS
 from worker.mjapi.models import Task
-from worker.store.ledger import TERMINAL
-from worker.store.runtime import Runtime, runtime
+from worker.store.records import TERMINAL, Job
+from worker.store.runtime import Runtime
 
 STATUS_MAP = {
     "NOT_START": "submitted",
@@ -72,13 +72,12 @@ def _fields_from_task(task: Task, to: str, source: str) -> dict[str, Any]:
     return fields
 
 
-def settle(job_id: str, task: Task, source: str = "poll", rt: Runtime | None = None) -> str:
+def settle(job_id: str, task: Task, source: str, rt: Runtime) -> str:
     """Apply an upstream task snapshot (poll or webhook) to its job. The first terminal transition wins.
 
     Returns ``unknown`` (no such job), ``mismatch`` (id/state do not belong to the job), ``ignored``
     (duplicate, regression or after the end), ``updated`` or ``finished`` (this call won the terminal step).
     """
-    rt = rt or runtime()
     job = rt.ledger.get_job(job_id)
     if job is None:
         return "unknown"
@@ -102,7 +101,7 @@ def settle(job_id: str, task: Task, source: str = "poll", rt: Runtime | None = N
     extra: dict[str, Any] = {}
     if reconcile:
         now = time.time()
-        mode = str(job.get("mode") or "fast")
+        mode = Job(job).mode
         fields.setdefault("submitted_at", now)
         fields["deadline_at"] = now + rt.settings.deadline_s(mode)
         extra = {"upstream": str(task_id), "inflight": now}
@@ -116,7 +115,7 @@ def settle(job_id: str, task: Task, source: str = "poll", rt: Runtime | None = N
         release=to in TERMINAL,
         **extra,
     )
-    mode = str(job.get("mode") or "fast")
+    mode = Job(job).mode
     if not ok:
         if rt.ledger.status(job_id) not in TERMINAL:
             hold_slot(job_id, mode, rt.ledger.next_check(job_id) or time.time(), rt)  # a duplicate: still alive
@@ -149,14 +148,14 @@ def finish_now(job_id: str, to: str, fields: Mapping[str, Any], rt: Runtime, *, 
     job = rt.ledger.get_job(job_id) or {}
     ok, _prev, _ = rt.ledger.transition(job_id, to, forward=True, fields=fields, release=release)
     if ok:
-        after_terminal(job_id, str(job.get("mode") or "fast"), rt)
+        after_terminal(job_id, Job(job).mode, rt)
     return ok
 
 
 def mark_needs_review(job_id: str, reason: str, rt: Runtime) -> None:
     """Ambiguous submit: flag it. The slot stays leased for one expected duration (the job may be running)."""
     job = rt.ledger.get_job(job_id) or {}
-    mode = str(job.get("mode") or "fast")
+    mode = Job(job).mode
     hold = time.time() + rt.settings.expected_duration_s(mode)
     ok, _prev, _ = rt.ledger.transition(
         job_id,
@@ -183,15 +182,14 @@ def ensure_tracking(job: Mapping[str, Any], rt: Runtime) -> None:
     send_poll(job_id)
 
 
-def cancel_job(job_id: str, reason: str, rt: Runtime | None = None) -> bool:
+def cancel_job(job_id: str, reason: str, rt: Runtime) -> bool:
     """Cancel a job that has not been submitted (queued); its task completes as REVOKED."""
-    rt = rt or runtime()
     job = rt.ledger.get_job(job_id) or {}
     ok, _prev, _ = rt.ledger.transition(
         job_id, "cancelled", from_states=["queued"], fields={"fail_reason": reason}, release=True
     )
     if ok:
-        rt.slots.release(str(job.get("mode") or "fast"), job_id)
+        rt.slots.release(Job(job).mode, job_id)
         send_finish(job_id)
     return ok
 

@@ -62,7 +62,8 @@ from worker.mjapi.errors import (
 from worker.plans.canvas import pending_children
 from worker.plans.grammar import store_masks
 from worker.store.images import keep_images
-from worker.store.ledger import TERMINAL, result_of
+from worker.store.ledger import result_of
+from worker.store.records import TERMINAL, Job
 from worker.store.runtime import Runtime, reset_runtime, runtime
 
 __all__ = ["JobFailed", "JobTask", "reset_runtime", "run_job_task", "runtime", "start_job"]
@@ -73,17 +74,17 @@ log = logging.getLogger("mjqueue.jobs")
 def park(task: Task[Any, Any], kind: Kind | None, job: Mapping[str, Any], rt: Runtime) -> None:
     """Store the message, add the job to its waiting set, then let the best parked job take any free slot."""
     score = waiting_score(job)
-    where = rt.ledger.park(str(job["job_id"]), message_from_request(task, kind), score)
+    where = rt.ledger.park(str(job["job_id"]), message_from_request(task, rt, kind), score)
     keep_images(job, rt)  # a parked job may wait long: its images must outlive the wait (also swept)
     if where == "cancelled":
         cancel_job(str(job["job_id"]), "batch cancelled", rt)
     elif where in ("parked",):
-        admit_parked([str(job.get("mode") or "fast")], rt)
+        admit_parked([Job(job).mode], rt)
     raise Ignore()
 
 
 def start_job(
-    task: Task[Any, Any],
+    task: JobTask,
     kind: str,
     payload: Mapping[str, Any],
     *,
@@ -107,7 +108,7 @@ def start_job(
     follow-up plans. Raises ``InvalidInput`` (the task FAILS, no retry) for bad input; returns the job result
     only when the job had already finished (a duplicate task with another id).
     """
-    rt = runtime()
+    rt = task.runtime()
     spec = KINDS.get(kind)
     if spec is None:
         raise InvalidInput(f"field 'kind': unknown request kind {kind!r}")
@@ -173,7 +174,7 @@ def _create(
         "modal": modal,
         "then": then,
         "meta": dict(meta or {}),
-        "message": message_from_request(task, spec),
+        "message": message_from_request(task, rt, spec),
     }
     if spec.name == "action":
         fields["action"] = str(light.get("custom_id") or "ACTION")
@@ -198,7 +199,7 @@ def _record_refused(
     """A job its batch counts on, refused by the worker (an image reference that expired before it started):
     it is recorded as failed with the reason, so the batch still ends and ``mjq status`` says why."""
     fields = {"task_id": task.request.id, "task_name": task.name, "kind": spec.name, "action": spec.action,
-              "mode": mode, "batch_id": batch_id, "message": message_from_request(task, spec)}
+              "mode": mode, "batch_id": batch_id, "message": message_from_request(task, rt, spec)}
     rt.ledger.create_job(job_id, fields)
     finish_now(job_id, "failed", {"fail_reason": f"invalid input: {exc}"}, rt)
 
@@ -219,7 +220,7 @@ def _advance(task: Task[Any, Any], spec: Kind, job: dict[str, Any], rt: Runtime)
                 # Another copy of this task may still be inside its POST: look again once it must be over.
                 countdown = window - age + 0.2
                 rt.slots.expect(job_id, time.time() + countdown + settings.slot_lease_s)  # if this message is lost
-                resend(message_from_request(task, spec), countdown=countdown)
+                resend(message_from_request(task, rt, spec), countdown=countdown)
             else:
                 # Crash between the POST and recording its answer: never a second POST.
                 mark_needs_review(job_id, "submit interrupted before the answer was recorded", rt)
@@ -240,7 +241,7 @@ def _back_to_tracking(job: Mapping[str, Any], rt: Runtime) -> None:
 
 
 def _admit_and_submit(task: Task[Any, Any], spec: Kind, job: dict[str, Any], rt: Runtime) -> None:
-    job_id, mode = str(job["job_id"]), str(job.get("mode") or "fast")
+    job_id, mode = str(job["job_id"]), Job(job).mode
     if spec.needs_slot:
         score = waiting_score(job)
         adm = rt.slots.try_admit(mode, job_id, score)
@@ -274,7 +275,7 @@ def _admit_and_submit(task: Task[Any, Any], spec: Kind, job: dict[str, Any], rt:
 
 def _submit(task: Task[Any, Any], spec: Kind, job: dict[str, Any], rt: Runtime) -> None:
     """The one POST of a job (already ``submitting``, slot held) and what its answer means."""
-    job_id, mode = str(job["job_id"]), str(job.get("mode") or "fast")
+    job_id, mode = str(job["job_id"]), Job(job).mode
     try:
         request = build_request(spec, job.get("request") or {}, job_id, mode, rt)
         if rt.ledger.breaker_tripped():
@@ -353,13 +354,13 @@ def _retry(
     ``task.retry`` rebuilds the message from the request, and without our reprs Celery shows the full prompt
     and the ``img:`` keys.
     """
-    job_id, mode = str(job["job_id"]), str(job.get("mode") or "fast")
+    job_id, mode = str(job["job_id"]), Job(job).mode
     lease = rt.settings.slot_lease_s
     rt.slots.renew(mode, job_id, delay + lease)
     rt.slots.expect(job_id, time.time() + delay + lease)  # the retry message may be lost
     keep_images(job, rt)
     kwargs = lighten_images(spec, dict(task.request.kwargs or {}), rt)
-    argsrepr, kwargsrepr = task_reprs(task, task.request.args, kwargs)
+    argsrepr, kwargsrepr = task_reprs(task, task.request.args, kwargs, rt)
     raise task.retry(
         args=task.request.args,
         kwargs=kwargs,  # a send_task producer's base64 goes no further than its first message
@@ -385,7 +386,7 @@ def _give_up(job_id: str, job: Mapping[str, Any], attempts: int, exc: Exception,
         rt.ledger.set_once(job_id, "busy_since", str(time.time()))
         busy_answers = rt.ledger.count(job_id, "busy_answers")
         busy_for = time.time() - float(job.get("busy_since") or time.time())
-        if busy_for > settings.deadline_s(str(job.get("mode") or "fast")):
+        if busy_for > settings.deadline_s(Job(job).mode):
             return f"upstream busy for {busy_for:.0f}s ({busy_answers} busy answers)"
         return None
     errors = attempts - int(job.get("busy_answers") or 0)
@@ -467,6 +468,11 @@ class JobTask(Task):  # type: ignore[misc]
     max_retries = None
     typing = False  # we bind positional arguments ourselves
 
+    def runtime(self) -> Runtime:
+        """The process's runtime: where Celery calls into us (task bodies, producer-side hooks) it comes from
+        here, and is passed on explicitly below."""
+        return runtime()
+
     def apply_async(
         self,
         args: Iterable[Any] | None = None,
@@ -477,22 +483,23 @@ class JobTask(Task):  # type: ignore[misc]
         if options.get("retries") or not self.kind:
             return super().apply_async(args, kwargs, task_id=task_id, **options)
         call = self._bind(list(args or []), dict(kwargs or {}))
+        rt = self.runtime()
         spec = KINDS[self.kind]
         job_opts = {k: call.get(k) for k in ("mode", "batch_id", "job_id")}
         check_caller_fields(call)
         check_job_options(call)
         payload = {k: v for k, v in call.items() if k not in JOB_OPTIONS}
         mode = job_mode(spec, payload, call.get("mode"))
-        build_request(spec, payload, None, mode)  # raises InvalidInput before anything is queued
+        build_request(spec, payload, None, mode, rt)  # raises InvalidInput before anything is queued
         if call.get("modal"):
-            build_request(KINDS["modal"], {"task_id": "0", **call["modal"]}, None, mode)
-        options.setdefault("kwargsrepr", short_repr(spec, payload, job_opts))
+            build_request(KINDS["modal"], {"task_id": "0", **call["modal"]}, None, mode, rt)
+        options.setdefault("kwargsrepr", short_repr(spec, payload, job_opts, rt))
         options.setdefault("argsrepr", "()")
-        light = lighten_images(spec, call)
+        light = lighten_images(spec, call, rt)
         if call.get("modal"):
-            light["modal"] = lighten_images(KINDS["modal"], call["modal"])
+            light["modal"] = lighten_images(KINDS["modal"], call["modal"], rt)
         if call.get("then"):
-            light["then"] = store_masks(str(call["then"]))  # region masks are read here, where the plan is given
+            light["then"] = store_masks(str(call["then"]), rt)  # region masks are read here, where the plan is given
         task_id = task_id or call.get("job_id") or str(uuid.uuid4())
         check_id(task_id)  # the task id is the job id
         if "queue" not in options and "routing_key" not in options:
@@ -539,7 +546,7 @@ def job_meta(options: Mapping[str, Any]) -> dict[str, Any] | None:
     return meta or None
 
 
-def run_job_task(task: Task[Any, Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+def run_job_task(task: JobTask, kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """Body of the root job tasks: split job options from the request payload and start the job."""
     kind = str(getattr(task, "kind", ""))
     check_job_options(kwargs)  # send_task producers skip JobTask.apply_async: refuse here, before any record
@@ -547,7 +554,8 @@ def run_job_task(task: Task[Any, Any], kwargs: Mapping[str, Any]) -> dict[str, A
     priority = kwargs.get("priority")
     then = kwargs.get("then") or None
     if then:
-        then = store_masks(str(then), files=False)  # sent by name: masks as data URIs or img: references only
+        # sent by name: masks as data URIs or img: references only
+        then = store_masks(str(then), task.runtime(), files=False)
     return start_job(
         task,
         kind,

@@ -19,8 +19,8 @@ from worker.mjapi.models import MODES, Task
 from worker.settings import Settings
 from worker.store import keys
 from worker.store.images import sweep_images
-from worker.store.ledger import TERMINAL
-from worker.store.runtime import Runtime, runtime
+from worker.store.records import TERMINAL, Job
+from worker.store.runtime import Runtime
 
 log = logging.getLogger("mjqueue.tracking")
 
@@ -66,10 +66,9 @@ def claim_seconds(settings: Settings) -> float:
     return max(2 * settings.poll_max_s, settings.submit_answer_window_s)
 
 
-def poll_jobs(job_id: str, rt: Runtime | None = None) -> int:
+def poll_jobs(job_id: str, rt: Runtime) -> int:
     """One poll: claim this job (and other due jobs), fetch them, settle, schedule the next polls."""
 
-    rt = rt or runtime()
     settings = rt.settings
     now = time.time()
     ids = rt.ledger.claim_due(job_id, now, claim_seconds(settings), settings.poll_batch_size)
@@ -95,7 +94,7 @@ def poll_jobs(job_id: str, rt: Runtime | None = None) -> int:
         up = str(job.get("upstream_id") or "")
         if up in found:
             settle(jid, found[up], "poll", rt)
-        mode = str(job.get("mode") or "fast")
+        mode = Job(job).mode
         status = rt.ledger.status(jid)
         if status in TERMINAL or status is None:
             continue
@@ -119,11 +118,10 @@ def poll_jobs(job_id: str, rt: Runtime | None = None) -> int:
     return len(jobs)
 
 
-def housekeeping(rt: Runtime | None = None) -> dict[str, int]:
+def housekeeping(rt: Runtime) -> dict[str, int]:
     """Beat entry (one at a time by a Redis lock): admit parked jobs, re-send lost tasks, re-poll overdue jobs,
     re-finish."""
 
-    rt = rt or runtime()
     settings = rt.settings
     lock = rt.redis.lock(
         keys.HOUSEKEEPING_LOCK, timeout=max(10.0, 5 * settings.housekeeping_interval_s), blocking=False

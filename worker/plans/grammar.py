@@ -35,6 +35,7 @@ from worker.app import app
 from worker.mjapi.errors import InvalidInput
 from worker.plans.buttons import PAN_DIRECTIONS, STRENGTHS, UPSCALE_KINDS, ZOOM_OUT
 from worker.plans.masks import load_mask, mask_path, mask_reference
+from worker.store.runtime import Runtime
 
 ZOOM_FACTORS = tuple(f"{factor}x" for factor in ZOOM_OUT)
 FOLLOW_UP_TASK = "tasks.followups.{}"  # the follow-up tasks, sent by name
@@ -284,7 +285,7 @@ def count_jobs(plan: Plan | str) -> int:
     return sum(_sequence_jobs(seq.steps) for seq in tree.sequences)
 
 
-def _signature(action: Action) -> Signature:
+def _signature(action: Action, rt: Runtime) -> Signature:
     def follow_up(*args: Any, **kwargs: Any) -> Signature:
         return signature(FOLLOW_UP_TASK.format(action.kind), args=args, kwargs=kwargs, app=app)
 
@@ -293,7 +294,7 @@ def _signature(action: Action) -> Signature:
         strength = str(args[1]) if len(args) > 1 else "subtle"
         return follow_up(int(args[0]) or None, strength=strength)
     if action.kind == "vary_region":
-        return follow_up(mask_reference(str(args[0])), prompt=str(args[1]) or None)
+        return follow_up(mask_reference(str(args[0]), rt), prompt=str(args[1]) or None)
     if action.kind == "custom_zoom":
         return follow_up(str(args[0]) or None, float(args[1]))
     if action.kind == "remix":
@@ -301,25 +302,25 @@ def _signature(action: Action) -> Signature:
     return follow_up(*args)
 
 
-def _compile_sequence(steps: list[Action | Branches]) -> Signature:
+def _compile_sequence(steps: list[Action | Branches], rt: Runtime) -> Signature:
     head, rest = steps[0], steps[1:]
     if isinstance(head, Branches):
-        return compile(head)
+        return compile(head, rt)
     expanded = _expand(head)
     if len(expanded) > 1:
-        return group([_compile_sequence([one, *rest]) for one in expanded])
+        return group([_compile_sequence([one, *rest], rt) for one in expanded])
     if not rest:
-        return _signature(head)
-    return chain(_signature(head), _compile_sequence(rest))
+        return _signature(head, rt)
+    return chain(_signature(head, rt), _compile_sequence(rest, rt))
 
 
-def compile(plan: Plan | str) -> Signature:
+def compile(plan: Plan | str, rt: Runtime) -> Signature:
     """The canvas that runs the plan on a parent job result (first argument of each top-level link).
 
     Called by a producer, a region mask file is read (relative to the current directory) and stored here.
     """
     tree = parse(plan) if isinstance(plan, str) else plan
-    members = [_compile_sequence(seq.steps) for seq in tree.sequences]
+    members = [_compile_sequence(seq.steps, rt) for seq in tree.sequences]
     return members[0] if len(members) == 1 else group(members)
 
 
@@ -367,7 +368,7 @@ def map_masks(text: str, change: Callable[[str], str]) -> str:
     return Branches([_map_sequence(seq, checked) for seq in tree.sequences]).to_text()
 
 
-def store_masks(text: str, base_dir: Path | None = None, *, files: bool = True) -> str:
+def store_masks(text: str, rt: Runtime, base_dir: Path | None = None, *, files: bool = True) -> str:
     """The plan with each region mask read, checked and stored in Redis, referred to as ``img:<sha256>``.
 
     Mask files are relative to ``base_dir`` (default the current directory). ``files=False`` is the worker's
@@ -378,7 +379,7 @@ def store_masks(text: str, base_dir: Path | None = None, *, files: bool = True) 
         if not files and mask_path(mask) is not None:
             raise InvalidInput("mask", f"{mask!r}: give a data URI or an img: reference here (mask files are read "
                                "by the producer: tasks.*.delay, mjq)")
-        return mask_reference(mask, "mask", base_dir)
+        return mask_reference(mask, rt, "mask", base_dir)
 
     return map_masks(text, store)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from worker.mjapi.errors import InvalidInput
 from worker.mjapi.images import MAX_IMAGE_BYTES, parse_data_uri, to_data_uri
 from worker.store.images import IMAGE_REF, store_image
+from worker.store.runtime import Runtime
 
 
 def mask_path(mask: str, base_dir: Path | None = None) -> Path | None:
@@ -42,6 +43,6 @@ def load_mask(mask: str, field: str = "mask", base_dir: Path | None = None) -> s
     return uri
 
 
-def mask_reference(mask: str, field: str = "mask", base_dir: Path | None = None) -> str:
+def mask_reference(mask: str, rt: Runtime, field: str = "mask", base_dir: Path | None = None) -> str:
     """Store a mask (data URI, ``img:`` reference or image file path) once in Redis; return its reference."""
-    return store_image(load_mask(mask, field, base_dir))
+    return store_image(load_mask(mask, field, base_dir), rt)

@@ -50,7 +50,7 @@ def start_plan(parent_id: str, rt: Runtime, result: dict[str, Any] | None = None
         return False
     then = str(job["then"])
     try:
-        canvas = compile_plan(store_masks(then, files=False))  # the worker never reads mask files
+        canvas = compile_plan(store_masks(then, rt, files=False), rt)  # the worker never reads mask files
     except InvalidInput as exc:
         _plan_refused(job, then, exc, rt)
         return False

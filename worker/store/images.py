@@ -18,8 +18,8 @@ from worker.mjapi.errors import (
 )
 from worker.mjapi.images import peek_head
 from worker.store import keys
-from worker.store.ledger import TERMINAL
-from worker.store.runtime import Runtime, runtime
+from worker.store.records import TERMINAL
+from worker.store.runtime import Runtime
 
 IMAGE_REF = "img:"
 _REF = re.compile(r"img:([0-9a-f]{64})")
@@ -34,11 +34,10 @@ def _ttl_ms(rt: Runtime) -> int:
     return max(1, int(rt.settings.image_ttl_s * 1000))
 
 
-def store_image(value: str, rt: Runtime | None = None) -> str:
+def store_image(value: str, rt: Runtime) -> str:
     """Keep a data URI in Redis (TTL ``image_ttl_s``) and return its reference; references pass through."""
     if value.startswith(IMAGE_REF):
         return value
-    rt = rt or runtime()
     digest = hashlib.sha256(value.encode()).hexdigest()
     rt.redis.set(_key(digest), value, px=_ttl_ms(rt), nx=True)
     rt.redis.pexpire(_key(digest), _ttl_ms(rt))
@@ -104,12 +103,11 @@ def sweep_images(rt: Runtime) -> int:
     return kept
 
 
-def peek_image(value: str, rt: Runtime | None = None) -> tuple[str, int] | None:
+def peek_image(value: str, rt: Runtime) -> tuple[str, int] | None:
     """(type label, approximate size) of a stored image from its first bytes and length, None if unknown."""
     match = _REF.fullmatch(value)
     if match is None:
         return None
-    rt = rt or runtime()
     pipe = rt.redis.pipeline(transaction=False)
     pipe.strlen(_key(match.group(1)))
     pipe.getrange(_key(match.group(1)), 0, 127)
@@ -117,11 +115,10 @@ def peek_image(value: str, rt: Runtime | None = None) -> tuple[str, int] | None:
     return peek_head(str(head), int(length)) if length else None
 
 
-def load_image(value: str, field: str, rt: Runtime | None = None) -> str:
+def load_image(value: str, field: str, rt: Runtime) -> str:
     """The data URI behind a reference (or the value itself); a lost reference is invalid input."""
     if not value.startswith(IMAGE_REF):
         return value
-    rt = rt or runtime()
     data = cast(str | None, rt.redis.get(_key(value[len(IMAGE_REF) :])))
     if data is None:
         raise InvalidInput(f"field '{field}': image reference expired or unknown (kept image_ttl_s)")

@@ -16,22 +16,8 @@ from typing import Any, cast
 import redis
 
 from worker.store import keys
+from worker.store.records import STATES, TERMINAL
 from worker.store.scripts import register
-
-STATES = (
-    "queued",
-    "submitting",
-    "submitted",
-    "running",
-    "succeeded",
-    "failed",
-    "timed_out",
-    "cancelled",
-    "needs_review",
-    "skipped",
-)
-TERMINAL = frozenset({"succeeded", "failed", "timed_out", "cancelled", "needs_review", "skipped"})
-ACTIVE = frozenset({"submitting", "submitted", "running"})
 
 # Fields kept as JSON in the hash; every other field is a plain string.
 JSON_FIELDS = frozenset({"buttons", "extra", "request", "message", "modal", "meta"})
@@ -383,7 +369,7 @@ class Ledger:
         raw = cast(dict[str, str], self.redis.hgetall(keys.batch(batch_id)))
         if not raw:
             return {}
-        counts = {s: 0 for s in STATES}
+        counts: dict[str, int] = {str(s): 0 for s in STATES}
         out: dict[str, Any] = {"batch_id": batch_id}
         for name, value in raw.items():
             if name.startswith("n:"):
