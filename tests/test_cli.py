@@ -248,8 +248,10 @@ def test_failures_status_and_requeue(tmp_path: Path, stack: DevStack) -> None:
     run = mjq(stack, "requeue", "bad", "--failed")
     assert run.code == 0 and "requeued 2" in run.out, run
     # the requeued parent's follow-up is planned again, not skipped: the batch is not over before it exists
+    # (on a quick machine the requeued jobs may all be done already: then the child is among them)
     again = mjq(stack, "status", "bad", "--json").json()
-    assert again["counts"].get("skipped", 0) == 0 and again["total"] == 3 and again["status"] != "finished"
+    assert again["total"] == 3 and again["counts"].get("skipped", 0) == 0, again
+    assert again["status"] != "finished" or again["counts"].get("succeeded") == 3, again
     final = _wait_status(stack, "bad", lambda s: s["done"] == 3)
     assert (final["failed"], final["total"], final["counts"].get("skipped", 0)) == (0, 3, 0)
     assert final["status"] == "finished"
