@@ -56,7 +56,7 @@ from worker.reports.gallery import write_gallery
 from worker.reports.progress import FAILED, RateMeter, Snapshot, render, watch
 from worker.service.webhook import serve
 from worker.settings import Settings, SettingsError, get_settings, settings_table
-from worker.store.runtime import runtime
+from worker.store.runtime import Runtime, runtime
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -441,13 +441,17 @@ def _short(text: str, limit: int) -> str:
 BatchArg = Annotated[str, typer.Argument(help="batch id (see `mjq status`)")]
 
 
+def _control_batch(batch: str, action: Callable[[str, Runtime], Any], done: str) -> None:
+    with backend() as handle:
+        handle.batch(batch)  # an unknown batch is refused before anything changes
+        action(batch, runtime())
+    console.print(f"{done} {batch}")
+
+
 @cli_command("pause")
 def pause_cmd(batch: BatchArg) -> None:
     """Stop submitting a batch's queued jobs (jobs already upstream finish)."""
-    with backend() as handle:
-        handle.batch(batch)
-        control.pause_batch(batch, runtime())
-    console.print(f"paused {batch}")
+    _control_batch(batch, control.pause_batch, "paused")
 
 
 @cli_command("resume")
@@ -455,23 +459,17 @@ def resume_cmd(
     batch: Annotated[str | None, typer.Argument(help="batch id; none = clear the global stop")] = None,
 ) -> None:
     """Resume a paused batch; without a batch, clear the global stop (breaker) after 401/credit errors."""
-    with backend() as handle:
-        if batch is None:
-            control.resume_submitting(runtime())
-            console.print("submitting resumed (breaker cleared)")
-            return
-        handle.batch(batch)
-        control.resume_batch(batch, runtime())
-    console.print(f"resumed {batch}")
+    if batch is None:
+        control.resume_submitting(runtime())
+        console.print("submitting resumed (breaker cleared)")
+        return
+    _control_batch(batch, control.resume_batch, "resumed")
 
 
 @cli_command("cancel")
 def cancel_cmd(batch: BatchArg) -> None:
     """Cancel a batch: queued jobs are never submitted; running upstream jobs are left to finish."""
-    with backend() as handle:
-        handle.batch(batch)
-        control.cancel_batch(batch, runtime())
-    console.print(f"cancelled {batch}")
+    _control_batch(batch, control.cancel_batch, "cancelled")
 
 
 @cli_command("requeue")

@@ -7,30 +7,10 @@
 
 from __future__ import annotations
 
+from worker.mjapi import errors
 from worker.mjapi.classify import classify
 from worker.mjapi.client import AsyncMidjourneyClient, MidjourneyClient
-from worker.mjapi.errors import (
-    AccountUnavailable,
-    AnswerLost,
-    BannedPrompt,
-    Forbidden,
-    InvalidInput,
-    MJError,
-    NotFound,
-    NotSent,
-    OutOfCredit,
-    QueueFull,
-    RateLimited,
-    Rejected,
-    Retryable,
-    RetryLater,
-    ServerError,
-    StopSubmitting,
-    TransportError,
-    Unauthorized,
-    UpstreamSystemError,
-    ValidationRejected,
-)
+from worker.mjapi.errors import *  # noqa: F403  (the error tree is part of this surface)
 from worker.mjapi.models import (
     REQUEST_MODELS,
     AccountFilter,
@@ -56,44 +36,25 @@ from worker.mjapi.models import (
 __all__ = [
     "REQUEST_MODELS",
     "AccountFilter",
-    "AccountUnavailable",
     "ActionRequest",
-    "AnswerLost",
     "AsyncMidjourneyClient",
-    "BannedPrompt",
     "BlendRequest",
     "BotType",
     "Button",
     "DescribeRequest",
     "Dimensions",
-    "Forbidden",
     "ImagineRequest",
-    "InvalidInput",
-    "MJError",
     "MidjourneyClient",
     "ModalRequest",
     "Mode",
-    "NotFound",
-    "NotSent",
-    "OutOfCredit",
-    "QueueFull",
-    "RateLimited",
-    "Rejected",
     "RequestModel",
-    "RetryLater",
-    "Retryable",
-    "ServerError",
-    "StopSubmitting",
     "SubmitResult",
     "SwapFaceRequest",
     "Task",
     "TaskStatus",
-    "TransportError",
-    "Unauthorized",
     "UploadFilter",
     "UploadRequest",
-    "UpstreamSystemError",
-    "ValidationRejected",
     "classify",
     "validate_request",
 ]
+__all__ += errors.__all__

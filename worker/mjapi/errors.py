@@ -13,7 +13,7 @@ Celery's JSON exception round trip (``cls(*args)``).
 from __future__ import annotations
 
 import re
-from typing import ClassVar
+from typing import ClassVar, TypedDict, Unpack
 
 __all__ = [
     "AccountUnavailable",
@@ -29,6 +29,7 @@ __all__ = [
     "RateLimited",
     "Rejected",
     "RetryLater",
+    "Retryable",
     "ServerError",
     "StopSubmitting",
     "TransportError",
@@ -36,6 +37,14 @@ __all__ = [
     "UpstreamSystemError",
     "ValidationRejected",
 ]
+
+
+class Answer(TypedDict, total=False):
+    """What the upstream said, kept with every error: result code, HTTP status, description text."""
+
+    code: int | None
+    status: int | None
+    description: str | None
 
 
 class MJError(Exception):
@@ -96,16 +105,8 @@ class ValidationRejected(Rejected):
 class BannedPrompt(Rejected):
     """The prompt contains a banned word (``banned_word`` when the upstream names it)."""
 
-    def __init__(
-        self,
-        message: str = "",
-        *,
-        code: int | None = None,
-        status: int | None = None,
-        description: str | None = None,
-        banned_word: str | None = None,
-    ) -> None:
-        super().__init__(message, code=code, status=status, description=description)
+    def __init__(self, message: str = "", *, banned_word: str | None = None, **answer: Unpack[Answer]) -> None:
+        super().__init__(message, **answer)
         self.banned_word = banned_word
 
 
@@ -118,16 +119,8 @@ class RetryLater(MJError):
 
     retryable: ClassVar[bool] = True
 
-    def __init__(
-        self,
-        message: str = "",
-        *,
-        code: int | None = None,
-        status: int | None = None,
-        description: str | None = None,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message, code=code, status=status, description=description)
+    def __init__(self, message: str = "", *, retry_after: float | None = None, **answer: Unpack[Answer]) -> None:
+        super().__init__(message, **answer)
         self.retry_after = retry_after
 
 

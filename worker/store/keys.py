@@ -37,37 +37,24 @@ HOUSEKEEPING_LOCK = PREFIX + "lock:housekeeping"
 IMAGE_SWEEP_LOCK = PREFIX + "lock:imagesweep"
 
 
-def job(job_id: str) -> str:
-    return f"{PREFIX}job:{job_id}"
+class _Family:
+    """Keys of one kind, one per id: ``keys.job("abc")`` is ``mjq:job:abc``."""
+
+    __slots__ = ("name", "suffix")
+
+    def __init__(self, name: str, suffix: str = "") -> None:
+        self.name, self.suffix = name, suffix
+
+    def __call__(self, ident: str) -> str:
+        return f"{PREFIX}{self.name}:{ident}{self.suffix}"
 
 
-def batch(batch_id: str) -> str:
-    return f"{PREFIX}batch:{batch_id}"
-
-
-def batch_jobs(batch_id: str) -> str:
-    return f"{PREFIX}batch:{batch_id}:jobs"
-
-
-def batch_expect(batch_id: str) -> str:
-    return f"{PREFIX}batch:{batch_id}:expect"
-
-
-def children(job_id: str) -> str:
-    return f"{PREFIX}children:{job_id}"
-
-
-def waiting(mode: str) -> str:
-    return f"{PREFIX}waiting:{mode}"
-
-
-def held(batch_id: str) -> str:
-    return f"{PREFIX}held:{batch_id}"
-
-
-def slots(mode: str) -> str:
-    return f"{PREFIX}slots:{mode}"
-
-
-def image(digest: str) -> str:
-    return f"{PREFIX}img:{digest}"
+job = _Family("job")
+batch = _Family("batch")
+batch_jobs = _Family("batch", ":jobs")
+batch_expect = _Family("batch", ":expect")
+children = _Family("children")
+waiting = _Family("waiting")
+held = _Family("held")
+slots = _Family("slots")
+image = _Family("img")

@@ -36,45 +36,21 @@ class Slots:
         self._try = register(client, "gates", "try_admit")
         self._next = register(client, "gates", "admit_next")
 
-    def _common(self, now: float) -> tuple[float, int, str]:
+    def _gates(self, mode: str, now: float) -> list[str | int | float]:
+        """The arguments both scripts share: slots, now, lease, pacing interval, daily cap, UTC day."""
         day = time.strftime("%Y%m%d", time.gmtime(now))
-        return self.settings.submit_interval_s, self.settings.daily_cap, day
+        settings = self.settings
+        return [settings.admission_limit(mode), repr(now), repr(settings.slot_lease_s),
+                repr(settings.submit_interval_s), settings.daily_cap, day]
 
     def try_admit(self, mode: str, job_id: str, score: float) -> Admission:
         """Admit this job now (or confirm the lease it already holds), unless a better job is waiting."""
-        now = time.time()
-        interval, cap, day = self._common(now)
-        res = self._try(
-            args=[
-                mode,
-                job_id,
-                self.settings.admission_limit(mode),
-                repr(now),
-                repr(self.settings.slot_lease_s),
-                repr(interval),
-                cap,
-                day,
-                repr(score),
-            ]
-        )
+        res = self._try(args=[mode, job_id, *self._gates(mode, time.time()), repr(score)])
         return Admission(bool(int(res[0])), str(res[1]), float(res[2]) if len(res) > 2 and res[2] else None)
 
     def admit_next(self, mode: str, limit: int = 50) -> list[str]:
         """Pop parked jobs that may start now; each already holds its slot lease when returned."""
-        now = time.time()
-        interval, cap, day = self._common(now)
-        res = self._next(
-            args=[
-                mode,
-                self.settings.admission_limit(mode),
-                repr(now),
-                repr(self.settings.slot_lease_s),
-                repr(interval),
-                cap,
-                day,
-                limit,
-            ]
-        )
+        res = self._next(args=[mode, *self._gates(mode, time.time()), limit])
         return [str(x) for x in res]
 
     def expect(self, member: str, by: float) -> None:
