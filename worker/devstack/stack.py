@@ -30,7 +30,7 @@ import redis
 
 from worker.app import QUEUES
 from worker.devstack.redisserver import RedisServer, free_port
-from worker.settings import Settings, dev_webhook_secret, load_settings, webhook_secret_problem
+from worker.settings import Settings, dev_webhook_secret, get_settings, load_settings, webhook_secret_problem
 
 SIM_DURATIONS_S = {"fast": 60.0, "relax": 180.0, "turbo": 25.0}
 LogSink = Callable[[str, str], None]
@@ -420,9 +420,8 @@ class DevStack:
 
 
 def reload_settings() -> None:
-    """Re-read the settings and point an already-imported Celery app and runtime at them."""
-    from worker.settings import get_settings
-
+    """Re-read the settings and point an already-imported Celery app and runtime at them (not importing
+    either when this process has not: a CLI that never used them stays light)."""
     get_settings.cache_clear()
     if "worker.app" in sys.modules:
         from worker.app import reconfigure
