@@ -42,7 +42,7 @@ class StackError(RuntimeError):
 
 def flower_conf_path() -> Path:
     """flower.conf of the checkout (next to pyproject.toml), else the working directory's."""
-    bundled = Path(__file__).resolve().parent.parent / "flower.conf"
+    bundled = Path(__file__).resolve().parents[2] / "flower.conf"
     return bundled if bundled.exists() else Path("flower.conf").resolve()
 
 
