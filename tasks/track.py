@@ -7,24 +7,24 @@ from typing import Any
 
 from celery import Task
 
-from worker.app import task
+from worker.app import FINISH_TASK, HOUSEKEEPING_TASK, POLL_TASK, task
 from worker.jobs import finishing, tracking
 from worker.store.runtime import runtime
 
 
-@task(name="tasks.track.poll", acks_late=True, ignore_result=True)
+@task(name=POLL_TASK, acks_late=True, ignore_result=True, send_events=False)
 def poll(job_id: str) -> int:
     """Check one due job (and any other due jobs, in one list-by-condition call)."""
     return tracking.poll_jobs(job_id, runtime())
 
 
-@task(bind=True, name="tasks.track.finish", acks_late=True, ignore_result=True, max_retries=None)
+@task(bind=True, name=FINISH_TASK, acks_late=True, ignore_result=True, max_retries=None, send_events=False)
 def finish(self: Task[Any, Any], job_id: str) -> None:
     """Download the image, write the result, complete the original task, fire its continuation once."""
     finishing.finish_job(self, job_id, runtime())
 
 
-@task(name="tasks.track.housekeeping", ignore_result=True)
+@task(name=HOUSEKEEPING_TASK, ignore_result=True, send_events=False)
 def housekeeping() -> dict[str, int]:
     """Admit parked jobs, re-send lost tasks, re-poll overdue jobs, re-finish (one runner at a time)."""
     return tracking.housekeeping(runtime())

@@ -372,3 +372,28 @@ def test_flower_shows_a_follow_up_by_its_parent_and_never_a_mask_key(stack: Stac
     assert f"parent={parent['job_id']} (succeeded)" in shown, shown
     assert "img:" not in shown and "base64" not in shown and "buttons" not in shown, shown
     assert "image" in shown and "an open gate" in shown, shown
+
+
+def test_flower_sees_the_jobs_not_the_plumbing_and_no_phantom_worker(stack: Stack, sim: Any) -> None:
+    """Polls, finishing and housekeeping send no task events (Flower's task list is for jobs), and the events
+    the finishing step sends for a job carry the hostname of a real worker, not a name of their own."""
+    import tasks
+    from tasks.followups import upscale
+    from tests.support.events import TaskEvents
+    from worker.app import PLUMBING_TASKS, app
+
+    with TaskEvents(app) as events:
+        result = (tasks.imagine.s("a lighthouse in fog") | upscale.s(2)).delay()
+        final = result.get(timeout=40)
+        stack.wait(lambda: bool(events.for_task(result.id, "task-succeeded")), 20, "the follow-up's success event")
+        stack.wait(lambda: any(e.get("type") == "worker-heartbeat" for e in events.snapshot()), 20, "a heartbeat")
+    assert final["status"] == "succeeded"
+    seen = events.snapshot()
+    named = {e.get("uuid"): e.get("name") for e in seen if e.get("name")}
+    assert named and not PLUMBING_TASKS & set(named.values()), sorted(set(named.values()))
+    job_ids = {final["job_id"], final["parent_job"]}
+    assert job_ids <= set(named), named
+    workers = {e.get("hostname") for e in seen if e.get("type") in ("worker-heartbeat", "worker-online")}
+    finishing = [e for e in seen if e.get("uuid") in job_ids and e.get("type") == "task-succeeded"]
+    assert finishing and {e.get("hostname") for e in finishing} <= workers, (finishing, workers)
+    assert not any(e.get("uuid") not in named and e.get("type", "").startswith("task-") for e in seen)

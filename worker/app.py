@@ -12,12 +12,17 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
+from celery.app.amqp import AMQP
 from kombu.entity import Exchange, Queue
 
 from worker.settings import Settings, get_settings
 
 QUEUES = ("interactive", "track", "batch")  # read in this order (-Q): the order is the priority
 INTERACTIVE, TRACK, BATCH = QUEUES
+# The plumbing between a job's tasks: sent by name (tasks/ sits above worker/), and silent in Flower, whose task
+# list is for jobs (a per-second housekeeping task and one poll per check buried them).
+POLL_TASK, FINISH_TASK, HOUSEKEEPING_TASK = "tasks.track.poll", "tasks.track.finish", "tasks.track.housekeeping"
+PLUMBING_TASKS = frozenset({POLL_TASK, FINISH_TASK, HOUSEKEEPING_TASK})
 TASK_MODULES = ("tasks.submit", "tasks.track", "tasks.followups")  # by name: tasks/ sits above this module
 
 
@@ -67,13 +72,28 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_hijack_root_logger": False,
         "beat_schedule": {
             "mjq-housekeeping": {
-                "task": "tasks.track.housekeeping",
+                "task": HOUSEKEEPING_TASK,
                 "schedule": settings.housekeeping_interval_s,
                 "options": {"queue": TRACK, "expires": max(5.0, 5 * settings.housekeeping_interval_s)},
             }
         },
         "timezone": "UTC",
     }
+
+
+class QuietPlumbingAMQP(AMQP):  # type: ignore[misc]
+    """Messages of ``PLUMBING_TASKS`` publish no ``task-sent`` event (their tasks send none either:
+    ``send_events=False``), so Flower lists job tasks and their follow-ups, not the polls between them."""
+
+    @property
+    def create_task_message(self) -> Callable[..., Any]:
+        make: Callable[..., Any] = self.task_protocols[self.app.conf.task_protocol]
+
+        def create(task_id: str, name: str, *args: Any, **kwargs: Any) -> Any:
+            message = make(task_id, name, *args, **kwargs)
+            return message._replace(sent_event=None) if name in PLUMBING_TASKS else message
+
+        return create
 
 
 def _survive_broker_loss() -> None:
@@ -103,7 +123,7 @@ def _survive_broker_loss() -> None:
 
 def create_app(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
-    celery_app = Celery("mjqueue")
+    celery_app = Celery("mjqueue", amqp=QuietPlumbingAMQP)
     celery_app.conf.update(celery_config(settings))
     celery_app.conf.include = list(TASK_MODULES)
     return celery_app

@@ -38,7 +38,7 @@ def finish_job(task: Task[Any, Any], job_id: str, rt: Runtime) -> dict[str, Any]
     if wants_image and job.get("download") not in ("ok", "failed"):
         _download(task, job, rt)
     result = rt.ledger.job_result(job_id)
-    complete_task(job, result, rt)
+    complete_task(job, result, rt, hostname=task.request.hostname)
     rt.ledger.finished(job_id)
     if result.get("status") == "succeeded":
         try:
@@ -76,7 +76,7 @@ def _download(task: Task[Any, Any], job: Mapping[str, Any], rt: Runtime) -> None
     )
 
 
-def complete_task(job: Mapping[str, Any], result: dict[str, Any], rt: Runtime) -> None:
+def complete_task(job: Mapping[str, Any], result: dict[str, Any], rt: Runtime, *, hostname: str | None) -> None:
     """Store the result under the original task id, tell Flower, fire the continuation once.
 
     ``needs_review`` is final for now, not for good: the task completes as failed (its chain and errbacks are
@@ -100,7 +100,7 @@ def complete_task(job: Mapping[str, Any], result: dict[str, Any], rt: Runtime) -
     backend = app.backend
     if status == "succeeded":
         backend.store_result(task_id, result, "SUCCESS", request=ctx)
-        _event("task-succeeded", uuid=task_id, result=_result_repr(result), runtime=runtime_s)
+        _event(hostname, "task-succeeded", uuid=task_id, result=_result_repr(result), runtime=runtime_s)
         if first:
             if reviewed:
                 rt.ledger.replan_skipped(job_id)
@@ -118,9 +118,9 @@ def complete_task(job: Mapping[str, Any], result: dict[str, Any], rt: Runtime) -
         else:
             backend.store_result(task_id, exc, "FAILURE", request=ctx)
         if status == "cancelled":
-            _event("task-revoked", uuid=task_id, terminated=False, signum=None, expired=False)
+            _event(hostname, "task-revoked", uuid=task_id, terminated=False, signum=None, expired=False)
         else:
-            _event("task-failed", uuid=task_id, exception=repr(exc), traceback="")
+            _event(hostname, "task-failed", uuid=task_id, exception=repr(exc), traceback="")
 
 
 def _result_repr(result: Mapping[str, Any]) -> str:
@@ -128,9 +128,11 @@ def _result_repr(result: Mapping[str, Any]) -> str:
     return repr({k: result.get(k) for k in keys if result.get(k)})[:400]
 
 
-def _event(kind: str, **fields: Any) -> None:
+def _event(hostname: str | None, kind: str, **fields: Any) -> None:
+    """A task event for Flower, sent as the worker that finishes the job (a name of our own showed up in Flower
+    as a worker that flips online and offline)."""
     try:
-        with app.events.default_dispatcher(hostname="mjqueue-finisher") as dispatcher:
+        with app.events.default_dispatcher(hostname=hostname) as dispatcher:
             dispatcher.send(kind, **fields)
     except Exception:  # events are for Flower; never fail a job because of them
         log.warning("could not send %s event", kind, exc_info=True)

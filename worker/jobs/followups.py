@@ -102,7 +102,7 @@ def _refuse(self: JobTask, parent: Mapping[str, Any], want: Want, reason: str) -
     rt.ledger.transition(job_id, "failed", from_states=["queued"], fields={"fail_reason": reason})
     job = rt.ledger.get_job(job_id)
     if job is not None and job.get("status") in TERMINAL:  # else a copy of this task runs the job: leave it
-        complete_task(job, rt.ledger.job_result(job_id), rt)
+        complete_task(job, rt.ledger.job_result(job_id), rt, hostname=self.request.hostname)
     raise Ignore()
 
 
