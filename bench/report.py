@@ -34,6 +34,7 @@ class Figure:
     target: str = ""
     met: bool | None = None
     notes: dict[str, Any] = field(default_factory=dict)
+    partial: bool = False  # a phase stopped at its time bound: the figure covers what it reached (notes say)
 
     def __post_init__(self) -> None:
         if self.ratio is None and self.baseline_value:
@@ -68,21 +69,44 @@ def print_table(figures: Sequence[Figure], console: Console) -> None:
     for f in figures:
         base = f"{f.baseline}: {_num(f.baseline_value, f.unit)}" if f.baseline else ""
         met = "" if f.met is None else ("[green]yes[/]" if f.met else "[red]no[/]")
-        table.add_row(f.benchmark, f.measure, _num(f.value, f.unit), base, _num(f.ratio), f.target, met)
+        value = _num(f.value, f.unit) + (" [yellow](partial)[/]" if f.partial else "")
+        table.add_row(f.benchmark, f.measure, value, base, _num(f.ratio), f.target, met)
     console.print(table)
 
 
 def results_document(
-    figures: Sequence[Figure], config: dict[str, Any], seconds: float, errors: Sequence[str] = ()
+    figures: Sequence[Figure],
+    config: dict[str, Any],
+    seconds: float,
+    errors: Sequence[str] = (),
+    *,
+    load: dict[str, Any] | None = None,
+    not_run: Sequence[str] = (),
+    complete: bool = True,
 ) -> dict[str, Any]:
+    """``complete`` is False while the run goes on or when it was stopped; ``not_run`` names the benchmarks
+    that produced no figure (yet)."""
     return {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": machine(),
         "config": config,
         "seconds": round(seconds, 1),
-        "figures": [asdict(f) for f in figures],
+        "complete": complete,
+        "load": load or {},
+        "figures": [asdict(f) for f in sorted(figures, key=lambda f: f.benchmark.split()[0])],
+        "not_run": list(not_run),
         "errors": list(errors),
     }
+
+
+def load_line(load: dict[str, Any]) -> str:
+    """How busy the machine was during the run, so a figure taken on a busy machine is recognisable."""
+    if not load:
+        return ""
+    start, end = load.get("loadavg_start") or [0, 0, 0], load.get("loadavg_end") or [0, 0, 0]
+    return (f"Machine load: load average {start[0]:.2f} at the start, {end[0]:.2f} at the end; other processes "
+            f"used {load.get('cpu_s_others', 0):,.0f} CPU-seconds of {load.get('cpu_s_available', 0):,.0f} "
+            f"available ({load.get('others_share', 0):.0%}), this run {load.get('cpu_s_ours', 0):,.0f}.")
 
 
 def write_results(document: dict[str, Any], path: Path) -> None:
@@ -101,14 +125,16 @@ def markdown(document: dict[str, Any]) -> str:
         f"a 60 s fast job takes {60 * config['time_factor']:g} s; account: {config['capacity']} fast jobs at "
         f"once + {config['queue']} queued). Ratios compare with a baseline measured in the same run.",
         "",
+        *([load_line(document["load"]), ""] if document.get("load") else []),
         "| # | measure | mjqueue | baseline (same run) | ratio | target | met |",
         "|---|---|---:|---|---:|---|---|",
     ]
     for raw in document["figures"]:
         f = Figure(**raw)
         base = f"{f.baseline}: {_num(f.baseline_value, f.unit)}" if f.baseline else "–"
+        value = _num(f.value, f.unit) + (" (partial)" if f.partial else "")
         lines.append(
-            f"| {f.benchmark} | {f.measure} | {_num(f.value, f.unit)} | {base} | {_num(f.ratio)} | "
+            f"| {f.benchmark} | {f.measure} | {value} | {base} | {_num(f.ratio)} | "
             f"{f.target or '–'} | {_met(f) or '–'} |"
         )
     return "\n".join(lines)

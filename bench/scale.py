@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import redis
 
+from bench.bounds import wait_until
 from bench.report import Figure
 from bench.stack import CAPACITY, enqueue, prompts, running
 from worker.devstack.redisserver import RedisServer
@@ -51,14 +51,6 @@ def _window(client: redis.Redis, pid: int, waiting: int, seconds: float) -> Load
     return Load(waiting, rss_mb(pid), int(client.info("memory")["used_memory"]) / 2**20, per_minute)
 
 
-def _wait_for(check: Callable[[], object], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} after {timeout_s:.0f} s")
-        time.sleep(0.5)
-
-
 def measure_ours(root: Path, time_factor: float, n: int, window_s: float) -> Load:
     """``n`` jobs queued behind C running ones that last longer than the window."""
     hold_s = 10 * window_s + 120  # the C jobs in flight outlast the measurement
@@ -70,10 +62,10 @@ def measure_ours(root: Path, time_factor: float, n: int, window_s: float) -> Loa
         ledger = runtime().ledger
         enqueue(prompts(n, "scale"), "scale")
         waiting = n - CAPACITY
-        _wait_for(lambda: ledger.waiting_count("fast") >= waiting and bench.redis.llen("batch") == 0,
-                  120 + n / 50, f"{waiting} parked jobs")
+        wait_until(lambda: ledger.waiting_count("fast") >= waiting and bench.redis.llen("batch") == 0,
+                   120 + n / 50, f"{waiting:,} parked jobs", lambda: f"{ledger.waiting_count('fast'):,} parked")
         time.sleep(2.0)  # the last admissions' follow-on work settles
-        return _window(bench.redis, bench.pid("worker"), waiting, window_s)
+        return _window(bench.redis, bench.pid("worker"), max(1, ledger.waiting_count("fast")), window_s)
 
 
 def measure_naive(root: Path, n: int, window_s: float) -> Load:
@@ -90,14 +82,19 @@ def measure_naive(root: Path, n: int, window_s: float) -> Load:
             from bench.naive import RUNS, app, naive_wait
 
             app.conf.broker_url = server.url
-            _wait_for(lambda: client.exists("_kombu.binding.naive"), 60, "the naive worker")
+            if not wait_until(lambda: client.exists("_kombu.binding.naive"), 60, "the naive worker"):
+                raise RuntimeError(f"the naive worker did not start; see {root / 'naive-worker.log'}")
             for _ in range(n):
                 naive_wait.apply_async(("slots",), queue="naive")
+
+            def looked() -> int:
+                return int(client.get(RUNS) or 0)
+
             # every waiter has looked once and is held by the worker, counting down to its retry
-            _wait_for(lambda: int(client.get(RUNS) or 0) >= n and client.llen("naive") < max(10, n // 50),
-                      120 + n / 20, f"{n} naive waiters held")
+            wait_until(lambda: looked() >= n and client.llen("naive") < max(10, n // 50), 120 + n / 20,
+                       f"{n:,} naive waiters held", lambda: f"{min(n, looked()):,} held")
             assert worker.process is not None
-            return _window(client, worker.process.pid, n, window_s)
+            return _window(client, worker.process.pid, max(1, min(n, looked())), window_s)
         finally:
             client.close()
             worker.terminate()

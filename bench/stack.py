@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import statistics
-import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 import redis
 
+from bench.bounds import wait_until
 from simulator.server import SimulatorAdmin
 from worker.devstack.stack import DevStack
 from worker.settings import Settings
@@ -137,21 +137,24 @@ def prompts(n: int, tag: str) -> list[str]:
 
 
 def wait_batch(batch_id: str, jobs: int, timeout_s: float) -> dict[str, Any]:
-    """Block until ``jobs`` jobs of the batch exist and all are terminal, with their images downloaded."""
+    """Until ``jobs`` jobs of the batch exist and all are terminal, with their images downloaded, or until
+    ``timeout_s`` (the figures then cover the jobs done so far and are marked partial)."""
     from worker.store.records import TERMINAL
     from worker.store.runtime import runtime
 
     ledger = runtime().ledger
-    deadline = time.monotonic() + timeout_s
-    while True:
+
+    def done() -> int:
         batch = ledger.batch(batch_id)
-        done = sum(batch.get("counts", {}).get(s, 0) for s in TERMINAL) if batch else 0
-        over = bool(batch) and done >= batch["total"] >= jobs and batch["planned"] <= 0
-        if over and not ledger.unfinished(ledger.batch_job_ids(batch_id)):
-            return batch
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"batch {batch_id}: {done} of {jobs} jobs finished after {timeout_s:.0f} s")
-        time.sleep(0.2)
+        return sum(batch.get("counts", {}).get(s, 0) for s in TERMINAL) if batch else 0
+
+    def over() -> bool:
+        batch = ledger.batch(batch_id)
+        ended = bool(batch) and done() >= batch["total"] >= jobs and batch["planned"] <= 0
+        return ended and not ledger.unfinished(ledger.batch_job_ids(batch_id))
+
+    wait_until(over, timeout_s, f"batch {batch_id}", lambda: f"{done():,} of {jobs:,} jobs done")
+    return dict(ledger.batch(batch_id) or {})
 
 
 @dataclass(frozen=True)
