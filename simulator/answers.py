@@ -57,8 +57,8 @@ def exists(task_id: str, status: str, dialect: Dialect) -> Response:
     return result(21, "任务已存在", wire_id(task_id, dialect), {"status": status})
 
 
-def modal(task_id: str, final_prompt: str, remix: bool, dialect: Dialect) -> Response:
-    return result(21, "窗口等待", wire_id(task_id, dialect),
+def modal(task_id: str, final_prompt: str, remix: bool, dialect: Dialect, text: str = "窗口等待") -> Response:
+    return result(21, text, wire_id(task_id, dialect),
                   {"status": "MODAL", "finalPrompt": final_prompt, "remix": remix})
 
 
@@ -66,8 +66,8 @@ def validation(message: str, dialect: Dialect) -> Response:
     return result(21 if dialect == "vendor" else 4, message)
 
 
-def not_found(message: str, dialect: Dialect) -> Response:
-    return result(21 if dialect == "vendor" else 3, message)
+def not_found(message: str, dialect: Dialect, status: int = 200) -> Response:
+    return result(21 if dialect == "vendor" else 3, message, status=status)
 
 
 def queue_full(dialect: Dialect) -> Response:
@@ -146,7 +146,8 @@ def unknown_task(style: str, dialect: Dialect, profile: str = "plus") -> Respons
     """Fetch of an id the server does not know: the profile's answer (Java an empty 200, trueai 204, new-api
     400 ``task_no_found``; Plus and vendor by dialect: 404, or 200 with an empty body), or ``style`` forced."""
     if style == "dialect":
-        style = {"java": "empty", "trueai": "204", "newapi": "400"}.get(profile, "empty" if dialect == "vendor" else "404")
+        by_dialect = "empty" if dialect == "vendor" else "404"
+        style = {"java": "empty", "trueai": "204", "newapi": "400"}.get(profile, by_dialect)
     if style == "empty":
         return Response(b"", media_type="application/json")
     if style == "204":

@@ -83,12 +83,16 @@ class SimConfig(BaseModel):
     do_request_failed_rate: float = Field(
         0.0, ge=0, le=1, description="newapi: share of submits answered HTTP 400 code 5 although the task was created."
     )
-    token_exhausted: bool = Field(False, description="newapi: every /mj call answers 401, the token's quota is used up.")
+    token_exhausted: bool = Field(
+        False, description="newapi: every /mj call answers 401, the token's quota is used up."
+    )
     ban_after_429s: int = Field(
         0, ge=0, description="trueai: after this many 429 answers every /mj call is 403 for ban_s; 0 = never."
     )
     ban_s: float = Field(300.0, gt=0, description="How long the 403 ban lasts (x time factor).")
-    newapi_poll_s: float = Field(15.0, gt=0, description="newapi: its own poll interval of the upstream (x time factor).")
+    newapi_poll_s: float = Field(
+        15.0, gt=0, description="newapi: its own poll interval of the upstream (x time factor)."
+    )
     newapi_timeout_s: float = Field(
         3600.0, gt=0, description="newapi: fail a task not at 100% this long after submit (x time factor)."
     )
