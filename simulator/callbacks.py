@@ -84,7 +84,7 @@ class CallbackDispatcher:
             track = self.tracks.get(task_id)
             if track is None:
                 body = self.shape(task, engine.view(task, self.base_url, task.created))
-                track = self.tracks[task_id] = Track((body["status"], body["progress"]), task.created, body)
+                track = self.tracks[task_id] = Track(engine.progress(task, task.created), task.created, body)
                 self._emit(task.hook, body, None)
             moments = engine.checkpoints(task, track.at, now)
             for at in [*moments, now]:
