@@ -102,8 +102,9 @@ def running(
         with_flower=False,
         with_webhook=webhooks,
         extra_env=extra,
-        simulator_args=("--api-key", API_KEY, "--fast-slots", str(CAPACITY), "--queue-size", str(QUEUE),
-                        *sim_args),
+        # --lenient-auth: the worker and the baselines send Bearer tokens, which the default profile refuses
+        simulator_args=("--api-key", API_KEY, "--lenient-auth", "--fast-slots", str(CAPACITY),
+                        "--queue-size", str(QUEUE), *sim_args),
     )
     with stack, stack.environment():
         admin = SimulatorAdmin(stack.api_base_url, API_KEY)

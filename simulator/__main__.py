@@ -3,6 +3,8 @@
 Every scalar field of :class:`SimConfig` is a flag (``--http-500-rate 0.1``, ``--stuck-rate 0.05``,
 ``--balance 100``, ``--remix``...), plus per-mode ``--fast-slots/--relax-slots/--turbo-slots`` and
 ``--fast-duration/...`` (seconds before the time factor), repeatable ``--banned-word`` and ``--faults JSON``.
+``--profile plus|trueai|java|newapi|vendor`` picks the real server played (default: ``$SIM_PROFILE``, else plus);
+the code dialect follows it unless ``--dialect`` is given.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import types
 import typing
@@ -19,9 +22,9 @@ from typing import Any
 import uvicorn
 
 from simulator.app import create_app
-from simulator.config import MODES, SimConfig
+from simulator.config import MODES, PROFILES, SimConfig
 
-SPECIAL = {"api_key", "dialect", "time_factor", "duration_s", "concurrency", "banned_words", "queue_size"}
+SPECIAL = {"profile", "api_key", "dialect", "time_factor", "duration_s", "concurrency", "banned_words", "queue_size"}
 
 
 def _scalar_type(annotation: Any) -> type | None:
@@ -39,8 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8787)
     parser.add_argument("--public-url", default=None,
                         help="base of absolute imageUrl values (default: learnt from the first request)")
-    parser.add_argument("--api-key", default=None, help="require this key (Bearer or mj-api-secret)")
-    parser.add_argument("--dialect", choices=["proxy", "vendor"], default="proxy")
+    parser.add_argument("--profile", choices=PROFILES, default=os.environ.get("SIM_PROFILE") or "plus",
+                        help="the real server played (default $SIM_PROFILE, else plus)")
+    parser.add_argument("--api-key", default=None, help="require this key, sent as the profile's server expects")
+    parser.add_argument("--dialect", choices=["proxy", "vendor"], default=None,
+                        help="result-code dialect (default: the profile's; vendor only for --profile vendor)")
     parser.add_argument("--time-factor", type=float, default=1.0, help="multiply every duration (0.01 = 100x faster)")
     parser.add_argument("--queue-size", type=int, default=10, help="tasks waiting beyond the running ones")
     defaults = SimConfig()
@@ -60,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
             parser.add_argument(flag, action="store_true", default=None, help=help_text)
         else:
             parser.add_argument(flag, type=kind, default=None, help=help_text)
-    for name in ("unknown_task", "fault_scope"):
+    for name in ("unknown_task", "fault_scope", "user_limit"):
         choices = typing.get_args(SimConfig.model_fields[name].annotation)
         parser.add_argument("--" + name.replace("_", "-"), choices=choices, default=None,
                             help=SimConfig.model_fields[name].description)
@@ -70,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> SimConfig:
     values: dict[str, Any] = {
-        "api_key": args.api_key, "dialect": args.dialect, "time_factor": args.time_factor,
+        "profile": args.profile, "api_key": args.api_key, "dialect": args.dialect, "time_factor": args.time_factor,
         "queue_size": args.queue_size, "banned_words": args.banned_words,
         "concurrency": {m: getattr(args, f"{m.lower()}_slots") for m in MODES},
         "duration_s": {m: getattr(args, f"{m.lower()}_duration") for m in MODES},
@@ -94,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     base = args.public_url or ("" if args.host in ("0.0.0.0", "::") else f"http://{args.host}:{args.port}")
     app = create_app(config, base)
     print(f"simulator listening on http://{args.host}:{args.port} "
-          f"(dialect {config.dialect}, time factor {config.time_factor:g})", flush=True)
+          f"(profile {config.profile}, dialect {config.dialect}, time factor {config.time_factor:g})", flush=True)
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C after its graceful shutdown
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False, backlog=2048,
                     proxy_headers=False)

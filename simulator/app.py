@@ -27,11 +27,19 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from simulator import answers
+from simulator import answers, profiles
 from simulator.callbacks import CallbackDispatcher
-from simulator.config import MODES, SimConfig
-from simulator.engine import GRID_ACTIONS, IMAGE_ACTIONS, Engine, SimTask, action_for_custom_id, image_seed
-from simulator.images import render_png, sniff_mime
+from simulator.config import MODES, SimConfig, profile_dialect
+from simulator.engine import (
+    GRID_ACTIONS,
+    IMAGE_ACTIONS,
+    TERMINAL,
+    Engine,
+    SimTask,
+    action_for_custom_id,
+    image_seed,
+)
+from simulator.images import render_png, render_tile, sniff_mime
 
 Handler = Callable[[Request], Awaitable[Response]]
 BodyHandler = Callable[[Request, dict[str, Any]], Awaitable[Response]]
@@ -44,6 +52,12 @@ MAX_PROMPT = 8192
 SUBMIT_LOG_MAX = 200_000  # a long demo run keeps the latest submits only
 DIMENSIONS = ("PORTRAIT", "SQUARE", "LANDSCAPE")
 BOT_TYPES = ("MID_JOURNEY", "NIJI_JOURNEY")
+JAVA_MISSING = frozenset({"/mj/submit/action", "/mj/submit/modal", "/mj/insight-face/swap",
+                          "/mj/submit/upload-discord-images", "/mj/task/{task_id}/image-seed", "/mj/image/{task_id}"})
+JAVA_ONLY = frozenset({"/mj/submit/change", "/mj/submit/simple-change"})
+NEWAPI_ONLY = frozenset({"/mj/image/{task_id}"})
+CHANGE_ACTIONS = {"UPSCALE": "upsample", "VARIATION": "variation", "REROLL": "reroll"}
+SIMPLE_CHANGE = re.compile(r"\s*(\S+)\s+(?:([UV])([1-4])|R)\s*")
 
 
 class Answer(Exception):
@@ -71,6 +85,9 @@ class SimulatorApp:
         self.submit_log: deque[tuple[float, str, str]] = deque(maxlen=SUBMIT_LOG_MAX)
         # answers held by the ``image_delay`` / ``poll_delay`` faults right now (a kill can aim at one)
         self.held: Counter[str] = Counter()
+        self.ban_until = 0.0  # trueai: every /mj call is 403 until then (after too many 429s)
+        self.recent_429s = 0
+        self.dispatcher.shape = self._shape
 
     # -- checks ------------------------------------------------------------------------------------------
 
@@ -82,14 +99,42 @@ class SimulatorApp:
             self.base_url = f"{request.url.scheme}://{request.url.netloc}"
             self.dispatcher.base_url = self.base_url
 
+    def _authorised(self, request: Request, key: str) -> bool:
+        """The profile's rule: Plus/Java read ``mj-api-secret`` only; trueai the raw ``Authorization`` value
+        ("Bearer " is part of the token), ``mj-api-secret`` only without one; new-api ``Bearer sk-...`` or
+        ``mj-api-secret`` when Authorization is empty; vendor (and ``lenient_auth``) either header."""
+        headers, profile = request.headers, self.config.profile
+        bearer, secret = headers.get("authorization", ""), headers.get("mj-api-secret", "")
+
+        def same(given: str, wanted: str) -> bool:
+            return hmac.compare_digest(given.encode(), wanted.encode())
+
+        if self.config.lenient_auth or profile == "vendor":
+            return same(bearer, f"Bearer {key}") or same(secret, key)
+        if profile == "trueai":
+            return same(bearer if "authorization" in headers else secret, key)
+        if profile == "newapi":
+            token = (bearer or secret).removeprefix("Bearer ").removeprefix("sk-")
+            return same(token, key.removeprefix("sk-"))
+        return same(secret, key)
+
+    def _unauthorized(self) -> Response:
+        profile = self.config.profile
+        if profile == "newapi":
+            return answers.newapi_unauthorized("无效的令牌")
+        return answers.unauthorized() if profile == "vendor" or self.config.lenient_auth else answers.empty(401)
+
     def _check_auth(self, request: Request) -> None:
         key = self.config.api_key
-        if not key:
-            return
-        bearer = request.headers.get("authorization", "")
-        secret = request.headers.get("mj-api-secret", "")
-        if not (hmac.compare_digest(bearer, f"Bearer {key}") or hmac.compare_digest(secret, key)):
-            raise Answer(answers.unauthorized())
+        if key and not self._authorised(request, key):
+            raise Answer(self._unauthorized())
+        if self.config.token_exhausted:
+            self.engine.faults["token_exhausted"] += 1
+            masked = (key or "").removeprefix("sk-")[:4]
+            raise Answer(answers.newapi_unauthorized(f"该令牌额度已用尽 TokenStatusExhausted[sk-{masked}***]"))
+        if self.ban_until > time.time():
+            self.engine.faults["http_403"] += 1
+            raise Answer(answers.empty(403), "http_403")
         if self.config.forbidden:
             self.engine.faults["forbidden"] += 1
             raise Answer(answers.forbidden())
@@ -101,7 +146,13 @@ class SimulatorApp:
             raise Answer(answers.server_error(), "http_500")
         if config.http_429_rate and rng.random() < config.http_429_rate:
             self.engine.faults["http_429"] += 1
-            raise Answer(answers.rate_limited(config.retry_after_s), "http_429")
+            if config.profile != "trueai":
+                raise Answer(answers.rate_limited(config.retry_after_s), "http_429")
+            self.recent_429s += 1  # trueai's IP limiter: empty 429s, then a 403 ban that clears itself
+            if config.ban_after_429s and self.recent_429s >= config.ban_after_429s:
+                self.recent_429s = 0
+                self.ban_until = time.time() + config.ban_s * config.time_factor
+            raise Answer(answers.empty(429), "http_429")
 
     async def _log_faulted_submit(self, request: Request, fault: str) -> None:
         """A submit refused by an injected fault never reaches the submission counter: log its ``state``."""
@@ -113,16 +164,19 @@ class SimulatorApp:
         if isinstance(state, str) and state:
             self.submit_log.append((time.time(), state, fault))
 
-    async def _body(self, request: Request) -> dict[str, Any]:
+    async def _body(self, request: Request, api: bool = False) -> dict[str, Any]:
         raw = await request.body()
         if len(raw) > MAX_BODY:
             raise Answer(answers.error(413, 4, "body too large"))
+        trueai = api and self.config.profile == "trueai"  # a body it cannot bind: 200 success false
         try:
             body = json.loads(raw or b"{}")
         except ValueError:
-            raise Answer(answers.error(400, 4, "malformed JSON")) from None
+            raise Answer(answers.trueai_unbindable("malformed JSON") if trueai
+                         else answers.error(400, 4, "malformed JSON")) from None
         if not isinstance(body, dict):
-            raise Answer(answers.error(400, 4, "body must be a JSON object"))
+            raise Answer(answers.trueai_unbindable("body must be a JSON object") if trueai
+                         else answers.error(400, 4, "body must be a JSON object"))
         return body
 
     def _image(self, value: Any, field: str) -> bytes:
@@ -185,33 +239,60 @@ class SimulatorApp:
         if balance is not None and balance <= 0:
             raise Answer(answers.out_of_credit(self.config.dialect))
 
-    def _check_banned(self, prompt: str) -> None:
+    def _check_banned(self, prompt: str) -> bool:
+        """Refuse a banned prompt; trueai accepts it and FAILS the task later (True: doom the task)."""
         lowered = prompt.lower()
         for word in self.config.banned_words:
             if word and word.lower() in lowered:
+                if self.config.profile == "trueai":
+                    return True
                 raise Answer(answers.banned(word, prompt, self.config.dialect))
+        return False
 
     def _check_account(self) -> None:
-        if self.config.account_unavailable:
-            raise Answer(answers.account_unavailable(self.config.dialect))
+        config = self.config
+        if config.account_unavailable:
+            raise Answer(answers.account_unavailable(config.dialect))
+        if config.user_limit:
+            raise Answer(answers.user_limit(config.user_limit))
+        if config.system_error:
+            raise Answer(answers.system_error(config.dialect))
+        if config.group_saturated:
+            raise Answer(answers.newapi_error(429, 30, answers.NEWAPI_SATURATED))
 
     def _check_room(self, mode: str) -> None:
         if not self.engine.has_room(mode):
             self.engine.queue_full += 1
+            if self.config.profile == "trueai":
+                raise Answer(answers.trueai_queue_full())
             raise Answer(answers.queue_full(self.config.dialect))
 
     def _charge(self) -> None:
         if self.config.balance is not None:
             self.config.balance -= 1
 
-    async def _admit(self, task: SimTask) -> Response:
+    async def _admit(self, task: SimTask, relayed_as: str | None = None) -> Response:
         """Run or queue an accepted task; then, maybe, answer too late for the client (it exists anyway)."""
         dialect = self.config.dialect
         if self.engine.enqueue(task):
             response = answers.queued(task.id, self.engine.queued_count() - 1, dialect)
         else:
             response = answers.submitted(task.id, dialect)
-        return await self._late(response)
+        config = self.config
+        if config.profile == "newapi" and config.do_request_failed_rate and \
+                self.engine.rng.random() < config.do_request_failed_rate:
+            self.engine.faults["do_request_failed"] += 1  # the upstream took it, the gateway gave up waiting
+            return answers.newapi_error(400, 5, "do_request_failed ")
+        return await self._late(self._relayed(response, relayed_as or task.action))
+
+    def _relayed(self, response: Response, action: str) -> Response:
+        """new-api rewrites codes 21 and 22 to 1 for every action but inpaint and custom zoom."""
+        if self.config.profile != "newapi" or action in ("INPAINT", "CUSTOM_ZOOM"):
+            return response
+        body = json.loads(bytes(response.body))
+        if body.get("code") in (21, 22):
+            body["code"] = 1
+        return JSONResponse(body, response.status_code)
 
     async def _late(self, response: Response) -> Response:
         config = self.config
@@ -224,12 +305,14 @@ class SimulatorApp:
 
     async def _create(self, request: Request, action: str, body: dict[str, Any], prompt: str,
                       image_key: str | None = None) -> Response:
-        self._check_banned(prompt)
+        doomed = self._check_banned(prompt)
         self._check_account()
         mode = self._mode(request, body, prompt)
         self._check_room(mode)
         self._charge()
         task = self.engine.new_task(action, mode, prompt, self._state(body), self._hook(body))
+        if doomed:
+            task.fail, task.fail_reason = True, "可能包含敏感词"
         task.image_key = image_key
         task.bot_type = str(body.get("botType") or "MID_JOURNEY")
         return await self._admit(task)
@@ -270,6 +353,14 @@ class SimulatorApp:
         self._image(body.get("targetBase64"), "targetBase64")
         return await self._create(request, "SWAP_FACE", body, "face swap")
 
+    def _parent(self, task_id: str) -> SimTask:
+        parent = self.engine.tasks.get(task_id)
+        if parent is None:  # trueai says it with HTTP 404 too
+            status = 404 if self.config.profile == "trueai" else 200
+            raise Answer(answers.not_found("关联任务不存在或已失效", self.config.dialect, status))
+        self.engine.advance()
+        return parent
+
     async def action(self, request: Request, body: dict[str, Any]) -> Response:
         dialect = self.config.dialect
         task_id, custom_id = body.get("taskId"), body.get("customId")
@@ -277,10 +368,7 @@ class SimulatorApp:
             raise self._invalid("taskId: required")
         if not isinstance(custom_id, str) or not custom_id.startswith("MJ::"):
             raise self._invalid("customId: required, shaped MJ::...")
-        parent = self.engine.tasks.get(str(task_id))
-        if parent is None:
-            raise Answer(answers.not_found("关联任务不存在或已失效 (task not found)", dialect))
-        self.engine.advance()
+        parent = self._parent(str(task_id))
         view = self.engine.view(parent, self.base_url)
         if view["status"] != "SUCCESS":
             raise self._invalid("taskId: the task has not finished successfully")
@@ -288,6 +376,8 @@ class SimulatorApp:
             raise self._invalid("customId: not a button of this task")
         account_filter = body.get("accountFilter")
         remix = self.config.remix or (isinstance(account_filter, dict) and bool(account_filter.get("remix")))
+        if self.config.profile == "trueai":  # a remix account stops at the modal only when asked to
+            remix = remix and body.get("enableRemix") is True
         kind = action_for_custom_id(custom_id, remix)
         if kind is None:
             raise self._invalid("customId: this button does not start a job")
@@ -295,8 +385,13 @@ class SimulatorApp:
         existing = self.engine.existing_actions.get((parent.id, custom_id))
         if existing is not None and action == "UPSCALE":
             status = self.engine.progress(self.engine.tasks[existing], time.time())[0]
-            return answers.exists(existing, status, dialect)
-        self._check_banned(parent.prompt)
+            return self._relayed(answers.exists(existing, status, dialect), action)
+        return await self._follow_up(request, body, parent, custom_id, action, modal_needs)
+
+    async def _follow_up(self, request: Request, body: dict[str, Any], parent: SimTask, custom_id: str,
+                         action: str, modal_needs: str | None) -> Response:
+        """Create the task a button (or a Java change) starts: at once, or waiting in MODAL."""
+        doomed = self._check_banned(parent.prompt)
         self._check_account()
         mode = self._mode(request, body, default=parent.mode)
         if modal_needs is None:
@@ -304,17 +399,55 @@ class SimulatorApp:
         self._charge()
         task = self.engine.new_task(action, mode, parent.prompt, self._state(body), self._hook(body))
         task.parent_id, task.custom_id, task.bot_type = parent.id, custom_id, parent.bot_type
+        if doomed:
+            task.fail, task.fail_reason = True, "可能包含敏感词"
         self.engine.existing_actions[(parent.id, custom_id)] = task.id
         if modal_needs is not None:
             task.status, task.modal_needs = "MODAL", modal_needs
             self.engine.changed.add(task.id)
-            return await self._late(answers.modal(task.id, parent.prompt, modal_needs == "any", dialect))
+            text = "Waiting for window confirm" if self.config.profile == "trueai" else "窗口等待"
+            answer = answers.modal(task.id, parent.prompt, modal_needs == "any", self.config.dialect, text)
+            return await self._late(self._relayed(answer, action))
         return await self._admit(task)
+
+    async def change(self, request: Request, body: dict[str, Any]) -> Response:
+        """Java's ``/mj/submit/change``: ``action`` UPSCALE / VARIATION / REROLL, ``taskId``, ``index`` 1-4."""
+        action, task_id, index = body.get("action"), body.get("taskId"), body.get("index")
+        if action not in CHANGE_ACTIONS:
+            raise self._invalid("action参数错误")
+        if not isinstance(task_id, str | int) or not str(task_id):
+            raise self._invalid("taskId不能为空")
+        if action != "REROLL" and (not isinstance(index, int) or not 1 <= index <= 4):
+            raise self._invalid("index参数错误")
+        return await self._change(request, body, str(task_id), str(action), index if isinstance(index, int) else 0)
+
+    async def simple_change(self, request: Request, body: dict[str, Any]) -> Response:
+        """Java's ``/mj/submit/simple-change``: ``content`` like "1320098173412546 U1" (U1-4, V1-4 or R)."""
+        content = body.get("content")
+        match = SIMPLE_CHANGE.fullmatch(content) if isinstance(content, str) else None
+        if match is None:
+            raise self._invalid("content参数错误")
+        task_id, letter, digit = match.groups()
+        action = {"U": "UPSCALE", "V": "VARIATION"}.get(letter or "", "REROLL")
+        return await self._change(request, body, task_id, action, int(digit or 0))
+
+    async def _change(self, request: Request, body: dict[str, Any], task_id: str, action: str,
+                      index: int) -> Response:
+        parent = self._parent(task_id)
+        if self.engine.progress(parent, time.time())[0] != "SUCCESS":
+            raise self._invalid("关联任务状态错误")
+        if parent.action not in ("IMAGINE", "VARIATION", "REROLL", "BLEND"):
+            raise self._invalid("关联任务不允许执行变化")
+        h = parent.message_hash  # no "task exists" answer: Java removed it in 2024
+        custom_id = (f"MJ::JOB::reroll::0::{h}::SOLO" if action == "REROLL"
+                     else f"MJ::JOB::{CHANGE_ACTIONS[action]}::{index}::{h}")
+        return await self._follow_up(request, body, parent, custom_id, action, None)
 
     async def modal(self, request: Request, body: dict[str, Any]) -> Response:
         task = self.engine.tasks.get(str(body.get("taskId", "")))
         if task is None:
-            raise Answer(answers.not_found("任务不存在 (task not found)", self.config.dialect))
+            status = 404 if self.config.profile == "trueai" else 200
+            raise Answer(answers.not_found("任务不存在 (task not found)", self.config.dialect, status))
         if task.status != "MODAL":
             raise self._invalid("taskId: the task is not waiting for a modal")
         prompt, mask = body.get("prompt"), body.get("maskBase64")
@@ -322,13 +455,13 @@ class SimulatorApp:
             self._image(mask, "maskBase64")
         if task.modal_needs == "prompt" and not (isinstance(prompt, str) and prompt.strip()):
             raise self._invalid("prompt: this action needs a prompt")
-        if isinstance(prompt, str) and prompt.strip():
-            self._check_banned(prompt)
+        if isinstance(prompt, str) and prompt.strip() and self._check_banned(prompt):
+            task.fail, task.fail_reason = True, "可能包含敏感词"
         self._check_room(task.mode)
         if isinstance(prompt, str) and prompt.strip():
             task.prompt = prompt.strip()
         task.status, task.modal_needs = "NOT_START", None
-        return await self._admit(task)
+        return await self._admit(task, relayed_as="MODAL")
 
     async def upload(self, request: Request, body: dict[str, Any]) -> Response:
         images = self._images(body, "base64Array", 1, 10)
@@ -350,10 +483,13 @@ class SimulatorApp:
     async def fetch(self, request: Request) -> Response:
         await self._hold("poll", self.config.poll_delay_rate, self.config.poll_delay_s)
         task = self.engine.tasks.get(request.path_params["task_id"])
+        config = self.config
         if task is None:
-            return answers.unknown_task(self.config.unknown_task, self.config.dialect)
+            return answers.unknown_task(config.unknown_task, config.dialect, config.profile)
         self.engine.advance()
-        return Response(self.engine.view_json(task, self.base_url), media_type="application/json")
+        if config.profile in ("plus", "vendor"):  # the upstream's own view: serialised once when final
+            return Response(self.engine.view_json(task, self.base_url), media_type="application/json")
+        return JSONResponse(self._view(task, time.time()))
 
     async def list_by_condition(self, request: Request, body: dict[str, Any]) -> Response:
         ids = body.get("ids")
@@ -363,13 +499,40 @@ class SimulatorApp:
         self.engine.advance()
         now = time.time()
         tasks = (self.engine.tasks.get(str(i)) for i in ids)
-        return JSONResponse([self.engine.view(t, self.base_url, now) for t in tasks if t is not None])
+        return JSONResponse([self._view(t, now) for t in tasks if t is not None])
+
+    def _view(self, task: SimTask, now: float) -> dict[str, Any]:
+        """The task as this profile's server answers it (new-api: its own copy, as of its last poll)."""
+        config, engine = self.config, self.engine
+        if config.profile != "newapi":
+            return self._shape(task, engine.view(task, self.base_url, now))
+        poll = config.newapi_poll_s * config.time_factor
+        polls = int((now - task.created) // poll)
+        at = task.created + polls * poll
+        deadline = task.created + config.newapi_timeout_s * config.time_factor
+        first_late = task.created + (int((deadline - task.created) // poll) + 1) * poll  # first poll past it
+        timed_out = at >= first_late and engine.progress(task, first_late)[0] not in TERMINAL
+        if timed_out:
+            at = first_late  # its copy never changes again
+        view = engine.view(task, self.base_url, at if polls else task.created)
+        return profiles.newapi_view(view, self.base_url, polls > 0, timed_out)
+
+    def _shape(self, task: SimTask, view: dict[str, Any]) -> dict[str, Any]:
+        """The upstream view in this profile's wire shape (callbacks too)."""
+        profile = self.config.profile
+        if profile == "java":
+            return profiles.java_view(view)
+        if profile == "trueai":
+            hd = (task.custom_id or "").startswith("MJ::JOB::upsample_")
+            return profiles.trueai_view(view, self.base_url, image_seed(task.id), task.parent_id, hd,
+                                        task.action in GRID_ACTIONS)
+        return view
 
     async def image_seed(self, request: Request) -> Response:
         task = self.engine.tasks.get(request.path_params["task_id"])
         if task is None:
             return answers.unknown_task("404" if self.config.unknown_task == "dialect" else self.config.unknown_task,
-                                        self.config.dialect)
+                                        self.config.dialect, self.config.profile)
         self.engine.advance()
         if task.status != "SUCCESS" or task.action not in IMAGE_ACTIONS:
             return answers.validation("seed only for finished image tasks", self.config.dialect)
@@ -391,7 +554,14 @@ class SimulatorApp:
         if task.action == "DESCRIBE" and task.image_key in self.engine.uploads:
             data = self.engine.uploads[task.image_key or ""]
             return Response(data, media_type=sniff_mime(data))
-        png = await asyncio.to_thread(render_png, task.prompt, task.action in GRID_ACTIONS, _label(task))
+        tile = request.path_params.get("n")
+        if tile is not None:  # trueai's imageUrls: one of the four grid images (thumbnail: half its size)
+            if task.action not in GRID_ACTIONS or not 1 <= tile <= 4:
+                return Response(status_code=404)
+            png = await asyncio.to_thread(render_tile, task.prompt, _label(task), tile,
+                                          request.query_params.get("thumb") == "1")
+        else:
+            png = await asyncio.to_thread(render_png, task.prompt, task.action in GRID_ACTIONS, _label(task))
         return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=86400"})
 
     async def uploaded(self, request: Request) -> Response:
@@ -410,6 +580,8 @@ class SimulatorApp:
     async def admin_faults(self, request: Request) -> Response:
         """Patch the configuration; dict fields (durations, concurrency) merge per mode."""
         body = await self._body(request)
+        if "profile" in body and "dialect" not in body:  # the profile's dialect unless both are given
+            body["dialect"] = profile_dialect(str(body["profile"]))
         current = self.config.model_dump()
         for name, value in body.items():
             if isinstance(current.get(name), dict) and isinstance(value, dict):
@@ -434,6 +606,7 @@ class SimulatorApp:
         self.engine.reset()
         self.dispatcher.reset()
         self.submit_log.clear()
+        self.ban_until, self.recent_429s = 0.0, 0
         return JSONResponse(self.config.public())
 
     async def admin_tasks(self, request: Request) -> Response:
@@ -455,17 +628,23 @@ class SimulatorApp:
 
     # -- wiring ------------------------------------------------------------------------------------------
 
-    def _endpoint(self, path: str, method: str, run: Handler, *, submit: bool, counted: bool = True) -> Handler:
+    def _endpoint(self, path: str, method: str, run: Handler, *, submit: bool, counted: bool = True,
+                  public: bool = False) -> Handler:
         """Wrap a handler: request counter (by prefix + route), auth, HTTP faults, submission counter."""
         is_api = path.startswith("/mj/")
 
         async def endpoint(request: Request) -> Response:
             if is_api:  # the API caller's view of our host (not a health check's localhost)
                 self._learn_base(request)
+            profile = self.config.profile
+            missing = (path in JAVA_MISSING or request.scope.get("mj_prefix")) if profile == "java" \
+                else (path in JAVA_ONLY or (path in NEWAPI_ONLY and profile != "newapi"))
+            if is_api and missing:  # a route this server does not have
+                return answers.java_not_found(path) if profile == "java" else Response(status_code=404)
             if counted:
                 self.engine.requests[f"{method} {request.scope.get('mj_prefix', '')}{path}"] += 1
             try:
-                if is_api:
+                if is_api and not public:
                     self._check_auth(request)
                     if submit or self.config.fault_scope == "all":
                         self._http_faults()
@@ -479,7 +658,10 @@ class SimulatorApp:
 
     def _with_body(self, handler: BodyHandler, *, submission: bool) -> Handler:
         async def run(request: Request) -> Response:
-            body = await self._body(request)
+            body = await self._body(request, api=True)
+            if self.config.profile == "newapi":  # the gateway deletes both before relaying
+                body.pop("notifyHook", None)
+                body.pop("accountFilter", None)
             if submission:
                 self._count_submission(body)
                 self._check_credit()
@@ -493,6 +675,7 @@ class SimulatorApp:
             ("/mj/submit/describe", self.describe, True), ("/mj/submit/action", self.action, True),
             ("/mj/insight-face/swap", self.swap_face, True), ("/mj/submit/modal", self.modal, False),
             ("/mj/submit/upload-discord-images", self.upload, False),
+            ("/mj/submit/change", self.change, True), ("/mj/submit/simple-change", self.simple_change, True),
         ]
         routes = [Route(p, self._endpoint(p, "POST", self._with_body(h, submission=s), submit=True),
                         methods=["POST"]) for p, h, s in submits]
@@ -502,9 +685,14 @@ class SimulatorApp:
             methods=["POST"]))
         reads: list[tuple[str, Handler]] = [
             ("/mj/task/{task_id}/image-seed", self.image_seed),
-            ("/images/{task_id}.png", self.image), ("/uploads/{name}", self.uploaded),
+            ("/images/{task_id}.png", self.image), ("/images/{task_id}/{n:int}.png", self.image),
+            ("/uploads/{name}", self.uploaded),
         ]
         routes += [Route(p, self._endpoint(p, "GET", h, submit=False), methods=["GET"]) for p, h in reads]
+        # new-api serves the images itself, without a token
+        image = "/mj/image/{task_id}"
+        routes.append(Route(image, self._endpoint(image, "GET", self.image, submit=False, public=True),
+                            methods=["GET"]))
         routes.append(Route("/mj/task/{task_id}/fetch", self.fetch_endpoint, methods=["GET"]))
         admin: list[tuple[str, str, Handler]] = [
             ("/admin/stats", "GET", self.admin_stats), ("/admin/faults", "GET", self.admin_config),

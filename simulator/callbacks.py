@@ -11,12 +11,13 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from simulator.engine import TERMINAL, Engine
+from simulator.engine import TERMINAL, Engine, SimTask
 
 TICK_S = 0.01
 SENDERS = 8
@@ -48,6 +49,8 @@ class CallbackDispatcher:
         self.tracks: dict[str, Track] = {}
         self.workers: list[asyncio.Task[None]] = []
         self.client: httpx.AsyncClient | None = None
+        # the task JSON in the server profile's wire shape (the app sets it; identity by default)
+        self.shape: Callable[[SimTask, dict[str, Any]], dict[str, Any]] = lambda task, body: body
 
     async def start(self) -> None:
         self.client = httpx.AsyncClient(timeout=SEND_TIMEOUT_S,
@@ -80,14 +83,14 @@ class CallbackDispatcher:
                 continue
             track = self.tracks.get(task_id)
             if track is None:
-                body = engine.view(task, self.base_url, task.created)
-                track = self.tracks[task_id] = Track((body["status"], body["progress"]), task.created, body)
+                body = self.shape(task, engine.view(task, self.base_url, task.created))
+                track = self.tracks[task_id] = Track(engine.progress(task, task.created), task.created, body)
                 self._emit(task.hook, body, None)
             moments = engine.checkpoints(task, track.at, now)
             for at in [*moments, now]:
                 key = engine.progress(task, at)
                 if key != track.key:
-                    body = engine.view(task, self.base_url, at)
+                    body = self.shape(task, engine.view(task, self.base_url, at))
                     self._emit(task.hook, body, track.body)
                     track.key, track.body = key, body
             track.at = now

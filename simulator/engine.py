@@ -245,7 +245,7 @@ class Engine:
 
     def new_task(self, action: str, mode: str, prompt: str, state: str | None, hook: str | None) -> SimTask:
         task = SimTask(id=str(next(self.ids)), action=action, mode=mode, prompt=prompt, state=state,
-                       hook=hook or self.config.notify_hook, created=time.time())
+                       hook=hook or self._global_hook(), created=time.time())
         task.stuck = self.rng.random() < self.config.stuck_rate
         task.fail = self.rng.random() < self.config.failure_rate
         self.tasks[task.id] = task
@@ -253,6 +253,10 @@ class Engine:
             self.accepted_by_state[state] += 1
         self.accepted += 1
         return task
+
+    def _global_hook(self) -> str | None:
+        """The server's own hook; none behind new-api (it relays no callbacks to its users)."""
+        return None if self.config.profile == "newapi" else self.config.notify_hook
 
     def force_finish(self, task_id: str) -> bool:
         """End a task now (e.g. a stuck one), freeing its slot."""

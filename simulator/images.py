@@ -55,6 +55,21 @@ def render_png(prompt: str, grid: bool, label: str = "") -> bytes:
     return buffer.getvalue()
 
 
+@lru_cache(maxsize=1024)
+def render_tile(prompt: str, label: str, index: int, thumbnail: bool = False) -> bytes:
+    """One of a grid's four images (1-4, left to right, top to bottom) as its own PNG, a quadrant in size;
+    ``thumbnail`` gives it at half that size."""
+    grid = Image.open(io.BytesIO(render_png(prompt, True, label)))
+    half = GRID_SIZE // 2
+    x, y = ((index - 1) % 2) * half, ((index - 1) // 2) * half
+    tile = grid.crop((x, y, x + half, y + half))
+    if thumbnail:
+        tile = tile.resize((half // 2, half // 2))
+    buffer = io.BytesIO()
+    tile.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
 def sniff_mime(data: bytes) -> str:
     """The content type of stored upload bytes, by magic number (WEBP by its RIFF header)."""
     for magic, mime in MAGIC:

@@ -59,7 +59,10 @@ def test_python_m_simulator_serves_until_stopped() -> None:
             except httpx.TransportError:
                 assert time.monotonic() < deadline and process.poll() is None, process.stderr
                 time.sleep(0.05)
-        headers = {"Authorization": "Bearer cli-key"}
+        bearer = httpx.post(f"{url}/mj/submit/imagine", json={"prompt": "x"},
+                            headers={"Authorization": "Bearer cli-key"})
+        assert (bearer.status_code, bearer.content) == (401, b""), "the default profile, plus: mj-api-secret only"
+        headers = {"mj-api-secret": "cli-key"}
         task_id = httpx.post(f"{url}/mj/submit/imagine", json={"prompt": "from the CLI"}, headers=headers).json()
         assert task_id["code"] == 1
         time.sleep(0.2)
