@@ -144,3 +144,21 @@ def test_client_scrubs_an_echoed_key_from_error_texts() -> None:
         error = client._scrub(ValidationRejected("bad key sk-echoed-key", description="got sk-echoed-key"))
     assert "sk-echoed-key" not in str(error) and "sk-echoed-key" not in (error.description or "")
     assert "sk-echoed-key" not in repr(client) and "api_key=set" in repr(client)
+
+
+@pytest.mark.parametrize("dialect", ["proxy", "vendor"])
+@pytest.mark.parametrize(
+    ("description", "kind"),
+    [
+        ("无可用的账号实例", AccountUnavailable),  # the real servers' "no usable account" (upstreams.md)
+        ("账号不可用: 1234567890", AccountUnavailable),
+        ("关联任务不存在或已失效", NotFound),  # the same code 3 for an unknown parent task
+    ],
+)
+def test_code_3_is_an_account_problem_or_a_missing_task_by_its_text(
+    dialect: Dialect, description: str, kind: type[MJError]
+) -> None:
+    with pytest.raises(MJError) as info:
+        classify(200, body(3, description), dialect)
+    assert type(info.value) is kind, info.value
+    assert isinstance(info.value, StopSubmitting) == (kind is AccountUnavailable)

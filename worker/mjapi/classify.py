@@ -132,7 +132,7 @@ def _recognised(
         )
     if code == NO_BALANCE or _CREDIT.search(description):
         return OutOfCredit(_describe("out of credit", code, status, description), **args)
-    if code in (CODE_24, FAILURE) and _ACCOUNT.search(description):
+    if code in (CODE_24, FAILURE, NOT_FOUND) and _ACCOUNT.search(description):  # 3 "无可用的账号实例": no account
         return AccountUnavailable(_describe("account unavailable", code, status, description), **args)
     if code in (CODE_24, VALIDATION_ERROR, FAILURE, None) and _BANNED.search(description):
         return BannedPrompt(_describe("banned prompt", code, status, description), **args)
