@@ -19,6 +19,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--full", action="store_true", help="run slow scenarios at full size")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the marks (it appends the group to the node id)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``--dist loadgroup``) tests that use the session's worker stack stay together per
+    module, so a module's configuration switches (worker restarts) happen once, on one xdist worker; the
+    reliability scenarios are one group (they run in order on one stack). Every xdist worker has its own
+    session Redis, simulator, worker stack, free ports and temp dirs; the other tests are spread freely."""
+    for item in items:
+        if item.get_closest_marker("xdist_group"):
+            continue
+        if "reliability" in item.path.parts:
+            item.add_marker(pytest.mark.xdist_group("reliability"))
+        elif "stack_manager" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
+
+
 @pytest.fixture(autouse=True)
 def _own_environment() -> Iterator[None]:
     """Each test gets back the ``MJQ_*`` environment it started with (stack fixtures point the producer at
