@@ -27,8 +27,9 @@ from tests.support.stack import Stack, StackManager
 
 stack_support.CONFIGS.update(
     {
-        # no downloads; input images live 2 s unless something keeps them
-        "lean": {"MJQ_DOWNLOAD_IMAGES": "false", "MJQ_IMAGE_TTL_S": "2"},
+        # no downloads; input images live 6 s unless something keeps them (the producer stores them: on a busy
+        # machine the worker may take seconds to start the job, which must still find them)
+        "lean": {"MJQ_DOWNLOAD_IMAGES": "false", "MJQ_IMAGE_TTL_S": "6"},
         # one fast slot, pacing of 1 s between submits, a daily cap that counts, few attempts
         "paced": {
             "MJQ_SLOTS_FAST": "1",
@@ -269,14 +270,14 @@ def test_a_long_parked_job_keeps_its_images(lean_stack: Stack, sim: Any) -> None
     stack = lean_stack
     stack.ledger.trip_breaker("test: hold the job longer than its images live")
     result = tasks.imagine.delay("parked with an image prompt", base64_array=[png_data_uri("purple")])
-    stack.wait(lambda: stack.ledger.waiting_count("fast") == 1, 20, "the job parked")
+    stack.wait(lambda: stack.ledger.waiting_count("fast") == 1, 60, "the job parked")
     (ref,) = stack.job(result.id)["request"]["base64_array"]
     key = f"mjq:img:{ref[4:]}"
-    time.sleep(5.0)  # 2.5 times MJQ_IMAGE_TTL_S
+    time.sleep(15.0)  # 2.5 times MJQ_IMAGE_TTL_S
     assert stack.redis.exists(key), "the parked job's image expired"
     control.resume_submitting()
-    assert result.get(timeout=20)["status"] == "succeeded"
-    stack.wait(lambda: not stack.redis.exists(key), 15, "the finished job's image to expire")
+    assert result.get(timeout=60)["status"] == "succeeded"
+    stack.wait(lambda: not stack.redis.exists(key), 60, "the finished job's image to expire")
 
 
 # ---------------------------------------------------------------------------------------------------------
