@@ -27,14 +27,18 @@ lint: install
 typecheck: install
 	$(BIN)/mypy worker tasks simulator bench tests
 
+# The suite in 2 pytest-xdist workers (each with its own Redis, simulator, worker stack, ports and temp dirs);
+# a test module is one unit of work, the reliability scenarios are one unit (tests/conftest.py).
+XDIST ?= -n 2 --dist loadfile
+
 pytest: install
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q $(XDIST) --durations=15
 
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy worker tasks simulator bench tests
 	$(BIN)/lint-imports
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q $(XDIST) --durations=15
 
 test-full: install
 	$(BIN)/pytest -q --full

@@ -16,17 +16,26 @@ from tests.support.sim import SimApi
 
 
 class Receiver:
-    """Records every JSON body POSTed to it; ``delay_s`` makes each answer slow."""
+    """Records every JSON body POSTed to it; ``hold()`` keeps every answer (and its recording) back until
+    ``release()``: a hook that is as slow as we like, without a clock."""
 
     def __init__(self) -> None:
         self.bodies: list[dict[str, Any]] = []
-        self.delay_s = 0.0
+        self.held = 0  # requests waiting for release() right now
+        self._open = threading.Event()
+        self._open.set()
+        self._lock = threading.Lock()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                time.sleep(receiver.delay_s)
+                if not receiver._open.is_set():
+                    with receiver._lock:
+                        receiver.held += 1
+                    receiver._open.wait(60)
+                    with receiver._lock:
+                        receiver.held -= 1
                 receiver.bodies.append(body)
                 self.send_response(200)
                 self.send_header("Content-Length", "0")
@@ -46,6 +55,12 @@ class Receiver:
             assert time.monotonic() < deadline, f"callbacks so far: {seen}"
             time.sleep(0.01)
 
+    def hold(self) -> None:
+        self._open.clear()
+
+    def release(self) -> None:
+        self._open.set()
+
     def of(self, task_id: str) -> list[tuple[str, str]]:
         return [(b["status"], b["progress"]) for b in self.bodies if b["id"] == task_id]
 
@@ -54,6 +69,7 @@ class Receiver:
 def receiver() -> Iterator[Receiver]:
     receiver = Receiver()
     yield receiver
+    receiver.release()
     receiver.server.shutdown()
     receiver.server.server_close()
 
@@ -84,15 +100,13 @@ def test_callbacks_follow_every_status_and_progress_step(sim: SimulatorAdmin, si
 
 
 def test_a_slow_hook_never_slows_submits(sim: SimulatorAdmin, sim_api: SimApi, receiver: Receiver) -> None:
-    receiver.delay_s = 0.5
+    receiver.hold()  # the hook answers nothing until released: a submit that waited for it would never return
     sim.faults(time_factor=0.002, concurrency={"FAST": 20}, queue_size=20)
-    ids = []
-    for i in range(10):
-        started = time.monotonic()
-        ids.append(sim_api.imagine(f"fast answer {i}", notifyHook=receiver.url))
-        assert time.monotonic() - started < 0.2
-    assert all(sim_api.wait(i)["status"] == "SUCCESS" for i in ids), "fetch answers while hooks are slow"
-    assert not any(b["status"] == "SUCCESS" for b in receiver.bodies), "the callbacks are still on their way"
+    ids = [sim_api.imagine(f"fast answer {i}", notifyHook=receiver.url) for i in range(10)]
+    assert all(sim_api.wait(i, timeout=60)["status"] == "SUCCESS" for i in ids), "fetch answers while hooks hang"
+    receiver.wait(lambda _: receiver.held > 0, timeout=60)  # callbacks were sent, and are hanging right now
+    assert not receiver.bodies, "every callback is still held: submits and fetches were answered before any"
+    receiver.release()
 
 
 def test_dropped_callbacks(sim: SimulatorAdmin, sim_api: SimApi, receiver: Receiver) -> None:

@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import httpx
 import pytest
 
 from simulator.server import SimulatorAdmin
-from tests.support.sim import SIM_KEY, SimApi
+from tests.support.sim import SIM_KEY, SimApi, wait_for_task
+
+
+def _held(seen: Callable[[], bool], *, answered: Callable[[], bool], timeout: float = 60.0) -> bool:
+    """Whether ``seen()`` was true at a look taken while ``answered()`` was still false (looks every 10 ms):
+    the order of two events, not a duration."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not answered():
+        if seen():
+            return True
+        time.sleep(0.01)
+    return False
 
 
 def test_http_500_and_429_with_retry_after(sim: SimulatorAdmin, sim_api: SimApi) -> None:
@@ -39,12 +51,12 @@ def test_partial_rates_are_seeded(sim: SimulatorAdmin, sim_api: SimApi) -> None:
 
 
 def test_read_delay_creates_the_task_then_answers_late(sim: SimulatorAdmin) -> None:
-    sim.faults(read_delay_rate=1.0, read_delay_s=0.6)
-    with httpx.Client(base_url=sim.url, headers={"mj-api-secret": SIM_KEY}, timeout=0.2) as client:
-        started = time.monotonic()
-        with pytest.raises(httpx.ReadTimeout):
-            client.post("/mj/submit/imagine", json={"prompt": "slow", "state": "lost-answer"})
-        assert time.monotonic() - started < 0.5
+    # the answer comes 5 s late; the client gives up after 1 s: it times out long before the answer
+    sim.faults(read_delay_rate=1.0, read_delay_s=5.0)
+    with httpx.Client(base_url=sim.url, headers={"mj-api-secret": SIM_KEY}, timeout=1.0) as client, \
+            pytest.raises(httpx.ReadTimeout):
+        client.post("/mj/submit/imagine", json={"prompt": "slow", "state": "lost-answer"})
+    wait_for_task(sim, "slow", timeout=30)
     tasks = sim.tasks()
     assert [t["state"] for t in tasks] == ["lost-answer"], "the task exists although the answer was lost"
     assert sim.stats()["submissions_by_state"] == {"lost-answer": 1}
@@ -56,16 +68,15 @@ def test_image_delay_holds_downloads_in_flight(sim: SimulatorAdmin, sim_api: Sim
 
     sim.faults(time_factor=0.002)
     url = sim_api.finished("a slow picture")["imageUrl"]
-    sim.faults(image_delay_rate=1.0, image_delay_s=0.5)
+    sim.faults(image_delay_rate=1.0, image_delay_s=3.0)
     answer: list[httpx.Response] = []
-    download = threading.Thread(target=lambda: answer.append(httpx.get(url, timeout=5)))
-    started = time.monotonic()
+    download = threading.Thread(target=lambda: answer.append(httpx.get(url, timeout=60)))
     download.start()
-    time.sleep(0.2)
-    assert sim.stats()["images_in_flight"] == 1, "a held download is visible while it waits"
+    seen = _held(lambda: sim.stats()["images_in_flight"] == 1, answered=lambda: bool(answer))
+    assert seen, "a held download is visible while it waits, before its answer"
     download.join()
     assert answer[0].status_code == 200 and answer[0].content.startswith(b"\x89PNG")
-    assert time.monotonic() - started >= 0.5 and sim.stats()["images_in_flight"] == 0
+    assert sim.stats()["images_in_flight"] == 0
     assert sim.stats()["faults"] == {"image_delay": 1}
 
 
@@ -74,21 +85,20 @@ def test_poll_delay_holds_fetches_and_lists_in_flight(sim: SimulatorAdmin, sim_a
 
     sim.faults(time_factor=0.002)
     task_id = str(sim_api.finished("a slow poll")["id"])
-    sim.faults(poll_delay_rate=1.0, poll_delay_s=0.5)
+    sim.faults(poll_delay_rate=1.0, poll_delay_s=3.0)
     answers: list[object] = []
 
     def listed() -> None:
         answers.append(sim_api.http.post("/mj/task/list-by-condition", json={"ids": [task_id]}).json())
 
     reads = [threading.Thread(target=lambda: answers.append(sim_api.fetch(task_id))), threading.Thread(target=listed)]
-    started = time.monotonic()
     for read in reads:
         read.start()
-    time.sleep(0.2)
-    assert sim.stats()["polls_in_flight"] == 2, "held polls are visible while they wait"
+    seen = _held(lambda: sim.stats()["polls_in_flight"] == 2, answered=lambda: bool(answers))
+    assert seen, "held polls are visible while they wait, before their answers"
     for read in reads:
         read.join()
-    assert time.monotonic() - started >= 0.5 and sim.stats()["polls_in_flight"] == 0
+    assert sim.stats()["polls_in_flight"] == 0
     assert len(answers) == 2 and sim.stats()["faults"] == {"poll_delay": 2}
 
 

@@ -3,7 +3,6 @@ they still finish by polling; a lost submit answer is reconciled by the callback
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from tests.support.stack import Stack
@@ -12,13 +11,17 @@ from tests.support.stack import Stack
 def test_jobs_finish_by_webhook(hook_stack: Stack, sim: Any) -> None:
     import tasks
 
-    started = time.monotonic()
-    results = [tasks.imagine.delay(f"hooked {i}") for i in range(3)]
-    done = [r.get(timeout=20) for r in results]
-    assert time.monotonic() - started < 1.9  # before the first safety-net poll (expected_fast_s = 2.0)
+    # turbo: the simulated job takes 0.25 s, the safety-net poll comes 2.0 s + 0.5 s after the submit (10x)
+    results = [tasks.imagine.delay(f"hooked {i}", mode="turbo") for i in range(3)]
+    done = [r.get(timeout=60) for r in results]
     assert all(d["status"] == "succeeded" and d["image_path"] for d in done)
+    # finished by their callbacks, before any safety-net poll: no job was ever polled, and the simulator got
+    # no poll request at all (neither a fetch nor a list-by-condition)
     assert all(hook_stack.job(d["job_id"])["settled_by"] == "webhook" for d in done)
-    assert sim.stats()["callbacks_sent"] > 0
+    assert all(not hook_stack.job(d["job_id"]).get("polls") for d in done)
+    stats = sim.stats()
+    assert not [k for k in stats["requests"] if "/fetch" in k or "list-by-condition" in k], stats["requests"]
+    assert stats["callbacks_sent"] > 0
 
 
 def test_jobs_finish_by_polling_when_every_callback_is_lost(hook_stack: Stack, sim: Any) -> None:

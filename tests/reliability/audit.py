@@ -96,6 +96,8 @@ def audit(
     first = {j: _retrying(ledger.get_job, j) for j in job_ids}
     task_ids = list(dict.fromkeys([*enqueued, *(str(r["task_id"]) for r in first.values() if r and r.get("task_id"))]))
     _quiet(stack, task_ids, quiet_s)
+    for batch_id in batch_ids:  # a follow-up created meanwhile is audited too, not only seen in the counters
+        job_ids += [j for j in _retrying(ledger.batch_job_ids, batch_id) if j not in job_ids]
     jobs: dict[str, dict[str, Any] | None] = {j: _retrying(ledger.get_job, j) for j in job_ids}
 
     _check_lost(fig, jobs)

@@ -18,20 +18,22 @@ the figures: ``RELIABILITY_SEED=<n>`` replays a run. A fixed seed would test the
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import signal
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
+import redis
 
 from tests.reliability.audit import TERMINAL, audit
 from tests.reliability.faultproxy import FaultProxy
-from tests.reliability.report import RESULTS, Figures, results_path, write_readme, write_table
+from tests.reliability.report import RESULTS, Figures, summary, write_readme
 from tests.support import stack as stack_support
 from tests.support.stack import Stack, StackManager, WorkerProcess, reset_state
 
@@ -54,7 +56,10 @@ REL_BASE = {
     "MJQ_EXPECTED_TURBO_S": "0.1",
     "MJQ_WEBHOOK_POLL_S": "0.5",  # also bounds the settings' countdown check against the visibility timeout
 }
-REL_HOOK = {**REL_BASE, "MJQ_WEBHOOK_MAX_BODY_BYTES": str(WEBHOOK_MAX_BODY)}
+# Webhooks on: the safety-net poll comes 2 s after the expected duration (still below the visibility timeout),
+# 10x and more the jobs' 0.05-0.36 s, so on a busy machine the callbacks still settle jobs before any poll
+# (scenarios 4b and 8 check that they do); with every callback lost, the polls finish the jobs (4a).
+REL_HOOK = {**REL_BASE, "MJQ_WEBHOOK_POLL_S": "2.0", "MJQ_WEBHOOK_MAX_BODY_BYTES": str(WEBHOOK_MAX_BODY)}
 HOOKED = {"rel-hook", "rel-debug", "rel-faults"}
 stack_support.CONFIGS.update(
     {
@@ -257,9 +262,71 @@ class Rel:
         return self.stack.log_path.read_text(errors="replace")
 
 
+IDLE_TASKS = frozenset({"tasks.track.housekeeping"})  # the beat's own round: runs every half second, always
+
+
+def worker_holds(timeout_s: float = 2.0) -> list[str]:
+    """The tasks the worker process holds right now (running but housekeeping, prefetched, or scheduled with
+    a countdown), as ``name id`` lines; [] when it holds none."""
+    from worker.app import app
+
+    inspect = app.control.inspect(timeout=timeout_s, limit=1)  # one worker: answer at its reply
+    held: list[str] = []
+    for kind in ("active", "reserved", "scheduled"):
+        for tasks in (getattr(inspect, kind)() or {}).values():
+            for task in tasks:
+                request = task.get("request", task)  # scheduled entries wrap the request
+                if request.get("name") not in IDLE_TASKS:
+                    held.append(f"{kind} {request.get('name')} {request.get('id')}")
+    return held
+
+
+def drained(timeout_s: float) -> list[str]:
+    """Wait (bounded) until the worker holds no task; what it still holds then ([] when drained)."""
+    from kombu.exceptions import OperationalError
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            held = worker_holds()
+        except (redis.ConnectionError, OperationalError) as exc:  # a pooled connection to a restarted Redis
+            held = [f"(no answer: {exc})"]
+        if not held or time.monotonic() > deadline:
+            return held
+        time.sleep(0.2)
+
+
+def quiesce(manager: StackManager, timeout_s: float = 15.0) -> None:
+    """Make sure nothing of the previous test can run after the next ``reset_state``.
+
+    ``reset_state`` forgets the ledger and the broker's queues, not what the worker process (kept between
+    scenarios of one configuration) already holds: a scheduled retry or resend, a redelivered copy of a job's
+    task, a poll or a finish still downloading would run after the reset, against a ledger that no longer knows
+    its job, and write a record of it there — a whole new one (a job task's start records the job it does not
+    find) or a partial one (the download's update) — a ``mjq:job:`` key that is no job of the next scenario.
+    So: wait until the worker holds nothing; a task still held after ``timeout_s`` (seen: a follow-up task of the
+    Redis-restart scenario still running a minute after its job had finished) ends with its worker process,
+    which is replaced by a fresh one."""
+    held = drained(timeout_s)
+    old = manager.worker
+    if not held or old is None:
+        return
+    print(f"\nworker replaced: it still held {held[:5]} after {timeout_s:.0f} s")
+    old.stop()
+    base = old.log_path.stem.split("-fresh")[0]
+    log_path = old.log_path.with_name(f"{base}-fresh-{time.monotonic_ns()}.log")
+    manager.worker = WorkerProcess(old.env, log_path, loglevel=old.loglevel).start(manager.redis_url)
+    if manager.stack is not None:
+        manager.stack.log_path = log_path
+
+
 def _rel(stack_manager: StackManager, sim: Any, name: str, full_size: bool, request: pytest.FixtureRequest, *,
          crash: bool = False) -> Iterator[Rel]:
     stack = stack_manager.use(name)
+    # nothing of an earlier test may run after the last reset: the first stops any delivery of its messages,
+    # then what the worker already holds runs out (writing into the wiped ledger), the second wipes that too
+    reset_state(stack.redis_url)
+    quiesce(stack_manager)
     reset_state(stack.redis_url)
     sim.faults(time_factor=TIME_FACTOR)
     rel = Rel(stack, stack_manager, sim, FULL if full_size else REDUCED, full_size, request.node.name, crash)
@@ -269,6 +336,7 @@ def _rel(stack_manager: StackManager, sim: Any, name: str, full_size: bool, requ
     if worker is None or worker.process is None or worker.process.poll() is not None:
         rel.restart_worker()
     stack.redis.delete("mjq:breaker")
+    quiesce(stack_manager)  # ... nor reach the simulator the next test resets first
 
 
 @pytest.fixture
@@ -342,23 +410,23 @@ def _ran_everything(terminalreporter: Any) -> bool:
     return bool(_SESSION["files"] == every)
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """In a pytest-xdist worker: hand the figures and the seed to the controller (``tests/conftest.py`` prints
+    them there, as the summary below does in a run without xdist)."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None and RESULTS:
+        figures = json.loads(json.dumps([asdict(f) for f in RESULTS], default=str))  # plain data for execnet
+        workeroutput["reliability"] = {"seed": SEED, "figures": figures}
+
+
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     """The figures of every scenario that ran, as a table (also written next to the results file); a full-size
     run of the whole suite that passed writes them into the README."""
     if not RESULTS:
         return
-    table = write_table(RESULTS)
+    for line in summary(RESULTS, SEED):
+        terminalreporter.write_line(line)
     write = terminalreporter.write_line
-    write("")
-    write(f"reliability results, seed {SEED} (replay: RELIABILITY_SEED={SEED}); JSON lines in {results_path()}, "
-          f"table in {table}:")
-    write(f"{'scenario':<38} {'size':<7} {'jobs':>5} {'lost':>5} {'dup':>4} {'resub':>5} {'review':>6} {'secs':>6}  "
-          "outcome")
-    for fig in RESULTS:
-        write(
-            f"{fig.scenario:<38} {fig.size:<7} {fig.jobs:>5} {fig.lost:>5} {fig.duplicate_submits:>4} "
-            f"{fig.resubmits:>5} {fig.needs_review:>6} {fig.seconds:>6.1f}  {fig.outcome} {fig.notes}"
-        )
     if config.getoption("--full") and _ran_everything(terminalreporter):
         readme = Path(__file__).resolve().parents[2] / "README.md"
         run_s = time.monotonic() - float(_SESSION["started"])

@@ -93,6 +93,29 @@ def record(fig: Figures) -> None:
         out.write(json.dumps(data, ensure_ascii=False, default=str) + "\n")
 
 
+def summary(figures: list[Figures], seed: int) -> list[str]:
+    """The terminal summary of a run: where the figures are, then one line per scenario."""
+    lines = [
+        "",
+        f"reliability results, seed {seed} (replay: RELIABILITY_SEED={seed}); JSON lines in {results_path()}, "
+        f"table in {write_table(figures)}:",
+        f"{'scenario':<38} {'size':<7} {'jobs':>5} {'lost':>5} {'dup':>4} {'resub':>5} {'review':>6} {'secs':>6}  "
+        "outcome",
+    ]
+    lines += [
+        f"{fig.scenario:<38} {fig.size:<7} {fig.jobs:>5} {fig.lost:>5} {fig.duplicate_submits:>4} "
+        f"{fig.resubmits:>5} {fig.needs_review:>6} {fig.seconds:>6.1f}  {fig.outcome} {fig.notes}"
+        for fig in figures
+    ]
+    return lines
+
+
+def from_dict(data: dict[str, Any]) -> Figures:
+    """Figures back from ``asdict`` (how an xdist worker hands them to the controller)."""
+    known = {k: v for k, v in data.items() if k in Figures.__dataclass_fields__}
+    return Figures(**known)
+
+
 def table(figures: list[Figures]) -> list[str]:
     """The figures as Markdown table lines."""
     lines = [

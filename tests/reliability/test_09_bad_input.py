@@ -213,7 +213,12 @@ def test_bad_producer_input_mixed_into_a_batch(rel_hook: Rel, started: float, tm
     assert fig.by_status == {"succeeded": fig.jobs}
     # nothing of the bad input was recorded, stored or sent: every record and every submit is the batch's
     jobs = set(rel.stack.ledger.batch_job_ids(BATCH))
-    assert {k.removeprefix("mjq:job:") for k in client.scan_iter("mjq:job:*")} == jobs
+    recorded = {k.removeprefix("mjq:job:") for k in client.scan_iter("mjq:job:*")}
+    foreign = {j: {k: v[:100] for k, v in client.hgetall(f"mjq:job:{j}").items()
+                  if k in ("batch_id", "kind", "action", "parent_job", "status", "task_name", "created_at", "prompt")}
+              for j in recorded - jobs}
+    assert recorded == jobs, {"not recorded": sorted(jobs - recorded), "records of no job of the batch": foreign,
+                              "audit": fig.line()}
     assert not list(client.scan_iter("mjq:img:*")), "a refused request stored an image"
     stats = rel.sim.stats()
     assert set(stats["submissions_by_state"]) == jobs and stats["submissions"] == len(jobs), stats
