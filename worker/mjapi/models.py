@@ -307,7 +307,15 @@ def _text_or_none(value: Any) -> Any:
 
 
 def _millis(value: Any) -> Any:
-    return None if value in (None, "") else value
+    return None if value in (None, "", 0) else value  # null (java) and 0 (new-api) mean "not reached"
+
+
+def _image_urls(value: Any) -> Any:
+    """trueai's ``imageUrls`` ``[{url, thumbnail}]`` (the four grid images) as a list of URLs."""
+    if not isinstance(value, list):
+        return []
+    urls = [item.get("url") if isinstance(item, Mapping) else item for item in value]
+    return [u for u in urls if isinstance(u, str) and u]
 
 
 class Button(ResponseModel):
@@ -342,6 +350,7 @@ class Task(ResponseModel):
     start_time: Millis = None
     finish_time: Millis = None
     image_url: Text = None
+    image_urls: Annotated[list[str], BeforeValidator(_image_urls)] = Field(default_factory=list)
     fail_reason: Text = None
     buttons: Annotated[list[Button], BeforeValidator(_none_to_empty_list)] = Field(default_factory=list)
     properties: Annotated[dict[str, Any], BeforeValidator(_none_to_empty_dict)] = Field(default_factory=dict)
