@@ -157,3 +157,33 @@ def test_submit_paths_and_timeouts() -> None:
         assert turbo.path == "/mj/submit/imagine"
         blend = client._submit_call(client._request("blend", base64_array=[png, png]))
         assert blend.timeout == 90.0
+
+
+def test_bookmark_is_refused_before_sending_and_buttons_name_their_kind() -> None:
+    from worker.mjapi import InvalidInput, validate_request
+    from worker.mjapi.models import action_kind
+
+    with pytest.raises(InvalidInput, match="bookmark"):
+        validate_request("action", {"task_id": "1", "custom_id": "MJ::BOOKMARK::3f1c"})
+    assert action_kind("MJ::JOB::upsample::2::h") == "UPSCALE"
+    assert action_kind("MJ::JOB::upsample_v6_2x_subtle::1::h::SOLO") == "UPSCALE"
+    assert action_kind("MJ::JOB::high_variation::1::h::SOLO") == action_kind("MJ::Inpaint::1::h::SOLO") == "VARIATION"
+    assert action_kind("MJ::CustomZoom::h") == action_kind("MJ::Outpaint::50::1::h::SOLO") == "ZOOM"
+    assert action_kind("MJ::JOB::pan_left::1::h::SOLO") == "PAN"
+    assert action_kind("MJ::JOB::reroll::0::h::SOLO") == "REROLL"
+
+
+def test_timed_stops_end_by_themselves() -> None:
+    from worker.jobs.start import stop_until
+
+    now = 1_767_225_599.0  # 2025-12-31 23:59:59 UTC
+    assert stop_until(DailyLimitReached("x"), 300.0, now) == 1_767_225_600.0  # the next UTC midnight
+    assert stop_until(TemporarilyBlocked("x"), 300.0, now) == now + 300.0
+    assert stop_until(AccountUnavailable("x"), 300.0, now) is None  # until `mjq resume`
+
+
+def test_times_zero_or_null_read_as_not_reached() -> None:
+    from worker.mjapi import Task
+
+    task = Task.read({"id": "9", "status": "", "progress": None, "submitTime": 0, "startTime": None})
+    assert (task.submit_time, task.start_time, task.status) == (None, None, "")

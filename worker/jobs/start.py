@@ -58,6 +58,7 @@ from worker.mjapi.errors import (
     RetryLater,
     StopSubmitting,
 )
+from worker.mjapi.models import action_kind
 from worker.plans.canvas import pending_children
 from worker.plans.grammar import store_masks
 from worker.store.images import keep_images
@@ -176,7 +177,8 @@ def _create(
         "message": message_from_request(task, rt, spec),
     }
     if spec.name == "action":
-        fields["action"] = str(light.get("custom_id") or "ACTION")
+        fields["custom_id"] = str(light.get("custom_id") or "")
+        fields["action"] = action_kind(fields["custom_id"])  # the upstream task's own action replaces it
     if parent is not None:
         fields["parent_job"] = parent.get("job_id")
         fields["root_job"] = parent.get("root_job") or parent.get("job_id")

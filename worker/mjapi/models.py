@@ -99,7 +99,27 @@ def _check_task_id(value: str) -> str:
 def _check_custom_id(value: str) -> str:
     if len(value) > 256 or not CUSTOM_ID_RE.match(value):
         raise _rule("must look like 'MJ::JOB::upsample::1::<hash>' (MJ:: then letters, digits, _ : . -)")
+    if value.startswith("MJ::BOOKMARK::"):
+        raise _rule("is the ❤️ bookmark button (MJ::BOOKMARK::), which makes no task: nothing to submit")
     return value
+
+
+_ACTION_KINDS = (
+    (re.compile(r"^MJ::JOB::upsample"), "UPSCALE"),
+    (re.compile(r"^MJ::JOB::(low_|high_)?variation|^MJ::Inpaint"), "VARIATION"),
+    (re.compile(r"^MJ::JOB::reroll"), "REROLL"),
+    (re.compile(r"^MJ::(Outpaint|CustomZoom)"), "ZOOM"),
+    (re.compile(r"^MJ::JOB::pan_"), "PAN"),
+)
+
+
+def action_kind(custom_id: str) -> str:
+    """What pressing a button makes (UPSCALE, VARIATION, REROLL, ZOOM, PAN), as the upstream task reports it;
+    ``ACTION`` for a button we do not know.  The upstream task's own ``action`` wins once it is seen."""
+    for pattern, kind in _ACTION_KINDS:
+        if pattern.search(custom_id):
+            return kind
+    return "ACTION"
 
 
 def _check_prompt(value: str) -> str:

@@ -46,6 +46,7 @@ RESULT_KEYS = (
     "upstream_id",
     "batch_id",
     "action",
+    "custom_id",
     "mode",
     "priority",
     "status",
