@@ -187,3 +187,13 @@ def test_times_zero_or_null_read_as_not_reached() -> None:
 
     task = Task.read({"id": "9", "status": "", "progress": None, "submitTime": 0, "startTime": None})
     assert (task.submit_time, task.start_time, task.status) == (None, None, "")
+
+
+def test_a_relay_without_callbacks_gets_the_polling_schedule() -> None:
+    from worker.jobs.tracking import first_poll_delay
+
+    hooks = {"webhook_base_url": "https://hooks.example", "webhook_secret": "s" * 32, "poll_jitter": 0.0}
+    plus = Settings(**hooks, api_profile="plus")  # type: ignore[arg-type]
+    newapi = Settings(**hooks, api_profile="newapi")  # type: ignore[arg-type]
+    assert first_poll_delay("fast", plus) == plus.expected_fast_s + plus.webhook_poll_s
+    assert first_poll_delay("fast", newapi) == newapi.expected_fast_s  # no callbacks will come: poll at once
