@@ -311,7 +311,8 @@ def test_imagine_with_a_plan_waits_for_its_follow_ups(stack: DevStack) -> None:
     root, child = run.json()
     assert root["status"] == child["status"] == "succeeded"
     assert root["priority"] == child["priority"] == 0  # a follow-up runs at its parent's priority, 0 included
-    assert child["parent_job"] == root["job_id"] and child["action"].startswith("MJ::JOB::upsample::1")
+    assert child["parent_job"] == root["job_id"] and child["custom_id"].startswith("MJ::JOB::upsample::1")
+    assert child["action"] == "UPSCALE"  # the kind, as the upstream task reports it; the button in custom_id
     assert Path(child["image_path"]).is_file()
 
 
@@ -346,7 +347,7 @@ def test_batch_options_land_in_the_ledger(tmp_path: Path, stack: DevStack) -> No
     assert len(children) == 2
     for child in children:
         parent = records[child["parent_job"]]
-        assert child["action"].startswith("MJ::JOB::upsample::2") and child["status"] == "succeeded"
+        assert child["custom_id"].startswith("MJ::JOB::upsample::2") and child["status"] == "succeeded"
         assert (child["mode"], child["priority"]) == (parent["mode"], 7)  # inherited from the parent
 
 

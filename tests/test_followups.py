@@ -32,11 +32,11 @@ def test_generate_upscale_all_four_then_zoom_the_second(stack: Stack, sim: Any) 
     jobs = {j["job_id"]: j for j in stack.ledger.batch_jobs("canvas")}
     root = next(j for j in jobs.values() if not j["parent_job"])
     upscales = [j for j in jobs.values() if j["parent_job"] == root["job_id"]]
-    assert sorted(j["action"].split("::")[3] for j in upscales) == ["1", "2", "3", "4"]
-    zoomed = [j for j in jobs.values() if "Outpaint::50" in (j["action"] or "")]
+    assert sorted(j["custom_id"].split("::")[3] for j in upscales) == ["1", "2", "3", "4"]
+    zoomed = [j for j in jobs.values() if "Outpaint::50" in (j["custom_id"] or "")]
     assert len(zoomed) == 1
     second = jobs[zoomed[0]["parent_job"]]
-    assert second["action"].startswith("MJ::JOB::upsample::2::")
+    assert second["custom_id"].startswith("MJ::JOB::upsample::2::")
     assert zoomed[0]["root_job"] == root["job_id"]
     assert all(n == 1 for n in sim.stats()["submissions_by_state"].values())
 
@@ -47,7 +47,7 @@ def test_the_same_case_as_a_one_line_plan(stack: Stack, sim: Any) -> None:
     tasks.imagine.delay("a lighthouse", batch_id="plan", then="U1, U2>zoom:2x, U3, U4")
     batch = stack.wait_batch("plan", 6, timeout=40)
     assert batch["counts"]["succeeded"] == 6 and batch["planned"] == 0, batch
-    actions = sorted(_button_kind(j["action"]) for j in stack.ledger.batch_jobs("plan") if j["parent_job"])
+    actions = sorted(_button_kind(j["custom_id"]) for j in stack.ledger.batch_jobs("plan") if j["parent_job"])
     assert actions == ["Outpaint", "upsample", "upsample", "upsample", "upsample"]
 
 
@@ -73,11 +73,11 @@ def test_three_deep_sequence_and_every_kind(stack: Stack, sim: Any) -> None:
     assert "base64" not in repr(stack.job(results[6]["job_id"]).get("message"))  # the mask travelled by reference
     grid = (imagine.s("again") | reroll.s() | vary.s(3, strength="strong") | upscale.s(1)).apply_async()
     final = grid.get(timeout=40)
-    assert final["status"] == "succeeded" and final["action"].startswith("MJ::JOB::upsample::1::")
+    assert final["status"] == "succeeded" and final["custom_id"].startswith("MJ::JOB::upsample::1::")
     lineage = [final]
     while lineage[-1].get("parent_job"):
         lineage.append(stack.job(lineage[-1]["parent_job"]))
-    assert [_button_kind(j["action"]) for j in lineage] == [
+    assert [_button_kind(j["custom_id"]) for j in lineage] == [
         "upsample", "variation", "reroll", "IMAGINE",
     ]
 
@@ -201,7 +201,7 @@ def test_a_step_failing_mid_sequence_skips_the_rest_of_its_branch(stack: Stack, 
     assert (counts["succeeded"], counts["failed"], counts["skipped"]) == (4, 1, 2), batch
     failed = next(j for j in stack.ledger.batch_jobs("mid") if j["status"] == "failed")
     assert "Nope" in failed["fail_reason"] and "offers" in failed["fail_reason"]
-    assert _button_kind(stack.job(failed["parent_job"])["action"]) == "upsample"
+    assert _button_kind(stack.job(failed["parent_job"])["custom_id"]) == "upsample"
 
 
 def test_region_masks_are_read_where_the_plan_is_given(
@@ -229,7 +229,7 @@ def test_region_masks_are_read_where_the_plan_is_given(
     assert batch["counts"]["succeeded"] == 6 and batch["status"] == "finished", batch
     roots = [j for j in stack.ledger.batch_jobs("masks") if not j["parent_job"]]
     assert all('region:"img:' in stack.job(j["job_id"])["then"] for j in roots)
-    regions = [j for j in stack.ledger.batch_jobs("masks") if "Inpaint" in (j["action"] or "")]
+    regions = [j for j in stack.ledger.batch_jobs("masks") if "Inpaint" in (j["custom_id"] or "")]
     assert len(regions) == 2 and all(j["image_url"] for j in regions)
     assert any("a red hat" in (j["final_prompt"] or "") for j in regions)
     assert _modal_requests(sim) == 2
@@ -286,9 +286,9 @@ def test_remix_presses_v_of_a_grid_or_vary_strong_of_an_upscale(stack: Stack, si
     assert batch["counts"]["succeeded"] == 5, batch
     jobs = [j for j in stack.ledger.batch_jobs("remix") if j["parent_job"]]
     by_prompt = {j["final_prompt"]: j for j in jobs if j["final_prompt"] != "a red fox"}
-    assert by_prompt["a blue fox"]["action"].startswith("MJ::JOB::variation::1::")
-    assert by_prompt["a green fox"]["action"].startswith("MJ::JOB::variation::3::")
-    assert by_prompt["a grey fox"]["action"].startswith("MJ::JOB::high_variation::")
+    assert by_prompt["a blue fox"]["custom_id"].startswith("MJ::JOB::variation::1::")
+    assert by_prompt["a green fox"]["custom_id"].startswith("MJ::JOB::variation::3::")
+    assert by_prompt["a grey fox"]["custom_id"].startswith("MJ::JOB::high_variation::")
     assert all(j["image_url"] and j["buttons"] for j in by_prompt.values())
     assert _modal_requests(sim) == 3
 
@@ -302,8 +302,8 @@ def test_a_remix_account_answers_the_modal_with_the_parent_prompt(stack: Stack, 
     batch = stack.wait_batch("remix-account", 6, timeout=40)
     assert batch["counts"]["succeeded"] == 6, batch
     children = [j for j in stack.ledger.batch_jobs("remix-account") if j["parent_job"]]
-    moved = [j for j in children if _button_kind(j["action"]) != "upsample"]
-    assert sorted(_button_kind(j["action"]) for j in moved) == ["low_variation", "pan_left", "reroll", "variation"]
+    moved = [j for j in children if _button_kind(j["custom_id"]) != "upsample"]
+    assert sorted(_button_kind(j["custom_id"]) for j in moved) == ["low_variation", "pan_left", "reroll", "variation"]
     assert all(j["image_url"] and j["final_prompt"] == "a harbour at dawn" for j in moved), moved
     assert _modal_requests(sim) == 4
 
@@ -314,8 +314,8 @@ def test_strength_on_a_grid_is_recorded_not_pressed(stack: Stack, sim: Any) -> N
 
     tasks.imagine.delay("strengths", batch_id="strength", then="V3:strong, U1>vary:strong")
     assert stack.wait_batch("strength", 4, timeout=40)["counts"]["succeeded"] == 4
-    jobs = {_button_kind(j["action"]): stack.job(j["job_id"]) for j in stack.ledger.batch_jobs("strength")}
-    assert jobs["variation"]["action"].startswith("MJ::JOB::variation::3::")
+    jobs = {_button_kind(j["custom_id"]): stack.job(j["job_id"]) for j in stack.ledger.batch_jobs("strength")}
+    assert jobs["variation"]["custom_id"].startswith("MJ::JOB::variation::3::")
     assert jobs["variation"]["meta"]["strength"] == "strong"
     assert jobs["variation"]["meta"]["strength_from"] == "account"
     assert jobs["high_variation"]["meta"]["strength_from"] == "button"

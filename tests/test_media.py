@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -122,3 +123,13 @@ def test_gif_frame_walk_handles_truncation() -> None:
     assert media._gif_frames(animated) == 2
     assert media._gif_frames(animated[:20]) <= 1
     assert media._gif_frames(b"GIF89a") == 0
+
+
+def test_a_loopback_image_url_from_a_remote_relay_is_reported_not_retried(tmp_path: Path) -> None:
+    from worker.media import DownloadError, download_image
+
+    url = "http://localhost:3000/mj/image/1712345"  # new-api with its server address left at the default
+    expected = "image host is loopback: the relay's server address is misconfigured"
+    with pytest.raises(DownloadError, match=expected) as info:
+        download_image(url, tmp_path, "j1", upstream_base_url="https://relay.example.com")
+    assert not info.value.transient and not list(tmp_path.iterdir())

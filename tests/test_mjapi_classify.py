@@ -81,7 +81,7 @@ CASES: list[tuple[int, Any, Dialect, dict[str, str] | None, type[MJError], int |
     (400, body(4, "bad params"), "proxy", None, ValidationRejected, 4),
     (400, None, "vendor", None, ValidationRejected, None),
     (401, {"code": 401, "description": "invalid key"}, "proxy", None, Unauthorized, 401),
-    (403, None, "proxy", None, Forbidden, None),
+    (403, {"code": 403, "description": "forbidden"}, "proxy", None, Forbidden, 403),
     (403, {"description": "insufficient balance"}, "proxy", None, OutOfCredit, None),
     (404, None, "proxy", None, NotFound, None),
     (429, None, "vendor", {"Retry-After": "7"}, RateLimited, None),
@@ -134,7 +134,7 @@ def test_long_descriptions_are_truncated_and_dialect_checked() -> None:
         classify(200, body(4, "x" * 5000))
     assert len(str(info.value)) < 400
     with pytest.raises(ValueError, match="dialect"):
-        classify(200, body(1, "", "1"), "plus")  # type: ignore[arg-type]
+        classify(200, body(1, "", "1"), "nonesuch")
 
 
 def test_client_scrubs_an_echoed_key_from_error_texts() -> None:

@@ -10,7 +10,7 @@ from worker.settings import Settings, SettingsError, dev_webhook_secret, load_se
 def test_defaults_are_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MJQ_API_KEY", raising=False)
     settings = Settings(_env_file=None)
-    assert settings.api_auth_header == "bearer"
+    assert settings.api_auth_header == "mj-api-secret"  # accepted by every real server
     assert settings.slots_for("FAST") == settings.slots_fast
 
 

@@ -431,7 +431,12 @@ def print_breaker(breaker: Any) -> None:
     tripped = breaker.get("tripped", breaker.get("open")) if isinstance(breaker, Mapping) else bool(breaker)
     if tripped:
         reason = breaker.get("reason", "") if isinstance(breaker, Mapping) else ""
-        err_console.print(f"[bold red]submitting is stopped[/] ({reason}); after fixing it: `mjq resume`")
+        until = breaker.get("until") if isinstance(breaker, Mapping) else None
+        if until:
+            when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(until)))
+            err_console.print(f"[bold yellow]submitting is paused until {when}[/] ({reason}); it resumes by itself")
+        else:
+            err_console.print(f"[bold red]submitting is stopped[/] ({reason}); after fixing it: `mjq resume`")
 
 
 def _short(text: str, limit: int) -> str:

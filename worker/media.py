@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import ipaddress
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -36,14 +38,45 @@ class SavedImage:
 _EXT = {"image/png": "png", "image/jpeg": "jpg", "image/gif": "gif", "image/webp": "webp"}
 
 
+def _is_loopback(url: str) -> bool:
+    host = (urlsplit(url).hostname or "").lower()
+    if host in ("localhost", "localhost.localdomain") or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback or ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
+def loopback_problem(image_url: str, upstream_base_url: str | None) -> str | None:
+    """An ``imageUrl`` on localhost from an upstream that is not local: a relay (new-api rewrites image URLs
+    to ``<its address>/mj/image/<id>``) whose server address is misconfigured. Retrying cannot help."""
+    if upstream_base_url and _is_loopback(image_url) and not _is_loopback(upstream_base_url):
+        return (
+            f"image host is loopback: the relay's server address is misconfigured (imageUrl {image_url[:120]}, "
+            f"upstream {upstream_base_url}); set the relay's server address to a URL reachable from here"
+        )
+    return None
+
+
 def download_image(
-    url: str, directory: Path, name: str, *, timeout: float = 30.0, client: httpx.Client | None = None
+    url: str,
+    directory: Path,
+    name: str,
+    *,
+    timeout: float = 30.0,
+    client: httpx.Client | None = None,
+    upstream_base_url: str | None = None,
 ) -> SavedImage:
     """GET ``url`` and write it atomically (temp file + rename) as ``directory/name.<ext>``.
 
     The extension comes from the bytes (magic numbers), not the URL. Connect errors, timeouts, 5xx and 429
-    are transient; other HTTP errors and non-images are not.
+    are transient; other HTTP errors and non-images are not; a loopback image URL from a remote upstream is
+    refused at once (``loopback_problem``).
     """
+    problem = loopback_problem(url, upstream_base_url)
+    if problem:
+        raise DownloadError(problem, transient=False)
     own = client is None
     http = client or httpx.Client(timeout=timeout, follow_redirects=True)
     try:

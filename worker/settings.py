@@ -28,10 +28,21 @@ class AuthHeader(StrEnum):
 
 
 class Dialect(StrEnum):
-    """Which reading of result codes 23/24/25 applies (see ``mj-proxy-api.md``)."""
+    """The old name of the profile choice: ``proxy`` = ``MJQ_API_PROFILE=auto``, ``vendor`` = ``vendor``."""
 
     VENDOR = "vendor"
     PROXY = "proxy"
+
+
+class ApiProfile(StrEnum):
+    """Which real server the upstream is (``worker/mjapi/profiles.py``); ``auto`` works on every one."""
+
+    AUTO = "auto"
+    PLUS = "plus"
+    TRUEAI = "trueai"
+    JAVA = "java"
+    NEWAPI = "newapi"
+    VENDOR = "vendor"
 
 
 class Settings(BaseSettings):
@@ -50,10 +61,39 @@ class Settings(BaseSettings):
         "http://127.0.0.1:8787", description="Base URL of the Midjourney Proxy API (without /mj)."
     )
     api_key: SecretStr = Field(SecretStr(""), description="API key sent to the upstream; never logged.")
-    api_auth_header: AuthHeader = Field(AuthHeader.BEARER, description="bearer | mj-api-secret")
-    api_dialect: Dialect = Field(Dialect.PROXY, description="vendor | proxy: how codes 23/24/25 are read.")
+    api_auth_header: AuthHeader = Field(
+        AuthHeader.MJ_API_SECRET,
+        description="mj-api-secret (accepted by every server) | bearer (`Authorization: Bearer`, aggregators only).",
+    )
+    api_profile: ApiProfile = Field(
+        ApiProfile.AUTO,
+        description="auto | plus | trueai | java | newapi | vendor: which server the upstream is (README"
+        " \"Real servers\"); auto reads every server's answers.",
+    )
+    api_dialect: Dialect | None = Field(
+        None, description="Old name kept as an alias: proxy = MJQ_API_PROFILE=auto, vendor = vendor."
+    )
     api_path_prefix: str = Field("", description="Optional speed prefix some aggregators use, e.g. /mj-fast.")
+    api_path_fast: str = Field(
+        "", description="Path prefix of fast-mode submits (e.g. /mj-fast: new-api and trueai read the mode there)."
+    )
+    api_path_relax: str = Field("", description="Path prefix of relax-mode submits (e.g. /mj-relax).")
+    api_path_turbo: str = Field("", description="Path prefix of turbo-mode submits (e.g. /mj-turbo).")
     http_timeout_s: PositiveSeconds = Field(30.0, description="Read timeout of one upstream request.")
+    http_submit_timeout_s: PositiveSeconds = Field(
+        90.0, description="Read timeout of a submit that carries images (servers upload them inside the call)."
+    )
+    block_cooldown_s: PositiveSeconds = Field(
+        300.0,
+        description="After a temporary block (HTTP 403 with an empty body) submitting pauses this long, then"
+        " resumes by itself.",
+    )
+    callbacks_missing_after: int = Field(
+        5,
+        ge=0,
+        description="Webhooks on: after this many jobs finished by polling with no callback from the upstream,"
+        " switch to the polling schedule (a relay that sends none); 0 = never.",
+    )
     http_connect_timeout_s: PositiveSeconds = Field(10.0, description="Connect timeout of one request.")
 
     # Redis (broker, result backend and ledger)
@@ -174,7 +214,7 @@ class Settings(BaseSettings):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
 
-    @field_validator("api_path_prefix")
+    @field_validator("api_path_prefix", "api_path_fast", "api_path_relax", "api_path_turbo")
     @classmethod
     def _path_prefix(cls, value: str) -> str:
         if value and not value.startswith("/"):
@@ -209,9 +249,24 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def api_profile_name(self) -> str:
+        """The profile in use: ``MJQ_API_PROFILE``, or ``vendor`` when only the old ``MJQ_API_DIALECT=vendor``
+        says so."""
+        if self.api_profile is ApiProfile.AUTO and self.api_dialect is Dialect.VENDOR:
+            return ApiProfile.VENDOR.value
+        return self.api_profile.value
+
+    @property
+    def api_mode_paths(self) -> dict[str, str]:
+        """Per-mode path prefixes that are set (``MJQ_API_PATH_FAST``...)."""
+        paths = {"fast": self.api_path_fast, "relax": self.api_path_relax, "turbo": self.api_path_turbo}
+        return {mode: path for mode, path in paths.items() if path}
+
+    @property
     def submit_answer_window_s(self) -> float:
-        """How long a sent submit may still be waiting for its answer (read + connect timeout, one second more)."""
-        return self.http_timeout_s + self.http_connect_timeout_s + 1.0
+        """How long a sent submit may still be waiting for its answer (the longest read timeout + connect
+        timeout, one second more)."""
+        return max(self.http_timeout_s, self.http_submit_timeout_s) + self.http_connect_timeout_s + 1.0
 
     @staticmethod
     def download_retry_delay(retries: int) -> float:
@@ -230,7 +285,7 @@ class Settings(BaseSettings):
             "first poll (MJQ_EXPECTED_*_S)": first_poll * slowest,
             "submit retry (MJQ_SUBMIT_RETRY_MAX_S)": self.submit_retry_max_s,
             "submit pacing (MJQ_SUBMIT_INTERVAL_S)": self.submit_interval_s,
-            "second look at a sent submit (MJQ_HTTP_TIMEOUT_S + MJQ_HTTP_CONNECT_TIMEOUT_S + 1)": (
+            "second look at a sent submit (MJQ_HTTP_SUBMIT_TIMEOUT_S + MJQ_HTTP_CONNECT_TIMEOUT_S + 1)": (
                 self.submit_answer_window_s + 0.2
             ),
             "download retry (MJQ_DOWNLOAD_ATTEMPTS)": self.download_retry_delay(self.download_attempts - 2),

@@ -56,6 +56,7 @@ def _download(task: Task[Any, Any], job: Mapping[str, Any], rt: Runtime) -> None
             rt.settings.media_dir / (str(job.get("batch_id") or "") or "_single"),
             job_id,
             timeout=rt.settings.http_timeout_s,
+            upstream_base_url=rt.settings.api_base_url,
         )
     except DownloadError as exc:
         retries = int(task.request.retries or 0)

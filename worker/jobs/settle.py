@@ -6,6 +6,7 @@ admits the next parked job and sends ``tasks.track.finish``.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Mapping
@@ -13,10 +14,13 @@ from typing import Any
 
 from worker.jobs.admission import admit_parked
 from worker.jobs.dispatch import send_finish, send_poll
-from worker.jobs.kinds import KINDS
+from worker.jobs.kinds import KINDS, build_request
+from worker.mjapi.errors import MJError
 from worker.mjapi.models import Task
 from worker.store.records import TERMINAL, Job
 from worker.store.runtime import Runtime
+
+log = logging.getLogger("mjqueue.jobs")
 
 STATUS_MAP = {
     "NOT_START": "submitted",
@@ -58,6 +62,8 @@ def _fields_from_task(task: Task, to: str, source: str) -> dict[str, Any]:
         fields["started_at"] = float(task.start_time) / 1000.0
     if task.image_url:
         fields["image_url"] = task.image_url
+    if task.action and task.action.upper() not in ("", "ACTION"):
+        fields["action"] = task.action.upper()  # what the job made (UPSCALE, ZOOM...), as the upstream says
     if to == "succeeded":
         fields["buttons"] = _buttons(task)
         fields["progress"] = "100%"
@@ -65,6 +71,8 @@ def _fields_from_task(task: Task, to: str, source: str) -> dict[str, Any]:
             fields["extra"] = {"prompts": _describe_prompts(str(final or task.prompt or ""))}
         if props.get("seed"):
             fields.setdefault("extra", {})["seed"] = props.get("seed")
+        if task.image_urls:  # trueai: the four grid images, one URL each
+            fields.setdefault("extra", {})["image_urls"] = list(task.image_urls)
     if to == "failed":
         fields["fail_reason"] = task.fail_reason or "upstream FAILURE"
     if to == "cancelled":
@@ -97,6 +105,8 @@ def settle(job_id: str, task: Task, source: str, rt: Runtime) -> str:
     to = STATUS_MAP.get(str(task.status or "").upper())
     if to is None:
         return "ignored"
+    if str(task.status).upper() == "MODAL" and job.get("modal") and job.get("status") not in TERMINAL:
+        send_modal_found_late(job_id, job, str(task_id), rt)
     fields = _fields_from_task(task, to, source)
     extra: dict[str, Any] = {}
     if reconcile:
@@ -125,6 +135,28 @@ def settle(job_id: str, task: Task, source: str, rt: Runtime) -> str:
         return "finished"
     hold_slot(job_id, mode, rt.ledger.next_check(job_id) or time.time(), rt)
     return "updated"
+
+
+def send_modal_found_late(job_id: str, job: Mapping[str, Any], task_id: str, rt: Runtime) -> bool:
+    """A poll or callback sees MODAL for a job that has input for the modal step: send it, once.
+
+    The submit answer did not say so (new-api rewrites "窗口等待" to code 1; a remix account stops a variation
+    at the modal step): without this the job would wait in MODAL until its deadline. The once-only claim is in
+    the ledger (``modal_sent_at``), so a duplicate callback or a concurrent poll sends nothing more.
+    """
+    if not rt.ledger.set_once(job_id, "modal_sent_at", repr(time.time())):
+        return False
+    payload = {"task_id": task_id, **(job.get("modal") or {})}
+    try:
+        answer = rt.client.submit(build_request(KINDS["modal"], payload, None, Job(job).mode, rt))
+    except MJError as exc:
+        log.warning("job %s: the modal step found late could not be sent: %s", job_id, exc)
+        rt.ledger.update(job_id, {"last_error": f"modal step: {exc}"})
+        return False
+    log.info("job %s: upstream task %s waits in MODAL; sent its modal step (%s)", job_id, task_id, answer.outcome)
+    if answer.task_id and answer.task_id != task_id:
+        rt.ledger.update(job_id, {"modal_task": answer.task_id})
+    return True
 
 
 def hold_slot(job_id: str, mode: str, next_check: float, rt: Runtime) -> None:

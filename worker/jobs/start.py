@@ -38,7 +38,6 @@ from worker.jobs.kinds import (
     lighten_images,
 )
 from worker.jobs.messages import message_from_request, resend
-from worker.jobs.reprs import short_repr, task_reprs
 from worker.jobs.settle import (
     after_terminal,
     cancel_job,
@@ -47,18 +46,19 @@ from worker.jobs.settle import (
     hold_slot,
     mark_needs_review,
 )
+from worker.jobs.start.reprs import short_repr, task_reprs
 from worker.jobs.tracking import first_poll_delay
 from worker.mjapi.errors import (
     AnswerLost,
+    Busy,
     InvalidInput,
     MJError,
     NotSent,
-    QueueFull,
     Rejected,
     RetryLater,
     StopSubmitting,
-    UpstreamSystemError,
 )
+from worker.mjapi.models import action_kind
 from worker.plans.canvas import pending_children
 from worker.plans.grammar import store_masks
 from worker.store.images import keep_images
@@ -177,7 +177,8 @@ def _create(
         "message": message_from_request(task, rt, spec),
     }
     if spec.name == "action":
-        fields["action"] = str(light.get("custom_id") or "ACTION")
+        fields["custom_id"] = str(light.get("custom_id") or "")
+        fields["action"] = action_kind(fields["custom_id"])  # the upstream task's own action replaces it
     if parent is not None:
         fields["parent_job"] = parent.get("job_id")
         fields["root_job"] = parent.get("root_job") or parent.get("job_id")
@@ -294,8 +295,12 @@ def _submit(task: Task[Any, Any], spec: Kind, job: dict[str, Any], rt: Runtime) 
     except Rejected as exc:
         finish_now(job_id, "failed", {"fail_reason": reason_of(exc)}, rt, release=True)
     except StopSubmitting as exc:
-        tripped = rt.ledger.trip_breaker(f"{type(exc).__name__}: {reason_of(exc)}")
-        log.error("submitting stopped (%s): %s", "tripped" if tripped else "already tripped", reason_of(exc))
+        until = stop_until(exc, rt.settings.block_cooldown_s)
+        why = f"{type(exc).__name__}: {reason_of(exc)}"
+        if until is not None:
+            why += f" (resumes by itself at {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(until))})"
+        tripped = rt.ledger.trip_breaker(why, until)
+        log.error("submitting stopped (%s): %s", "tripped" if tripped else "already tripped", why)
         _back_to_parked(task, spec, job_id, rt)
     except AnswerLost as exc:
         mark_needs_review(job_id, f"answer lost after sending: {reason_of(exc)}", rt)
@@ -312,6 +317,18 @@ def _back_to_parked(task: Task[Any, Any], spec: Kind, job_id: str, rt: Runtime) 
     rt.ledger.transition(job_id, "queued", from_states=["submitting"], release=True)
     park(task, spec, rt.ledger.get_job(job_id) or {"job_id": job_id}, rt)
     raise Ignore()  # park always raises; this says so to the type checker
+
+
+def stop_until(exc: StopSubmitting, cooldown_s: float, now: float | None = None) -> float | None:
+    """When a stop ends by itself: the next UTC midnight for a daily limit, ``cooldown_s`` after a temporary
+    block; ``None`` (until ``mjq resume``) for the rest (key, credit, account)."""
+    now = time.time() if now is None else now
+    resume = getattr(exc, "resume", None)
+    if resume == "next_utc_day":
+        return (now // 86_400 + 1) * 86_400
+    if resume == "cooldown":
+        return now + cooldown_s
+    return None
 
 
 def reason_of(exc: BaseException) -> str:
@@ -375,14 +392,15 @@ def _retry(
 def _give_up(job_id: str, job: Mapping[str, Any], attempts: int, exc: Exception, rt: Runtime) -> str | None:
     """Why a submit that must be retried is given up instead, or None to retry.
 
-    A *busy* answer (queue full; the vendor dialect's system error) says the upstream has no room now, not that
-    the request is at fault: a shared account or a slot setting above the account's capacity makes them routine
-    during a long night, so they do not use up ``submit_max_attempts`` (found by the connect/system-error
-    scenario of tests/reliability, where a job failed after 8 busy answers). They are bounded in time instead:
-    busy for longer than the job's deadline gives up.
+    A *busy* answer (``Busy``: queue full, per-user concurrency/queue limits, a saturated group, 429) says the
+    upstream has no room now, not that the request is at fault: a shared account or a slot setting above the
+    account's capacity makes them routine during a long night, so they do not use up ``submit_max_attempts``
+    (found by the connect/system-error scenario of tests/reliability, where a job failed after 8 busy answers).
+    They are bounded in time instead: busy for longer than the job's deadline gives up. Upstream trouble
+    ("系统异常", "服务暂不可用", 5xx) and not-sent errors are counted.
     """
     settings = rt.settings
-    if isinstance(exc, QueueFull | UpstreamSystemError):
+    if isinstance(exc, Busy):
         rt.ledger.set_once(job_id, "busy_since", str(time.time()))
         busy_answers = rt.ledger.count(job_id, "busy_answers")
         busy_for = time.time() - float(job.get("busy_since") or time.time())

@@ -16,6 +16,7 @@ from worker.mjapi.errors import (
     MJError,
 )
 from worker.mjapi.models import MODES, Task
+from worker.mjapi.profiles import PROFILES
 from worker.settings import Settings
 from worker.store import keys
 from worker.store.images import sweep_images
@@ -29,6 +30,11 @@ def _jitter(delay: float, settings: Settings) -> float:
     return max(0.01, delay * (1.0 + random.uniform(-settings.poll_jitter, settings.poll_jitter)))
 
 
+def callbacks_expected(settings: Settings) -> bool:
+    """Webhooks are on and the upstream sends callbacks: not a relay that drops ``notifyHook`` (new-api)."""
+    return bool(settings.webhook_base_url) and PROFILES[settings.api_profile_name].callbacks is not False
+
+
 def first_poll_delay(mode: str, settings: Settings, queue_position: int | None = None) -> float:
     """Delay from an accepted submit to the job's first poll.
 
@@ -40,7 +46,7 @@ def first_poll_delay(mode: str, settings: Settings, queue_position: int | None =
     slots = max(1, settings.slots_for(mode))
     expected = settings.expected_duration_s(mode) * (1.0 + max(0, queue_position or 0) / slots)
     expected = min(expected, settings.deadline_s(mode))  # an absurd queue position never delays past the deadline
-    if settings.webhook_base_url:
+    if callbacks_expected(settings):
         return _jitter(expected + settings.webhook_poll_s, settings)
     if settings.poll_from_expected:
         return _jitter(expected, settings)
@@ -49,7 +55,7 @@ def first_poll_delay(mode: str, settings: Settings, queue_position: int | None =
 
 def next_poll_delay(polls: int, mode: str, settings: Settings) -> float:
     """Delay after the ``polls``-th poll: poll_initial_s growing to poll_max_s (webhooks: webhook_poll_s)."""
-    if settings.webhook_base_url:
+    if callbacks_expected(settings):
         return _jitter(settings.webhook_poll_s, settings)
     base = min(settings.poll_max_s, settings.poll_initial_s * settings.poll_factor ** max(0, polls))
     return _jitter(base, settings)

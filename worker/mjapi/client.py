@@ -23,16 +23,19 @@ from typing import Any, Generic, Literal, Protocol, Self, TypeVar
 import httpx
 from pydantic import SecretStr, ValidationError
 
-from worker.mjapi.classify import DIALECTS, Dialect, check_code, classify, raise_for_status
+from worker.mjapi.classify import check_code, classify, raise_for_status
 from worker.mjapi.errors import (
     AnswerLost,
     MJError,
+    NotFound,
     NotSent,
     RateLimited,
     ServerError,
+    Unsupported,
     UpstreamSystemError,
 )
 from worker.mjapi.models import (
+    REQUEST_MODELS,
     AccountFilter,
     BotType,
     Dimensions,
@@ -44,6 +47,7 @@ from worker.mjapi.models import (
     check_task_id,
     validate_request,
 )
+from worker.mjapi.profiles import Profile, profile_for
 
 
 class Settings(Protocol):
@@ -56,11 +60,15 @@ class Settings(Protocol):
     @property
     def api_auth_header(self) -> StrEnum: ...
     @property
-    def api_dialect(self) -> StrEnum: ...
+    def api_profile_name(self) -> str: ...
     @property
     def api_path_prefix(self) -> str: ...
     @property
+    def api_mode_paths(self) -> dict[str, str]: ...
+    @property
     def http_timeout_s(self) -> float: ...
+    @property
+    def http_submit_timeout_s(self) -> float: ...
     @property
     def http_connect_timeout_s(self) -> float: ...
 
@@ -107,6 +115,7 @@ class Call(Generic[T]):
     body: Any
     parse: Callable[[int, Any, Mapping[str, str]], T]
     idempotent: bool = False
+    timeout: float | None = None  # read timeout of this call when not the client's (submits carrying images)
 
 
 def _decode(response: httpx.Response) -> Any:
@@ -127,10 +136,13 @@ class _Core:
         base_url: str,
         api_key: str | SecretStr = "",
         *,
-        auth_header: AuthHeaderName | str = "bearer",
-        dialect: Dialect | str = "proxy",
+        auth_header: AuthHeaderName | str = "mj-api-secret",
+        dialect: str | None = None,
+        profile: Profile | str = "auto",
         path_prefix: str = "",
+        mode_paths: Mapping[str, str] | None = None,
         timeout: float = 30.0,
+        submit_timeout: float = 90.0,
         connect_timeout: float = 10.0,
         transport: httpx.BaseTransport | httpx.AsyncBaseTransport | None = None,
         get_retries: int = 2,
@@ -140,15 +152,20 @@ class _Core:
         auth = str(getattr(auth_header, "value", auth_header))
         if auth not in ("bearer", "mj-api-secret"):
             raise ValueError(f"auth_header must be 'bearer' or 'mj-api-secret', not {auth!r}")
-        chosen = str(getattr(dialect, "value", dialect))
-        if chosen not in DIALECTS:
-            raise ValueError(f"dialect must be one of {', '.join(DIALECTS)}, not {chosen!r}")
+        try:
+            self.profile: Profile = profile if isinstance(profile, Profile) else profile_for(profile, dialect)
+        except ValueError as exc:
+            raise ValueError(f"dialect/profile: {exc}") from None
         if path_prefix and not path_prefix.startswith("/"):
             raise ValueError("path_prefix must start with '/'")
+        self.mode_paths = {k.lower(): v.rstrip("/") for k, v in (mode_paths or {}).items() if v}
+        if any(not v.startswith("/") for v in self.mode_paths.values()):
+            raise ValueError("mode_paths must start with '/'")
         self.base_url = base_url.rstrip("/")
         self.path_prefix = path_prefix.rstrip("/")
         self.auth_header: AuthHeaderName = "bearer" if auth == "bearer" else "mj-api-secret"
-        self.dialect: Dialect = "proxy" if chosen == "proxy" else "vendor"
+        self.dialect: Profile = self.profile  # what the classifier reads codes by
+        self.submit_timeout = max(timeout, submit_timeout)
         self.get_retries = max(0, get_retries)
         self.retry_backoff_s = max(0.0, retry_backoff_s)
         self._key = api_key if isinstance(api_key, SecretStr) else SecretStr(api_key)
@@ -179,9 +196,11 @@ class _Core:
             "base_url": settings.api_base_url,
             "api_key": settings.api_key,
             "auth_header": settings.api_auth_header.value,
-            "dialect": settings.api_dialect.value,
+            "profile": settings.api_profile_name,
             "path_prefix": settings.api_path_prefix,
+            "mode_paths": settings.api_mode_paths,
             "timeout": settings.http_timeout_s,
+            "submit_timeout": settings.http_submit_timeout_s,
             "connect_timeout": settings.http_connect_timeout_s,
         }
 
@@ -189,7 +208,7 @@ class _Core:
         key = "set" if self._key.get_secret_value() else "unset"
         return (
             f"{type(self).__name__}(base_url={self.base_url + self.path_prefix!r}, "
-            f"auth_header={self.auth_header!r}, dialect={self.dialect!r}, api_key={key})"
+            f"auth_header={self.auth_header!r}, profile={self.profile.name!r}, api_key={key})"
         )
 
     # -- request building ---------------------------------------------------------------------------------
@@ -204,12 +223,36 @@ class _Core:
             raise TypeError("upload answers URLs, not a task: use upload_discord_images()")
         if not isinstance(request, RequestModel):
             raise TypeError(f"submit() takes a request model, not {type(request).__name__}")
+        self._check_supported(request.KIND)
         dialect = self.dialect
 
         def parse(status: int, body: Any, headers: Mapping[str, str]) -> SubmitResult:
             return classify(status, body, dialect, headers)
 
-        return Call(request.KIND, "POST", request.ENDPOINT, request.to_wire(), parse)
+        wire = request.to_wire()
+        path = self._mode_path(wire) + request.ENDPOINT
+        timeout = self.submit_timeout if _carries_images(wire) else None
+        return Call(request.KIND, "POST", path, wire, parse, timeout=timeout)
+
+    def _check_supported(self, kind: str) -> None:
+        if not self.profile.supports(kind):
+            endpoint = REQUEST_MODELS[kind].ENDPOINT if kind in REQUEST_MODELS else kind
+            plus = " (follow-ups need a Plus-compatible server: plus, trueai or newapi)"
+            hint = plus if kind in ("action", "modal") else ""
+            raise Unsupported(
+                f"{kind}: the {self.profile.name} server ({self.profile.title}) has no {endpoint}; nothing was sent"
+                + hint
+            )
+
+    def _mode_path(self, wire: Mapping[str, Any]) -> str:
+        """The per-mode path prefix (``MJQ_API_PATH_FAST``...) of the request's speed mode, if one is set."""
+        if not self.mode_paths:
+            return ""
+        af = wire.get("accountFilter")
+        modes = af.get("modes") if isinstance(af, Mapping) else None
+        if not modes:
+            return ""
+        return self.mode_paths.get(str(modes[0]).lower(), "")
 
     def _upload_call(self, request: UploadRequest) -> Call[list[str]]:
         dialect = self.dialect
@@ -222,17 +265,22 @@ class _Core:
                 raise UpstreamSystemError("upload: the answer carries no image URLs", status=status)
             return [str(u) for u in urls]
 
-        return Call("upload", "POST", UploadRequest.ENDPOINT, request.to_wire(), parse)
+        self._check_supported("upload")
+        return Call("upload", "POST", UploadRequest.ENDPOINT, request.to_wire(), parse, timeout=self.submit_timeout)
 
     def _fetch_call(self, task_id: object) -> Call[Task | None]:
         tid = check_task_id(task_id)
         dialect = self.dialect
 
         def parse(status: int, body: Any, headers: Mapping[str, str]) -> Task | None:
-            if status == 404:
+            # unknown id: 404, 200 with an empty body (java), 204 (trueai), 400 code 4 task_no_found (new-api)
+            if status in (404, 204):
                 return None
-            raise_for_status(status, body, dialect, headers)
-            body = _unwrap(body, dialect, status)
+            try:
+                raise_for_status(status, body, dialect, headers)
+                body = _unwrap(body, dialect, status)
+            except NotFound:
+                return None
             if not body:
                 return None
             return _task(body, status)
@@ -250,7 +298,15 @@ class _Core:
                 return []
             if not isinstance(body, list):
                 raise UpstreamSystemError("list-by-condition: the answer is not a list", status=status)
-            return [_task(item, status) for item in body if isinstance(item, Mapping) and item]
+            tasks = []
+            for item in body:
+                if not isinstance(item, Mapping) or not item:
+                    continue
+                try:
+                    tasks.append(Task.read(item))
+                except ValueError as exc:  # one bad task must not lose the batch: it is polled again alone
+                    log.warning("list-by-condition: skipped an unreadable task (%s): %.200r", exc, item)
+            return tasks
 
         return Call("list-by-condition", "POST", "/mj/task/list-by-condition", {"ids": clean}, parse, True)
 
@@ -284,6 +340,12 @@ class _Core:
             return call.parse(response.status_code, _decode(response), response.headers)
         except MJError as exc:
             raise self._scrub(exc) from None
+
+    def _timeout(self, call: Call[Any]) -> dict[str, Any]:
+        if call.timeout is None:
+            return {}
+        default: httpx.Timeout = self._httpx_options["timeout"]
+        return {"timeout": httpx.Timeout(call.timeout, connect=default.connect)}
 
     def _transport_error(self, call: Call[Any], exc: Exception) -> MJError:
         detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -333,7 +395,7 @@ def _seed(value: Any) -> str | None:
     return text if text.isascii() and text.isdigit() else None
 
 
-def _unwrap(body: Any, dialect: Dialect, status: int) -> Any:
+def _unwrap(body: Any, dialect: Profile, status: int) -> Any:
     """Some servers wrap reads as ``{"code": 1, "result": ...}``; an unknown id may be ``{"code": 3}``."""
     if isinstance(body, Mapping) and "id" not in body and isinstance(body.get("code"), int):
         if body["code"] == 3:
@@ -343,14 +405,20 @@ def _unwrap(body: Any, dialect: Dialect, status: int) -> Any:
 
 
 def _task(body: Any, status: int) -> Task:
+    if not isinstance(body, Mapping):
+        raise UpstreamSystemError(f"unreadable task in the answer: {str(body)[:80]!r}", status=status)
     try:
-        return Task.model_validate(body)
-    except ValidationError as exc:
-        first = exc.errors(include_url=False, include_input=False)[0]
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        raise UpstreamSystemError(
-            f"unreadable task in the answer ({where}: {first['msg']})", status=status
-        ) from None
+        return Task.read(body)  # the tolerant reader: a field of an unexpected type reads as absent
+    except (ValueError, ValidationError) as exc:
+        raise UpstreamSystemError(f"unreadable task in the answer ({exc})", status=status) from None
+
+
+_IMAGE_FIELDS = ("base64Array", "base64", "sourceBase64", "targetBase64", "maskBase64")
+
+
+def _carries_images(wire: Mapping[str, Any]) -> bool:
+    """A submit that uploads images (trueai sends them to Discord inside the call: it can exceed 30 s)."""
+    return any(wire.get(name) for name in _IMAGE_FIELDS)
 
 
 def _filter(value: AccountFilterIn) -> Any:
@@ -382,7 +450,7 @@ class MidjourneyClient(_Core):
             started = time.monotonic()
             try:
                 try:
-                    response = self._http.request(call.method, call.path, json=call.body)
+                    response = self._http.request(call.method, call.path, json=call.body, **self._timeout(call))
                 except (httpx.TransportError, httpx.InvalidURL) as exc:
                     raise self._transport_error(call, exc) from None
                 return self._read(call, response, started)
@@ -531,7 +599,9 @@ class AsyncMidjourneyClient(_Core):
             started = time.monotonic()
             try:
                 try:
-                    response = await self._http.request(call.method, call.path, json=call.body)
+                    response = await self._http.request(
+                        call.method, call.path, json=call.body, **self._timeout(call)
+                    )
                 except (httpx.TransportError, httpx.InvalidURL) as exc:
                     raise self._transport_error(call, exc) from None
                 return self._read(call, response, started)

@@ -19,6 +19,8 @@ __all__ = [
     "AccountUnavailable",
     "AnswerLost",
     "BannedPrompt",
+    "Busy",
+    "DailyLimitReached",
     "Forbidden",
     "InvalidInput",
     "MJError",
@@ -32,8 +34,10 @@ __all__ = [
     "Retryable",
     "ServerError",
     "StopSubmitting",
+    "TemporarilyBlocked",
     "TransportError",
     "Unauthorized",
+    "Unsupported",
     "UpstreamSystemError",
     "ValidationRejected",
 ]
@@ -114,6 +118,11 @@ class NotFound(Rejected):
     """The task (or endpoint) does not exist upstream."""
 
 
+class Unsupported(Rejected):
+    """The configured server has no such request (e.g. the Java server has no ``/mj/submit/action``);
+    refused before anything is sent."""
+
+
 class RetryLater(MJError):
     """Temporary: the same request may succeed later (after ``retry_after`` seconds when known)."""
 
@@ -127,7 +136,12 @@ class RetryLater(MJError):
 Retryable = RetryLater  # the name the design card uses
 
 
-class QueueFull(RetryLater):
+class Busy(RetryLater):
+    """The upstream has no room now (queue full, per-user concurrency/queue limit, group saturated, 429):
+    not the request's fault, so retried with backoff without using up ``MJQ_SUBMIT_MAX_ATTEMPTS``."""
+
+
+class QueueFull(Busy):
     """The account's queue is full; the task was not kept."""
 
 
@@ -135,7 +149,7 @@ class UpstreamSystemError(RetryLater):
     """The upstream reported a system error (vendor code 23, legacy code 9)."""
 
 
-class RateLimited(RetryLater):
+class RateLimited(Busy):
     """HTTP 429; ``retry_after`` from the Retry-After header when given."""
 
 
@@ -161,6 +175,19 @@ class OutOfCredit(StopSubmitting):
 
 class AccountUnavailable(StopSubmitting):
     """No usable upstream account (banned, disabled, none matching the accountFilter)."""
+
+
+class DailyLimitReached(StopSubmitting):
+    """The upstream's daily drawing limit is used up: submitting stops until the next UTC day."""
+
+    resume: ClassVar[str] = "next_utc_day"
+
+
+class TemporarilyBlocked(StopSubmitting):
+    """HTTP 403 with an empty body (after 429s): the server blocks us for some minutes and clears itself;
+    submitting stops for ``MJQ_BLOCK_COOLDOWN_S`` and resumes by itself."""
+
+    resume: ClassVar[str] = "cooldown"
 
 
 class TransportError(MJError):

@@ -99,7 +99,27 @@ def _check_task_id(value: str) -> str:
 def _check_custom_id(value: str) -> str:
     if len(value) > 256 or not CUSTOM_ID_RE.match(value):
         raise _rule("must look like 'MJ::JOB::upsample::1::<hash>' (MJ:: then letters, digits, _ : . -)")
+    if value.startswith("MJ::BOOKMARK::"):
+        raise _rule("is the ❤️ bookmark button (MJ::BOOKMARK::), which makes no task: nothing to submit")
     return value
+
+
+_ACTION_KINDS = (
+    (re.compile(r"^MJ::JOB::upsample"), "UPSCALE"),
+    (re.compile(r"^MJ::JOB::(low_|high_)?variation|^MJ::Inpaint"), "VARIATION"),
+    (re.compile(r"^MJ::JOB::reroll"), "REROLL"),
+    (re.compile(r"^MJ::(Outpaint|CustomZoom)"), "ZOOM"),
+    (re.compile(r"^MJ::JOB::pan_"), "PAN"),
+)
+
+
+def action_kind(custom_id: str) -> str:
+    """What pressing a button makes (UPSCALE, VARIATION, REROLL, ZOOM, PAN), as the upstream task reports it;
+    ``ACTION`` for a button we do not know.  The upstream task's own ``action`` wins once it is seen."""
+    for pattern, kind in _ACTION_KINDS:
+        if pattern.search(custom_id):
+            return kind
+    return "ACTION"
 
 
 def _check_prompt(value: str) -> str:
@@ -307,7 +327,15 @@ def _text_or_none(value: Any) -> Any:
 
 
 def _millis(value: Any) -> Any:
-    return None if value in (None, "") else value
+    return None if value in (None, "", 0) else value  # null (java) and 0 (new-api) mean "not reached"
+
+
+def _image_urls(value: Any) -> Any:
+    """trueai's ``imageUrls`` ``[{url, thumbnail}]`` (the four grid images) as a list of URLs."""
+    if not isinstance(value, list):
+        return []
+    urls = [item.get("url") if isinstance(item, Mapping) else item for item in value]
+    return [u for u in urls if isinstance(u, str) and u]
 
 
 class Button(ResponseModel):
@@ -342,6 +370,7 @@ class Task(ResponseModel):
     start_time: Millis = None
     finish_time: Millis = None
     image_url: Text = None
+    image_urls: Annotated[list[str], BeforeValidator(_image_urls)] = Field(default_factory=list)
     fail_reason: Text = None
     buttons: Annotated[list[Button], BeforeValidator(_none_to_empty_list)] = Field(default_factory=list)
     properties: Annotated[dict[str, Any], BeforeValidator(_none_to_empty_dict)] = Field(default_factory=dict)

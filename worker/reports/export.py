@@ -19,6 +19,7 @@ FIELDS: tuple[str, ...] = (
     "row",
     "batch_id",
     "action",
+    "custom_id",
     "mode",
     "status",
     "prompt",

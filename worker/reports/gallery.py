@@ -88,7 +88,7 @@ def action_label(action: str | None) -> str:
 
 
 def _lineage(job: Mapping[str, Any]) -> str:
-    action = action_label(job.get("action"))
+    action = action_label(job.get("custom_id") or job.get("action"))
     parent = job.get("parent_job")
     return f"{action} of {parent}" if parent else action
 

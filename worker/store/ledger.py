@@ -46,6 +46,7 @@ RESULT_KEYS = (
     "upstream_id",
     "batch_id",
     "action",
+    "custom_id",
     "mode",
     "priority",
     "status",
@@ -444,12 +445,25 @@ class Ledger:
         return int(self._requeue(args=[repr(time.time()), _dump(drop), *job_ids]))
 
     # ---------------------------------------------------------------- breaker
-    def trip_breaker(self, reason: str) -> bool:
-        """Stop all submitting; True when this call tripped it (first reason wins)."""
+    def trip_breaker(self, reason: str, until: float | None = None) -> bool:
+        """Stop all submitting; True when this call tripped it (first reason wins).
+
+        ``until`` (epoch seconds) makes it a timed stop (a daily limit, a temporary block): the key expires
+        then and submitting resumes by itself (housekeeping admits the parked jobs). A stop without ``until``
+        tripped over a timed one makes it permanent (until ``mjq resume``).
+        """
         key = keys.BREAKER
         tripped = bool(self.redis.hsetnx(key, "tripped", "1"))
         if tripped:
             self.redis.hset(key, mapping={"reason": reason, "at": repr(time.time())})
+            if until is not None:
+                self.redis.hset(key, "until", repr(until))
+                self.redis.pexpireat(key, int(until * 1000))
+        elif until is None and self.redis.hget(key, "until") is not None:
+            self.redis.persist(key)
+            self.redis.hdel(key, "until")
+            self.redis.hset(key, mapping={"reason": reason, "at": repr(time.time())})
+            tripped = True
         return tripped
 
     def clear_breaker(self) -> None:
@@ -465,6 +479,7 @@ class Ledger:
             "tripped": raw.get("tripped") == "1",
             "reason": raw.get("reason", ""),
             "at": float(raw["at"]) if raw.get("at") else None,
+            "until": float(raw["until"]) if raw.get("until") else None,
         }
 
 
