@@ -153,10 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     config = {"size": args.size, "time_factor": TIME_FACTOR, "capacity": CAPACITY, "queue": QUEUE,
               "sizes": asdict(sizes), "benchmarks": sorted(chosen)}
     rec = Recorder(out, config, BENCHMARKS, sorted(chosen), phases(sizes, chosen), console)
-    stop_on_signals(args.time_limit)
     hermetic_environment(work)
     stopped = False
     try:
+        stop_on_signals(args.time_limit)
         rec.write()
         run(sizes, work, rec)
     except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, --time-limit: keep what was measured
