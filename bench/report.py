@@ -69,8 +69,8 @@ def machine() -> str:
     return f"{platform.system()} {platform.machine()}, {cores} cores, Python {platform.python_version()}"
 
 
-def print_table(figures: Sequence[Figure], console: Console) -> None:
-    table = Table(title="mjqueue benchmarks", title_justify="left")
+def print_table(figures: Sequence[Figure], console: Console, title: str = "mjqueue benchmarks") -> None:
+    table = Table(title=title, title_justify="left")
     for name in ("benchmark", "measure", "mjqueue", "baseline", "ratio", "target", "met"):
         table.add_column(name, justify="right" if name in ("mjqueue", "ratio") else "left")
     for f in figures:

@@ -106,7 +106,8 @@ class Recorder:
         if self.current is not None:
             self.phases[self.current].figures += len(kept)
         if kept:
-            print_table(kept, self.console)
+            title = self.phases[self.current].title if self.current else "figures"
+            print_table(kept, self.console, title=f"{title}: written to {self.out.name}")
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
