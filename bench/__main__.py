@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import sys
 import tempfile
 from dataclasses import asdict, dataclass
@@ -25,7 +24,7 @@ from rich.console import Console
 
 from bench import enqueue, fanout, latency, scale, utilisation
 from bench.report import print_table, update_readme
-from bench.runner import Phase, Recorder, Stopped, stop_on_signals
+from bench.runner import Phase, Recorder, Stopped, default_signals, stop_on_signals
 from bench.stack import CAPACITY, QUEUE, hermetic_environment, running
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -165,8 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             by = exc.by if isinstance(exc, Stopped) else "SIGINT (Ctrl-C)"
             rec.interrupted = {"by": by, "phase": rec.current or "between phases"}
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        default_signals()
         os.chdir(ROOT)
     rec.figures.sort(key=lambda f: int(f.benchmark.split()[0]))
     console.print()

@@ -35,16 +35,30 @@ class Stopped(KeyboardInterrupt):
 
 
 def stop_on_signals(time_limit_s: float | None = None) -> None:
-    """SIGTERM (and SIGALRM after ``time_limit_s``) raise :class:`Stopped` in the main thread."""
+    """SIGINT, SIGTERM (and SIGALRM after ``time_limit_s``) raise :class:`Stopped` in the main thread, once:
+    a second signal while the stacks are torn down is ignored, so no service is left running."""
+    stopping = False
 
     def handler(signum: int, _frame: FrameType | None) -> None:
-        name = signal.Signals(signum).name
-        raise Stopped("the time limit" if signum == signal.SIGALRM else name)
+        nonlocal stopping
+        if stopping:
+            print("stopping: tearing the stacks down, the figures measured are kept", flush=True)
+            return
+        stopping = True
+        if signum == signal.SIGINT:
+            raise Stopped("SIGINT (Ctrl-C)")
+        raise Stopped("the time limit" if signum == signal.SIGALRM else signal.Signals(signum).name)
 
-    signal.signal(signal.SIGTERM, handler)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM):
+        signal.signal(signum, handler)
     if time_limit_s:
-        signal.signal(signal.SIGALRM, handler)
         signal.setitimer(signal.ITIMER_REAL, time_limit_s)
+
+
+def default_signals() -> None:
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 @contextlib.contextmanager
