@@ -1,36 +1,31 @@
 """``python -m bench`` (``make bench``): every benchmark on its own stack, a table, ``bench/results.json``.
 
-Sizes: ``full`` (the published figures: a 2,000-prompt utilisation batch, 10,000 enqueued, 5,000 waiting,
-200 fan-outs), ``quick`` (a few minutes, for a look) and ``smoke`` (what CI runs to prove it still works).
-``--only`` picks benchmarks by number or name; ``--readme`` writes the table into README.md.
+Sizes: ``full`` (the published figures, about 12 min: 1,000-prompt utilisation batch, 10,000 enqueued,
+4,000 waiting, 200 fan-outs), ``quick`` (about 3 min, for a look) and ``smoke`` (what CI runs to prove it
+still works). ``--only`` picks benchmarks by number or name; ``--readme`` writes the table into README.md.
 
-Each benchmark's figures are written to the results file (and printed) as soon as it ends, so a run stopped
-by Ctrl-C, SIGTERM or a timeout keeps what it measured and says which benchmarks did not run. Every phase has
-a time bound derived from its size; one that reaches it gives a figure marked partial.
+Each phase's figures are printed and written to the results file as soon as it ends; every phase has a time
+bound derived from its size, and a side that hits it gives the figure it reached, marked partial. Ctrl-C,
+SIGTERM or ``--time-limit`` stop the run keeping every figure measured; the file says what did not run, and
+how loaded the machine was (load averages, CPU time other processes took).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shutil
-import signal
 import sys
 import tempfile
-import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import FrameType
-from typing import Any
 
 from rich.console import Console
 
-from bench import bounds, enqueue, fanout, latency, scale, utilisation
-from bench.load import LoadMeter
-from bench.report import Figure, print_table, results_document, update_readme, write_results
-from bench.stack import CAPACITY, QUEUE, UpstreamRun, hermetic_environment, running
+from bench import enqueue, fanout, latency, scale, utilisation
+from bench.report import print_table, update_readme
+from bench.runner import Phase, Recorder, Stopped, default_signals, stop_on_signals
+from bench.stack import CAPACITY, QUEUE, hermetic_environment, running
 
 ROOT = Path(__file__).resolve().parent.parent
 TIME_FACTOR = 0.005  # a simulated 60 s fast job takes 0.3 s
@@ -48,140 +43,95 @@ class Sizes:
     fanout_roots: int
 
 
+# full: about 12 min on an idle 2-core machine (README); quick: about 3 min; smoke: what `make test` runs
 SIZES = {
-    "full": Sizes(2000, 200, 30, 150, 10_000, 5_000, 30.0, 200),
-    "quick": Sizes(300, 60, 8, 40, 3_000, 2_000, 10.0, 30),
-    "smoke": Sizes(24, 30, 2, 6, 300, 200, 3.0, 3),
+    "full": Sizes(1000, 200, 30, 150, 10_000, 4_000, 60.0, 200),
+    "quick": Sizes(150, 40, 6, 20, 2_000, 600, 15.0, 15),
+    "smoke": Sizes(24, 30, 2, 6, 300, 150, 5.0, 3),
 }
-BENCHMARKS = ("utilisation", "requests", "enqueue", "latency", "scale", "fanout")  # numbered 1-6
+BENCHMARKS = ("utilisation", "requests", "enqueue", "latency", "scale", "fanout")
+WEBHOOK_PHASES = ("utilisation", "continuation", "fanout")
 
 
-@dataclass
-class Recorder:
-    """The run's figures so far, written to the results file after every step."""
-
-    out: Path
-    config: dict[str, Any]
-    chosen: set[str]
-    console: Console
-    figures: list[Figure] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    meter: LoadMeter = field(default_factory=LoadMeter)
-    started: float = field(default_factory=time.monotonic)
-
-    def add(self, figures: list[Figure], partial: list[str]) -> None:
-        for figure in figures:
-            if partial:
-                figure.partial = True
-                figure.notes["partial"] = partial
-        self.figures += figures
-        if figures:
-            print_table(figures, self.console)
-
-    def not_run(self) -> list[str]:
-        measured = {f.benchmark.split()[0] for f in self.figures}
-        return [name for n, name in enumerate(BENCHMARKS, 1) if name in self.chosen and str(n) not in measured]
-
-    def document(self, complete: bool) -> dict[str, Any]:
-        return results_document(self.figures, self.config, time.monotonic() - self.started, self.errors,
-                                load=self.meter.summary(), not_run=self.not_run(), complete=complete)
-
-    def save(self, complete: bool = False) -> dict[str, Any]:
-        document = self.document(complete)
-        write_results(document, self.out)
-        return document
+def phases(sizes: Sizes, chosen: set[str]) -> list[Phase]:
+    """The phases the chosen benchmarks need, in the order they run (one webhook stack serves the first three)."""
+    every = [
+        Phase("utilisation", f"1 utilisation: {sizes.utilisation:,} prompts, then both baselines",
+              ("utilisation", "requests")),
+        Phase("continuation", f"4 continuation, webhooks: {sizes.latency_roots} imagines > U1", ("latency",)),
+        Phase("fanout", f"6 fan-out: {sizes.fanout_roots} imagines x U1-4", ("fanout",)),
+        Phase("queue-ahead-0", f"1 utilisation, queue ahead 0: {sizes.utilisation // 4:,} prompts",
+              ("utilisation",)),
+        Phase("polling", f"2/4 polling only: {sizes.latency_roots} imagines > U1", ("requests", "latency")),
+        Phase("enqueue", f"3 enqueue: {sizes.enqueue:,} prompts through 3 producers", ("enqueue",)),
+        Phase("scale", f"5 scale: {sizes.waiting:,} waiting jobs, {sizes.window_s:g} s windows, ours and naive",
+              ("scale",)),
+    ]
+    return [p for p in every if set(p.benchmarks) & chosen]
 
 
-class Steps:
-    """Runs each benchmark step with its timing; a step that fails is reported and the others still run.
-
-    ``with steps.step(title) as found:`` — figures appended to ``found`` are recorded (partial when a bound
-    was reached during the step) and written out when the step ends.
-    """
-
-    def __init__(self, recorder: Recorder) -> None:
-        self.recorder = recorder
-        self.console = recorder.console
-
-    @contextlib.contextmanager
-    def step(self, title: str) -> Iterator[list[Figure]]:
-        started = time.monotonic()
-        self.console.print(f"[bold]{title}[/] …")
-        found: list[Figure] = []
-        try:
-            yield found
-        except Exception as exc:  # one broken benchmark must not throw away the others' figures
-            self.recorder.errors.append(f"{title}: {type(exc).__name__}: {exc}")
-            self.console.print(f"  [red]failed[/] after {time.monotonic() - started:.0f} s: {exc}")
-            self.console.print_exception(max_frames=8)
-        else:
-            self.console.print(f"  done in {time.monotonic() - started:.0f} s")
-        finally:
-            partial = bounds.take_notes()
-            for note in partial:
-                self.console.print(f"  [yellow]partial:[/] {note}")
-            self.recorder.add(found, partial)
-            self.recorder.save()
-
-
-def run(sizes: Sizes, chosen: set[str], work: Path, steps: Steps) -> None:
-    """Run the chosen benchmarks; one webhook stack serves 1, 2, 4 and 6, a polling stack 2 and 4."""
+def run(sizes: Sizes, work: Path, rec: Recorder) -> None:
+    """Run the planned phases; every phase's figures are recorded (and written) as soon as it ends."""
     tf = TIME_FACTOR
-    util: tuple[UpstreamRun, UpstreamRun, UpstreamRun] | None = None
+    todo = set(rec.phases)
+    ours: utilisation.Side | None = None
+    fire: utilisation.Side | None = None
+    serial: utilisation.Side | None = None
     hooked: latency.Continuations | None = None
-    if chosen & {"utilisation", "requests", "latency", "fanout"}:
-        with steps.step("webhook stack (queue ahead 1)"), running(
+    if todo & set(WEBHOOK_PHASES):
+        with rec.stack("webhook stack (queue ahead 1)", WEBHOOK_PHASES), running(
             work, "webhooks", time_factor=tf, env={"MJQ_QUEUE_AHEAD": "1"}
         ) as bench:
-            if chosen & {"utilisation", "requests"}:
-                with steps.step(f"1 utilisation: {sizes.utilisation:,} prompts, then both baselines") as found:
+            if "utilisation" in todo:
+                with rec.phase("utilisation"):
                     ours = utilisation.measure_ours(bench, sizes.utilisation, "util")
-                    util = (ours, *utilisation.measure_baselines(bench, sizes.fire, sizes.serial))
-                    found += utilisation.figures(*util)
-            if chosen & {"latency", "requests"}:
-                with steps.step(f"4 continuation, webhooks: {sizes.latency_roots} imagines > U1"):
+                    fire, serial = utilisation.measure_baselines(bench, sizes.fire, sizes.serial)
+                    rec.add(utilisation.figures(ours, fire, serial))
+            if "continuation" in todo:
+                with rec.phase("continuation"):
                     hooked = latency.measure(bench, sizes.latency_roots, "hooked")
-            if "fanout" in chosen:
-                with steps.step(f"6 fan-out: {sizes.fanout_roots} imagines x U1-4") as found:
-                    found += fanout.measure(bench, sizes.fanout_roots)
-    if "utilisation" in chosen:
-        with steps.step(f"1 utilisation, queue ahead 0: {sizes.utilisation // 4:,} prompts") as found:
-            exact = utilisation.run_exact_slots(work, tf, sizes.utilisation // 4)
-            if util is not None:
-                found.append(utilisation.exact_figure(exact, util[1]))
-    if chosen & {"latency", "requests"}:
-        with steps.step(f"2/4 polling only: {sizes.latency_roots} imagines > U1") as found, running(
-            work, "polling", time_factor=tf, webhooks=False
-        ) as bench:
+                    if "polling" not in todo:
+                        rec.add(latency.figures(hooked, None))
+            if "fanout" in todo:
+                with rec.phase("fanout"):
+                    rec.add(fanout.measure(bench, sizes.fanout_roots))
+    if "queue-ahead-0" in todo:
+        with rec.phase("queue-ahead-0"):
+            rec.add(utilisation.exact_figure(utilisation.run_exact_slots(work, tf, sizes.utilisation // 4), fire))
+    if "polling" in todo:
+        with rec.phase("polling"), running(work, "polling", time_factor=tf, webhooks=False) as bench:
             polled = latency.measure(bench, sizes.latency_roots, "polled")
-            if util is not None:
-                found.append(utilisation.polled_figure(polled.upstream, util[2]))
-            if hooked is not None and "latency" in chosen:
-                found += latency.figures(hooked, polled)
-    if "enqueue" in chosen:
-        with steps.step(f"3 enqueue: {sizes.enqueue:,} prompts through 3 producers") as found:
-            found += enqueue.run(work / "enqueue", sizes.enqueue)
-    if "scale" in chosen:
-        with steps.step(f"5 scale: {sizes.waiting:,} waiting jobs, {sizes.window_s:g} s windows, ours and naive") \
-                as found:
+            polled_side = utilisation.Side(polled.upstream, polled.reached)
+            rec.add(utilisation.polling_figure(polled_side, serial))
+            if hooked is not None:
+                rec.add(latency.figures(hooked, polled))
+    if "enqueue" in todo:
+        with rec.phase("enqueue"):
+            rec.add(enqueue.run(work / "enqueue", sizes.enqueue))
+    if "scale" in todo:
+        with rec.phase("scale"):
             ours_load = scale.measure_ours(work, tf, sizes.waiting, sizes.window_s)
-            found += scale.figures(ours_load, scale.measure_naive(work / "naive", sizes.waiting, sizes.window_s))
+            rec.add(scale.figures(ours_load, scale.measure_naive(work / "naive", sizes.waiting, sizes.window_s)))
 
 
 def _chosen(only: list[str] | None) -> set[str]:
     if not only:
         return set(BENCHMARKS)
     picked = set()
-    for item in only:
+    for item in (part.strip() for entry in only for part in entry.split(",")):
         name = BENCHMARKS[int(item) - 1] if item.isdigit() and 1 <= int(item) <= len(BENCHMARKS) else item
+        name = ALIASES.get(name, name)
         if name not in BENCHMARKS:
-            raise SystemExit(f"--only: unknown benchmark {item!r} (choose from 1-6 or {', '.join(BENCHMARKS)})")
+            raise SystemExit(f"--only: unknown benchmark {item!r} (choose from {_listing()})")
         picked.add(name)
     return picked
 
 
-def _stop_on_sigterm(_signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt  # the same as Ctrl-C: stacks stop, figures so far are kept
+ALIASES = {"continuation": "latency", "fan-out": "fanout", "memory": "scale", "requests/job": "requests"}
+
+
+def _listing() -> str:
+    return ", ".join(f"{i} {name}" for i, name in enumerate(BENCHMARKS, 1))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,39 +139,46 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=sorted(SIZES), default="full")
     parser.add_argument("--quick", action="store_const", const="quick", dest="size", help="same as --size quick")
-    names = ", ".join(f"{n} {b}" for n, b in enumerate(BENCHMARKS, 1))
-    parser.add_argument("--only", action="append", help=f"a benchmark by number or name (repeat): {names}")
+    parser.add_argument("--only", action="append", metavar="BENCHMARK",
+                        help=f"a benchmark by number or name (repeat, or comma-separate): {_listing()}")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
     parser.add_argument("--readme", action="store_true", help="write the table into README.md")
+    parser.add_argument("--time-limit", type=float, metavar="SECONDS",
+                        help="stop after this long, keeping every figure measured (as SIGTERM or Ctrl-C do)")
     args = parser.parse_args(argv)
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
     out, chosen, sizes = args.out.resolve(), _chosen(args.only), SIZES[args.size]
+    work = Path(tempfile.mkdtemp(prefix="mjq-bench-"))
     config = {"size": args.size, "time_factor": TIME_FACTOR, "capacity": CAPACITY, "queue": QUEUE,
               "sizes": asdict(sizes), "benchmarks": sorted(chosen)}
-    recorder = Recorder(out, config, chosen, console)
-    work = Path(tempfile.mkdtemp(prefix="mjq-bench-"))
+    rec = Recorder(out, config, BENCHMARKS, sorted(chosen), phases(sizes, chosen), console)
     hermetic_environment(work)
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    stopped = False
     try:
-        run(sizes, chosen, work, Steps(recorder))
-    except KeyboardInterrupt:
-        recorder.errors.append("interrupted")
-        recorder.save(complete=False)
-        console.print(f"[yellow]stopped:[/] the figures measured so far are in {out}; "
-                      f"not run: {', '.join(recorder.not_run()) or 'none'}")
-        return 130
+        stop_on_signals(args.time_limit)
+        rec.write()
+        run(sizes, work, rec)
+    except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, --time-limit: keep what was measured
+        stopped = True
+        if rec.interrupted is None:  # stopped between two phases
+            by = exc.by if isinstance(exc, Stopped) else "SIGINT (Ctrl-C)"
+            rec.interrupted = {"by": by, "phase": rec.current or "between phases"}
     finally:
+        default_signals()
         os.chdir(ROOT)
-    document = recorder.save(complete=True)
-    console.print(f"results: {out} ({document['seconds']:.0f} s)")
-    for f in recorder.figures:
+    rec.figures.sort(key=lambda f: int(f.benchmark.split()[0]))
+    console.print()
+    print_table(rec.figures, console)
+    document = rec.finish()
+    console.print(f"results: {out}")
+    for f in rec.figures:
         if f.met is False:
             console.print(f"[yellow]target missed:[/] {f.benchmark} {f.measure}: {f.value:.3g} (target {f.target})")
-    if recorder.errors:
-        for error in recorder.errors:
+    if rec.errors or stopped:
+        for error in rec.errors:
             console.print(f"[red]failed:[/] {error}")
         console.print(f"logs of every service: {work}")
-        return 1
+        return 130 if stopped else 1
     shutil.rmtree(work, ignore_errors=True)
     if args.readme:
         update_readme(ROOT / "README.md", document)

@@ -1,32 +1,93 @@
-"""Time bounds of benchmark phases: a phase that reaches its bound ends with what it reached, marked partial.
+"""Time bounds: every phase of a benchmark ends within a bound derived from its size, with how far it got.
 
-A bound is derived from the phase's size (and the simulated job duration), so it is generous on an idle
-machine; on a busy one a baseline may not finish in it, and its figure is then published as partial rather
-than lost in an exception.
+A side (ours or a baseline) that cannot finish in its bound does not raise: it stops where it is and its
+figure is computed from what it reached, marked partial (``Figure.partial``, ``notes["reached"]``), so a slow
+or overloaded machine yields a recognisable figure instead of an exception that loses the run.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
-_notes: list[str] = []
+from bench.report import Figure
 
-
-def wait_until(check: Callable[[], object], timeout_s: float, what: str,
-               reached: Callable[[], str] | None = None) -> bool:
-    """True once ``check()`` holds; False (and a partial note) when ``timeout_s`` passed first."""
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            _notes.append(f"{what}: stopped at its bound of {timeout_s:.0f} s" + (f", {reached()}" if reached else ""))
-            return False
-        time.sleep(0.2)
-    return True
+FIXED_S = 30.0  # what every phase may take beyond its work (start-up, the last callbacks, downloads)
+SLACK = 2.0  # how many times its ideal duration a phase may take before it stops
 
 
-def take_notes() -> list[str]:
-    """The partial notes since the last call (a step's figures carry them)."""
-    notes = list(_notes)
-    _notes.clear()
-    return notes
+def batch_bound_s(jobs: int, job_s: float, capacity: int, *, slack: float = SLACK, fixed_s: float = FIXED_S) -> float:
+    """Bound for ``jobs`` upstream jobs of ``job_s`` each on ``capacity`` slots: fixed + slack x the ideal."""
+    return fixed_s + slack * jobs * job_s / max(1, capacity)
+
+
+@dataclass(frozen=True)
+class Reached:
+    """How far a bounded phase got: ``done`` of ``wanted`` after ``seconds`` (bound ``bound_s``)."""
+
+    done: int
+    wanted: int
+    seconds: float
+    bound_s: float
+    complete: bool = True
+
+    @property
+    def partial(self) -> bool:
+        return not self.complete or self.done < self.wanted
+
+    def describe(self) -> str:
+        unfinished = "" if self.complete or self.done < self.wanted else " (not all finished)"
+        return f"{self.done:,} of {self.wanted:,}{unfinished} in the {self.bound_s:.0f} s bound"
+
+
+class Deadline:
+    """A bound on the monotonic clock, shared by the threads of one side."""
+
+    def __init__(self, bound_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.bound_s = bound_s
+        self.clock = clock
+        self.started = clock()
+
+    @property
+    def passed(self) -> bool:
+        return self.clock() - self.started >= self.bound_s
+
+    @property
+    def elapsed_s(self) -> float:
+        return self.clock() - self.started
+
+    def reached(self, done: int, wanted: int, complete: bool = True) -> Reached:
+        return Reached(done, wanted, round(self.elapsed_s, 1), self.bound_s, complete)
+
+
+def wait_bounded(
+    progress: Callable[[], int],
+    wanted: int,
+    bound_s: float,
+    *,
+    finished: Callable[[], bool] | None = None,
+    poll_s: float = 0.2,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Reached:
+    """Wait until ``progress() >= wanted`` (and ``finished()``, if given) or the bound passes; never raises."""
+    deadline = Deadline(bound_s, clock)
+    while True:
+        done = progress()
+        if done >= wanted and (finished is None or finished()):
+            return deadline.reached(done, wanted)
+        if deadline.passed:
+            return deadline.reached(done, wanted, complete=False)
+        sleep(poll_s)
+
+
+def mark(figures: Iterable[Figure], *reached: Reached | None) -> list[Figure]:
+    """Mark the figures partial when any side they compare did not finish in its bound."""
+    out = list(figures)
+    short = [r for r in reached if r is not None and r.partial]
+    if short:
+        for figure in out:
+            figure.partial = True
+            figure.notes["reached"] = "; ".join(r.describe() for r in short)
+    return out

@@ -34,7 +34,7 @@ class Figure:
     target: str = ""
     met: bool | None = None
     notes: dict[str, Any] = field(default_factory=dict)
-    partial: bool = False  # a phase stopped at its time bound: the figure covers what it reached (notes say)
+    partial: bool = False  # a side stopped at its time bound: the figure is what it reached (notes["reached"])
 
     def __post_init__(self) -> None:
         if self.ratio is None and self.baseline_value:
@@ -57,21 +57,39 @@ def _met(figure: Figure) -> str:
     return "" if figure.met is None else ("yes" if figure.met else "**no**")
 
 
+def _measure(figure: Figure) -> str:
+    """The measure, with how far a partial figure got."""
+    if not figure.partial:
+        return figure.measure
+    return f"{figure.measure} (partial: {figure.notes.get('reached', 'stopped at its time bound')})"
+
+
 def machine() -> str:
     cores = os.cpu_count() or 0
     return f"{platform.system()} {platform.machine()}, {cores} cores, Python {platform.python_version()}"
 
 
-def print_table(figures: Sequence[Figure], console: Console) -> None:
-    table = Table(title="mjqueue benchmarks", title_justify="left")
+def print_table(figures: Sequence[Figure], console: Console, title: str = "mjqueue benchmarks") -> None:
+    table = Table(title=title, title_justify="left")
     for name in ("benchmark", "measure", "mjqueue", "baseline", "ratio", "target", "met"):
         table.add_column(name, justify="right" if name in ("mjqueue", "ratio") else "left")
     for f in figures:
         base = f"{f.baseline}: {_num(f.baseline_value, f.unit)}" if f.baseline else ""
         met = "" if f.met is None else ("[green]yes[/]" if f.met else "[red]no[/]")
-        value = _num(f.value, f.unit) + (" [yellow](partial)[/]" if f.partial else "")
-        table.add_row(f.benchmark, f.measure, value, base, _num(f.ratio), f.target, met)
+        measure = _measure(f) if not f.partial else f"{_measure(f)} [yellow]partial[/]"
+        table.add_row(f.benchmark, measure, _num(f.value, f.unit), base, _num(f.ratio), f.target, met)
     console.print(table)
+
+
+def _finite(value: Any) -> Any:
+    """NaN/inf (a side that reached nothing) as null: results.json stays strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def results_document(
@@ -79,40 +97,25 @@ def results_document(
     config: dict[str, Any],
     seconds: float,
     errors: Sequence[str] = (),
-    *,
-    load: dict[str, Any] | None = None,
-    not_run: Sequence[str] = (),
-    complete: bool = True,
+    **status: Any,
 ) -> dict[str, Any]:
-    """``complete`` is False while the run goes on or when it was stopped; ``not_run`` names the benchmarks
-    that produced no figure (yet)."""
+    """``status``: what the run adds (``complete``, ``benchmarks``, ``not_run``, ``interrupted``, ``phases``,
+    ``load``)."""
     return {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": machine(),
         "config": config,
         "seconds": round(seconds, 1),
-        "complete": complete,
-        "load": load or {},
-        "figures": [asdict(f) for f in sorted(figures, key=lambda f: f.benchmark.split()[0])],
-        "not_run": list(not_run),
+        **status,
+        "figures": [_finite(asdict(f)) for f in figures],
         "errors": list(errors),
     }
-
-
-def load_line(load: dict[str, Any]) -> str:
-    """How busy the machine was during the run, so a figure taken on a busy machine is recognisable."""
-    if not load:
-        return ""
-    start, end = load.get("loadavg_start") or [0, 0, 0], load.get("loadavg_end") or [0, 0, 0]
-    return (f"Machine load: load average {start[0]:.2f} at the start, {end[0]:.2f} at the end; other processes "
-            f"used {load.get('cpu_s_others', 0):,.0f} CPU-seconds of {load.get('cpu_s_available', 0):,.0f} "
-            f"available ({load.get('others_share', 0):.0%}), this run {load.get('cpu_s_ours', 0):,.0f}.")
 
 
 def write_results(document: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(document, indent=2, default=str) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps(document, indent=2, default=str, allow_nan=False) + "\n", encoding="utf-8")
     tmp.replace(path)
 
 
@@ -125,19 +128,41 @@ def markdown(document: dict[str, Any]) -> str:
         f"a 60 s fast job takes {60 * config['time_factor']:g} s; account: {config['capacity']} fast jobs at "
         f"once + {config['queue']} queued). Ratios compare with a baseline measured in the same run.",
         "",
-        *([load_line(document["load"]), ""] if document.get("load") else []),
         "| # | measure | mjqueue | baseline (same run) | ratio | target | met |",
         "|---|---|---:|---|---:|---|---|",
     ]
     for raw in document["figures"]:
-        f = Figure(**raw)
+        f = Figure(**{**raw, "value": _nan(raw["value"])})
         base = f"{f.baseline}: {_num(f.baseline_value, f.unit)}" if f.baseline else "–"
-        value = _num(f.value, f.unit) + (" (partial)" if f.partial else "")
         lines.append(
-            f"| {f.benchmark} | {f.measure} | {value} | {base} | {_num(f.ratio)} | "
+            f"| {f.benchmark} | {_measure(f)} | {_num(f.value, f.unit)} | {base} | {_num(f.ratio)} | "
             f"{f.target or '–'} | {_met(f) or '–'} |"
         )
+    if document.get("load"):
+        lines += ["", describe_load(document["load"])]
+    if document.get("not_run"):
+        lines += ["", f"Not run: {', '.join(document['not_run'])}{_why(document)}."]
     return "\n".join(lines)
+
+
+def _nan(value: float | None) -> float:
+    return float("nan") if value is None else value
+
+
+def _why(document: dict[str, Any]) -> str:
+    stop = document.get("interrupted")
+    return f" (the run was stopped by {stop['by']} during {stop['phase']})" if stop else ""
+
+
+def describe_load(load: dict[str, Any]) -> str:
+    """One line for the README and the console: how busy the machine was while the figures were taken."""
+    start, end = load["loadavg_start"], load["loadavg_end"]
+    return (
+        f"Machine load during the run: load average (1/5/15 min) {'/'.join(f'{v:g}' for v in start)} at start, "
+        f"{'/'.join(f'{v:g}' for v in end)} at end; other processes took {load['other_cpu_s']:,.0f} CPU-s "
+        f"({load['other_cores']:.2f} of {load['cores']} cores on average), the benchmark itself "
+        f"{load['own_cpu_s']:,.0f} CPU-s in {load['wall_s']:,.0f} s."
+    )
 
 
 def update_readme(readme: Path, document: dict[str, Any]) -> None:

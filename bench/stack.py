@@ -10,8 +10,10 @@ durations, deadlines): a benchmark at time factor 0.005 is the real configuratio
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import statistics
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import Any
 
 import redis
 
-from bench.bounds import wait_until
+from bench.bounds import Deadline, Reached
 from simulator.server import SimulatorAdmin
 from worker.devstack.stack import DevStack
 from worker.settings import Settings
@@ -102,9 +104,8 @@ def running(
         with_flower=False,
         with_webhook=webhooks,
         extra_env=extra,
-        # --lenient-auth: the worker and the baselines send Bearer tokens, which the default profile refuses
-        simulator_args=("--api-key", API_KEY, "--lenient-auth", "--fast-slots", str(CAPACITY),
-                        "--queue-size", str(QUEUE), *sim_args),
+        simulator_args=("--api-key", API_KEY, "--fast-slots", str(CAPACITY), "--queue-size", str(QUEUE),
+                        *sim_args),
     )
     with stack, stack.environment():
         admin = SimulatorAdmin(stack.api_base_url, API_KEY)
@@ -137,25 +138,47 @@ def prompts(n: int, tag: str) -> list[str]:
     return [f"{tag} prompt {i}, a lighthouse at dawn --ar 3:2" for i in range(n)]
 
 
-def wait_batch(batch_id: str, jobs: int, timeout_s: float) -> dict[str, Any]:
-    """Until ``jobs`` jobs of the batch exist and all are terminal, with their images downloaded, or until
-    ``timeout_s`` (the figures then cover the jobs done so far and are marked partial)."""
+def wait_batch(batch_id: str, jobs: int, bound_s: float, *, job_s: float = 0.0) -> Reached:
+    """Wait until ``jobs`` jobs of the batch exist and all are terminal, with their images downloaded.
+
+    Past ``bound_s`` the batch is stopped where it is: its jobs not yet submitted are cancelled and the ones
+    running upstream get a few job durations (``job_s``) to end, so what the simulator saw is a finished
+    part of the batch (and nothing of ours runs on into the next measurement); the answer says how far it got.
+    """
     from worker.store.records import TERMINAL
     from worker.store.runtime import runtime
 
     ledger = runtime().ledger
-
-    def done() -> int:
+    deadline = Deadline(bound_s)
+    done = 0
+    while True:
         batch = ledger.batch(batch_id)
-        return sum(batch.get("counts", {}).get(s, 0) for s in TERMINAL) if batch else 0
+        done = sum(batch.get("counts", {}).get(s, 0) for s in TERMINAL) if batch else 0
+        over = bool(batch) and done >= batch["total"] >= jobs and batch["planned"] <= 0
+        if over and not ledger.unfinished(ledger.batch_job_ids(batch_id)):
+            return deadline.reached(done, jobs)
+        if deadline.passed:
+            break
+        time.sleep(0.2)
+    reached = deadline.reached(int(ledger.batch(batch_id).get("counts", {}).get("succeeded", 0)), jobs, False)
+    stop_batch(batch_id, grace_s=5 + 10 * job_s)
+    return reached
 
-    def over() -> bool:
-        batch = ledger.batch(batch_id)
-        ended = bool(batch) and done() >= batch["total"] >= jobs and batch["planned"] <= 0
-        return ended and not ledger.unfinished(ledger.batch_job_ids(batch_id))
 
-    wait_until(over, timeout_s, f"batch {batch_id}", lambda: f"{done():,} of {jobs:,} jobs done")
-    return dict(ledger.batch(batch_id) or {})
+def stop_batch(batch_id: str, grace_s: float) -> None:
+    """Cancel what the batch has not submitted, and give what runs upstream ``grace_s`` to end."""
+    from worker.control import cancel_batch
+    from worker.store.records import TERMINAL
+    from worker.store.runtime import runtime
+
+    cancel_batch(batch_id)
+    ledger = runtime().ledger
+    deadline = Deadline(grace_s)
+    while not deadline.passed:
+        counts = ledger.batch(batch_id).get("counts", {})
+        if sum(n for status, n in counts.items() if status not in TERMINAL) <= 0:
+            return
+        time.sleep(0.2)
 
 
 @dataclass(frozen=True)
@@ -178,17 +201,22 @@ class UpstreamRun:
 
     @property
     def mean_duration_s(self) -> float:
-        """Mean run time of the succeeded tasks (start to finish, upstream queue wait excluded)."""
-        return statistics.fmean((t["finishTime"] - t["startTime"]) / 1000 for t in self.succeeded)
+        """Mean run time of the succeeded tasks (start to finish, upstream queue wait excluded); NaN if none."""
+        done = self.succeeded
+        return statistics.fmean((t["finishTime"] - t["startTime"]) / 1000 for t in done) if done else math.nan
 
     @property
     def makespan_s(self) -> float:
-        """First submit to last finish."""
+        """First submit to last finish; NaN if nothing succeeded."""
         done = self.succeeded
+        if not done:
+            return math.nan
         return float(max(t["finishTime"] for t in done) - min(t["submitTime"] for t in done)) / 1000
 
     def utilisation(self, capacity: int) -> float:
-        """Achieved jobs/s divided by the ideal C/D (D: the measured mean duration)."""
+        """Achieved jobs/s divided by the ideal C/D (D: the measured mean duration); NaN if nothing succeeded."""
+        if not self.succeeded or not self.makespan_s:
+            return math.nan
         rate = len(self.succeeded) / self.makespan_s
         return rate / (capacity / self.mean_duration_s)
 

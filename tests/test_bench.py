@@ -1,25 +1,29 @@
 """The benchmark still works (a smoke-size run of all six, real stacks), and its report is right.
 
-Nothing here times anything: the figures are published by ``make bench``, never asserted.
+Nothing here times anything: the figures are published by ``make bench``, never asserted. What is checked is
+behaviour: figures written as each phase ends, a phase at its time bound giving a partial figure rather than
+an exception, a stopped run keeping what it measured and saying what did not run, the machine load recorded.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
-from bench import bounds
-from bench.load import LoadMeter
+from bench.__main__ import BENCHMARKS, SIZES, _chosen, phases
+from bench.bounds import Reached, batch_bound_s, mark, wait_bounded
+from bench.load import LoadMeter, busy_cpu_s
 from bench.report import README_END, README_START, Figure, markdown, results_document, update_readme
-from bench.stack import percentile, scaled_env
+from bench.runner import Phase, Recorder, Stopped
+from bench.stack import UpstreamRun, percentile, scaled_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,6 +63,137 @@ def test_readme_table_is_replaced_between_its_markers(tmp_path: Path) -> None:
         update_readme(tmp_path / "bare.md", doc)
 
 
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_a_wait_that_reaches_its_bound_says_how_far_it_got_instead_of_raising() -> None:
+    clock = FakeClock()
+    done = iter(range(1000))
+    reached = wait_bounded(lambda: next(done), 50, 10.0, poll_s=1.0, clock=clock, sleep=clock.sleep)
+    assert reached.partial and reached.done < 50 and reached.wanted == 50 and reached.bound_s == 10.0
+    assert "of 50 in the 10 s bound" in reached.describe()
+    clock = FakeClock()
+    finished = wait_bounded(lambda: 50, 50, 10.0, clock=clock, sleep=clock.sleep)
+    assert not finished.partial and finished.done == 50
+    # enough progress but never finished (e.g. jobs still in the queue): partial too
+    clock = FakeClock()
+    assert wait_bounded(lambda: 50, 50, 3.0, finished=lambda: False, clock=clock, sleep=clock.sleep).partial
+
+
+def test_bounds_grow_with_the_size_of_the_phase() -> None:
+    assert batch_bound_s(100, 0.3, 3) < batch_bound_s(1000, 0.3, 3)
+    assert batch_bound_s(1000, 0.3, 3) == pytest.approx(30 + 2 * 100)
+
+
+def test_a_side_stopped_at_its_bound_marks_the_figures_it_reached_partial() -> None:
+    short = Reached(40, 100, 12.0, 12.0, complete=False)
+    figures = mark([Figure("1 utilisation", "jobs/s ÷ C/D", 0.9, baseline="b", baseline_value=0.8)],
+                   Reached(100, 100, 5.0, 60.0), short)
+    assert figures[0].partial and figures[0].notes["reached"] == short.describe()
+    assert not mark([Figure("1 x", "m", 1.0)], Reached(1, 1, 1.0, 2.0))[0].partial
+    # the README says so beside the figure, and a side that reached nothing is "–", not an exception
+    nothing = UpstreamRun([], 0, 0)
+    assert math.isnan(nothing.utilisation(3)) and math.isnan(nothing.makespan_s)
+    empty = mark([Figure("6 fan-out", "total time", nothing.makespan_s, "s")], short)
+    doc = results_document([*figures, *empty], {"size": "smoke", "time_factor": 0.005, "capacity": 3, "queue": 10},
+                           1.0)
+    assert doc["figures"][1]["value"] is None  # strict JSON: NaN is written as null
+    json.dumps(doc, allow_nan=False)
+    table = markdown(doc)
+    assert "jobs/s ÷ C/D (partial: 40 of 100 in the 12 s bound) | 0.9 |" in table
+    assert "| 6 fan-out | total time (partial: 40 of 100 in the 12 s bound) | – |" in table
+
+
+def _recorder(tmp_path: Path, chosen: list[str]) -> Recorder:
+    phase_list = [
+        Phase("first", "first phase", ("utilisation", "requests")),
+        Phase("second", "second phase", ("enqueue",)),
+        Phase("third", "third phase", ("scale",)),
+    ]
+    config = {"size": "smoke", "time_factor": 0.005, "capacity": 3, "queue": 10}
+    return Recorder(tmp_path / "results.json", config, BENCHMARKS, chosen, phase_list,
+                    Console(file=io.StringIO(), width=150))
+
+
+def test_each_phase_writes_its_figures_as_soon_as_it_ends(tmp_path: Path) -> None:
+    rec = _recorder(tmp_path, ["utilisation", "requests", "enqueue", "scale"])
+    out = tmp_path / "results.json"
+    with rec.phase("first"):
+        rec.add([Figure("1 utilisation", "u", 0.99), Figure("2 requests/job", "r", 1.01),
+                 Figure("4 continuation", "not chosen", 1.0)])
+    doc = json.loads(out.read_text(encoding="utf-8"))
+    assert [f["measure"] for f in doc["figures"]] == ["u", "r"]  # benchmarks not chosen are left out
+    assert doc["complete"] is False and doc["benchmarks"]["utilisation"] == "done"
+    assert doc["benchmarks"]["scale"] == "pending" and doc["load"]["cores"] >= 1
+    with rec.phase("second"):
+        raise RuntimeError("broken")  # recorded, and the run goes on
+    with rec.phase("third"):
+        rec.add([Figure("5 scale", "rss", 140.0, partial=True, notes={"reached": "3 of 4"})])
+    doc = rec.finish()
+    assert doc["complete"] is True and doc["not_run"] == [] and doc["interrupted"] is None
+    assert doc["benchmarks"] == {"utilisation": "done", "requests": "done", "enqueue": "failed",
+                                 "scale": "partial"}
+    assert json.loads(out.read_text(encoding="utf-8"))["figures"][-1]["partial"] is True
+    assert any("broken" in e for e in doc["errors"])
+
+
+def test_a_stopped_run_keeps_every_figure_and_says_what_did_not_run(tmp_path: Path) -> None:
+    rec = _recorder(tmp_path, ["utilisation", "enqueue", "scale"])
+    with rec.phase("first"):
+        rec.add([Figure("1 utilisation", "u", 0.99)])
+    with pytest.raises(KeyboardInterrupt), rec.phase("second"):
+        raise Stopped("SIGTERM")
+    doc = rec.finish()
+    assert [f["measure"] for f in doc["figures"]] == ["u"]
+    assert doc["complete"] is False and doc["interrupted"] == {"by": "SIGTERM", "phase": "second"}
+    assert doc["not_run"] == ["enqueue", "scale"] and doc["phases_not_run"] == ["second", "third"]
+    assert doc["benchmarks"] == {"utilisation": "done", "enqueue": "interrupted", "scale": "not_run"}
+    assert "Not run: enqueue, scale (the run was stopped by SIGTERM during second)." in markdown(doc)
+
+
+def test_load_is_the_machine_busy_time_less_our_own() -> None:
+    assert busy_cpu_s("cpu  100 0 50 1000 30 5 5 10 0 0\ncpu0 1 2 3\n") * os.sysconf("SC_CLK_TCK") == 170
+    load = LoadMeter.start().read()
+    assert set(load) >= {"loadavg_start", "loadavg_end", "other_cpu_s", "own_cpu_s", "other_cores"}
+    assert load["other_cpu_s"] >= 0 and len(load["loadavg_start"]) == 3
+    doc = results_document([], {"size": "smoke", "time_factor": 0.005, "capacity": 3, "queue": 10}, 1.0, load=load)
+    assert "Machine load during the run: load average (1/5/15 min)" in markdown(doc)
+
+
+def test_only_takes_numbers_names_and_lists_and_every_benchmark_has_its_phases() -> None:
+    assert _chosen(["1", "scale"]) == {"utilisation", "scale"}
+    assert _chosen(["3,fanout", "continuation"]) == {"enqueue", "fanout", "latency"}
+    assert _chosen(None) == set(BENCHMARKS)
+    with pytest.raises(SystemExit, match="unknown benchmark"):
+        _chosen(["7"])
+    for name in BENCHMARKS:
+        planned = phases(SIZES["smoke"], {name})
+        assert planned and all(name in p.benchmarks for p in planned)
+
+
+def test_a_run_stopped_by_its_time_limit_writes_what_did_not_run(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MJQ_")}
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "--size", "smoke", "--only", "enqueue,scale", "--time-limit", "1",
+         "--out", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert run.returncode == 130, run.stdout[-3000:] + run.stderr[-3000:]
+    doc = json.loads(out.read_text(encoding="utf-8"))
+    assert doc["complete"] is False and doc["interrupted"]["by"] == "the time limit"
+    assert "scale" in doc["not_run"] and doc["load"]["wall_s"] > 0
+    assert "not run:" in run.stdout
+
+
 def test_smoke_run_measures_every_benchmark_against_its_baseline(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MJQ_")}
@@ -70,7 +205,13 @@ def test_smoke_run_measures_every_benchmark_against_its_baseline(tmp_path: Path)
     doc = json.loads(out.read_text(encoding="utf-8"))
     figures = doc["figures"]
     assert {f["benchmark"].split()[0] for f in figures} == {"1", "2", "3", "4", "5", "6"}
-    assert all(math.isfinite(f["value"]) for f in figures), figures
+    # a side that hit its time bound (a busy machine) gives a partial figure, never a lost run
+    assert all(f["partial"] or math.isfinite(f["value"]) for f in figures), figures
+    assert doc["complete"] is True and doc["not_run"] == [] and doc["interrupted"] is None
+    assert set(doc["benchmarks"]) == set(BENCHMARKS)
+    assert set(doc["benchmarks"].values()) <= {"done", "partial"}, doc["benchmarks"]
+    assert all(p["status"] in ("done", "partial") and p["seconds"] is not None for p in doc["phases"])
+    assert doc["load"]["own_cpu_s"] > 0 and len(doc["load"]["loadavg_end"]) == 3
     compared = [f for f in figures if f["baseline"]]
     assert len(compared) >= 10 and all(f["baseline_value"] is not None for f in compared)
     by_measure = {f["measure"]: f for f in figures}
@@ -78,45 +219,3 @@ def test_smoke_run_measures_every_benchmark_against_its_baseline(tmp_path: Path)
     full = by_measure["queue-full answers"]
     assert full["value"] == 0 and full["baseline_value"] > 0
     assert doc["config"]["size"] == "smoke" and doc["machine"] and doc["errors"] == []
-    assert doc["complete"] is True and doc["not_run"] == []
-    assert {"loadavg_start", "loadavg_end", "cpu_s_ours", "cpu_s_others"} <= set(doc["load"]), doc["load"]
-
-
-def test_a_phase_that_reaches_its_bound_ends_with_a_partial_note() -> None:
-    assert bounds.wait_until(lambda: True, 0.5, "quick") and bounds.take_notes() == []
-    assert not bounds.wait_until(lambda: False, 0.3, "batch b", lambda: "7 of 10 jobs done")
-    [note] = bounds.take_notes()
-    assert note.startswith("batch b: stopped at its bound") and "7 of 10 jobs done" in note
-    assert bounds.take_notes() == []  # each step gets only its own notes
-
-
-def test_a_partial_figure_is_marked_in_the_table_and_the_load_is_recorded() -> None:
-    figure = Figure("5 scale", "worker RSS", 120.0, "MB", partial=True)
-    doc = results_document([figure], {"size": "smoke", "time_factor": 0.005, "capacity": 3, "queue": 10}, 1.0,
-                           load=LoadMeter().summary(), not_run=["fanout"], complete=False)
-    assert doc["complete"] is False and doc["not_run"] == ["fanout"]
-    text = markdown(doc)
-    assert "120 MB (partial)" in text and "Machine load: load average" in text
-
-
-def test_a_stopped_run_keeps_the_figures_it_measured(tmp_path: Path) -> None:
-    """SIGTERM after the first benchmark's figures were written: they stay, and the rest is named not run."""
-    out = tmp_path / "results.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MJQ_")}
-    run = subprocess.Popen(
-        [sys.executable, "-m", "bench", "--size", "smoke", "--only", "enqueue", "--only", "scale", "--out", str(out)],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 300
-        while not (out.exists() and json.loads(out.read_text(encoding="utf-8"))["figures"]):
-            assert run.poll() is None and time.monotonic() < deadline, "no figure was written before the end"
-            time.sleep(0.2)
-        run.send_signal(signal.SIGTERM)
-        assert run.wait(timeout=120) == 130
-    finally:
-        if run.poll() is None:
-            run.kill()
-    doc = json.loads(out.read_text(encoding="utf-8"))
-    assert {f["benchmark"].split()[0] for f in doc["figures"]} == {"3"}
-    assert doc["complete"] is False and doc["not_run"] == ["scale"] and "interrupted" in doc["errors"]
