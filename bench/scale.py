@@ -23,8 +23,8 @@ import redis
 from bench.bounds import FIXED_S, Reached, mark, wait_bounded
 from bench.report import Figure
 from bench.stack import CAPACITY, enqueue, prompts, running
-from worker.devstack.stack import Service, worker_argv
 from worker.devstack.redisserver import RedisServer
+from worker.devstack.stack import Service, worker_argv
 
 RSS_TARGET_MB = 250.0
 RETRY_EVERY_S = 60.0  # the naive waiter's figure is for a retry every minute

@@ -171,7 +171,7 @@ def stop_batch(batch_id: str, grace_s: float) -> None:
     from worker.store.records import TERMINAL
     from worker.store.runtime import runtime
 
-    cancel_batch(batch_id)
+    cancel_batch(batch_id, runtime())
     ledger = runtime().ledger
     deadline = Deadline(grace_s)
     while not deadline.passed:

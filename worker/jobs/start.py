@@ -46,7 +46,7 @@ from worker.jobs.settle import (
     hold_slot,
     mark_needs_review,
 )
-from worker.jobs.start.reprs import short_repr, task_reprs
+from worker.jobs.reprs import short_repr, task_reprs
 from worker.jobs.tracking import first_poll_delay
 from worker.mjapi.errors import (
     AnswerLost,
