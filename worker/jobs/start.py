@@ -38,6 +38,7 @@ from worker.jobs.kinds import (
     lighten_images,
 )
 from worker.jobs.messages import message_from_request, resend
+from worker.jobs.reprs import short_repr, task_reprs
 from worker.jobs.settle import (
     after_terminal,
     cancel_job,
@@ -46,7 +47,6 @@ from worker.jobs.settle import (
     hold_slot,
     mark_needs_review,
 )
-from worker.jobs.reprs import short_repr, task_reprs
 from worker.jobs.tracking import first_poll_delay
 from worker.mjapi.errors import (
     AnswerLost,
