@@ -198,7 +198,7 @@ def test_bad_producer_input_mixed_into_a_batch(rel_hook: Rel, started: float, tm
     raw = [(field, app.send_task("tasks.imagine", kwargs={**kw, **B}, queue="batch")) for field, kw in bad_kwargs]
     for field, result in raw:
         with pytest.raises(Exception) as failure:
-            result.get(timeout=15)
+            result.get(timeout=60)
         assert result.state == "FAILURE" and f"field '{field}':" in str(failure.value), (field, str(failure.value))
         refused[f"send_task {field}"] = str(failure.value)[:120]
     time.sleep(1.0)  # a retry loop would show as RETRY/PENDING states or new records by now

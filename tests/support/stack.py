@@ -205,7 +205,7 @@ class WebhookProcess:
         path.write_text(json.dumps(config), encoding="utf-8")
         return path
 
-    def start(self, timeout_s: float = 20.0) -> WebhookProcess:
+    def start(self, timeout_s: float = 60.0) -> WebhookProcess:
 
         argv = [
             sys.executable, "-m", "uvicorn", "--factory", "worker.service.webhook:create_app",
