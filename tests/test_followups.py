@@ -77,7 +77,7 @@ def test_three_deep_sequence_and_every_kind(stack: Stack, sim: Any) -> None:
     lineage = [final]
     while lineage[-1].get("parent_job"):
         lineage.append(stack.job(lineage[-1]["parent_job"]))
-    assert [_button_kind(j["custom_id"]) for j in lineage] == [
+    assert [_button_kind(j.get("custom_id") or j["action"]) for j in lineage] == [
         "upsample", "variation", "reroll", "IMAGINE",
     ]
 

@@ -17,6 +17,7 @@ from worker.mjapi import (
     AnswerLost,
     BannedPrompt,
     BotType,
+    Busy,
     Forbidden,
     MidjourneyClient,
     MJError,
@@ -281,9 +282,9 @@ def test_vendor_dialect(sim: Any) -> None:
             banned_words=[], concurrency={"FAST": 1, "RELAX": 1, "TURBO": 1}, queue_size=0, time_factor=1.0
         )
         c.imagine("one")
-        with pytest.raises(UpstreamSystemError) as busy:
+        with pytest.raises(Busy) as busy:
             c.imagine("two")
-        assert type(busy.value) is UpstreamSystemError and busy.value.code == 23  # vendor 23: system busy
+        assert busy.value.code == 23  # vendor 23 "系统繁忙": busy, retried without using up submit attempts
         assert busy.value.retryable
 
 

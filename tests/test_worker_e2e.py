@@ -47,7 +47,8 @@ def test_every_request_kind(stack: Stack, sim: Any) -> None:
     grid = tasks.imagine.delay("a lighthouse", base64_array=[img_b]).get(timeout=20)
     u1 = next(b["custom_id"] for b in grid["buttons"] if b["label"] == "U1")
     upscale = tasks.action.delay(grid["upstream_id"], u1).get(timeout=20)
-    assert upscale["status"] == "succeeded" and upscale["action"] == u1 and upscale["image_path"]
+    assert upscale["status"] == "succeeded" and upscale["action"] == "UPSCALE" and upscale["image_path"]
+    assert upscale["custom_id"] == u1
     assert blend.get(timeout=20)["action"] == "BLEND"
     described = describe.get(timeout=20)
     assert len(described["extra"]["prompts"]) == 4
