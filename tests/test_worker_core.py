@@ -224,7 +224,7 @@ def test_a_reconciled_needs_review_job_continues_its_chain_and_plan_once(hook_st
     stack.wait(lambda: stored(last.id).get("status") == "SUCCESS", 10, "the chained U2's own result")
     assert last.get(timeout=10)["status"] == "succeeded"
     kids = stack.ledger.children(parent)
-    assert sorted(k["action"].split("::")[3] for k in kids) == ["1", "2"]
+    assert sorted(k["custom_id"].split("::")[3] for k in kids) == ["1", "2"]
     time.sleep(1.0)  # a second continuation would have sent more jobs by now
     assert len(stack.ledger.children(parent)) == 2
     by_state = sim.stats()["submissions_by_state"]

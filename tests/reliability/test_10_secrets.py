@@ -159,9 +159,13 @@ def flower(rel_debug: Rel, tmp_path: Path) -> Iterator[tuple[str, Path]]:
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:  # until Flower receives events (housekeeping runs every half second):
+    from worker.app import app
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # until Flower receives events (a probe event: plumbing sends none):
         try:  # answering HTTP comes earlier, and a task whose first events it missed shows no arguments
+            with app.events.default_dispatcher(hostname="flower-probe") as dispatcher:
+                dispatcher.send("task-sent", uuid="flower-ready-probe", name="probe", args="()", kwargs="{}")
             if httpx.get(f"{url}/api/tasks", params={"limit": 1}, timeout=2).json():
                 break
         except (httpx.HTTPError, ValueError):
@@ -169,7 +173,7 @@ def flower(rel_debug: Rel, tmp_path: Path) -> Iterator[tuple[str, Path]]:
         assert process.poll() is None, log_path.read_text()[-2000:]
         time.sleep(0.2)
     else:
-        raise AssertionError(f"Flower received no task event in 30 s: {log_path.read_text()[-2000:]}")
+        raise AssertionError(f"Flower received no task event in 60 s: {log_path.read_text()[-2000:]}")
     yield url, log_path
     process.terminate()
     try:
