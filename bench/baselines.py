@@ -44,7 +44,7 @@ class NaiveClient:
     def __init__(
         self, base_url: str, api_key: str, time_factor: float, run: NaiveRun, deadline: Deadline | None = None
     ) -> None:
-        self.http = httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {api_key}"}, timeout=30.0)
+        self.http = httpx.Client(base_url=base_url, headers={"mj-api-secret": api_key}, timeout=30.0)
         self.time_factor = time_factor
         self.run = run
         self.deadline = deadline
