@@ -10,36 +10,10 @@ from worker.jobs.start import JobOptions, JobTask, run_job_task
 
 Opt = Any  # keyword arguments are validated by the request models, not by Celery
 
-
-class ImagineTask(JobTask):
-    kind = "imagine"
+# ``kind`` (the request model, worker.jobs.kinds) becomes an attribute of each generated task class.
 
 
-class BlendTask(JobTask):
-    kind = "blend"
-
-
-class DescribeTask(JobTask):
-    kind = "describe"
-
-
-class SwapFaceTask(JobTask):
-    kind = "swap_face"
-
-
-class UploadTask(JobTask):
-    kind = "upload"
-
-
-class ActionTask(JobTask):
-    kind = "action"
-
-
-class ModalTask(JobTask):
-    kind = "modal"
-
-
-@task(bind=True, base=ImagineTask, name="tasks.imagine")
+@task(bind=True, base=JobTask, kind="imagine", name="tasks.imagine")
 def imagine(
     self: JobTask,
     prompt: str | None = None,
@@ -53,7 +27,7 @@ def imagine(
     return run_job_task(self, call_kwargs(locals()))
 
 
-@task(bind=True, base=BlendTask, name="tasks.blend")
+@task(bind=True, base=JobTask, kind="blend", name="tasks.blend")
 def blend(
     self: JobTask,
     base64_array: list[str] | None = None,
@@ -67,7 +41,7 @@ def blend(
     return run_job_task(self, call_kwargs(locals()))
 
 
-@task(bind=True, base=DescribeTask, name="tasks.describe")
+@task(bind=True, base=JobTask, kind="describe", name="tasks.describe")
 def describe(
     self: JobTask,
     base64: str | None = None,
@@ -80,7 +54,7 @@ def describe(
     return run_job_task(self, call_kwargs(locals()))
 
 
-@task(bind=True, base=SwapFaceTask, name="tasks.swap_face")
+@task(bind=True, base=JobTask, kind="swap_face", name="tasks.swap_face")
 def swap_face(
     self: JobTask,
     source_base64: str | None = None,
@@ -93,7 +67,7 @@ def swap_face(
     return run_job_task(self, call_kwargs(locals()))
 
 
-@task(bind=True, base=UploadTask, name="tasks.upload_images")
+@task(bind=True, base=JobTask, kind="upload", name="tasks.upload_images")
 def upload_images(
     self: JobTask,
     base64_array: list[str] | None = None,
@@ -105,7 +79,7 @@ def upload_images(
     return run_job_task(self, call_kwargs(locals()))
 
 
-@task(bind=True, base=ActionTask, name="tasks.action")
+@task(bind=True, base=JobTask, kind="action", name="tasks.action")
 def action(
     self: JobTask,
     task_id: str | None = None,
@@ -120,7 +94,7 @@ def action(
     return run_job_task(self, call_kwargs(locals()))
 
 
-@task(bind=True, base=ModalTask, name="tasks.modal")
+@task(bind=True, base=JobTask, kind="modal", name="tasks.modal")
 def modal(
     self: JobTask,
     task_id: str | None = None,

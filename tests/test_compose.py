@@ -137,20 +137,13 @@ def test_every_mjq_variable_is_a_setting() -> None:
     assert settings.slots_fast == 3
 
 
-def test_flower_conf_values(tmp_path: Path) -> None:
+def test_flower_conf_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Flower executes flower.conf as Python: check what it defines, with and without the env."""
     namespace: dict[str, Any] = {}
     env = {"FLOWER_BASIC_AUTH": "admin:pw1, ops:pw2", "FLOWER_PORT": "6001", "FLOWER_DB": str(tmp_path / "f")}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        exec(compile((ROOT / "flower.conf").read_text(), "flower.conf", "exec"), namespace)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    exec(compile((ROOT / "flower.conf").read_text(), "flower.conf", "exec"), namespace)
     assert namespace["basic_auth"] == ["admin:pw1", "ops:pw2"]
     assert namespace["port"] == 6001 and isinstance(namespace["port"], int)
     assert namespace["persistent"] is True and namespace["db"] == str(tmp_path / "f")

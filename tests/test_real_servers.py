@@ -138,7 +138,7 @@ def test_profiles_table_and_the_old_dialect_alias() -> None:
     settings = Settings(api_dialect="vendor")
     assert settings.api_profile_name == "vendor"
     default = Settings()
-    assert default.api_auth_header.value == "mj-api-secret" and default.api_profile_name == "auto"
+    assert default.api_auth_header == "mj-api-secret" and default.api_profile_name == "auto"
 
 
 def test_java_has_no_action_route_and_says_so_before_sending() -> None:

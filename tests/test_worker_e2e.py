@@ -207,9 +207,9 @@ def test_submit_errors_give_up_after_the_attempt_limit(stack: Stack, sim: Any) -
     assert sim.stats()["faults"] == {"http_500": 8} and sim.stats()["accepted"] == 0
 
 
-def test_busy_answers_use_no_attempts_and_end_at_the_deadline(stack: Stack, sim: Any) -> None:
+def test_busy_answers_use_no_attempts_and_end_at_the_busy_limit(stack: Stack, sim: Any) -> None:
     """Queue full is the upstream saying "no room now", not a bad request: a job keeps trying past the attempt
-    limit while the upstream is full, and gives up only after being turned away for its whole deadline (3 s)."""
+    limit while the upstream is full, and gives up only after being turned away for MJQ_SUBMIT_BUSY_MAX_S (3 s)."""
     import tasks
 
     sim.faults(concurrency={"FAST": 1, "RELAX": 1, "TURBO": 1}, queue_size=0, duration_s={"FAST": 60.0},

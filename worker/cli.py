@@ -280,11 +280,11 @@ def batch_cmd(
 @cli_command("imagine")
 def imagine_cmd(
     prompt: Annotated[str, typer.Argument(help="the prompt text")],
+    image: Annotated[list[Path] | None, typer.Option("--image", "-i", help="image prompt file (repeat)")] = None,
     mode: ModeOpt = None,
     then: ThenOpt = None,
     priority: PriorityOpt = None,
     bot: Annotated[str, typer.Option(help="mj | niji")] = "mj",
-    image: Annotated[list[Path] | None, typer.Option("--image", "-i", help="image prompt file (repeat)")] = None,
     batch_id: Annotated[str | None, typer.Option("--batch-id", "-b")] = None,
     wait: WaitOpt = False,
     as_json: JsonOpt = False,

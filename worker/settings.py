@@ -11,7 +11,7 @@ import secrets
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -20,29 +20,12 @@ PositiveSeconds = Annotated[float, Field(gt=0)]
 NonNegativeSeconds = Annotated[float, Field(ge=0)]
 
 
-class AuthHeader(StrEnum):
-    """How the API key is sent: aggregators want a bearer token, self-hosted proxies ``mj-api-secret``."""
-
-    BEARER = "bearer"
-    MJ_API_SECRET = "mj-api-secret"
-
-
-class Dialect(StrEnum):
-    """The old name of the profile choice: ``proxy`` = ``MJQ_API_PROFILE=auto``, ``vendor`` = ``vendor``."""
-
-    VENDOR = "vendor"
-    PROXY = "proxy"
-
-
-class ApiProfile(StrEnum):
-    """Which real server the upstream is (``worker/mjapi/profiles.py``); ``auto`` works on every one."""
-
-    AUTO = "auto"
-    PLUS = "plus"
-    TRUEAI = "trueai"
-    JAVA = "java"
-    NEWAPI = "newapi"
-    VENDOR = "vendor"
+# How the API key is sent: aggregators want a bearer token, self-hosted proxies ``mj-api-secret``.
+AuthHeader = Literal["bearer", "mj-api-secret"]
+# Which real server the upstream is (``worker/mjapi/profiles.py``); ``auto`` works on every one.
+ApiProfile = Literal["auto", "plus", "trueai", "java", "newapi", "vendor"]
+# The old name of the profile choice: ``proxy`` = ``MJQ_API_PROFILE=auto``, ``vendor`` = ``vendor``.
+Dialect = Literal["vendor", "proxy"]
 
 
 class Settings(BaseSettings):
@@ -62,11 +45,11 @@ class Settings(BaseSettings):
     )
     api_key: SecretStr = Field(SecretStr(""), description="API key sent to the upstream; never logged.")
     api_auth_header: AuthHeader = Field(
-        AuthHeader.MJ_API_SECRET,
+        "mj-api-secret",
         description="mj-api-secret (accepted by every server) | bearer (`Authorization: Bearer`, aggregators only).",
     )
     api_profile: ApiProfile = Field(
-        ApiProfile.AUTO,
+        "auto",
         description="auto | plus | trueai | java | newapi | vendor: which server the upstream is (README"
         " \"Real servers\"); auto reads every server's answers.",
     )
@@ -167,8 +150,13 @@ class Settings(BaseSettings):
     submit_max_attempts: int = Field(
         8,
         ge=1,
-        description="Failed submit attempts (429 / 5xx / not sent) before a job fails; busy answers (queue full,"
-        " system error) do not count, they give up after the job deadline.",
+        description="Failed submit attempts (5xx / not sent / system error) before a job fails; busy answers"
+        " (queue full, concurrency limit, saturated group, 429) do not count (MJQ_SUBMIT_BUSY_MAX_S bounds them).",
+    )
+    submit_busy_max_s: NonNegativeSeconds = Field(
+        21_600.0,
+        description="How long a job keeps retrying while the upstream answers busy before it fails (0 = no limit);"
+        " nothing is spent meanwhile, and a busy night should not fail a batch.",
     )
     housekeeping_interval_s: PositiveSeconds = Field(
         1.0, description="Beat period of housekeeping: admit parked jobs, reclaim leases, find overdue polls."
@@ -252,9 +240,9 @@ class Settings(BaseSettings):
     def api_profile_name(self) -> str:
         """The profile in use: ``MJQ_API_PROFILE``, or ``vendor`` when only the old ``MJQ_API_DIALECT=vendor``
         says so."""
-        if self.api_profile is ApiProfile.AUTO and self.api_dialect is Dialect.VENDOR:
-            return ApiProfile.VENDOR.value
-        return self.api_profile.value
+        if self.api_profile == "auto" and self.api_dialect == "vendor":
+            return "vendor"
+        return self.api_profile
 
     @property
     def api_mode_paths(self) -> dict[str, str]:

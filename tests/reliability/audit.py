@@ -132,6 +132,11 @@ def _check_lost(fig: Figures, jobs: dict[str, dict[str, Any] | None]) -> None:
     states = Counter(str((jobs[j] or {}).get("status")) for j in open_jobs)
     _problem(fig, f"jobs not terminal {dict(states)}", open_jobs)
     fig.by_status = dict(Counter(str(rec.get("status")) for rec in jobs.values() if rec))
+    for rec in jobs.values():
+        reason = str((rec or {}).get("fail_reason") or "")
+        shown = fig.reasons.setdefault(str((rec or {}).get("status")), [])
+        if reason and len(shown) < SHOWN:
+            shown.append(f"{(rec or {}).get('job_id')} {(rec or {}).get('kind')}: {reason}")
 
 
 def _check_outcomes(fig: Figures, jobs: dict[str, dict[str, Any] | None], enqueued: list[str]) -> None:

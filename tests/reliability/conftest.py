@@ -55,6 +55,7 @@ REL_BASE = {
     "MJQ_EXPECTED_RELAX_S": "0.4",
     "MJQ_EXPECTED_TURBO_S": "0.1",
     "MJQ_WEBHOOK_POLL_S": "0.5",  # also bounds the settings' countdown check against the visibility timeout
+    "MJQ_SUBMIT_BUSY_MAX_S": "0",  # busy answers (queue full, 429) are retried for as long as they last
 }
 # Webhooks on: the safety-net poll comes 2 s after the expected duration (still below the visibility timeout),
 # 10x and more the jobs' 0.05-0.36 s, so on a busy machine the callbacks still settle jobs before any poll
@@ -98,9 +99,10 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def unexpected_ends(fig: Figures, allowed: tuple[str, ...] = ("succeeded",)) -> dict[str, int]:
-    """Jobs that ended in a state the scenario does not explain (e.g. failed or timed out without a cause)."""
-    return {k: v for k, v in fig.by_status.items() if k not in allowed}
+def unexpected_ends(fig: Figures, allowed: tuple[str, ...] = ("succeeded",)) -> dict[str, Any]:
+    """Jobs that ended in a state the scenario does not explain (e.g. failed or timed out without a cause), with a
+    few of their fail reasons."""
+    return {k: (v, fig.reasons.get(k, [])) for k, v in fig.by_status.items() if k not in allowed}
 
 
 @dataclass

@@ -51,6 +51,7 @@ class Figures:
     needs_review_paid: int = 0
     leaked_leases: int = 0
     by_status: dict[str, int] = field(default_factory=dict)
+    reasons: dict[str, list[str]] = field(default_factory=dict)  # a few fail reasons per end state
     seconds: float = 0.0
     notes: str = ""  # one short line for the README (e.g. the webhook load rate)
     extra: dict[str, Any] = field(default_factory=dict)

@@ -117,7 +117,7 @@ def test_worker_killed_mid_submit_poll_and_download(rel_crash: Rel, started: flo
     assert fig.ok, fig.line()
     assert all(k["tracking"] > 0 for k in kills.values()), kills
     # only a submit cut by a kill may end in review (flagged, never sent again: no webhook here to reconcile it)
-    assert not unexpected_ends(fig, ("succeeded", "needs_review")), fig.by_status
+    assert not unexpected_ends(fig, ("succeeded", "needs_review")), unexpected_ends(fig)
     review = [j for j in rel.stack.ledger.batch_jobs("kill") if j["status"] == "needs_review"]
     assert len(review) <= sum(k["submit"] for k in kills.values()), (review, kills)
     assert all("interrupted" in (j["fail_reason"] or "") for j in review), review

@@ -35,7 +35,7 @@ def _restart_mid_batch(rel: Rel, redis_server: Any, batch_id: str, scenario: str
     assert 0 < share < 1, f"Redis must stop part-way through the batch, not at {share:.0%}"
     assert fig.ok, fig.line()
     assert fig.lost == 0 and fig.duplicate_submits == 0, fig.line()
-    assert not unexpected_ends(fig, ("succeeded", "needs_review")), fig.by_status
+    assert not unexpected_ends(fig, ("succeeded", "needs_review")), unexpected_ends(fig)
     review = [j for j in rel.stack.ledger.batch_jobs(batch_id) if j["status"] == "needs_review"]
     assert all("interrupted" in (j["fail_reason"] or "") for j in review), review
     return fig

@@ -94,7 +94,7 @@ def test_thirty_percent_upstream_faults(rel_hook: Rel, started: float) -> None:
     assert len(resent) == len(ambiguous), "an ambiguous job has no upstream task"
     assert not any(resent.values()), {k: v for k, v in resent.items() if v}
     assert all(j["status"] == "needs_review" or j["upstream_id"] for j in ambiguous)
-    assert not unexpected_ends(fig, ("succeeded", "needs_review")), fig.by_status
+    assert not unexpected_ends(fig, ("succeeded", "needs_review")), unexpected_ends(fig)
     assert fig.needs_review <= len(ambiguous), "a job ended in review without a lost answer"
 
 
@@ -135,4 +135,4 @@ def test_connect_errors_and_system_errors(rel_faults: Rel, fault_proxy: FaultPro
     reached = {j["job_id"]: sent_after(log, j["job_id"], float(j["submitting_at"])) for j in review}
     assert not any(reached.values()), f"jobs in review whose request did reach the upstream: {reached}"
     assert fig.needs_review_paid == 0 and len(review) <= cut, (len(review), cut)
-    assert not unexpected_ends(fig, ("succeeded", "needs_review")), fig.by_status
+    assert not unexpected_ends(fig, ("succeeded", "needs_review")), unexpected_ends(fig)

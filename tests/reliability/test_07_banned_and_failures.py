@@ -25,7 +25,7 @@ def test_banned_prompts_and_failures_fail_fast(rel_poll: Rel, started: float) ->
     fig = rel.audit("7 banned + upstream failures", ["mixed"], ids, started=started,
                     extra={"banned": len(banned), "upstream_failed": len(upstream_failed)})
     assert fig.ok, fig.line()
-    assert not unexpected_ends(fig, ("succeeded", "failed")), fig.by_status
+    assert not unexpected_ends(fig, ("succeeded", "failed")), unexpected_ends(fig)
     submissions = rel.sim.stats()["submissions_by_state"]
     assert banned and all(j["status"] == "failed" for j in banned)
     assert all("forbidden" in j["fail_reason"] for j in banned), [j["fail_reason"] for j in banned]

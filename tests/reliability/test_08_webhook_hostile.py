@@ -161,6 +161,6 @@ def test_hostile_webhook_input_under_load(rel_hook: Rel, started: float, tmp_pat
               f"p99 {load['latency_ms']['p99']:.0f} ms)",
     )
     assert fig.ok, fig.line()
-    assert not unexpected_ends(fig), fig.by_status
+    assert not unexpected_ends(fig), unexpected_ends(fig)
     assert settled_after, "no job was settled by its callbacks after the load: the server stopped serving"
     assert "Traceback" not in server_log and "Exception in ASGI application" not in server_log, server_log[-3000:]

@@ -24,6 +24,7 @@ import redis
 
 from worker.devstack.processes import stop_process
 from worker.devstack.redisserver import RedisServer, free_port
+from worker.devstack.stack import worker_argv
 
 ROOT = Path(__file__).resolve().parents[2]
 WEBHOOK_SECRET = "test-webhook-secret"
@@ -46,6 +47,7 @@ BASE_ENV = {
     "MJQ_JOB_DEADLINE_RELAX_S": "6",
     "MJQ_JOB_DEADLINE_TURBO_S": "3",
     "MJQ_SUBMIT_RETRY_MAX_S": "0.3",
+    "MJQ_SUBMIT_BUSY_MAX_S": "3",
     "MJQ_HTTP_TIMEOUT_S": "1.5",
     "MJQ_HTTP_SUBMIT_TIMEOUT_S": "1.5",
     "MJQ_HTTP_CONNECT_TIMEOUT_S": "1.0",
@@ -83,30 +85,13 @@ class WorkerProcess:
 
     def start(self, redis_url: str, timeout_s: float = 30.0) -> WorkerProcess:
         schedule = self.log_path.with_suffix(".schedule")
-        argv = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker.app",
-            "worker",
-            "-B",
-            "-E",
-            "-P",
-            "threads",
-            "-c",
-            "8",
-            "-Q",
-            "interactive,track,batch",
-            "--loglevel",
-            self.loglevel,
-            "-n",
-            f"stack-{os.getpid()}-{time.monotonic_ns()}@%h",
-            "--schedule",
-            str(schedule),
-            "--without-gossip",
-            "--without-mingle",
-        ]
+        argv = worker_argv(
+            beat=True,
+            loglevel=self.loglevel,
+            hostname=f"stack-{os.getpid()}-{time.monotonic_ns()}@%h",
+            schedule=schedule,
+            extra=("--without-gossip", "--without-mingle"),
+        )
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         client = redis.Redis.from_url(redis_url)

@@ -396,15 +396,16 @@ def _give_up(job_id: str, job: Mapping[str, Any], attempts: int, exc: Exception,
     upstream has no room now, not that the request is at fault: a shared account or a slot setting above the
     account's capacity makes them routine during a long night, so they do not use up ``submit_max_attempts``
     (found by the connect/system-error scenario of tests/reliability, where a job failed after 8 busy answers).
-    They are bounded in time instead: busy for longer than the job's deadline gives up. Upstream trouble
-    ("系统异常", "服务暂不可用", 5xx) and not-sent errors are counted.
+    They are bounded in time instead (``MJQ_SUBMIT_BUSY_MAX_S``, hours by default: waiting costs nothing, and
+    the job deadline is about a running task, not a full queue). Upstream trouble ("系统异常", "服务暂不可用",
+    5xx) and not-sent errors are counted.
     """
     settings = rt.settings
     if isinstance(exc, Busy):
         rt.ledger.set_once(job_id, "busy_since", str(time.time()))
         busy_answers = rt.ledger.count(job_id, "busy_answers")
         busy_for = time.time() - float(job.get("busy_since") or time.time())
-        if busy_for > settings.deadline_s(Job(job).mode):
+        if settings.submit_busy_max_s and busy_for > settings.submit_busy_max_s:
             return f"upstream busy for {busy_for:.0f}s ({busy_answers} busy answers)"
         return None
     errors = attempts - int(job.get("busy_answers") or 0)

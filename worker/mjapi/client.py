@@ -16,7 +16,6 @@ import logging
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from types import TracebackType
 from typing import Any, Generic, Literal, Protocol, Self, TypeVar
 
@@ -58,7 +57,7 @@ class Settings(Protocol):
     @property
     def api_key(self) -> SecretStr: ...
     @property
-    def api_auth_header(self) -> StrEnum: ...
+    def api_auth_header(self) -> str: ...
     @property
     def api_profile_name(self) -> str: ...
     @property
@@ -195,7 +194,7 @@ class _Core:
         return {
             "base_url": settings.api_base_url,
             "api_key": settings.api_key,
-            "auth_header": settings.api_auth_header.value,
+            "auth_header": settings.api_auth_header,
             "profile": settings.api_profile_name,
             "path_prefix": settings.api_path_prefix,
             "mode_paths": settings.api_mode_paths,

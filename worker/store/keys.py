@@ -16,7 +16,8 @@ All are prefixed ``mjq:``. The Lua scripts (``worker/store/lua``) build key name
 - ``expected``           zset: tasks that must start by the score, else their message was lost
 - ``finishing``          zset: jobs whose terminal transition won but whose finishing step has not run yet
 - ``breaker``            hash: the global stop after 401/403/out of credit (tripped, reason, at)
-- ``pace``, ``daily:<day>``  submit pacing (next allowed submit) and the daily submit count
+- ``pace``, ``pace_by``, ``daily:<day>``  submit pacing (next allowed submit, the job that claimed it) and
+  the daily submit count
 - ``img:<sha256>``       input images stored once by the producer (``worker.store.images``)
 - ``imgjobs``            zset: unfinished jobs that refer to stored images (their TTL is kept)
 - ``lock:<name>``        short locks: one housekeeping runner, one image sweep at a time

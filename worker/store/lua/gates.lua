@@ -11,11 +11,28 @@ local function global_gate(now, interval, cap, day)
   end
   return nil
 end
+-- The pace is claimed by a job (``pace_by``): a job admitted ahead of its POST (admit_next) submits later, and
+-- then the gap is counted again from its real submit (see paced_submit).
+local function claim_pace(jid, now, interval)
+  if interval > 0 then
+    redis.call('SET', P .. 'pace', tostring(now + interval))
+    redis.call('SET', P .. 'pace_by', jid)
+  end
+end
 local function take(skey, jid, now, lease, interval, cap, day)
   redis.call('ZADD', skey, now + lease, jid)
-  if interval > 0 then redis.call('SET', P .. 'pace', tostring(now + interval)) end
+  claim_pace(jid, now, interval)
   if cap > 0 then
     redis.call('INCR', P .. 'daily:' .. day)
     redis.call('EXPIRE', P .. 'daily:' .. day, 172800)
   end
+end
+-- The POST of a job admitted earlier by admit_next: it may go now unless another job claimed the pace since
+-- (then it waits until the pace allows: returns that time); going, it claims the pace from now.
+local function paced_submit(jid, now, interval)
+  if interval <= 0 then return nil end
+  local nxt = tonumber(redis.call('GET', P .. 'pace') or '0')
+  if now < nxt and redis.call('GET', P .. 'pace_by') ~= jid then return nxt end
+  claim_pace(jid, now, interval)
+  return nil
 end

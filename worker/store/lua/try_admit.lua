@@ -3,7 +3,8 @@
 -- pacing, daily_cap. A job refused by the breaker, its batch or the daily cap loses any lease it held.
 -- A job that already holds a lease submits again (a retry) only through the pacing gates, like any submit;
 -- refused by pacing, it keeps its lease and gets the time the pace allows (retry_at). The first submit of a
--- job admitted by admit_next passes without them: admit_next already took its turn (``admit_token``).
+-- job admitted by admit_next (``admit_token``) passes the other gates (admit_next took its turn) and only
+-- waits if another job's submit claimed the pace since its admission.
 local mode, jid = ARGV[1], ARGV[2]
 local n, now, lease = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local interval, cap, day, score = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9])
@@ -23,8 +24,11 @@ end
 redis.call('ZREMRANGEBYSCORE', skey, '-inf', now)
 if redis.call('ZSCORE', skey, jid) then
   local jkey = P .. 'job:' .. jid
-  if redis.call('HDEL', jkey, 'admit_token') == 1 then
+  if redis.call('HGET', jkey, 'admit_token') then
     redis.call('ZADD', skey, 'XX', now + lease, jid)
+    local later = paced_submit(jid, now, interval)
+    if later then return {0, 'pacing', tostring(later)} end
+    redis.call('HDEL', jkey, 'admit_token')
     return {1, 'held'}
   end
   local held_why = global_gate(now, interval, cap, day)
