@@ -16,6 +16,7 @@ from celery.app.amqp import AMQP
 from kombu.entity import Exchange, Queue
 
 from worker.settings import Settings, get_settings
+from worker.store.connection import celery_transport_options
 
 QUEUES = ("interactive", "track", "batch")  # read in this order (-Q): the order is the priority
 INTERACTIVE, TRACK, BATCH = QUEUES
@@ -39,9 +40,11 @@ def visibility_timeout_s(settings: Settings) -> int:
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     url = settings.effective_redis_url
+    sentinel = celery_transport_options(settings)  # empty unless MJQ_REDIS_URL is sentinel://
     transport: dict[str, Any] = {
         "visibility_timeout": visibility_timeout_s(settings),
         "queue_order_strategy": "priority",
+        **sentinel,
     }
     if settings.visibility_timeout_s:
         # a short timeout is only useful if the sweep that redelivers expired messages runs as often
@@ -51,7 +54,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_url": url,
         "result_backend": url,
         "broker_transport_options": transport,
-        "result_backend_transport_options": {"visibility_timeout": visibility_timeout_s(settings)},
+        "result_backend_transport_options": {"visibility_timeout": visibility_timeout_s(settings), **sentinel},
         "broker_connection_retry_on_startup": True,
         "task_serializer": "json",
         "result_serializer": "json",

@@ -7,13 +7,12 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-import redis
-
 import tasks
 from worker.app import app
 from worker.batchfile import BatchJob
 from worker.reports.progress import Snapshot
 from worker.settings import Settings, get_settings
+from worker.store.connection import redis_client
 from worker.store.ledger import Ledger
 
 
@@ -30,7 +29,7 @@ class Backend:
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or get_settings()
-        self.redis = redis.Redis.from_url(self.settings.effective_redis_url, decode_responses=True)
+        self.redis = redis_client(self.settings)
         self.redis.ping()
         self.ledger = Ledger(self.redis)
 

@@ -81,7 +81,15 @@ class Settings(BaseSettings):
 
     # Redis (broker, result backend and ledger)
     redis_url: str | None = Field(
-        None, description="Redis URL; unset means `mjq up` starts the embedded Valkey server."
+        None,
+        description="Redis URL (redis://, rediss://, unix://, or Sentinel: sentinel://h1:26379;sentinel://h2:26379/0);"
+        " unset means `mjq up` starts the embedded Valkey server.",
+    )
+    redis_sentinel_master: str = Field(
+        "", description="With a sentinel:// URL: the name the Sentinels monitor (required then)."
+    )
+    redis_sentinel_password: SecretStr = Field(
+        SecretStr(""), description="With a sentinel:// URL: the Sentinels' own password, if they have one."
     )
 
     # Webhooks
@@ -198,8 +206,8 @@ class Settings(BaseSettings):
         if value in (None, ""):
             return None
         assert value is not None
-        if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+        if not value.startswith(("redis://", "rediss://", "unix://", "sentinel://")):
+            raise ValueError("must start with redis://, rediss://, unix:// or sentinel://")
         return value
 
     @field_validator("api_path_prefix", "api_path_fast", "api_path_relax", "api_path_turbo")
@@ -208,6 +216,12 @@ class Settings(BaseSettings):
         if value and not value.startswith("/"):
             raise ValueError("must start with '/'")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _sentinel_master(self) -> Settings:
+        if self.effective_redis_url.startswith("sentinel://") and not self.redis_sentinel_master:
+            raise ValueError("MJQ_REDIS_SENTINEL_MASTER is required with a sentinel:// MJQ_REDIS_URL")
+        return self
 
     @model_validator(mode="after")
     def _poll_bounds(self) -> Settings:

@@ -224,7 +224,10 @@ class Stack:
     redis: redis.Redis = field(init=False)
 
     def __post_init__(self) -> None:
-        self.redis = redis.Redis.from_url(self.redis_url, decode_responses=True)
+        from worker.settings import get_settings
+        from worker.store.connection import redis_client
+
+        self.redis = redis_client(get_settings().model_copy(update={"redis_url": self.redis_url}))
 
     @property
     def ledger(self) -> Any:

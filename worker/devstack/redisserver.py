@@ -36,6 +36,7 @@ class RedisServer:
     appendonly: bool = True
     process: subprocess.Popen[bytes] | None = None
     new_session: bool = False  # `mjq up`: Ctrl-C reaches only mjq, which stops Redis last
+    extra_args: tuple[str, ...] = ()  # e.g. ``("--replicaof", "127.0.0.1", "6390")`` for a replica
 
     @property
     def url(self) -> str:
@@ -54,6 +55,7 @@ class RedisServer:
             "--maxmemory-policy", "noeviction",
             "--logfile", "valkey.log",
             "--protected-mode", "no",
+            *self.extra_args,
         ]
         self.process = subprocess.Popen(args, cwd=self.data_dir, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL, start_new_session=self.new_session)

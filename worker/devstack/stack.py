@@ -31,6 +31,7 @@ import redis
 from worker.app import QUEUES
 from worker.devstack.redisserver import RedisServer, free_port
 from worker.settings import Settings, dev_webhook_secret, get_settings, load_settings, webhook_secret_problem
+from worker.store.connection import celery_transport_options, redis_client
 
 SIM_DURATIONS_S = {"fast": 60.0, "relax": 180.0, "turbo": 25.0}
 LogSink = Callable[[str, str], None]
@@ -176,10 +177,11 @@ def _http_ok(url: str) -> bool:
     return httpx.get(url, timeout=1.0).status_code < 500
 
 
-def _worker_answers(redis_url: str) -> bool:
+def _worker_answers(settings: Settings) -> bool:
     from celery import Celery
 
-    probe = Celery("mjq-probe", broker=redis_url, set_as_current=False)
+    probe = Celery("mjq-probe", broker=settings.effective_redis_url, set_as_current=False)
+    probe.conf.broker_transport_options = celery_transport_options(settings)
     try:
         return bool(probe.control.ping(timeout=0.5))
     finally:
@@ -367,7 +369,7 @@ class DevStack:
             self.flower_url = f"http://127.0.0.1:{flower_port}"
             _wait_until(lambda: _http_ok(f"{self.flower_url}/healthcheck"), flower, "Flower", timeout)
 
-        _wait_until(lambda: _worker_answers(self.redis_url), worker, "the Celery worker", timeout)
+        _wait_until(lambda: _worker_answers(self._redis_settings()), worker, "the Celery worker", timeout)
         self.env = {k: v for k, v in env.items() if k.startswith(("MJQ_", "FLOWER_")) and k != "MJQ_API_KEY"}
 
     def _service(self, name: str, argv: list[str], env: Mapping[str, str]) -> Service:
@@ -391,8 +393,12 @@ class DevStack:
             self.redis_server.stop()
             self.redis_server = None
 
+    def _redis_settings(self) -> Settings:
+        """The settings with the Redis the stack uses (the embedded server, or the configured URL/Sentinels)."""
+        return self.settings.model_copy(update={"redis_url": self.redis_url})
+
     def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.redis_url, decode_responses=True)
+        return redis_client(self._redis_settings())
 
     @contextlib.contextmanager
     def environment(self) -> Iterator[None]:

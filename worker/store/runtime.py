@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import threading
 
-import redis
-
 from worker.mjapi import MidjourneyClient
 from worker.settings import Settings, get_settings
+from worker.store.connection import redis_client
 from worker.store.ledger import Ledger
 from worker.store.slots import Slots
 
@@ -15,7 +14,7 @@ from worker.store.slots import Slots
 class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.redis = redis.Redis.from_url(settings.effective_redis_url, decode_responses=True)
+        self.redis = redis_client(settings)
         self.ledger = Ledger(self.redis)
         self.slots = Slots(self.redis, settings)
         self._client: MidjourneyClient | None = None
