@@ -61,6 +61,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "accept_content": ["json"],
         "result_accept_content": ["json"],
         "result_extended": True,
+        "result_expires": settings.retention_s,  # job results live as long as their ledger records
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,

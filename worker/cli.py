@@ -51,6 +51,7 @@ from worker.batchfile import (
 from worker.devstack.demo import run_demo
 from worker.devstack.stack import DevStack, StackError, run_forever, worker_argv
 from worker.producer import Backend, UnknownBatch, backend, submit_jobs
+from worker.reports.archive import NotArchivable, archive_batch
 from worker.reports.export import FORMATS, write_manifest
 from worker.reports.gallery import write_gallery
 from worker.reports.progress import FAILED, RateMeter, Snapshot, render, watch
@@ -386,6 +387,10 @@ def status_cmd(
                 )
             console.print(table if rows else "no batches yet: `mjq batch FILE` starts one")
             return
+        archived = handle.ledger.archived(batch)
+        if archived and not handle.ledger.batch(batch):
+            print_archived(archived, as_json)
+            return
         info = handle.batch(batch)
         snap = Snapshot.from_batch(batch, info)
         failed = [j for j in handle.ledger.batch_jobs(batch) if j.get("status") in FAILED][:failures]
@@ -475,6 +480,31 @@ def resume_cmd(
 def cancel_cmd(batch: BatchArg) -> None:
     """Cancel a batch: queued jobs are never submitted; running upstream jobs are left to finish."""
     _control_batch(batch, control.cancel_batch, "cancelled")
+
+
+@cli_command("archive")
+def archive_cmd(batch: BatchArg, as_json: JsonOpt = False) -> None:
+    """Move a finished batch out of Redis now: its manifest to MJQ_ARCHIVE_URL, its records removed."""
+    with backend():
+        try:
+            summary = archive_batch(batch, runtime())
+        except NotArchivable as exc:
+            raise CliError(str(exc), "wait until it finishes, or `mjq cancel` it first") from None
+    if as_json:
+        print_json(summary)
+        return
+    console.print(f"archived [bold]{batch}[/]: {summary['jobs']} job(s) -> {summary['manifest']}")
+
+
+def print_archived(summary: Mapping[str, Any], as_json: bool) -> None:
+    """``mjq status`` of a batch that retention (or ``mjq archive``) moved out of Redis."""
+    if as_json:
+        print_json({**summary, "archived": True})
+        return
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(float(summary.get("archived_at") or 0)))
+    counts = ", ".join(f"{state} {n}" for state, n in sorted((summary.get("counts") or {}).items()))
+    console.print(f"batch [bold]{summary['batch_id']}[/] was {summary.get('status')} ({counts}); archived {when}")
+    console.print(f"manifest: {summary.get('manifest')}")
 
 
 @cli_command("requeue")

@@ -152,6 +152,17 @@ class Settings(BaseSettings):
     media_dir: Path = Field(Path("media"), description="Where downloaded images are written.")
     download_images: bool = Field(True, description="Download each final image (CDN links expire).")
     state_dir: Path = Field(Path(".mjq"), description="State of `mjq up`: embedded Redis data, logs.")
+    retention_days: float = Field(
+        30.0,
+        ge=0,
+        description="Finished batches older than this are archived and removed from Redis by housekeeping;"
+        " job task results expire after it too (0 = keep everything).",
+    )
+    archive_url: str = Field(
+        "",
+        description="Where archived batches' manifests go (a folder or an fsspec URL);"
+        " empty = <MJQ_STATE_DIR>/archive.",
+    )
     image_ttl_s: PositiveSeconds = Field(86_400.0, description="TTL of input images kept in Redis by hash.")
 
     # Worker internals
@@ -311,6 +322,15 @@ class Settings(BaseSettings):
         if mode == "relax":
             return self.job_deadline_relax_s
         return self.job_deadline_turbo_s if mode == "turbo" else self.job_deadline_s
+
+    @property
+    def retention_s(self) -> float | None:
+        """``MJQ_RETENTION_DAYS`` in seconds; None when nothing is ever removed."""
+        return self.retention_days * 86_400 if self.retention_days > 0 else None
+
+    @property
+    def effective_archive_url(self) -> str:
+        return self.archive_url or str((self.state_dir / "archive").resolve())
 
     @property
     def effective_redis_url(self) -> str:

@@ -40,6 +40,8 @@ def finish_job(task: Task[Any, Any], job_id: str, rt: Runtime) -> dict[str, Any]
     result = rt.ledger.job_result(job_id)
     complete_task(job, result, rt, hostname=task.request.hostname)
     rt.ledger.finished(job_id)
+    if not job.get("batch_id") and rt.settings.retention_s:  # no batch to archive it with: it expires alone
+        rt.ledger.expire_job(job_id, rt.settings.retention_s)
     if result.get("status") == "succeeded":
         try:
             start_plan(job_id, rt, result)  # idempotent: the plan's ids come from this job's id

@@ -17,6 +17,7 @@ from worker.mjapi.errors import (
 )
 from worker.mjapi.models import MODES, Task
 from worker.mjapi.profiles import PROFILES
+from worker.reports.archive import archive_expired
 from worker.settings import Settings
 from worker.store import keys
 from worker.store.images import sweep_images
@@ -147,12 +148,14 @@ def housekeeping(rt: Runtime) -> dict[str, int]:
         for jid in stale:
             send_finish(jid)
         images = sweep_images(rt)  # parked jobs may wait longer than their images' TTL
+        archived = archive_expired(rt)  # batches past MJQ_RETENTION_DAYS leave Redis
         return {
             "admitted": admitted,
             "resent": resent,
             "overdue": len(overdue),
             "refinished": len(stale),
             "images_kept": images,
+            "archived": archived,
         }
     finally:
         with contextlib.suppress(redis.exceptions.LockError):

@@ -21,6 +21,10 @@ All are prefixed ``mjq:``. The Lua scripts (``worker/store/lua``) build key name
 - ``img:<sha256>``       input images stored once by the producer (``worker.store.images``)
 - ``imgjobs``            zset: unfinished jobs that refer to stored images (their TTL is kept)
 - ``lock:<name>``        short locks: one housekeeping runner, one image sweep at a time
+- ``archived``           hash: batch id -> summary of a batch moved out of Redis (``worker.reports.archive``)
+- ``retention:next``     when housekeeping next looks for batches past ``MJQ_RETENTION_DAYS``
+
+Celery's result of a task (``celery-task-meta-<task id>``) is Celery's key; archiving a batch deletes it too.
 """
 
 from __future__ import annotations
@@ -36,6 +40,13 @@ BREAKER = PREFIX + "breaker"
 IMAGE_JOBS = PREFIX + "imgjobs"
 HOUSEKEEPING_LOCK = PREFIX + "lock:housekeeping"
 IMAGE_SWEEP_LOCK = PREFIX + "lock:imagesweep"
+ARCHIVED = PREFIX + "archived"
+RETENTION_NEXT = PREFIX + "retention:next"
+
+
+def celery_result(task_id: str) -> str:
+    """Celery's result key of a task (the Redis backend's naming)."""
+    return f"celery-task-meta-{task_id}"
 
 
 class _Family:

@@ -412,6 +412,50 @@ class Ledger:
             pipe.hgetall(keys.job(job_id))
         return [result_of(decode_job(raw)) for raw in pipe.execute() if raw]
 
+    def batch_job_ids_page(self, batch_id: str, start: int, count: int) -> list[str]:
+        """A slice of the batch's job ids in creation order (to walk a huge batch in bounded steps)."""
+        return cast(list[str], self.redis.zrange(keys.batch_jobs(batch_id), start, start + count - 1))
+
+    def get_jobs(self, job_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """Decoded records of these jobs (one round trip), skipping those that do not exist."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hgetall(keys.job(job_id))
+        return [decode_job(raw) for raw in pipe.execute() if raw]
+
+    def purge_jobs(self, jobs: Sequence[Mapping[str, Any]]) -> None:
+        """Remove these finished jobs' records, results and index entries (UNLINK: freed off the main thread)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job in jobs:
+            job_id = str(job["job_id"])
+            pipe.unlink(keys.job(job_id), keys.children(job_id), keys.celery_result(str(job.get("task_id") or job_id)))
+            if job.get("upstream_id"):
+                pipe.hdel(keys.UPSTREAM, str(job["upstream_id"]))
+            pipe.zrem(keys.IMAGE_JOBS, job_id)
+        pipe.execute()
+
+    def expire_job(self, job_id: str, seconds: float) -> None:
+        """A finished job outside any batch: its record and follow-up index go after ``seconds``."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.expire(keys.job(job_id), int(seconds))
+        pipe.expire(keys.children(job_id), int(seconds))
+        pipe.execute()
+
+    def purge_batch(self, batch_id: str, summary: Mapping[str, Any]) -> None:
+        """Forget the batch itself once its jobs are gone, keeping ``summary`` in ``archived``."""
+        pipe = self.redis.pipeline()
+        pipe.hset(keys.ARCHIVED, batch_id, _dump(summary))
+        pipe.unlink(keys.batch(batch_id), keys.batch_jobs(batch_id), keys.batch_expect(batch_id), keys.held(batch_id))
+        pipe.zrem(keys.BATCHES, batch_id)
+        pipe.execute()
+
+    def archived(self, batch_id: str) -> dict[str, Any] | None:
+        raw = cast(str | None, self.redis.hget(keys.ARCHIVED, batch_id))
+        return cast(dict[str, Any], json.loads(raw)) if raw else None
+
+    def batches_created_before(self, before: float, limit: int) -> list[str]:
+        return cast(list[str], self.redis.zrangebyscore(keys.BATCHES, "-inf", before, start=0, num=limit))
+
     def batch_status(self, batch_id: str | None) -> str:
         if not batch_id:
             return "active"
