@@ -82,11 +82,12 @@ class WorkerProcess:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     loglevel: str = "INFO"
+    beat: bool = True  # one beat per cluster: a second "host" runs without
 
     def start(self, redis_url: str, timeout_s: float = 30.0) -> WorkerProcess:
         schedule = self.log_path.with_suffix(".schedule")
         argv = worker_argv(
-            beat=True,
+            beat=self.beat,
             loglevel=self.loglevel,
             hostname=f"stack-{os.getpid()}-{time.monotonic_ns()}@%h",
             schedule=schedule,
