@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -36,11 +37,19 @@ class Stopped(KeyboardInterrupt):
 
 def stop_on_signals(time_limit_s: float | None = None) -> None:
     """SIGINT, SIGTERM (and SIGALRM after ``time_limit_s``) raise :class:`Stopped` in the main thread, once:
-    a second signal while the stacks are torn down is ignored, so no service is left running."""
+    a second signal while the stacks are torn down is ignored, so no service is left running.
+
+    A signal can land while a finalizer (``__del__``) runs, and Python swallows what a finalizer raises: such a
+    stop is delivered again a moment later (``sys.unraisablehook``), so the run always ends.
+    """
     stopping = False
+    again: list[str] = []
+    previous_hook = sys.unraisablehook
 
     def handler(signum: int, _frame: FrameType | None) -> None:
         nonlocal stopping
+        if again:
+            raise Stopped(again.pop())
         if stopping:
             print("stopping: tearing the stacks down, the figures measured are kept", flush=True)
             return
@@ -49,14 +58,23 @@ def stop_on_signals(time_limit_s: float | None = None) -> None:
             raise Stopped("SIGINT (Ctrl-C)")
         raise Stopped("the time limit" if signum == signal.SIGALRM else signal.Signals(signum).name)
 
+    def unraisable(info: Any) -> None:
+        if isinstance(info.exc_value, Stopped):
+            again.append(info.exc_value.by)
+            signal.setitimer(signal.ITIMER_REAL, 0.05)
+            return
+        previous_hook(info)
+
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM):
         signal.signal(signum, handler)
+    sys.unraisablehook = unraisable
     if time_limit_s:
         signal.setitimer(signal.ITIMER_REAL, time_limit_s)
 
 
 def default_signals() -> None:
     signal.setitimer(signal.ITIMER_REAL, 0)
+    sys.unraisablehook = sys.__unraisablehook__
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 

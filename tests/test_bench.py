@@ -13,6 +13,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ from bench.__main__ import BENCHMARKS, SIZES, _chosen, phases
 from bench.bounds import Reached, batch_bound_s, mark, wait_bounded
 from bench.load import LoadMeter, busy_cpu_s
 from bench.report import README_END, README_START, Figure, markdown, results_document, update_readme
-from bench.runner import Phase, Recorder, Stopped
+from bench.runner import Phase, Recorder, Stopped, default_signals, stop_on_signals
 from bench.stack import UpstreamRun, percentile, scaled_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -220,3 +221,21 @@ def test_smoke_run_measures_every_benchmark_against_its_baseline(tmp_path: Path)
     full = by_measure["queue-full answers"]
     assert full["value"] == 0 and full["baseline_value"] is not None and full["notes"]["fire_jobs"] > 0
     assert doc["config"]["size"] == "smoke" and doc["machine"] and doc["errors"] == []
+
+
+def test_a_stop_swallowed_by_a_finalizer_is_delivered_again() -> None:
+    """The time limit can fire while a ``__del__`` runs (Celery's AsyncResult has one), and Python ignores what
+    a finalizer raises: the stop must come again, or the run never ends."""
+
+    class Finalized:
+        def __del__(self) -> None:
+            raise Stopped("the time limit")  # as if the alarm's handler had run inside this finalizer
+
+    stop_on_signals(None)
+    try:
+        with pytest.raises(Stopped, match="the time limit"):
+            Finalized()  # dropped at once: its finalizer raises, Python reports it as unraisable
+            for _ in range(400):
+                time.sleep(0.05)  # the stop arrives again within a moment
+    finally:
+        default_signals()

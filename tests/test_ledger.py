@@ -149,3 +149,30 @@ def test_pending_jobs_count_until_created_anywhere(redis_client: redis.Redis) ->
     batch = ledger.batch("b2")
     assert (batch["total"], batch["pending"]) == (1, 0)
     assert redis_client.exists("mjq:batch:b2:expect") == 0
+
+
+def test_a_large_pending_set_is_counted_not_scanned(redis_client: redis.Redis) -> None:
+    """`mjq status` of a huge batch just enqueued: the pending count is the set's size (creating a job takes it
+    out), with no read of each job."""
+    ledger = Ledger(redis_client)
+    ids = [f"big-{i}" for i in range(1000)]
+    ledger.expect_jobs("big", ids)
+    assert ledger.pending_jobs("big") == 1000
+    for job_id in ids[:400]:
+        ledger.create_job(job_id, {"batch_id": "big", "mode": "fast"})
+    assert ledger.pending_jobs("big") == 600 and redis_client.scard("mjq:batch:big:expect") == 600
+    ledger.unexpect_jobs("big", ids[400:])  # announced, then not sent
+    assert ledger.batch("big")["pending"] == 0
+
+
+def test_failures_are_indexed_per_batch(redis_client: redis.Redis) -> None:
+    ledger = Ledger(redis_client)
+    for job_id in ("ok", "bad", "lost"):
+        ledger.create_job(job_id, {"batch_id": "fx", "mode": "fast"})
+    ledger.transition("ok", "succeeded")
+    ledger.transition("bad", "failed", fields={"fail_reason": "banned prompt"})
+    ledger.transition("lost", "needs_review", fields={"fail_reason": "answer lost"})
+    assert {j["job_id"] for j in ledger.batch_failures("fx", 10)} == {"bad", "lost"}
+    assert [j["job_id"] for j in ledger.batch_failures("fx", 1)] == ["lost"]  # newest first
+    assert ledger.requeue_jobs(["bad"]) == 1
+    assert [j["job_id"] for j in ledger.batch_failures("fx", 10)] == ["lost"]

@@ -54,7 +54,7 @@ from worker.producer import Backend, UnknownBatch, backend, submit_jobs
 from worker.reports.archive import NotArchivable, archive_batch
 from worker.reports.export import FORMATS, write_manifest
 from worker.reports.gallery import write_gallery
-from worker.reports.progress import FAILED, RateMeter, Snapshot, render, watch
+from worker.reports.progress import RateMeter, Snapshot, render, watch
 from worker.service.webhook import serve
 from worker.settings import Settings, SettingsError, get_settings, settings_table
 from worker.store.runtime import Runtime, runtime
@@ -393,7 +393,7 @@ def status_cmd(
             return
         info = handle.batch(batch)
         snap = Snapshot.from_batch(batch, info)
-        failed = [j for j in handle.ledger.batch_jobs(batch) if j.get("status") in FAILED][:failures]
+        failed = handle.ledger.batch_failures(batch, failures)
         if as_json:
             print_json(
                 {

@@ -93,7 +93,7 @@ def submit_jobs(
 ) -> tuple[int, int]:
     """Enqueue jobs the ledger does not know yet; returns (submitted, skipped as already known).
 
-    Every job sent is announced to the batch (``Ledger.expect_jobs``), so progress and ETA count it before a
+    Every job sent is announced to the batch first (``Ledger.expect_jobs``), so progress and ETA count it before a
     worker creates its record, and the batch ends once exactly those jobs (and their follow-ups) ended: jobs
     already known, here or in another batch, and rows no longer in the file are never waited for. Jobs are
     looked up ``CHUNK`` at a time (one round trip), which keeps ``mjq batch`` close to raw ``apply_async``.
@@ -104,17 +104,21 @@ def submit_jobs(
         for start in range(0, len(jobs), CHUNK):
             chunk = jobs[start : start + CHUNK]
             known = handle.ledger.existing([job.job_id for job in chunk])
-            sent: list[str] = []
+            # announced before they are sent: a worker that creates a record removes it from the set, so the
+            # set's size is the pending count (a send that comes first could be created before its announcement)
+            announced = [job.job_id for job in chunk if job.job_id not in known]
+            handle.ledger.expect_jobs(batch_id, announced)
+            sent = 0
             try:
                 for index, job in enumerate(chunk, start=start + 1):
                     if job.job_id in known:
                         skipped += 1
                     else:
                         handle.submit(job.task_kwargs(batch_id), queue, producer)
-                        sent.append(job.job_id)
+                        sent += 1
                         submitted += 1
                     if on_progress is not None:
                         on_progress(index)
             finally:  # also when interrupted: what was sent is expected, nothing else
-                handle.ledger.expect_jobs(batch_id, sent)
+                handle.ledger.unexpect_jobs(batch_id, announced[sent:])
     return submitted, skipped

@@ -7,6 +7,7 @@ All are prefixed ``mjq:``. The Lua scripts (``worker/store/lua``) build key name
 - ``batch:<id>``         hash: status (active|paused|cancelled), total, planned, ``n:<state>`` counters, meta
 - ``batch:<id>:jobs``    zset: job ids by creation time;  ``batches``: zset of batch ids by creation time
 - ``batch:<id>:expect``  set: jobs enqueued into the batch whose record no worker has created yet
+- ``batch:<id>:failed``  zset: its jobs in a failed end state (failed, timed_out, needs_review), by when
 - ``children:<job>``     zset: follow-up jobs of a job
 - ``upstream``           hash: upstream task id -> job id
 - ``inflight``           zset: accepted jobs being tracked, score = next check time
@@ -65,6 +66,7 @@ job = _Family("job")
 batch = _Family("batch")
 batch_jobs = _Family("batch", ":jobs")
 batch_expect = _Family("batch", ":expect")
+batch_failed = _Family("batch", ":failed")
 children = _Family("children")
 waiting = _Family("waiting")
 held = _Family("held")

@@ -20,6 +20,7 @@ from worker.store.records import STATES, TERMINAL
 from worker.store.scripts import register
 
 # Fields kept as JSON in the hash; every other field is a plain string.
+SMALL_PENDING = 200  # pending sets up to this size are also checked against the records (pending_jobs)
 JSON_FIELDS = frozenset({"buttons", "extra", "request", "message", "modal", "meta"})
 FLOAT_FIELDS = frozenset(
     {
@@ -333,13 +334,21 @@ class Ledger:
         """Whether the batch counts on this job (enqueued by ``mjq batch``, no record yet)."""
         return bool(self.redis.sismember(keys.batch_expect(batch_id), job_id))
 
+    def unexpect_jobs(self, batch_id: str, job_ids: Iterable[str]) -> None:
+        """Announced jobs that were not sent after all (the producer was interrupted or its send failed)."""
+        ids = list(job_ids)
+        if ids:
+            self.redis.srem(keys.batch_expect(batch_id), *ids)
+
     def pending_jobs(self, batch_id: str) -> int:
-        """Enqueued jobs of the batch with no record yet; those created meanwhile (here or, with the same id,
-        in another batch) leave the set, so a batch expects exactly the jobs it will really get."""
+        """Enqueued jobs of the batch with no record yet: one SCARD, because creating a job removes it from its
+        batch's set (``create.lua``). A small set is also checked against the records, which heals an id
+        announced by an older producer that sent before announcing."""
         key = keys.batch_expect(batch_id)
+        pending = int(self.redis.scard(key))
+        if not pending or pending > SMALL_PENDING:
+            return pending
         ids = sorted(cast(set[str], self.redis.smembers(key)))
-        if not ids:
-            return 0
         pipe = self.redis.pipeline(transaction=False)
         for job_id in ids:
             pipe.exists(keys.job(job_id))
@@ -347,6 +356,12 @@ class Ledger:
         if created:
             self.redis.srem(key, *created)
         return len(ids) - len(created)
+
+    def batch_failures(self, batch_id: str, limit: int) -> list[dict[str, Any]]:
+        """The batch's jobs in a failed end state (failed, timed out, needs review), newest first, read from
+        its ``:failed`` index: never the whole batch."""
+        ids = cast(list[str], self.redis.zrevrange(keys.batch_failed(batch_id), 0, max(0, limit - 1)))
+        return [result_of(job) for job in self.get_jobs(ids)] if ids else []
 
     def set_batch_status(self, batch_id: str, status: str) -> int:
         """'paused' | 'active' (moves parked jobs between waiting and held); -1 if the batch is cancelled."""
@@ -445,7 +460,8 @@ class Ledger:
         """Forget the batch itself once its jobs are gone, keeping ``summary`` in ``archived``."""
         pipe = self.redis.pipeline()
         pipe.hset(keys.ARCHIVED, batch_id, _dump(summary))
-        pipe.unlink(keys.batch(batch_id), keys.batch_jobs(batch_id), keys.batch_expect(batch_id), keys.held(batch_id))
+        pipe.unlink(keys.batch(batch_id), keys.batch_jobs(batch_id), keys.batch_expect(batch_id), keys.held(batch_id),
+                    keys.batch_failed(batch_id))
         pipe.zrem(keys.BATCHES, batch_id)
         pipe.execute()
 

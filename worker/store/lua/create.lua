@@ -3,11 +3,14 @@ local jid = ARGV[1]
 local f = cjson.decode(ARGV[2])
 local now = ARGV[3]
 local jkey = P .. 'job:' .. jid
+local b = f['batch_id']
+-- the producer announced it to its batch before sending (``batch:<id>:expect``): created, or known already
+-- (then it never becomes this batch's job), it is no longer pending there
+if b and b ~= '' then redis.call('SREM', P .. 'batch:' .. b .. ':expect', jid) end
 local cur = redis.call('HGET', jkey, 'status')
 if cur then return {0, cur} end
 for k, v in pairs(f) do redis.call('HSET', jkey, k, v) end
 redis.call('HSET', jkey, 'job_id', jid, 'status', 'queued', 'created_at', now, 'updated_at', now)
-local b = f['batch_id']
 if b and b ~= '' then
   local bk = P .. 'batch:' .. b
   if redis.call('HSETNX', bk, 'batch_id', b) == 1 then
