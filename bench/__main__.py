@@ -22,7 +22,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bench import enqueue, fanout, latency, scale, utilisation
+from bench import enqueue, fanout, latency, scale, series, utilisation
 from bench.report import print_table, update_readme
 from bench.runner import Phase, Recorder, Stopped, default_signals, stop_on_signals
 from bench.stack import CAPACITY, QUEUE, hermetic_environment, running
@@ -41,15 +41,16 @@ class Sizes:
     waiting: int
     window_s: float
     fanout_roots: int
+    series: tuple[int, ...]
 
 
 # full: about 12 min on an idle 2-core machine (README); quick: about 3 min; smoke: what `make test` runs
 SIZES = {
-    "full": Sizes(1000, 200, 30, 150, 10_000, 4_000, 60.0, 200),
-    "quick": Sizes(150, 40, 6, 20, 2_000, 600, 15.0, 15),
-    "smoke": Sizes(24, 30, 2, 6, 300, 150, 5.0, 3),
+    "full": Sizes(1000, 200, 30, 150, 10_000, 4_000, 60.0, 200, (1_000, 10_000, 100_000)),
+    "quick": Sizes(150, 40, 6, 20, 2_000, 600, 15.0, 15, (1_000, 10_000)),
+    "smoke": Sizes(24, 30, 2, 6, 300, 150, 5.0, 3, (100, 300)),
 }
-BENCHMARKS = ("utilisation", "requests", "enqueue", "latency", "scale", "fanout")
+BENCHMARKS = ("utilisation", "requests", "enqueue", "latency", "scale", "fanout", "series")
 WEBHOOK_PHASES = ("utilisation", "continuation", "fanout")
 
 
@@ -66,6 +67,7 @@ def phases(sizes: Sizes, chosen: set[str]) -> list[Phase]:
         Phase("enqueue", f"3 enqueue: {sizes.enqueue:,} prompts through 3 producers", ("enqueue",)),
         Phase("scale", f"5 scale: {sizes.waiting:,} waiting jobs, {sizes.window_s:g} s windows, ours and naive",
               ("scale",)),
+        Phase("series", "7 scale series: " + ", ".join(f"{n:,}" for n in sizes.series) + " prompts", ("series",)),
     ]
     return [p for p in every if set(p.benchmarks) & chosen]
 
@@ -112,6 +114,13 @@ def run(sizes: Sizes, work: Path, rec: Recorder) -> None:
         with rec.phase("scale"):
             ours_load = scale.measure_ours(work, tf, sizes.waiting, sizes.window_s)
             rec.add(scale.figures(ours_load, scale.measure_naive(work / "naive", sizes.waiting, sizes.window_s)))
+    if "series" in todo:
+        with rec.phase("series"):
+            first: series.Point | None = None
+            for n in sizes.series:
+                point = series.measure(work, tf, n)
+                first = first or point
+                rec.add(series.figures(point, first, largest=n == sizes.series[-1]))
 
 
 def _chosen(only: list[str] | None) -> set[str]:

@@ -1,0 +1,139 @@
+"""7. Scale series: what a batch of 1,000, 10,000 and 100,000 prompts costs, each figure against the smallest.
+
+Each size runs on a fresh stack with submitting stopped (the breaker tripped), so its jobs are recorded and
+parked as a night's are while the upstream is busy: the enqueue time of the ``mjq batch`` path (read the prompt
+file, send through the producer), Redis memory per 1,000 waiting jobs, the worker's RSS, ``mjq status`` of the
+batch (the calls the command makes, in this process) and ``mjq export``. Then, for sizes up to
+``FINISH_UP_TO``, submitting resumes on a simulator with room for ``ROOM`` jobs at once and Redis memory per
+finished job (results included) is measured. The ratio to the smallest size shows whether cost is linear.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.bounds import FIXED_S, Reached, mark, wait_bounded
+from bench.report import Figure
+from bench.scale import rss_mb
+from bench.stack import running
+
+NAME = "7 scale series"
+PARK_RATE = 60.0  # jobs/s the worker is given to record and park (the bound: FIXED_S + n / PARK_RATE)
+FINISH_RATE = 25.0  # jobs/s the stack is given to finish a batch
+FINISH_UP_TO = 10_000  # larger batches are measured waiting only (finishing 100,000 would take most of an hour)
+ROOM = 60  # slots and simulator places per mode while the batch finishes
+STATUS_TARGET_MS = 200.0
+EXPORT_TARGET_S = 10.0
+FINISHED_TARGET_KB = 3.0
+
+
+@dataclass(frozen=True)
+class Point:
+    """One size's measurements."""
+
+    jobs: int
+    enqueue_s: float
+    waiting_kb_per_job: float
+    worker_rss_mb: float
+    status_ms: float
+    export_s: float
+    finished_kb_per_job: float | None
+    reached: Reached
+
+
+def _used(client: object) -> int:
+    return int(client.info("memory")["used_memory"])  # type: ignore[attr-defined]
+
+
+def _status_ms(batch_id: str) -> float:
+    """What ``mjq status BATCH`` reads: the batch (counters), its snapshot and its first 20 failures."""
+    from worker.producer import Backend
+    from worker.reports.progress import Snapshot
+
+    handle = Backend()
+    try:
+        started = time.perf_counter()
+        Snapshot.from_batch(batch_id, handle.batch(batch_id))
+        handle.ledger.batch_failures(batch_id, 20)
+        return (time.perf_counter() - started) * 1000
+    finally:
+        handle.close()
+
+
+def _export_s(batch_id: str) -> float:
+    from worker.reports.export import write_manifest
+    from worker.store.runtime import runtime
+
+    started = time.perf_counter()
+    write_manifest(runtime().ledger.batch_jobs(batch_id), "jsonl", io.StringIO())
+    return time.perf_counter() - started
+
+
+def measure(root: Path, time_factor: float, n: int) -> Point:
+    from worker import control
+    from worker.batchfile import read_batch_file
+    from worker.producer import Backend, submit_jobs
+    from worker.store.runtime import runtime
+
+    env = {"MJQ_SLOTS_FAST": str(ROOM)}
+    with running(root, f"series-{n}", time_factor=time_factor, env=env,
+                 sim_args=("--fast-slots", str(ROOM))) as bench:
+        rt = runtime()
+        rt.ledger.trip_breaker("benchmark: every job parks")
+        base = _used(bench.redis)
+        path = root / f"series-{n}.txt"
+        path.write_text("".join(f"series prompt {i}, a lighthouse at dawn --ar 3:2\n" for i in range(n)),
+                        encoding="utf-8")
+        started = time.perf_counter()
+        plan = read_batch_file(path, scope="series")
+        handle = Backend()
+        try:
+            submit_jobs(handle, plan.jobs, "series")
+        finally:
+            handle.close()
+        enqueue_s = time.perf_counter() - started
+        reached = wait_bounded(lambda: int(rt.ledger.waiting_count("fast")), n, FIXED_S + n / PARK_RATE,
+                               poll_s=0.5)
+        waiting_kb = (_used(bench.redis) - base) / max(1, reached.done) / 1024
+        rss = rss_mb(bench.pid("worker"))
+        status_ms = min(_status_ms("series") for _ in range(3))
+        export_s = _export_s("series")
+        finished_kb = None
+        if n <= FINISH_UP_TO and not reached.partial:
+            control.resume_submitting(rt)
+
+            def done() -> int:
+                return int(rt.ledger.batch("series")["finished"])
+
+            finished = wait_bounded(done, n, FIXED_S + n / FINISH_RATE, poll_s=0.5)
+            finished_kb = (_used(bench.redis) - base) / max(1, finished.done) / 1024
+            if finished.partial:
+                reached = finished
+        return Point(n, enqueue_s, waiting_kb, rss, status_ms, export_s, finished_kb, reached)
+
+
+def figures(p: Point, first: Point, *, largest: bool) -> list[Figure]:
+    """One size against the smallest of the same series (recorded as soon as it is measured): ratios near the
+    size ratio for totals and near 1 for per-job costs mean linear."""
+    base = f"{first.jobs:,} jobs"
+    row = [
+        Figure(NAME, f"enqueue {p.jobs:,} prompts (`mjq batch` path)", p.enqueue_s, "s", base, first.enqueue_s,
+               notes={"jobs_per_s": round(p.jobs / p.enqueue_s, 1) if p.enqueue_s else None}),
+        Figure(NAME, f"Redis per 1,000 waiting jobs ({p.jobs:,})", p.waiting_kb_per_job * 1000 / 1024, "MB",
+               base, first.waiting_kb_per_job * 1000 / 1024),
+        Figure(NAME, f"worker RSS, {p.jobs:,} jobs waiting", p.worker_rss_mb, "MB", base, first.worker_rss_mb),
+        Figure(NAME, f"`mjq status` of a {p.jobs:,}-job batch", p.status_ms, "ms", base, first.status_ms,
+               target=f"≤ {STATUS_TARGET_MS:.0f} ms" if largest else "",
+               met=p.status_ms <= STATUS_TARGET_MS if largest else None),
+        Figure(NAME, f"`mjq export` of {p.jobs:,} jobs", p.export_s, "s", base, first.export_s,
+               target=f"≤ {EXPORT_TARGET_S:.0f} s at 100,000" if p.jobs >= 100_000 else "",
+               met=p.export_s <= EXPORT_TARGET_S if p.jobs >= 100_000 else None),
+    ]
+    if p.finished_kb_per_job is not None:
+        row.append(Figure(NAME, f"Redis per finished job, results included ({p.jobs:,})", p.finished_kb_per_job,
+                          "KB", base, first.finished_kb_per_job, target=f"≤ {FINISHED_TARGET_KB:g} KB",
+                          met=p.finished_kb_per_job <= FINISHED_TARGET_KB))
+    return mark(row, p.reached)
