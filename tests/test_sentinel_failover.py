@@ -91,7 +91,7 @@ def test_primary_killed_mid_batch_loses_nothing(ha: SentinelSet, sim: Any, tmp_p
         stack.wait(finished, 120, "the batch to finish on the new primary")
         assert worker.process is not None and worker.process.poll() is None, "the worker died in the failover"
         assert webhook.alive(), "the webhook server died in the failover"
-        fig = audit(stack, sim, "11 Sentinel failover (primary kill -9)", ["ha"], ids, started=started,
+        fig = audit(stack, sim, "12 Sentinel failover (primary kill -9)", ["ha"], ids, started=started,
                     crash=True, extra={"promoted": ha.replica.port})
         assert fig.ok, fig.problems
         assert fig.lost == 0 and fig.duplicate_submits == 0, fig.line()
