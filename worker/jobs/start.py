@@ -282,6 +282,10 @@ def _submit(task: Task[Any, Any], spec: Kind, job: dict[str, Any], rt: Runtime) 
         if rt.ledger.breaker_tripped():
             # Tripped since this job passed its gates (a concurrent submit's answer): the POST must not go out.
             _back_to_parked(task, spec, job_id, rt)
+        later = rt.slots.pace_post(job_id) if spec.needs_slot else None
+        if later is not None:  # another job's submit came first: this one waits for the pace, uncounted
+            rt.ledger.transition(job_id, "queued", from_states=["submitting"], incr={"attempts": -1})
+            _retry(task, spec, job, max(0.05, later - time.time()), rt)
         if spec.name == "upload":
             urls = rt.client.upload_discord_images(request.base64_array, filter=getattr(request, "filter", None))
             finish_now(job_id, "succeeded", {"extra": {"urls": urls}, "progress": "100%"}, rt)

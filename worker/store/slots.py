@@ -1,7 +1,8 @@
 """Cluster-wide admission: upstream slots held as leases in Redis, submit pacing and a daily cap.
 
 A slot is a member of the sorted set ``mjq:slots:<mode>`` (member = job id, score = lease expiry). Both
-scripts first drop expired leases, so a crashed worker's slot comes back after ``slot_lease_s``. A job that
+scripts first drop expired leases, so a crashed worker's slot comes back after ``slot_lease_s`` — except a
+job tracked upstream (``mjq:inflight``), which occupies the account until it ends: its lease is renewed. A job that
 cannot be admitted is *parked* in the ledger (no worker, no broker message); when a slot frees,
 ``admit_next`` pops the best parked jobs and gives each a lease on its behalf before its task is re-sent, so
 no newcomer can take it, and ``mjq:expected`` holds each until its task starts (see ``worker.jobs.admission``).
@@ -35,6 +36,7 @@ class Slots:
         self.settings = settings
         self._try = register(client, "gates", "try_admit")
         self._next = register(client, "gates", "admit_next")
+        self._post = register(client, "gates", "pace_post")
 
     def _gates(self, mode: str, now: float) -> list[str | int | float]:
         """The arguments both scripts share: slots, now, lease, pacing interval, daily cap, UTC day."""
@@ -47,6 +49,14 @@ class Slots:
         """Admit this job now (or confirm the lease it already holds), unless a better job is waiting."""
         res = self._try(args=[mode, job_id, *self._gates(mode, time.time()), repr(score)])
         return Admission(bool(int(res[0])), str(res[1]), float(res[2]) if len(res) > 2 and res[2] else None)
+
+    def pace_post(self, job_id: str) -> float | None:
+        """Claim the submit pace for this job's POST now, or the epoch second it may post (pacing counts from
+        the real submits, not from admissions: a POST can come well after its admission)."""
+        if self.settings.submit_interval_s <= 0:
+            return None
+        later = self._post(args=[job_id, repr(time.time()), repr(self.settings.submit_interval_s)])
+        return float(later) if later else None
 
     def admit_next(self, mode: str, limit: int = 50) -> list[str]:
         """Pop parked jobs that may start now; each already holds its slot lease when returned."""

@@ -6,7 +6,7 @@ local n, now, lease = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local interval, cap, day, max = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8])
 local skey = P .. 'slots:' .. mode
 local wkey = P .. 'waiting:' .. mode
-redis.call('ZREMRANGEBYSCORE', skey, '-inf', now)
+drop_expired(skey, now, lease)
 local out = {}
 while #out < max do
   if redis.call('ZCARD', skey) >= n then break end

@@ -36,3 +36,16 @@ local function paced_submit(jid, now, interval)
   claim_pace(jid, now, interval)
   return nil
 end
+-- Expired leases free their slots, except those of jobs still tracked upstream (in ``inflight``): a job that
+-- runs there occupies the account whatever our clock says (a late poll on a busy machine must not let another
+-- job in); its lease is renewed instead, and its end releases it. A crashed worker's submit (not tracked) expires.
+local function drop_expired(skey, now, lease)
+  local expired = redis.call('ZRANGEBYSCORE', skey, '-inf', now)
+  for _, holder in ipairs(expired) do
+    if redis.call('ZSCORE', P .. 'inflight', holder) then
+      redis.call('ZADD', skey, now + lease, holder)
+    else
+      redis.call('ZREM', skey, holder)
+    end
+  end
+end

@@ -21,7 +21,7 @@ if redis.call('HGET', P .. 'breaker', 'tripped') == '1' then
   redis.call('ZREM', skey, jid)
   return {0, 'breaker'}
 end
-redis.call('ZREMRANGEBYSCORE', skey, '-inf', now)
+drop_expired(skey, now, lease)
 if redis.call('ZSCORE', skey, jid) then
   local jkey = P .. 'job:' .. jid
   if redis.call('HGET', jkey, 'admit_token') then
