@@ -22,7 +22,8 @@ def test_behind_the_newapi_relay(rel_hook: Rel, started: float) -> None:
     faults: dict[str, int] = stats["faults"]
     switched = rel.worker_log().count("switching to the polling schedule")
     fig = rel.audit("11 behind the new-api relay", ["newapi"], ids, started=started,
-                    extra={"faults": faults, "callbacks_sent": stats["callbacks_sent"], "switched": switched})  # fmt: skip
+                    extra={"faults": faults, "callbacks_sent": stats["callbacks_sent"],
+                           "switched": switched})  # fmt: skip
     assert fig.ok, fig.line()
     assert stats["callbacks_sent"] == 0, "new-api sends no callback"
     assert faults.get("do_request_failed", 0) > 0 and faults.get("http_500", 0) > 0, faults
