@@ -61,10 +61,10 @@ REAL: list[tuple[str, int, Any, type[MJError]]] = [
     ("newapi", 401, {"error": {"message": "该令牌额度已用尽 TokenStatusExhausted", "type": "new_api_error"}},
      OutOfCredit),
     ("newapi", 400, {"code": 4, "description": "quota_not_enough", "type": "new_api_error"}, OutOfCredit),
-    # trueai: IP rate limit, then a temporary block
+    # trueai: IP rate limit; an empty 403 with no 429 before it is a refusal (see the after_429 test below)
     ("trueai", 429, None, RateLimited),
-    ("trueai", 403, None, TemporarilyBlocked),
-    ("auto", 403, "", TemporarilyBlocked),
+    ("trueai", 403, None, Forbidden),
+    ("auto", 403, "", Forbidden),
     ("auto", 403, {"code": 403, "description": "forbidden"}, Forbidden),
 ]  # fmt: skip
 
@@ -78,6 +78,35 @@ def test_real_answers(profile: str, status: int, answer: Any, expected: type[MJE
     # auto reads every real answer the same as the server's own profile
     with pytest.raises(expected):
         classify(status, answer, "auto")
+
+
+@pytest.mark.parametrize("profile", ["trueai", "auto", "plus"])
+def test_an_empty_403_is_a_temporary_block_only_right_after_429s(profile: str) -> None:
+    """trueai bans an IP for some minutes after too many 429s, answering 403 with an empty body; that answer with
+    no 429 before it (a key without rights, an IP allow-list, a firewall) would only come back after a cool-down,
+    so it stops until `mjq resume`, saying why."""
+    for body_ in (None, ""):
+        with pytest.raises(TemporarilyBlocked, match="after 429s"):
+            classify(403, body_, profile, after_429=True)
+        with pytest.raises(Forbidden, match="no 429 before it") as info:
+            classify(403, body_, profile)
+        assert type(info.value) is Forbidden
+    with pytest.raises(Forbidden) as described:  # a 403 that says something is read by what it says
+        classify(403, {"code": 403, "description": "forbidden"}, profile, after_429=True)
+    assert type(described.value) is Forbidden
+
+
+def test_remix_actions_carry_enable_remix_where_the_profile_says() -> None:
+    remix = {"task_id": "1712345", "custom_id": "MJ::JOB::variation::1::h", "account_filter": {"remix": True}}
+    plain = {"task_id": "1712345", "custom_id": "MJ::JOB::variation::1::h"}
+    for name, flagged in (("trueai", True), ("auto", True), ("plus", False), ("newapi", False)):
+        assert PROFILES[name].remix_flag is flagged
+        with MidjourneyClient("http://upstream.invalid", "k", profile=name) as client:
+            wire = client._submit_call(client._request("action", **remix)).body
+            assert wire.get("enableRemix") is (True if flagged else None), name
+            assert "enableRemix" not in client._submit_call(client._request("action", **plain)).body
+            imagine = client._submit_call(client._request("imagine", prompt="x", account_filter={"remix": True}))
+            assert "enableRemix" not in imagine.body, "only actions open the remix modal"
 
 
 def test_busy_is_retried_and_stops_are_stops() -> None:
@@ -190,10 +219,14 @@ def test_times_zero_or_null_read_as_not_reached() -> None:
 
 
 def test_a_relay_without_callbacks_gets_the_polling_schedule() -> None:
-    from worker.jobs.tracking import first_poll_delay
+    from worker.jobs.tracking import first_poll_delay, next_poll_delay
 
     hooks = {"webhook_base_url": "https://hooks.example", "webhook_secret": "s" * 32, "poll_jitter": 0.0}
     plus = Settings(**hooks, api_profile="plus")  # type: ignore[arg-type]
     newapi = Settings(**hooks, api_profile="newapi")  # type: ignore[arg-type]
     assert first_poll_delay("fast", plus) == plus.expected_fast_s + plus.webhook_poll_s
     assert first_poll_delay("fast", newapi) == newapi.expected_fast_s  # no callbacks will come: poll at once
+    # an upstream found sending none (worker.store.observed) gets the same schedule
+    assert first_poll_delay("fast", plus, missing=True) == plus.expected_fast_s
+    assert next_poll_delay(0, "fast", plus, missing=True) == plus.poll_initial_s
+    assert next_poll_delay(0, "fast", plus) == plus.webhook_poll_s

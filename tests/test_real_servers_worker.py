@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 
 from tests.support.sim import SimApi
 from worker.jobs.settle import settle
@@ -57,3 +58,65 @@ def test_a_modal_wait_seen_by_a_poll_is_answered_once(rt: Runtime, sim: Any, sim
     assert rt.ledger.get_job(job_id)["modal_sent_at"] == first_sent  # type: ignore[index]
     finished = sim_api.wait(upstream)
     assert finished["status"] == "SUCCESS"
+
+
+def test_an_empty_403_after_429s_is_a_block_for_every_worker(redis_url: str, sim: Any, sim_api: SimApi) -> None:
+    """trueai's IP limiter: empty 429s, then empty 403s for a while. One worker's 429s are noted in Redis, so
+    another worker meeting the 403 reads it as the temporary block too; a worker with only its own memory and
+    no 429 reads it as a refusal (stop until `mjq resume`)."""
+    from worker.mjapi import Forbidden, MidjourneyClient, RateLimited, TemporarilyBlocked
+
+    sim.faults(profile="trueai", http_429_rate=1.0, ban_after_429s=2, ban_s=3000)  # 30 s at this time factor
+    settings = Settings(redis_url=redis_url, api_base_url=sim.url, api_key=sim.api_key or "")
+    first, second = Runtime(settings), Runtime(settings)
+    alone = MidjourneyClient(sim.url, sim.api_key or "", profile="trueai")
+    try:
+        for _ in range(2):
+            with pytest.raises(RateLimited):
+                first.client.imagine("too fast")
+        sim.faults(http_429_rate=0.0)
+        with pytest.raises(TemporarilyBlocked):
+            second.client.imagine("blocked")
+        with pytest.raises(TemporarilyBlocked):
+            second.client.fetch("1712345")
+        with pytest.raises(Forbidden) as refused:
+            alone.imagine("blocked, and no 429 seen here")
+        assert type(refused.value) is Forbidden and "no 429 before it" in str(refused.value)
+        assert first.observed.state()["last_429_at"] is not None
+    finally:
+        for rt_ in (first, second):
+            rt_.client.close()
+        alone.close()
+    assert sim.stats()["accepted"] == 0
+
+
+def test_trueai_remix_is_sent_with_enable_remix(sim: Any, sim_api: SimApi) -> None:
+    """A remix account on trueai stops a variation at the remix modal only when the action asks for it."""
+    from worker.mjapi import MidjourneyClient
+
+    sim.faults(profile="trueai", remix=True)
+    grid = sim_api.finished("a harbour at night")
+    v1 = sim_api.button(grid, "variation::1")
+    outcomes = {}
+    for profile in ("trueai", "plus"):
+        with MidjourneyClient(sim.url, sim.api_key or "", profile=profile) as client:
+            outcomes[profile] = client.action(grid["id"], v1, account_filter={"remix": True}).outcome
+    assert outcomes == {"trueai": "modal", "plus": "submitted"}, "without enableRemix trueai skips the remix prompt"
+
+
+def test_callbacks_are_learnt_per_upstream(redis_url: str) -> None:
+    from worker.store.observed import Observed
+
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    relay = Observed(client, "https://relay.example", missing_after=3)
+    switched = [relay.finished_by_poll() for _ in range(5)]
+    assert switched == [False, False, True, False, False], "said once, at the third job"
+    assert relay.callbacks_missing() and relay.state()["finished_by_poll"] == 5
+    other = Observed(client, "https://other.example", missing_after=3)
+    assert not other.callbacks_missing(), "another upstream starts unknown"
+    assert relay.callback_seen() is True and not relay.callbacks_missing(), "one callback switches back"
+    assert relay.callback_seen() is False
+    assert not any(relay.finished_by_poll() for _ in range(5)), "an upstream that sent callbacks is never switched"
+    never = Observed(client, "https://never.example", missing_after=0)
+    assert not any(never.finished_by_poll() for _ in range(10))
+    client.close()

@@ -50,6 +50,10 @@ from worker.batchfile import (
 )
 from worker.devstack.demo import run_demo
 from worker.devstack.stack import DevStack, StackError, run_forever, worker_argv
+from worker.jobs.kinds import webhook_url
+from worker.mjapi import MidjourneyClient
+from worker.mjapi.doctor import Report, check_submit, diagnose, startup_warnings
+from worker.mjapi.profiles import PROFILES
 from worker.producer import Backend, UnknownBatch, backend, submit_jobs
 from worker.reports.archive import NotArchivable, archive_batch
 from worker.reports.export import FORMATS, write_manifest
@@ -57,6 +61,7 @@ from worker.reports.gallery import write_gallery
 from worker.reports.progress import RateMeter, Snapshot, render, watch
 from worker.service.webhook import serve
 from worker.settings import Settings, SettingsError, get_settings, settings_table
+from worker.store.observed import Observed
 from worker.store.runtime import Runtime, runtime
 
 console = Console(highlight=False)
@@ -623,6 +628,7 @@ def worker_cmd(
     )
     if beat:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
+    warn_upstream(settings)
     sys.stdout.flush()
     os.execv(argv[0], argv)
 
@@ -655,6 +661,7 @@ def up_cmd(
     def on_ready(up: DevStack) -> None:
         ready.append(True)
         print_stack(up)
+        warn_upstream(up.settings, up.api_base_url)
 
     try:
         code = run_forever(stack, on_ready)
@@ -742,9 +749,11 @@ def config_cmd(
                 "description": info.description or "",
             }
         )
+    profile = profile_summary(settings)
     if as_json:
-        print_json({r["name"]: r["value"] for r in rows})
+        print_json({**{r["name"]: r["value"] for r in rows}, "profile": profile})
         return
+    print_profile(profile)
     table = Table("variable", "value", "", "meaning")
     for row in rows:
         table.add_row(
@@ -754,6 +763,164 @@ def config_cmd(
             row["description"],
         )
     console.print(table)
+
+
+# --------------------------------------------------------------------------------------------------------
+# The upstream: the profile in use, `mjq doctor`, the check at start
+
+
+def observed_state(settings: Settings) -> dict[str, Any] | None:
+    """What the workers learnt about the upstream (callbacks, 429s), or None when Redis is not reachable."""
+    client = redis.Redis.from_url(settings.effective_redis_url, decode_responses=True, socket_connect_timeout=1.0,
+                                  socket_timeout=2.0)  # fmt: skip
+    try:
+        return Observed(client, settings.api_base_url, settings.callbacks_missing_after).state()
+    except redis.RedisError:
+        return None
+    finally:
+        client.close()
+
+
+def profile_summary(settings: Settings) -> dict[str, Any]:
+    """The profile in use and what it implies (``mjq config``, ``mjq doctor``)."""
+    profile = PROFILES[settings.api_profile_name]
+    observed = observed_state(settings) if settings.webhook_base_url else None
+    missing = bool(observed and observed.get("callbacks_missing_since"))
+    if not settings.webhook_base_url:
+        callbacks = "not used (MJQ_WEBHOOK_BASE_URL unset): polling tracks every job"
+    elif profile.callbacks is False:
+        callbacks = "none expected (the server drops notifyHook): polling schedule"
+    elif missing:
+        callbacks = (f"none came from this upstream after {settings.callbacks_missing_after} jobs finished by"
+                     " polling: polling schedule until a callback arrives")  # fmt: skip
+    else:
+        callbacks = "expected: webhooks settle jobs, a safety-net poll follows" + (
+            "" if settings.callbacks_missing_after else " (never switched to polling: MJQ_CALLBACKS_MISSING_AFTER=0)")
+    mode_in = {
+        "filter": "accountFilter.modes",
+        "path": "the path prefix (MJQ_API_PATH_FAST/_RELAX/_TURBO)",
+        "both": "accountFilter.modes and, when set, the path prefix (MJQ_API_PATH_*)",
+    }[profile.mode_in]
+    paths = settings.api_mode_paths
+    return {
+        "name": profile.name,
+        "title": profile.title,
+        "auth_header": settings.api_auth_header,
+        "auth_header_sent": (
+            "Authorization: Bearer <key>" if settings.api_auth_header == "bearer" else "mj-api-secret: <key>"
+        ),
+        "callbacks": callbacks,
+        "callbacks_missing": missing,
+        "speed_mode": mode_in + (f"; set: {', '.join(f'{m} {p}' for m, p in paths.items())}" if paths else ""),
+        "unknown_fetch": profile.unknown_fetch,
+        "requests": sorted(profile.kinds),
+        "enable_remix": profile.remix_flag,
+        "note": profile.note,
+        "observed": observed,
+    }
+
+
+def print_profile(profile: Mapping[str, Any]) -> None:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_row("profile", Text(f"{profile['name']}: {profile['title']}"))
+    grid.add_row("auth header", Text(profile["auth_header_sent"]))
+    grid.add_row("callbacks", Text(profile["callbacks"]))
+    grid.add_row("speed mode", Text(profile["speed_mode"]))
+    grid.add_row("unknown fetch", Text(profile["unknown_fetch"]))
+    grid.add_row("requests", Text(", ".join(profile["requests"])))
+    if profile["note"]:
+        grid.add_row("note", Text(profile["note"]))
+    console.print(grid)
+
+
+def warn_upstream(settings: Settings, base_url: str | None = None) -> None:
+    """The check at start of `mjq up` / `mjq worker`: reachable, key accepted; a loud warning, never a stop."""
+    overrides: dict[str, Any] = {"get_retries": 0, "connect_timeout": min(5.0, settings.http_connect_timeout_s)}
+    if base_url:
+        overrides["base_url"] = base_url
+    with MidjourneyClient.from_settings(settings, **overrides) as client:
+        lines = startup_warnings(client)
+    if not lines:
+        return
+    err_console.rule("[bold yellow]warning: the upstream", style="yellow")
+    for line in lines:
+        err_console.print(Text(line, style="yellow"), soft_wrap=True)
+    err_console.rule(style="yellow")
+
+
+_STATUS_STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red"}
+
+
+@cli_command("doctor")
+def doctor_cmd(
+    submit: Annotated[
+        bool, typer.Option("--submit", help="spend ONE imagine to see it finish and whether callbacks arrive")
+    ] = False,
+    wait_s: Annotated[float, typer.Option("--wait-s", help="--submit: how long to watch the test job")] = 300.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Probe the configured upstream without spending anything: reach, key, unknown ids, webhook, profile.
+
+    Exit 0 when everything mjqueue needs works, 1 otherwise; prints what to set.
+    """
+    settings = get_settings()
+    with MidjourneyClient.from_settings(settings, get_retries=0) as client:
+        report = diagnose(client, webhook_base_url=settings.webhook_base_url, mode_paths=settings.api_mode_paths,
+                          timeout_s=settings.http_connect_timeout_s)  # fmt: skip
+        observed = observed_state(settings)
+        learnt(report, settings, observed)
+        if submit:
+            doctor_submit(client, report, settings, wait_s)
+    if as_json:
+        print_json({**report.as_dict(), "observed": observed})
+    else:
+        print_report(report)
+    raise typer.Exit(0 if report.ok else 1)
+
+
+def learnt(report: Report, settings: Settings, observed: Mapping[str, Any] | None) -> None:
+    """What the workers found out themselves (Redis), as a doctor check."""
+    if not settings.webhook_base_url:
+        return
+    if observed is None:
+        report.add("callbacks (seen)", "warn", "Redis not reachable: what the workers saw is unknown")
+    elif observed.get("callbacks_missing_since"):
+        since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(observed["callbacks_missing_since"])))
+        report.add("callbacks (seen)", "warn", f"no callbacks from this upstream: polling schedule since {since}",
+                   "a relay that drops notifyHook (MJQ_API_PROFILE=newapi says so from the start)")  # fmt: skip
+    elif observed.get("callbacks_seen_at"):
+        report.add("callbacks (seen)", "ok", "the workers have received callbacks from this upstream")
+
+
+def doctor_submit(client: MidjourneyClient, report: Report, settings: Settings, wait_s: float) -> None:
+    if not report.ok:
+        report.add("submit", "fail", "not tried: fix the failures above first (nothing was spent)")
+        return
+    state = f"doctor-{uuid.uuid4().hex[:12]}"
+    hook = webhook_url(state, settings)
+    started = time.time()
+
+    def callback_seen() -> bool:
+        seen = (observed_state(settings) or {}).get("callbacks_seen_at")
+        return bool(seen and float(seen) >= started)
+
+    check_submit(client, report, notify_hook=hook, state=state, callback_seen=callback_seen, wait_s=wait_s,
+                 poll_s=min(2.0, max(0.2, settings.poll_initial_s)))  # fmt: skip
+
+
+def print_report(report: Report) -> None:
+    console.print(f"upstream [bold]{escape(report.base_url)}[/]  profile [bold]{report.configured}[/]"
+                  + (f", looks like [bold]{report.looks_like}[/]" if report.looks_like else ""))  # fmt: skip
+    for reason in report.reasons:
+        console.print(Text(f"  ({reason})", style="dim"))
+    table = Table("check", "", "what", "hint")
+    for check in report.checks:
+        table.add_row(check.name, Text(check.status, style=_STATUS_STYLE[check.status]), Text(check.detail),
+                      Text(check.hint))  # fmt: skip
+    console.print(table)
+    if report.advice:
+        console.print("to set: " + "  ".join(f"[bold]{k}={escape(v)}[/]" for k, v in report.advice.items()))
+    console.print("[green]all good[/]" if report.ok else "[bold red]something mjqueue needs does not work[/]")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

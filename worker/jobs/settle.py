@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from worker.jobs.admission import admit_parked
+from worker.jobs.callbacks import finished_by_poll
 from worker.jobs.dispatch import send_finish, send_poll
 from worker.jobs.kinds import KINDS, build_request
 from worker.mjapi.errors import MJError
@@ -132,6 +133,8 @@ def settle(job_id: str, task: Task, source: str, rt: Runtime) -> str:
         return "ignored"
     if to in TERMINAL:
         after_terminal(job_id, mode, rt)
+        if source == "poll":
+            finished_by_poll(job, rt)
         return "finished"
     hold_slot(job_id, mode, rt.ledger.next_check(job_id) or time.time(), rt)
     return "updated"

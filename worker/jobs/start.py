@@ -25,6 +25,7 @@ from celery.result import AsyncResult
 
 from worker.app import BATCH, INTERACTIVE
 from worker.jobs.admission import admit_parked, waiting_score
+from worker.jobs.callbacks import callbacks_missing
 from worker.jobs.dispatch import send_finish, send_poll
 from worker.jobs.finishing import JobFailed
 from worker.jobs.kinds import (
@@ -447,7 +448,9 @@ def _accepted(job_id: str, mode: str, answer: Any, rt: Runtime) -> None:
         if ok:
             after_terminal(job_id, mode, rt)
         return
-    delay = first_poll_delay(mode, rt.settings, getattr(answer, "queue_position", None))
+    delay = first_poll_delay(
+        mode, rt.settings, getattr(answer, "queue_position", None), missing=callbacks_missing(rt)
+    )
     fields = {
         "submitted_at": now,
         "deadline_at": now + rt.settings.deadline_s(mode),

@@ -10,6 +10,7 @@ import time
 import redis
 
 from worker.jobs.admission import admit_parked, resend_overdue
+from worker.jobs.callbacks import callbacks_missing
 from worker.jobs.dispatch import send_finish, send_poll
 from worker.jobs.settle import finish_now, hold_slot, settle
 from worker.mjapi.errors import (
@@ -31,12 +32,19 @@ def _jitter(delay: float, settings: Settings) -> float:
     return max(0.01, delay * (1.0 + random.uniform(-settings.poll_jitter, settings.poll_jitter)))
 
 
-def callbacks_expected(settings: Settings) -> bool:
-    """Webhooks are on and the upstream sends callbacks: not a relay that drops ``notifyHook`` (new-api)."""
-    return bool(settings.webhook_base_url) and PROFILES[settings.api_profile_name].callbacks is not False
+def callbacks_expected(settings: Settings, missing: bool = False) -> bool:
+    """Webhooks are on and the upstream sends callbacks: not a relay that drops ``notifyHook`` (the new-api
+    profile), nor an upstream found sending none (``missing``: ``worker.store.observed``)."""
+    return (
+        bool(settings.webhook_base_url)
+        and PROFILES[settings.api_profile_name].callbacks is not False
+        and not missing
+    )
 
 
-def first_poll_delay(mode: str, settings: Settings, queue_position: int | None = None) -> float:
+def first_poll_delay(
+    mode: str, settings: Settings, queue_position: int | None = None, *, missing: bool = False
+) -> float:
     """Delay from an accepted submit to the job's first poll.
 
     A job is rarely done before its mode's expected duration (longer when the upstream queued it behind
@@ -47,16 +55,16 @@ def first_poll_delay(mode: str, settings: Settings, queue_position: int | None =
     slots = max(1, settings.slots_for(mode))
     expected = settings.expected_duration_s(mode) * (1.0 + max(0, queue_position or 0) / slots)
     expected = min(expected, settings.deadline_s(mode))  # an absurd queue position never delays past the deadline
-    if callbacks_expected(settings):
+    if callbacks_expected(settings, missing):
         return _jitter(expected + settings.webhook_poll_s, settings)
     if settings.poll_from_expected:
         return _jitter(expected, settings)
     return _jitter(settings.poll_initial_s, settings)
 
 
-def next_poll_delay(polls: int, mode: str, settings: Settings) -> float:
+def next_poll_delay(polls: int, mode: str, settings: Settings, *, missing: bool = False) -> float:
     """Delay after the ``polls``-th poll: poll_initial_s growing to poll_max_s (webhooks: webhook_poll_s)."""
-    if callbacks_expected(settings):
+    if callbacks_expected(settings, missing):
         return _jitter(settings.webhook_poll_s, settings)
     base = min(settings.poll_max_s, settings.poll_initial_s * settings.poll_factor ** max(0, polls))
     return _jitter(base, settings)
@@ -95,6 +103,7 @@ def poll_jobs(job_id: str, rt: Runtime) -> int:
                 found[item.id] = item
     except MJError as exc:
         log.warning("poll of %d jobs failed: %s", len(wanted), exc)
+    missing = callbacks_missing(rt)
     for jid, job in jobs.items():
         if job.get("status") in TERMINAL:
             continue
@@ -116,7 +125,7 @@ def poll_jobs(job_id: str, rt: Runtime) -> int:
             )
             continue
         polls = rt.ledger.count(jid, "polls")
-        delay = next_poll_delay(polls, mode, settings)
+        delay = next_poll_delay(polls, mode, settings, missing=missing)
         if deadline:
             delay = max(0.01, min(delay, deadline - time.time() + 0.01))
         rt.ledger.schedule(jid, time.time() + delay)

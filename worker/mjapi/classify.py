@@ -13,7 +13,9 @@ the HTTP status together (the real bodies are in ``/work/shared/upstreams.md``):
 - queue full, "并发数已达上限", "队列数已达上限", "负载已饱和", 繁忙/busy, any 429: ``Busy`` (retried, not counted);
 - an account text with code 3/9/24 ("无可用的账号实例", "账号不可用"): account unavailable (the breaker);
 - "系统异常", "服务暂不可用", "提交…任务异常": upstream trouble (``UpstreamSystemError``: retried, counted);
-- HTTP 403 with an empty body: a temporary block (``TemporarilyBlocked``: cool down, resume by itself);
+- HTTP 403 with an empty body right after 429s (``after_429``): a temporary block (``TemporarilyBlocked``: cool
+  down, resume by itself) - trueai's IP limiter; without 429s before it, an empty 403 is a refusal for good
+  (``Forbidden``: a key, an IP allow-list or a firewall), and resuming by itself would only hit it again;
 - code 1/21/22 whose description is a modal wait ("窗口等待", "Waiting for window confirm"): modal.
 """
 
@@ -212,7 +214,9 @@ def _error_text(payload: Mapping[str, Any], body: Any) -> str:
     ).strip()
 
 
-def _error_for_status(status: int, body: Any, headers: Mapping[str, str] | None, dialect: Dialect) -> MJError:
+def _error_for_status(
+    status: int, body: Any, headers: Mapping[str, str] | None, dialect: Dialect, after_429: bool = False
+) -> MJError:
     payload = body if isinstance(body, Mapping) else {}
     description = _error_text(payload, body)
     code = payload.get("code") if isinstance(payload.get("code"), int) else None
@@ -236,8 +240,14 @@ def _error_for_status(status: int, body: Any, headers: Mapping[str, str] | None,
             return OutOfCredit(_describe("out of credit", code, status, description), **args)
         return Unauthorized(_describe("unauthorized (check MJQ_API_KEY)", code, status, description), **args)
     if status == 403 and not description and code is None:
-        return TemporarilyBlocked(
-            _describe("temporarily blocked (HTTP 403 with an empty body, after too many requests)", code, status, ""),
+        if after_429:
+            return TemporarilyBlocked(
+                _describe("temporarily blocked (HTTP 403 with an empty body, after 429s)", code, status, ""), **args
+            )
+        return Forbidden(
+            _describe(
+                "forbidden (HTTP 403 with an empty body and no 429 before it: the key, an IP allow-list or a"
+                " firewall refuses us)", code, status, ""),
             **args,
         )
     known = _recognised(code, status, description, properties)
@@ -262,11 +272,17 @@ def _codes(profile: ProfileIn) -> Dialect:
 
 
 def raise_for_status(
-    status: int, body: Any, dialect: ProfileIn = "proxy", headers: Mapping[str, str] | None = None
+    status: int,
+    body: Any,
+    dialect: ProfileIn = "proxy",
+    headers: Mapping[str, str] | None = None,
+    *,
+    after_429: bool = False,
 ) -> None:
-    """Raise the error an HTTP error status means (>= 400); the body refines it."""
+    """Raise the error an HTTP error status means (>= 400); the body refines it. ``after_429``: the upstream
+    answered 429 shortly before (an empty 403 is then a temporary block)."""
     if status >= 400:
-        raise _error_for_status(status, body, headers, _codes(dialect))
+        raise _error_for_status(status, body, headers, _codes(dialect), after_429)
 
 
 def check_code(body: Any, status: int = 200, dialect: ProfileIn = "proxy") -> Mapping[str, Any]:
@@ -292,14 +308,19 @@ def check_code(body: Any, status: int = 200, dialect: ProfileIn = "proxy") -> Ma
 
 
 def classify(
-    status: int, body: Any, dialect: ProfileIn = "proxy", headers: Mapping[str, str] | None = None
+    status: int,
+    body: Any,
+    dialect: ProfileIn = "proxy",
+    headers: Mapping[str, str] | None = None,
+    *,
+    after_429: bool = False,
 ) -> SubmitResult:
     """What a submit answer means: a ``SubmitResult`` (accepted, exists, modal) or a raised ``MJError``.
 
     ``dialect`` is a profile (``worker.mjapi.profiles``) or its name; ``proxy`` is the old name of ``auto``.
     """
     dialect = _codes(dialect)
-    raise_for_status(status, body, dialect, headers)
+    raise_for_status(status, body, dialect, headers, after_429=after_429)
     answer = check_code(body, status, dialect)
     code = int(answer["code"])
     description = _text(answer.get("description"))

@@ -70,9 +70,33 @@ class Settings(Protocol):
     def http_submit_timeout_s(self) -> float: ...
     @property
     def http_connect_timeout_s(self) -> float: ...
+    @property
+    def block_cooldown_s(self) -> float: ...
 
 
-__all__ = ["AsyncMidjourneyClient", "Call", "MidjourneyClient"]
+class RateLimitMemory(Protocol):
+    """Where the client notes 429 answers and asks whether one came lately (an empty 403 right after 429s is
+    trueai's temporary block). The worker passes one in Redis (``worker.store.observed``), shared by the
+    cluster; alone, the client remembers in its own memory."""
+
+    def note_429(self) -> None: ...
+    def had_429_within(self, seconds: float) -> bool: ...
+
+
+class LocalRateLimits:
+    """The client's own memory of its last 429 (one process)."""
+
+    def __init__(self) -> None:
+        self._last: float | None = None
+
+    def note_429(self) -> None:
+        self._last = time.monotonic()
+
+    def had_429_within(self, seconds: float) -> bool:
+        return self._last is not None and time.monotonic() - self._last <= seconds
+
+
+__all__ = ["AsyncMidjourneyClient", "Call", "LocalRateLimits", "MidjourneyClient", "Probe", "RateLimitMemory"]
 
 log = logging.getLogger("mjqueue.mjapi")
 
@@ -147,6 +171,8 @@ class _Core:
         get_retries: int = 2,
         max_connections: int = 100,
         retry_backoff_s: float = 0.2,
+        rate_limits: RateLimitMemory | None = None,
+        block_window_s: float = 300.0,
     ) -> None:
         auth = str(getattr(auth_header, "value", auth_header))
         if auth not in ("bearer", "mj-api-secret"):
@@ -168,6 +194,8 @@ class _Core:
         self.get_retries = max(0, get_retries)
         self.retry_backoff_s = max(0.0, retry_backoff_s)
         self._key = api_key if isinstance(api_key, SecretStr) else SecretStr(api_key)
+        self.rate_limits: RateLimitMemory = rate_limits or LocalRateLimits()
+        self.block_window_s = block_window_s
         self._httpx_options: dict[str, Any] = {
             "base_url": self.base_url + self.path_prefix,
             "auth": _KeyAuth(self._key, self.auth_header),
@@ -201,7 +229,17 @@ class _Core:
             "timeout": settings.http_timeout_s,
             "submit_timeout": settings.http_submit_timeout_s,
             "connect_timeout": settings.http_connect_timeout_s,
+            "block_window_s": settings.block_cooldown_s,
         }
+
+    def with_auth_header(self, header: AuthHeaderName | str) -> Self:
+        """The same client sending the key in another header (``mjq doctor`` tries the other one on a 401)."""
+        timeout: httpx.Timeout = self._httpx_options["timeout"]
+        return type(self)(
+            self.base_url, self._key, auth_header=header, profile=self.profile, path_prefix=self.path_prefix,
+            mode_paths=self.mode_paths, timeout=timeout.read or 30.0, submit_timeout=self.submit_timeout,
+            connect_timeout=timeout.connect or 10.0, get_retries=0,
+        )  # fmt: skip
 
     def __repr__(self) -> str:
         key = "set" if self._key.get_secret_value() else "unset"
@@ -226,9 +264,11 @@ class _Core:
         dialect = self.dialect
 
         def parse(status: int, body: Any, headers: Mapping[str, str]) -> SubmitResult:
-            return classify(status, body, dialect, headers)
+            return classify(status, body, dialect, headers, after_429=self._after_429(status))
 
         wire = request.to_wire()
+        if self.profile.remix_flag and _asks_remix(wire):
+            wire["enableRemix"] = True  # trueai stops an action at the remix modal only when asked to
         path = self._mode_path(wire) + request.ENDPOINT
         timeout = self.submit_timeout if _carries_images(wire) else None
         return Call(request.KIND, "POST", path, wire, parse, timeout=timeout)
@@ -257,7 +297,7 @@ class _Core:
         dialect = self.dialect
 
         def parse(status: int, body: Any, headers: Mapping[str, str]) -> list[str]:
-            raise_for_status(status, body, dialect, headers)
+            raise_for_status(status, body, dialect, headers, after_429=self._after_429(status))
             result = check_code(body, status, dialect).get("result")
             urls = [result] if isinstance(result, str) else result
             if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
@@ -276,7 +316,7 @@ class _Core:
             if status in (404, 204):
                 return None
             try:
-                raise_for_status(status, body, dialect, headers)
+                raise_for_status(status, body, dialect, headers, after_429=self._after_429(status))
                 body = _unwrap(body, dialect, status)
             except NotFound:
                 return None
@@ -291,7 +331,7 @@ class _Core:
         dialect = self.dialect
 
         def parse(status: int, body: Any, headers: Mapping[str, str]) -> list[Task]:
-            raise_for_status(status, body, dialect, headers)
+            raise_for_status(status, body, dialect, headers, after_429=self._after_429(status))
             body = _unwrap(body, dialect, status)
             if body is None:
                 return []
@@ -314,7 +354,7 @@ class _Core:
         dialect = self.dialect
 
         def parse(status: int, body: Any, headers: Mapping[str, str]) -> str:
-            raise_for_status(status, body, dialect, headers)
+            raise_for_status(status, body, dialect, headers, after_429=self._after_429(status))
             if not isinstance(body, Mapping):  # a bare seed (some servers), or an HTML page / proxy text
                 seed = _seed(body)
                 if seed is None:
@@ -338,7 +378,25 @@ class _Core:
         try:
             return call.parse(response.status_code, _decode(response), response.headers)
         except MJError as exc:
+            if response.status_code == 429:
+                self._remember(self.rate_limits.note_429)
             raise self._scrub(exc) from None
+
+    def _after_429(self, status: int) -> bool:
+        """An empty 403 is a temporary block when a 429 came within ``block_window_s`` (MJQ_BLOCK_COOLDOWN_S)."""
+        if status != 403:
+            return False
+        known = self._remember(lambda: self.rate_limits.had_429_within(self.block_window_s))
+        return True if known is None else bool(known)  # not knowing: the stop that resumes by itself
+
+    @staticmethod
+    def _remember(call: Callable[[], Any]) -> Any:
+        """The rate-limit memory is a hint (Redis may be away): its failure never hides the answer."""
+        try:
+            return call()
+        except Exception as exc:  # any store error: the answer itself is what matters
+            log.debug("rate-limit memory unavailable: %s", exc)
+            return None
 
     def _timeout(self, call: Call[Any]) -> dict[str, Any]:
         if call.timeout is None:
@@ -384,6 +442,15 @@ class _Core:
         return delay
 
 
+@dataclass(frozen=True)
+class Probe:
+    """A raw answer: HTTP status, decoded body (``None`` when empty), headers (lower-case names)."""
+
+    status: int
+    body: Any
+    headers: Mapping[str, str]
+
+
 def _seed(value: Any) -> str | None:
     """A seed is a whole number (a JSON number or digits); anything else is not one."""
     if isinstance(value, bool):
@@ -418,6 +485,12 @@ _IMAGE_FIELDS = ("base64Array", "base64", "sourceBase64", "targetBase64", "maskB
 def _carries_images(wire: Mapping[str, Any]) -> bool:
     """A submit that uploads images (trueai sends them to Discord inside the call: it can exceed 30 s)."""
     return any(wire.get(name) for name in _IMAGE_FIELDS)
+
+
+def _asks_remix(wire: Mapping[str, Any]) -> bool:
+    """An action sent for a remix (``accountFilter.remix``: the remix follow-up asks the account for one)."""
+    af = wire.get("accountFilter")
+    return "customId" in wire and isinstance(af, Mapping) and af.get("remix") is True
 
 
 def _filter(value: AccountFilterIn) -> Any:
@@ -565,6 +638,17 @@ class MidjourneyClient(_Core):
     def image_seed(self, task_id: str | int) -> str:
         """The seed of a finished image task, as digits."""
         return self._execute(self._seed_call(task_id))
+
+    def probe(self, method: Literal["GET", "POST"], path: str, body: Any = None) -> Probe:
+        """One request as this client sends it (base URL, auth, timeouts), its answer unclassified: for
+        ``mjq doctor``, which reads the status codes themselves. Transport failures raise ``NotSent`` /
+        ``AnswerLost``; never retried."""
+        call: Call[Probe] = Call(f"probe {path}", method, path, body, Probe)
+        try:
+            response = self._http.request(method, path, json=body)
+        except (httpx.TransportError, httpx.InvalidURL) as exc:
+            raise self._transport_error(call, exc) from None
+        return Probe(response.status_code, _decode(response), {k.lower(): v for k, v in response.headers.items()})
 
 
 def _upload_filter(value: UploadFilter | Mapping[str, Any] | None) -> Any:

@@ -30,7 +30,7 @@ class Profile:
     callbacks: bool | None  # True: notifyHook callbacks arrive; False: none (polling only); None: learn it
     mode_in: Literal["filter", "path", "both"]  # where the speed mode travels (accountFilter.modes or /mj-fast)
     kinds: frozenset[str]  # the requests the server has
-    remix_flag: bool = False  # actions that may open the remix modal carry ``enableRemix: true``
+    remix_flag: bool = False  # remix actions (``accountFilter.remix``) carry ``enableRemix: true`` (trueai needs it)
     note: str = ""
 
     def supports(self, kind: str) -> bool:
@@ -42,9 +42,9 @@ PROFILES: dict[str, Profile] = {
     for p in (
         Profile(
             "auto", "any server (detected by answers)", "proxy", "mj-api-secret",
-            "404, 200 empty, 204, 400 task_no_found: all read as unknown", None, "both", ALL_KINDS,
+            "404, 200 empty, 204, 400 task_no_found: all read as unknown", None, "both", ALL_KINDS, remix_flag=True,
             note="classifies by code, description text and HTTP status; switches to polling when no callback"
-            " arrives",
+            " arrives; remix actions carry enableRemix (ignored by the servers that do not read it)",
         ),
         Profile(
             "plus", "midjourney-proxy-plus (closed)", "proxy", "mj-api-secret", "404 or 200 empty", True,

@@ -21,6 +21,9 @@ All are prefixed ``mjq:``. The Lua scripts (``worker/store/lua``) build key name
   the daily submit count
 - ``img:<sha256>``       input images stored once by the producer (``worker.store.images``)
 - ``imgjobs``            zset: unfinished jobs that refer to stored images (their TTL is kept)
+- ``seen:<upstream>``    hash: what answers taught us about the upstream (``worker.store.observed``): callbacks
+  seen (seen_at), jobs finished by polling with none (polled), polling schedule since (missing_at), last 429
+  (last_429_at); ``<upstream>`` is a short hash of its base URL, so another upstream starts unknown
 - ``lock:<name>``        short locks: one housekeeping runner, one image sweep at a time
 - ``archived``           hash: batch id -> summary of a batch moved out of Redis (``worker.reports.archive``)
 - ``retention:next``     when housekeeping next looks for batches past ``MJQ_RETENTION_DAYS``
@@ -72,3 +75,4 @@ waiting = _Family("waiting")
 held = _Family("held")
 slots = _Family("slots")
 image = _Family("img")
+observed = _Family("seen")

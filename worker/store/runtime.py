@@ -8,6 +8,7 @@ from worker.mjapi import MidjourneyClient
 from worker.settings import Settings, get_settings
 from worker.store.connection import redis_client
 from worker.store.ledger import Ledger
+from worker.store.observed import Observed
 from worker.store.slots import Slots
 
 
@@ -17,6 +18,7 @@ class Runtime:
         self.redis = redis_client(settings)
         self.ledger = Ledger(self.redis)
         self.slots = Slots(self.redis, settings)
+        self.observed = Observed(self.redis, settings.api_base_url, settings.callbacks_missing_after)
         self._client: MidjourneyClient | None = None
         self._lock = threading.Lock()
 
@@ -24,7 +26,7 @@ class Runtime:
     def client(self) -> MidjourneyClient:
         with self._lock:
             if self._client is None:
-                self._client = MidjourneyClient.from_settings(self.settings)
+                self._client = MidjourneyClient.from_settings(self.settings, rate_limits=self.observed)
             return self._client
 
 
