@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from worker.jobs.admission import admit_parked
-from worker.jobs.callbacks import finished_by_poll
 from worker.jobs.dispatch import send_finish, send_poll
+from worker.jobs.hooks_seen import finished_by_poll
 from worker.jobs.kinds import KINDS, build_request
 from worker.mjapi.errors import MJError
 from worker.mjapi.models import Task

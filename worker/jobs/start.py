@@ -25,9 +25,9 @@ from celery.result import AsyncResult
 
 from worker.app import BATCH, INTERACTIVE
 from worker.jobs.admission import admit_parked, waiting_score
-from worker.jobs.callbacks import callbacks_missing
 from worker.jobs.dispatch import send_finish, send_poll
 from worker.jobs.finishing import JobFailed
+from worker.jobs.hooks_seen import callbacks_missing
 from worker.jobs.kinds import (
     KINDS,
     Kind,

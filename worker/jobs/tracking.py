@@ -10,8 +10,8 @@ import time
 import redis
 
 from worker.jobs.admission import admit_parked, resend_overdue
-from worker.jobs.callbacks import callbacks_missing
 from worker.jobs.dispatch import send_finish, send_poll
+from worker.jobs.hooks_seen import callbacks_missing
 from worker.jobs.settle import finish_now, hold_slot, settle
 from worker.mjapi.errors import (
     MJError,

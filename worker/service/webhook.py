@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from worker.jobs import callbacks
+from worker.jobs import hooks_seen
 from worker.jobs import kinds as requests
 from worker.jobs import settle as outcomes
 from worker.mjapi.models import Task
@@ -97,8 +97,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
 def _settle(rt: Any, job_id: str, body: dict[str, Any]) -> str:
     """The callback read as the client's ``Task`` (fields of a wrong type read as absent) and settled; its
-    valid token says the upstream sends callbacks (``worker.jobs.callbacks``)."""
-    callbacks.callback_arrived(rt)
+    valid token says the upstream sends callbacks (``worker.jobs.hooks_seen``)."""
+    hooks_seen.callback_arrived(rt)
     try:
         task = Task.read(body)
     except ValueError:  # no usable id: it cannot be this job's task
