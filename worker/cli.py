@@ -54,6 +54,8 @@ from worker.producer import Backend, UnknownBatch, backend, submit_jobs
 from worker.reports.export import FORMATS, write_manifest
 from worker.reports.gallery import write_gallery
 from worker.reports.progress import FAILED, RateMeter, Snapshot, render, watch
+from worker.service.api import serve as serve_api
+from worker.service.api.keyfile import KeyFileError, add_key
 from worker.service.webhook import serve
 from worker.settings import Settings, SettingsError, get_settings, settings_table
 from worker.store.runtime import Runtime, runtime
@@ -571,6 +573,35 @@ def sim_cmd(ctx: typer.Context) -> None:
 def webhook_cmd() -> None:
     """Run the webhook server that receives the upstream's notifyHook callbacks."""
     serve()
+
+
+@cli_command("serve")
+def serve_cmd() -> None:
+    """Run the HTTP API for other services (`MJQ_SERVE_HOST`/`MJQ_SERVE_PORT`; keys: `mjq serve-key add`)."""
+    serve_api()
+
+
+serve_key_app = typer.Typer(help="Keys of the HTTP API (`mjq serve`).", no_args_is_help=True)
+app.add_typer(serve_key_app, name="serve-key")
+
+
+@serve_key_app.command("add")
+def serve_key_add_cmd(
+    name: Annotated[str, typer.Argument(help="who the key is for (owner of its jobs and batches)")],
+    admin: Annotated[bool, typer.Option("--admin", help="sees and steers every job and batch")] = False,
+    max_priority: Annotated[
+        int, typer.Option(min=0, max=9, help="the most urgent priority the key may ask for (0 = any)")
+    ] = 0,
+    daily_jobs: Annotated[int, typer.Option(min=0, help="jobs per UTC day (0 = no quota)")] = 0,
+) -> None:
+    """Create a key: printed once, only its sha256 is stored in MJQ_SERVE_KEYS_FILE."""
+    path = get_settings().serve_keys_file
+    try:
+        key = add_key(path, name, admin=admin, max_priority=max_priority, daily_jobs=daily_jobs)
+    except KeyFileError as exc:
+        fail(CliError(str(exc), "names are unique; `mjq serve-key add` another name", 2))
+    err_console.print(f"key {name!r} stored (as its sha256) in {path}; it is shown once:")
+    sys.stdout.write(key + "\n")
 
 
 @cli_command("worker")

@@ -183,6 +183,19 @@ class Settings(BaseSettings):
     # Flower
     flower_port: int = Field(5555, ge=1, le=65535, description="Port of Flower in `mjq up`.")
 
+    # Our HTTP API (`mjq serve`): the service's own settings (MJQ_API_* are the upstream's)
+    serve_host: str = Field("127.0.0.1", description="Address the HTTP API (`mjq serve`) binds to.")
+    serve_port: int = Field(8790, ge=1, le=65535, description="Port of the HTTP API (`mjq serve`).")
+    serve_keys_file: Path = Field(
+        Path(".mjq/serve-keys.toml"),
+        description="TOML file of the API's bearer keys (sha256 of each key, name, admin, max_priority,"
+        " daily_jobs); `mjq serve-key add NAME` writes it.",
+    )
+    serve_max_body_bytes: int = Field(
+        64 * 1024 * 1024, gt=0, description="Largest request body the HTTP API accepts (413 above it)."
+    )
+    serve_page_size: int = Field(100, ge=1, le=1000, description="Jobs per page of `GET /v1/jobs`.")
+
     @field_validator("api_base_url", "webhook_base_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:

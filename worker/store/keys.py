@@ -21,6 +21,10 @@ All are prefixed ``mjq:``. The Lua scripts (``worker/store/lua``) build key name
 - ``img:<sha256>``       input images stored once by the producer (``worker.store.images``)
 - ``imgjobs``            zset: unfinished jobs that refer to stored images (their TTL is kept)
 - ``lock:<name>``        short locks: one housekeeping runner, one image sweep at a time
+- ``api:owner``          hash: ``job:<id>`` / ``batch:<id>`` -> name of the service key that created it
+- ``api:jobs``, ``api:jobs:<key name>``  zsets: jobs created through the HTTP API (all, per key), by time
+- ``api:idem:<key name>:<idempotency key>``  string: the request hash and job ids of an idempotent request
+- ``api:daily:<key name>:<day>``  jobs a service key created that UTC day (its ``daily_jobs`` quota)
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ BREAKER = PREFIX + "breaker"
 IMAGE_JOBS = PREFIX + "imgjobs"
 HOUSEKEEPING_LOCK = PREFIX + "lock:housekeeping"
 IMAGE_SWEEP_LOCK = PREFIX + "lock:imagesweep"
+API_OWNER = PREFIX + "api:owner"
+API_JOBS = PREFIX + "api:jobs"
 
 
 class _Family:
@@ -59,3 +65,7 @@ waiting = _Family("waiting")
 held = _Family("held")
 slots = _Family("slots")
 image = _Family("img")
+daily = _Family("daily")  # the Lua gates spell it too (P .. "daily:" .. day)
+api_jobs = _Family("api:jobs")
+api_idempotency = _Family("api:idem")
+api_daily = _Family("api:daily")
