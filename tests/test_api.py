@@ -222,7 +222,8 @@ def test_idempotency_never_makes_a_second_job(api: Api, stack: Stack, sim: Any) 
     shop, other = api.client("shop"), api.client("other")
     body = {"prompt": "an idempotent fox", "mode": "fast"}
     first = shop.post("/v1/jobs", json=body, headers={"Idempotency-Key": "order-17"})
-    again = shop.post("/v1/jobs", json={"mode": "fast", "prompt": "an idempotent fox"}, headers={"Idempotency-Key": "order-17"})
+    respelled = {"mode": "fast", "prompt": "an idempotent fox"}
+    again = shop.post("/v1/jobs", json=respelled, headers={"Idempotency-Key": "order-17"})
     assert first.status_code == 201 and again.status_code == 200, again.text
     assert first.json()["job_id"] == again.json()["job_id"]
     clash = error(shop.post("/v1/jobs", json={**body, "mode": "relax"}, headers={"Idempotency-Key": "order-17"}), 409)
@@ -234,7 +235,8 @@ def test_idempotency_never_makes_a_second_job(api: Api, stack: Stack, sim: Any) 
     by_id = shop.post("/v1/jobs", json={**body, "job_id": "shop-job-1"})
     assert by_id.status_code == 201 and by_id.json()["job_id"] == "shop-job-1"
     assert shop.post("/v1/jobs", json={**body, "job_id": "shop-job-1"}).status_code == 200
-    assert error(shop.post("/v1/jobs", json={**body, "job_id": "shop-job-1", "prompt": "other"}), 409)["field"] == "job_id"
+    changed = shop.post("/v1/jobs", json={**body, "job_id": "shop-job-1", "prompt": "other"})
+    assert error(changed, 409)["field"] == "job_id"
     error(other.post("/v1/jobs", json={**body, "job_id": "shop-job-1"}), 409)  # taken, and not theirs to see
     for job_id in (first.json()["job_id"], "shop-job-1"):
         assert wait_job(shop, job_id)["status"] == "succeeded"

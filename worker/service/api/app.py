@@ -190,7 +190,9 @@ def _create_jobs(
             ids.append(f"api-{_hash(key.name, idem_key + suffix)[:24]}")
         else:
             ids.append(uuid.uuid4().hex)
-    where = (lambda i: f"[{i}].") if len(jobs) > 1 else (lambda i: "")
+    def where(index: int) -> str:
+        return f"[{index}]." if len(jobs) > 1 else ""
+
     calls: list[tuple[str, dict[str, Any]]] = []
     for i, (job, job_id) in enumerate(zip(jobs, ids, strict=True)):
         try:
@@ -202,7 +204,8 @@ def _create_jobs(
             _claim_batch(svc, key, job.batch, f"{where(i)}batch")
     # idempotency: one record per request key (header) or per job id
     body_hash = _hash(*(job.body_hash() for job in jobs))
-    claims = [idem_key] if idem_key is not None else [f"job:{j}" for j, job in zip(ids, jobs, strict=True) if job.job_id]
+    by_id = [f"job:{job_id}" for job_id, job in zip(ids, jobs, strict=True) if job.job_id]
+    claims = [idem_key] if idem_key is not None else by_id
     replay = False
     for claim_key in claims:
         got = svc.records.claim_request(key.name, claim_key, body_hash, ids)

@@ -62,7 +62,9 @@ def error_body(
     return {"error": error}
 
 
-def _respond(request: Request, status: int, body: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> JSONResponse:
+def _respond(
+    request: Request, status: int, body: Mapping[str, Any], headers: Mapping[str, str] | None = None
+) -> JSONResponse:
     out = {REQUEST_ID: request_id(request), **(headers or {})}
     return JSONResponse(dict(body), status_code=status, headers=out)
 
