@@ -635,8 +635,8 @@ def up_cmd(
     concurrency: Annotated[int, typer.Option("--concurrency", "-c", help="worker threads")] = 8,
     ephemeral: Annotated[bool, typer.Option(help="free ports instead of the configured ones")] = False,
 ) -> None:
-    """Run everything on this machine: Valkey, simulator, worker + beat, webhook, Flower. Ctrl-C stops it."""
-    colours = {"worker": "cyan", "webhook": "magenta", "flower": "green", "simulator": "yellow"}
+    """Run everything on this machine: Valkey, simulator, worker + beat, webhook, HTTP API, Flower. Ctrl-C stops it."""
+    colours = {"worker": "cyan", "webhook": "magenta", "flower": "green", "simulator": "yellow", "api": "blue"}
 
     def sink(name: str, line: str) -> None:
         if "housekeeping" in line:  # once a second; kept in the log file, not on the console
@@ -679,6 +679,7 @@ def taken_ports(stack: DevStack) -> list[int]:
         return []
     settings = stack.settings
     wanted: list[str | None] = [stack.webhook_url, stack.flower_url, stack.api_base_url if stack.simulated else None]
+    wanted.append(stack.serve_url)
     if stack.embedded_redis is not False and settings.redis_url is None:
         wanted.append(settings.effective_redis_url)
     ports = {urlsplit(url).port for url in wanted if url}
@@ -701,6 +702,8 @@ def print_stack(stack: Any) -> None:
         table.add_row("webhook", stack.webhook_url)
     if stack.flower_url:
         table.add_row("flower", stack.flower_url)
+    if getattr(stack, "serve_url", None):
+        table.add_row("http api", f"{stack.serve_url}/docs  (keys: `mjq serve-key add NAME`)")
     table.add_row("state", str(stack.state))
     console.rule("[bold green]mjqueue is up")
     console.print(table)
