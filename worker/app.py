@@ -22,7 +22,8 @@ INTERACTIVE, TRACK, BATCH = QUEUES
 # The plumbing between a job's tasks: sent by name (tasks/ sits above worker/), and silent in Flower, whose task
 # list is for jobs (a per-second housekeeping task and one poll per check buried them).
 POLL_TASK, FINISH_TASK, HOUSEKEEPING_TASK = "tasks.track.poll", "tasks.track.finish", "tasks.track.housekeeping"
-PLUMBING_TASKS = frozenset({POLL_TASK, FINISH_TASK, HOUSEKEEPING_TASK})
+CALLBACK_TASK = "tasks.track.callback"  # outgoing callbacks to the producer (worker.jobs.callbacks)
+PLUMBING_TASKS = frozenset({POLL_TASK, FINISH_TASK, HOUSEKEEPING_TASK, CALLBACK_TASK})
 TASK_MODULES = ("tasks.submit", "tasks.track", "tasks.followups")  # by name: tasks/ sits above this module
 
 

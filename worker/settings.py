@@ -195,6 +195,23 @@ class Settings(BaseSettings):
         64 * 1024 * 1024, gt=0, description="Largest request body the HTTP API accepts (413 above it)."
     )
     serve_page_size: int = Field(100, ge=1, le=1000, description="Jobs per page of `GET /v1/jobs`.")
+    # Outgoing callbacks to the producer (job option callback_url), signed as Standard Webhooks specify
+    callback_secret: SecretStr = Field(
+        SecretStr(""),
+        description="Signing secret of outgoing callbacks (`whsec_` + base64, as Standard Webhooks use);"
+        " empty: callbacks are refused.",
+    )
+    callback_allow_hosts: str = Field(
+        "",
+        description="Comma-separated hosts a callback may reach over plain http or at a private, loopback or"
+        " link-local address (e.g. 127.0.0.1 for a local receiver); every other target must be public https.",
+    )
+    callback_retry_s: PositiveSeconds = Field(
+        86_400.0, description="How long a failing callback is retried (exponential backoff) before it gives up."
+    )
+    callback_retry_initial_s: PositiveSeconds = Field(5.0, description="First delay before a callback is retried.")
+    callback_retry_max_delay_s: PositiveSeconds = Field(900.0, description="Cap of the callback retry delay.")
+    callback_timeout_s: PositiveSeconds = Field(10.0, description="Timeout of one callback delivery.")
 
     @field_validator("api_base_url", "webhook_base_url")
     @classmethod
@@ -290,6 +307,7 @@ class Settings(BaseSettings):
                 self.submit_answer_window_s + 0.2
             ),
             "download retry (MJQ_DOWNLOAD_ATTEMPTS)": self.download_retry_delay(self.download_attempts - 2),
+            "callback retry (MJQ_CALLBACK_RETRY_MAX_DELAY_S)": self.callback_retry_max_delay_s,
         }
 
     def slots_for(self, mode: str) -> int:

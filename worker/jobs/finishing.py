@@ -9,6 +9,7 @@ from typing import Any
 from celery import Task, signature
 
 from worker.app import app
+from worker.jobs.callbacks import start_callback
 from worker.jobs.messages import context_from_message
 from worker.media import DownloadError, download_image
 from worker.plans.canvas import pending_children
@@ -40,6 +41,8 @@ def finish_job(task: Task[Any, Any], job_id: str, rt: Runtime) -> dict[str, Any]
     result = rt.ledger.job_result(job_id)
     complete_task(job, result, rt, hostname=task.request.hostname)
     rt.ledger.finished(job_id)
+    if job.get("status") != "needs_review":  # final for now only: the real outcome is called back
+        start_callback(job, rt)  # its own task: a dead receiver never delays or fails the job
     if result.get("status") == "succeeded":
         try:
             start_plan(job_id, rt, result)  # idempotent: the plan's ids come from this job's id

@@ -53,8 +53,10 @@ class JobIn(BaseModel):
     job_id: str | None = Field(None, description="your idempotency key: the same id never makes a second job")
     upstream: str | None = Field(None, description='which upstream serves the job; only "default" for now')
     split_grid: bool | None = Field(None, description="not available yet (must be false or absent)")
-    callback_url: str | None = Field(None, description="not available yet (outgoing callbacks)")
-    callback_events: list[str] | None = Field(None, description="not available yet (outgoing callbacks)")
+    callback_url: str | None = Field(
+        None, description="POST the signed job result there when the job ends (Standard Webhooks)"
+    )
+    callback_events: list[str] | None = Field(None, description='["finished"] (start and progress: not yet)')
 
     def body_hash(self) -> str:
         """The same request, however its JSON was spelled, hashes the same (idempotency conflicts)."""
@@ -67,8 +69,8 @@ def _no_unsupported(job: JobIn) -> None:
         raise InvalidInput("upstream", f"unknown upstream {job.upstream!r}: only 'default' exists for now")
     if job.split_grid:
         raise InvalidInput("split_grid", "not available yet: leave it out or false")
-    if job.callback_url is not None or job.callback_events is not None:
-        raise InvalidInput("callback_url", "outgoing callbacks are not available yet: leave it out")
+    if job.callback_events is not None and job.callback_events != ["finished"]:
+        raise InvalidInput("callback_events", "only ['finished'] for now (start and progress events: not yet)")
 
 
 def _count(job: JobIn, low: int, high: int | None) -> None:
@@ -117,6 +119,9 @@ def task_call(job: JobIn, job_id: str) -> tuple[str, dict[str, Any]]:
             kw["then"] = validate_plan(job.then, files=False)  # a mask path would name the server's files
         except ValueError as exc:
             raise InvalidInput("then", getattr(exc, "reason", str(exc))) from None
-    optional = {"mode": job.mode, "priority": job.priority, "tags": job.tags, "batch_id": job.batch}
+    optional = {
+        "mode": job.mode, "priority": job.priority, "tags": job.tags, "batch_id": job.batch,
+        "callback_url": job.callback_url,
+    }
     kw.update({k: v for k, v in optional.items() if v is not None})
     return TASKS[job.kind], {k: v for k, v in kw.items() if v is not None}
