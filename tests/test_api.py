@@ -385,7 +385,9 @@ def test_callbacks_are_signed_retried_and_never_delay_the_job(api: Api, stack: S
     shop = api.client("shop")
     receiver = Receiver(failures=3)
     try:
-        created = shop.post("/v1/jobs", json={"prompt": "a called-back fox", "callback_url": receiver.url})
+        created = shop.post(
+            "/v1/jobs", json={"prompt": "a called-back fox", "callback_url": receiver.url, "batch": "called"}
+        )
         assert created.status_code == 201, created.text
         job_id = created.json()["job_id"]
         assert wait_job(shop, job_id)["status"] == "succeeded"
@@ -394,6 +396,8 @@ def test_callbacks_are_signed_retried_and_never_delay_the_job(api: Api, stack: S
             and j, 30, "the callback to be delivered",
         )
         assert done["callback"] == {"state": "delivered", "attempts": 4}
+        manifest = [json.loads(line) for line in shop.get("/v1/batches/called/manifest").text.splitlines()]
+        assert [row["callback"] for row in manifest] == ["delivered"]
         assert len(receiver.deliveries) == 4
         ids = {headers["webhook-id"] for headers, _ in receiver.deliveries}
         assert ids == {f"msg_{job_id}"}  # stable across retries: the receiver drops duplicates
@@ -441,7 +445,7 @@ def test_callback_targets_are_checked_before_use(api: Api, stack: Stack) -> None
         assert body["field"] == "callback_url" and rule in body["message"], (url, body)
     error(shop.post("/v1/jobs", json={"prompt": "a fox", "callback_events": ["progress"]}), 422)
     # 127.0.0.1 is refused unless allowed
-    strict = Settings(_env_file=None, callback_secret=CALLBACK_SECRET, callback_allow_hosts="")  # type: ignore[call-arg]
+    strict = Settings(_env_file=None, callback_secret=CALLBACK_SECRET, callback_allow_hosts="")
     with pytest.raises(InvalidInput, match="https"):
         check_callback_url("http://127.0.0.1:9/cb", strict)
     with pytest.raises(InvalidInput, match="loopback"):
