@@ -27,7 +27,11 @@ from worker.mjapi.errors import InvalidInput
 
 MAX_BODY = 4 * 1024 * 1024
 CALLBACK_SECRET = "whsec_" + base64.b64encode(b"test-callback-secret-0123456789").decode()
+ALERT_PORT = free_port()
 CONFIGS["api"] = {
+    "MJQ_ALERT_URLS": f"json://127.0.0.1:{ALERT_PORT}/alerts",
+    "MJQ_ALERT_FAILURE_MIN_JOBS": "4",
+    "MJQ_ALERT_FAILURE_RATE": "0.5",
     "MJQ_CALLBACK_SECRET": CALLBACK_SECRET,
     "MJQ_CALLBACK_ALLOW_HOSTS": "127.0.0.1",
     "MJQ_CALLBACK_RETRY_S": "4",
@@ -351,7 +355,7 @@ class Receiver:
     """A real local callback receiver: fails the first ``failures`` deliveries (HTTP 503), then accepts; it
     keeps every delivery and applies each webhook-id once (what a receiver does with at-least-once)."""
 
-    def __init__(self, failures: int) -> None:
+    def __init__(self, failures: int, port: int = 0) -> None:
         self.failures = failures
         self.deliveries: list[tuple[dict[str, str], bytes]] = []
         self.applied: dict[str, Any] = {}
@@ -363,14 +367,14 @@ class Receiver:
                 receiver.deliveries.append(({k.lower(): v for k, v in self.headers.items()}, body))
                 ok = len(receiver.deliveries) > receiver.failures
                 if ok:
-                    receiver.applied.setdefault(self.headers["webhook-id"], json.loads(body))
+                    receiver.applied.setdefault(self.headers.get("webhook-id") or "", json.loads(body))
                 self.send_response(204 if ok else 503)
                 self.end_headers()
 
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/mjq"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
@@ -455,3 +459,48 @@ def test_callback_targets_are_checked_before_use(api: Api, stack: Stack) -> None
     off = strict.model_copy(update={"callback_secret": SecretStr("")})
     with pytest.raises(InvalidInput, match="MJQ_CALLBACK_SECRET"):
         check_callback_url("https://example.com/cb", off)
+
+
+@pytest.fixture(scope="module")
+def alert_receiver() -> Iterator[Receiver]:
+    """The local json:// target of MJQ_ALERT_URLS (Apprise posts {"title", "message", "type"})."""
+    receiver = Receiver(failures=0, port=ALERT_PORT)
+    yield receiver
+    receiver.close()
+
+
+def alerts_titled(receiver: Receiver, text: str) -> list[dict[str, Any]]:
+    found = [json.loads(body) for _, body in receiver.deliveries]
+    return [a for a in found if text in str(a.get("title"))]
+
+
+def test_alerts_once_per_cause_batch_finished_and_failure_rate(
+    api: Api, stack: Stack, sim: Any, alert_receiver: Receiver
+) -> None:
+    shop = api.client("shop")
+    posted = shop.post("/v1/batches", params={"batch_id": "alerted"}, content="a fox\na cat\n",
+                       headers={"Content-Type": "text/plain"})
+    assert posted.status_code == 201, posted.text
+    wait_for(lambda: alerts_titled(alert_receiver, "batch alerted finished"), 60, "the batch alert")
+    alert = alerts_titled(alert_receiver, "batch alerted finished")[0]
+    assert "succeeded 2" in alert["message"] and "(of 2)" in alert["message"]
+    sim.faults(banned_words=["forbidden"])
+    ids = [shop.post("/v1/jobs", json={"prompt": f"a forbidden fox {i}"}).json()["job_id"] for i in range(6)]
+    assert all(wait_job(shop, job_id)["status"] == "failed" for job_id in ids)
+    wait_for(lambda: alerts_titled(alert_receiver, "many jobs fail"), 30, "the failure-rate alert")
+    time.sleep(2)  # more failures of the same hour: no second alert
+    assert len(alerts_titled(alert_receiver, "many jobs fail")) == 1
+    assert len(alerts_titled(alert_receiver, "batch alerted finished")) == 1
+    assert "failed" in alerts_titled(alert_receiver, "many jobs fail")[0]["message"]
+
+
+def test_an_alert_when_the_upstream_stops_us(api: Api, stack: Stack, sim: Any, alert_receiver: Receiver) -> None:
+    shop = api.client("shop")
+    sim.faults(api_key="not-our-key")  # every submit now answers 401: the breaker trips
+    for i in range(3):
+        assert shop.post("/v1/jobs", json={"prompt": f"an unauthorised fox {i}"}).status_code == 201
+    wait_for(lambda: alerts_titled(alert_receiver, "submitting stopped"), 30, "the breaker alert")
+    time.sleep(1)
+    stopped = alerts_titled(alert_receiver, "submitting stopped")
+    assert len(stopped) == 1 and "stopped us" in stopped[0]["message"]
+    assert "not-our-key" not in json.dumps(stopped) and "test-key" not in json.dumps(stopped)

@@ -210,8 +210,20 @@ class Settings(BaseSettings):
         86_400.0, description="How long a failing callback is retried (exponential backoff) before it gives up."
     )
     callback_retry_initial_s: PositiveSeconds = Field(5.0, description="First delay before a callback is retried.")
-    callback_retry_max_delay_s: PositiveSeconds = Field(900.0, description="Cap of the callback retry delay.")
+    callback_retry_max_delay_s: PositiveSeconds = Field(300.0, description="Cap of the callback retry delay.")
     callback_timeout_s: PositiveSeconds = Field(10.0, description="Timeout of one callback delivery.")
+    # Alerts to the operator through Apprise
+    alert_urls: SecretStr = Field(
+        SecretStr(""),
+        description="Apprise URLs alerts go to, separated by commas or spaces (slack://, tgram://, mailto://,"
+        " ntfys://, json:// for any webhook); empty: no alerts. Never logged (they hold tokens).",
+    )
+    alert_failure_rate: float = Field(
+        0.5, gt=0, le=1, description="Alert when more than this share of the jobs ended in the last hour failed."
+    )
+    alert_failure_min_jobs: int = Field(
+        10, ge=1, description="Jobs ended in the last hour before the failure rate is judged at all."
+    )
 
     @field_validator("api_base_url", "webhook_base_url")
     @classmethod

@@ -25,6 +25,7 @@ from celery.result import AsyncResult
 
 from worker.app import BATCH, INTERACTIVE
 from worker.jobs.admission import admit_parked, waiting_score
+from worker.jobs.alerts import breaker_tripped
 from worker.jobs.callbacks import check_callback_url
 from worker.jobs.dispatch import send_finish, send_poll
 from worker.jobs.finishing import JobFailed
@@ -302,6 +303,8 @@ def _submit(task: Task[Any, Any], spec: Kind, job: dict[str, Any], rt: Runtime) 
             why += f" (resumes by itself at {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(until))})"
         tripped = rt.ledger.trip_breaker(why, until)
         log.error("submitting stopped (%s): %s", "tripped" if tripped else "already tripped", why)
+        if tripped:
+            breaker_tripped(why, rt)
         _back_to_parked(task, spec, job_id, rt)
     except AnswerLost as exc:
         mark_needs_review(job_id, f"answer lost after sending: {reason_of(exc)}", rt)

@@ -25,6 +25,8 @@ All are prefixed ``mjq:``. The Lua scripts (``worker/store/lua``) build key name
 - ``api:jobs``, ``api:jobs:<key name>``  zsets: jobs created through the HTTP API (all, per key), by time
 - ``api:idem:<key name>:<idempotency key>``  string: the request hash and job ids of an idempotent request
 - ``api:daily:<key name>:<day>``  jobs a service key created that UTC day (its ``daily_jobs`` quota)
+- ``alert:<cause>``      an alert already sent for this cause (once per cause, kept a week)
+- ``outcomes:<bucket>``  hash: jobs ended / failed in one 5-minute bucket (the failure rate of the last hour)
 """
 
 from __future__ import annotations
@@ -69,3 +71,5 @@ daily = _Family("daily")  # the Lua gates spell it too (P .. "daily:" .. day)
 api_jobs = _Family("api:jobs")
 api_idempotency = _Family("api:idem")
 api_daily = _Family("api:daily")
+alert = _Family("alert")
+outcomes = _Family("outcomes")
