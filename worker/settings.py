@@ -198,8 +198,8 @@ class Settings(BaseSettings):
     # Outgoing callbacks to the producer (job option callback_url), signed as Standard Webhooks specify
     callback_secret: SecretStr = Field(
         SecretStr(""),
-        description="Signing secret of outgoing callbacks (`whsec_` + base64, as Standard Webhooks use);"
-        " empty: callbacks are refused.",
+        description="Signing secret of outgoing callbacks, in the Standard Webhooks format (its prefix, then"
+        " base64); empty: callbacks are refused.",
     )
     callback_allow_hosts: str = Field(
         "",
