@@ -7,8 +7,8 @@ from typing import Any
 
 from celery import Task
 
-from worker.app import FINISH_TASK, HOUSEKEEPING_TASK, POLL_TASK, task
-from worker.jobs import finishing, tracking
+from worker.app import ALERT_TASK, CALLBACK_TASK, FINISH_TASK, HOUSEKEEPING_TASK, POLL_TASK, task
+from worker.jobs import alerts, callbacks, finishing, tracking
 from worker.store.runtime import runtime
 
 
@@ -22,6 +22,18 @@ def poll(job_id: str) -> int:
 def finish(self: Task[Any, Any], job_id: str) -> None:
     """Download the image, write the result, complete the original task, fire its continuation once."""
     finishing.finish_job(self, job_id, runtime())
+
+
+@task(name=CALLBACK_TASK, acks_late=True, ignore_result=True, send_events=False)
+def callback(job_id: str) -> str:
+    """POST the finished job's result to its callback_url (signed); schedules its own retries."""
+    return callbacks.deliver(job_id, runtime())
+
+
+@task(name=ALERT_TASK, acks_late=True, ignore_result=True, send_events=False)
+def alert(title: str, body: str) -> bool:
+    """Send one operator alert through Apprise to every MJQ_ALERT_URLS entry."""
+    return alerts.notify(title, body, runtime().settings)
 
 
 @task(name=HOUSEKEEPING_TASK, ignore_result=True, send_events=False)

@@ -29,7 +29,10 @@ from worker.settings import Settings
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 COMPOSE = ROOT / "docker-compose.yml"
-APP_SERVICES = ("worker", "beat", "webhook", "flower", "simulator")
+APP_SERVICES = ("worker", "beat", "webhook", "api", "flower", "simulator")
+
+
+RUN_ORDER = ("simulator", "webhook", "api", "worker", "beat", "flower")
 
 
 def load_compose() -> dict[str, Any]:
@@ -85,8 +88,8 @@ def test_compose_structure() -> None:
     assert "container_name" not in worker and "ports" not in worker  # `--scale worker=N` must work
     assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
     assert services["simulator"]["profiles"] == ["sim"]
-    assert all("profiles" not in services[n] for n in ("redis", "worker", "beat", "webhook", "flower"))
-    for name in ("worker", "beat", "webhook", "flower"):
+    assert all("profiles" not in services[n] for n in ("redis", "worker", "beat", "webhook", "api", "flower"))
+    for name in ("worker", "beat", "webhook", "api", "flower"):
         deps = services[name]["depends_on"]
         assert deps["redis"] == {"condition": "service_healthy"}, name
         # with `--profile sim` they wait for a healthy simulator; without it they start anyway
@@ -109,7 +112,7 @@ def test_every_required_dependency_is_part_of_the_project(profiles: set[str]) ->
     to true), so without the profile nothing may need the simulator, and with it the apps wait for it."""
     services = load_compose()["services"]
     active = active_services(services, profiles)
-    assert {"redis", "worker", "beat", "webhook", "flower"} <= active
+    assert {"redis", "worker", "beat", "webhook", "api", "flower"} <= active
     assert ("simulator" in active) == ("sim" in profiles)
     for name in active:
         for dep, spec in (services[name].get("depends_on") or {}).items():
@@ -176,7 +179,9 @@ class LocalMap:
     def __init__(self, tmp: Path, redis_url: str) -> None:
         self.tmp = tmp
         self.sim_port = free_port()
-        self.ports = {"8787": str(self.sim_port), "8788": str(free_port()), "5555": str(free_port())}
+        self.ports = {
+            "8787": str(self.sim_port), "8788": str(free_port()), "8790": str(free_port()), "5555": str(free_port())
+        }
         self.redis_url = redis_url
 
     def text(self, value: str) -> str:
@@ -235,7 +240,7 @@ def test_each_service_command_starts_and_turns_healthy(
     (tmp_path / "state").mkdir()
     (tmp_path / "media").mkdir()
     envs = {}
-    for name in ("simulator", "webhook", "worker", "beat", "flower"):
+    for name in RUN_ORDER:
         svc = services[name]
         envs[name] = local.env(svc)
         argv = local.argv(list(svc["command"]))
@@ -250,13 +255,13 @@ def test_each_service_command_starts_and_turns_healthy(
                 start_new_session=True,
             )
         )
-    pending = {"simulator", "webhook", "worker", "beat", "flower"}
+    pending = set(RUN_ORDER)
     deadline = time.monotonic() + 60
     while pending and time.monotonic() < deadline:
         for name in sorted(pending):
             if healthy(services[name]["healthcheck"]["test"], envs[name], local):
                 pending.discard(name)
-        for proc, name in zip(started, ("simulator", "webhook", "worker", "beat", "flower"), strict=True):
+        for proc, name in zip(started, RUN_ORDER, strict=True):
             if proc.poll() is not None:
                 tail = (tmp_path / f"{name}.log").read_text(errors="replace")[-3000:]
                 argv = [str(a) for a in cast(list[Any], proc.args)]

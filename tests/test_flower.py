@@ -127,6 +127,20 @@ def _size(job: dict[str, Any]) -> str:
     return describe_images([png_data_uri("teal")]).split(" ", 1)[1]
 
 
+def test_flower_async_apply_with_bad_input_answers_the_validation_message(flower: str) -> None:
+    """Tried as a service would send it: Flower used to answer an empty 500 (the error was lost inside it)."""
+    for kwargs, field in (({"prompt": "", "mode": "warp"}, "mode"), ({"prompt": "", "mode": "fast"}, "prompt")):
+        answer = httpx.post(
+            f"{flower}/api/task/async-apply/tasks.imagine", auth=AUTH, timeout=10, json={"kwargs": kwargs}
+        )
+        assert answer.status_code == 400, (answer.status_code, answer.text)
+        body = answer.json()
+        assert body["field"] == field and body["error"].startswith(f"field '{field}':"), body
+    # Flower's own errors keep their answers
+    unknown = httpx.post(f"{flower}/api/task/async-apply/tasks.nope", auth=AUTH, timeout=10, json={})
+    assert unknown.status_code == 404 and "Unknown task" in unknown.text
+
+
 def test_the_dev_stack_gives_its_services_a_webhook_secret(stack: DevStack) -> None:
     from worker.settings import webhook_secret_problem
 

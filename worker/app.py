@@ -23,7 +23,9 @@ INTERACTIVE, TRACK, BATCH = QUEUES
 # The plumbing between a job's tasks: sent by name (tasks/ sits above worker/), and silent in Flower, whose task
 # list is for jobs (a per-second housekeeping task and one poll per check buried them).
 POLL_TASK, FINISH_TASK, HOUSEKEEPING_TASK = "tasks.track.poll", "tasks.track.finish", "tasks.track.housekeeping"
-PLUMBING_TASKS = frozenset({POLL_TASK, FINISH_TASK, HOUSEKEEPING_TASK})
+CALLBACK_TASK = "tasks.track.callback"  # outgoing callbacks to the producer (worker.jobs.callbacks)
+ALERT_TASK = "tasks.track.alert"  # alerts to the operator (worker.jobs.alerts)
+PLUMBING_TASKS = frozenset({POLL_TASK, FINISH_TASK, HOUSEKEEPING_TASK, CALLBACK_TASK, ALERT_TASK})
 TASK_MODULES = ("tasks.submit", "tasks.track", "tasks.followups")  # by name: tasks/ sits above this module
 
 

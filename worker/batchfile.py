@@ -408,7 +408,9 @@ def parse_priority(value: Any, field: str = "priority") -> int | None:
     return number
 
 
-def validate_plan(text: str | None, field: str = "then", base_dir: Path | None = None) -> str | None:
+def validate_plan(
+    text: str | None, field: str = "then", base_dir: Path | None = None, *, files: bool = True
+) -> str | None:
     """Check a follow-up plan with the plan compiler itself, so a typo is refused before anything runs.
 
     Region masks are read and checked here too, relative to ``base_dir`` (the prompt file's folder; default
@@ -418,7 +420,7 @@ def validate_plan(text: str | None, field: str = "then", base_dir: Path | None =
         return None
 
     try:
-        return check_masks(text, base_dir)
+        return check_masks(text, base_dir, files=files)
     except ValueError as exc:
         raise RowError(field, str(exc)) from None
 
@@ -430,8 +432,8 @@ class ImageLoader:
     are relative to the prompt file.
     """
 
-    def __init__(self, base_dir: Path) -> None:
-        self.base_dir = base_dir
+    def __init__(self, base_dir: Path | None) -> None:
+        self.base_dir = base_dir  # None: no local files (a prompt file uploaded to the HTTP API)
         self._cache: dict[Path, str] = {}
 
     def load(self, ref: str) -> str:
@@ -441,6 +443,8 @@ class ImageLoader:
             except ValueError as exc:
                 raise RowError("images", f"{getattr(exc, 'rule', None) or exc}") from None
             return ref
+        if self.base_dir is None:
+            raise RowError("images", f"{_short(ref, 60)!r}: give a data URI or an http(s) URL (no local files here)")
         path = Path(ref).expanduser()
         if not path.is_absolute():
             path = self.base_dir / path
@@ -587,15 +591,37 @@ def read_batch_file(
     ids apart between batches: see :class:`AutoIds`.
     """
     path = Path(path)
-    defaults = defaults or Defaults()
-    if defaults.then:  # given on the command line: masks relative to the current directory
-        defaults = replace(defaults, then=validate_plan(defaults.then))
-    # per row: masks relative to the prompt file; a plan repeated on many rows is checked (and read) once
-    plan_check = functools.lru_cache(maxsize=256)(functools.partial(validate_plan, base_dir=path.parent))
     try:
-        text = _decode(path.read_bytes())
+        data = path.read_bytes()
     except OSError as exc:
         raise BatchFileError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return read_batch_data(
+        data, path, defaults, max_permutations=max_permutations, scope=scope or default_batch_id(path), files=True
+    )
+
+
+def read_batch_data(
+    data: bytes,
+    path: Path,
+    defaults: Defaults | None = None,
+    *,
+    max_permutations: int = MAX_PERMUTATIONS,
+    scope: str,
+    files: bool,
+) -> BatchPlan:
+    """Read prompt-file bytes named ``path`` (its suffix gives the format) with the rules of ``mjq batch``.
+
+    ``files=False`` (a file uploaded to the HTTP API): images and region masks must be data URIs or URLs, since
+    local paths would name files of the server, not of the sender.
+    """
+    defaults = defaults or Defaults()
+    if defaults.then:  # given on the command line: masks relative to the current directory
+        defaults = replace(defaults, then=validate_plan(defaults.then, files=files))
+    # per row: masks relative to the prompt file; a plan repeated on many rows is checked (and read) once
+    plan_check = functools.lru_cache(maxsize=256)(
+        functools.partial(validate_plan, base_dir=path.parent, files=files)
+    )
+    text = _decode(data)
     plan = BatchPlan(path=path)
     suffix = path.suffix.lower()
     if suffix == ".txt":
@@ -606,8 +632,8 @@ def read_batch_file(
         rows = _read_jsonl(text)
     else:
         raise BatchFileError(f"unknown prompt file type {suffix or '(none)'!r}: use .txt, .csv or .jsonl")
-    loader = ImageLoader(path.parent)
-    ids = AutoIds(scope or default_batch_id(path))
+    loader = ImageLoader(path.parent if files else None)
+    ids = AutoIds(scope)
     seen: dict[str, int] = {}
     for item in rows:
         plan.rows += 1

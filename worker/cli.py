@@ -59,6 +59,8 @@ from worker.reports.archive import NotArchivable, archive_batch
 from worker.reports.export import FORMATS, write_manifest
 from worker.reports.gallery import write_gallery
 from worker.reports.progress import RateMeter, Snapshot, render, watch
+from worker.service.api import serve as serve_api
+from worker.service.api.keyfile import KeyFileError, add_key
 from worker.service.webhook import serve
 from worker.settings import Settings, SettingsError, get_settings, settings_table
 from worker.store.observed import Observed
@@ -608,6 +610,35 @@ def webhook_cmd() -> None:
     serve()
 
 
+@cli_command("serve")
+def serve_cmd() -> None:
+    """Run the HTTP API for other services (`MJQ_SERVE_HOST`/`MJQ_SERVE_PORT`; keys: `mjq serve-key add`)."""
+    serve_api()
+
+
+serve_key_app = typer.Typer(help="Keys of the HTTP API (`mjq serve`).", no_args_is_help=True)
+app.add_typer(serve_key_app, name="serve-key")
+
+
+@serve_key_app.command("add")
+def serve_key_add_cmd(
+    name: Annotated[str, typer.Argument(help="who the key is for (owner of its jobs and batches)")],
+    admin: Annotated[bool, typer.Option("--admin", help="sees and steers every job and batch")] = False,
+    max_priority: Annotated[
+        int, typer.Option(min=0, max=9, help="the most urgent priority the key may ask for (0 = any)")
+    ] = 0,
+    daily_jobs: Annotated[int, typer.Option(min=0, help="jobs per UTC day (0 = no quota)")] = 0,
+) -> None:
+    """Create a key: printed once, only its sha256 is stored in MJQ_SERVE_KEYS_FILE."""
+    path = get_settings().serve_keys_file
+    try:
+        key = add_key(path, name, admin=admin, max_priority=max_priority, daily_jobs=daily_jobs)
+    except KeyFileError as exc:
+        fail(CliError(str(exc), "names are unique; `mjq serve-key add` another name", 2))
+    err_console.print(f"key {name!r} stored (as its sha256) in {path}; it is shown once:")
+    sys.stdout.write(key + "\n")
+
+
 @cli_command("worker")
 def worker_cmd(
     concurrency: Annotated[int, typer.Option("--concurrency", "-c", help="threads")] = 8,
@@ -640,8 +671,8 @@ def up_cmd(
     concurrency: Annotated[int, typer.Option("--concurrency", "-c", help="worker threads")] = 8,
     ephemeral: Annotated[bool, typer.Option(help="free ports instead of the configured ones")] = False,
 ) -> None:
-    """Run everything on this machine: Valkey, simulator, worker + beat, webhook, Flower. Ctrl-C stops it."""
-    colours = {"worker": "cyan", "webhook": "magenta", "flower": "green", "simulator": "yellow"}
+    """Run everything on this machine: Valkey, simulator, worker + beat, webhook, HTTP API, Flower. Ctrl-C stops it."""
+    colours = {"worker": "cyan", "webhook": "magenta", "flower": "green", "simulator": "yellow", "api": "blue"}
 
     def sink(name: str, line: str) -> None:
         if "housekeeping" in line:  # once a second; kept in the log file, not on the console
@@ -685,6 +716,7 @@ def taken_ports(stack: DevStack) -> list[int]:
         return []
     settings = stack.settings
     wanted: list[str | None] = [stack.webhook_url, stack.flower_url, stack.api_base_url if stack.simulated else None]
+    wanted.append(stack.serve_url)
     if stack.embedded_redis is not False and settings.redis_url is None:
         wanted.append(settings.effective_redis_url)
     ports = {urlsplit(url).port for url in wanted if url}
@@ -707,6 +739,8 @@ def print_stack(stack: Any) -> None:
         table.add_row("webhook", stack.webhook_url)
     if stack.flower_url:
         table.add_row("flower", stack.flower_url)
+    if getattr(stack, "serve_url", None):
+        table.add_row("http api", f"{stack.serve_url}/docs  (keys: `mjq serve-key add NAME`)")
     table.add_row("state", str(stack.state))
     console.rule("[bold green]mjqueue is up")
     console.print(table)

@@ -202,6 +202,48 @@ class Settings(BaseSettings):
     # Flower
     flower_port: int = Field(5555, ge=1, le=65535, description="Port of Flower in `mjq up`.")
 
+    # Our HTTP API (`mjq serve`): the service's own settings (MJQ_API_* are the upstream's)
+    serve_host: str = Field("127.0.0.1", description="Address the HTTP API (`mjq serve`) binds to.")
+    serve_port: int = Field(8790, ge=1, le=65535, description="Port of the HTTP API (`mjq serve`).")
+    serve_keys_file: Path = Field(
+        Path(".mjq/serve-keys.toml"),
+        description="TOML file of the API's bearer keys (sha256 of each key, name, admin, max_priority,"
+        " daily_jobs); `mjq serve-key add NAME` writes it.",
+    )
+    serve_max_body_bytes: int = Field(
+        64 * 1024 * 1024, gt=0, description="Largest request body the HTTP API accepts (413 above it)."
+    )
+    serve_page_size: int = Field(100, ge=1, le=1000, description="Jobs per page of `GET /v1/jobs`.")
+    # Outgoing callbacks to the producer (job option callback_url), signed as Standard Webhooks specify
+    callback_secret: SecretStr = Field(
+        SecretStr(""),
+        description="Signing secret of outgoing callbacks, in the Standard Webhooks format (its prefix, then"
+        " base64); empty: callbacks are refused.",
+    )
+    callback_allow_hosts: str = Field(
+        "",
+        description="Comma-separated hosts a callback may reach over plain http or at a private, loopback or"
+        " link-local address (e.g. 127.0.0.1 for a local receiver); every other target must be public https.",
+    )
+    callback_retry_s: PositiveSeconds = Field(
+        86_400.0, description="How long a failing callback is retried (exponential backoff) before it gives up."
+    )
+    callback_retry_initial_s: PositiveSeconds = Field(5.0, description="First delay before a callback is retried.")
+    callback_retry_max_delay_s: PositiveSeconds = Field(300.0, description="Cap of the callback retry delay.")
+    callback_timeout_s: PositiveSeconds = Field(10.0, description="Timeout of one callback delivery.")
+    # Alerts to the operator through Apprise
+    alert_urls: SecretStr = Field(
+        SecretStr(""),
+        description="Apprise URLs alerts go to, separated by commas or spaces (slack://, tgram://, mailto://,"
+        " ntfys://, json:// for any webhook); empty: no alerts. Never logged (they hold tokens).",
+    )
+    alert_failure_rate: float = Field(
+        0.5, gt=0, le=1, description="Alert when more than this share of the jobs ended in the last hour failed."
+    )
+    alert_failure_min_jobs: int = Field(
+        10, ge=1, description="Jobs ended in the last hour before the failure rate is judged at all."
+    )
+
     @field_validator("api_base_url", "webhook_base_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
@@ -302,6 +344,7 @@ class Settings(BaseSettings):
                 self.submit_answer_window_s + 0.2
             ),
             "download retry (MJQ_DOWNLOAD_ATTEMPTS)": self.download_retry_delay(self.download_attempts - 2),
+            "callback retry (MJQ_CALLBACK_RETRY_MAX_DELAY_S)": self.callback_retry_max_delay_s,
         }
 
     def slots_for(self, mode: str) -> int:

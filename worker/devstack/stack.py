@@ -207,6 +207,7 @@ class DevStack:
     worker_concurrency: int = 8
     with_flower: bool = True
     with_webhook: bool = True
+    with_api: bool = True  # `mjq serve`, the HTTP API for other services
     sink: LogSink | None = None
     simulate: bool | None = None  # None: run the simulator only when MJQ_API_BASE_URL is unset
     embedded_redis: bool | None = None  # None: embedded Valkey only when MJQ_REDIS_URL is unset
@@ -222,6 +223,7 @@ class DevStack:
     api_base_url: str = ""
     webhook_url: str | None = None
     flower_url: str | None = None
+    serve_url: str | None = None
     simulated: bool = False
 
     @classmethod
@@ -333,6 +335,14 @@ class DevStack:
             host = settings.webhook_host if settings.webhook_host not in ("0.0.0.0", "::") else "127.0.0.1"
             self.webhook_url = f"http://{host}:{webhook_port}"
             _wait_until(lambda: _port_open(host, webhook_port), hook, "the webhook server", timeout)
+
+        if self.with_api:
+            serve_port = self._port(settings.serve_port)
+            api_env = {**env, "MJQ_SERVE_PORT": str(serve_port)}
+            api = self._service("api", [sys.executable, "-m", "worker.cli", "serve"], api_env)
+            host = settings.serve_host if settings.serve_host not in ("0.0.0.0", "::") else "127.0.0.1"
+            self.serve_url = f"http://{host}:{serve_port}"
+            _wait_until(lambda: _http_ok(f"{self.serve_url}/healthz"), api, "the HTTP API", timeout)
 
         worker = self._service(
             "worker",

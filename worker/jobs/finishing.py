@@ -9,6 +9,8 @@ from typing import Any
 from celery import Task, signature
 
 from worker.app import app
+from worker.jobs import alerts
+from worker.jobs.callbacks import start_callback
 from worker.jobs.messages import context_from_message
 from worker.media import DownloadError, download_image
 from worker.plans.canvas import pending_children
@@ -42,6 +44,12 @@ def finish_job(task: Task[Any, Any], job_id: str, rt: Runtime) -> dict[str, Any]
     rt.ledger.finished(job_id)
     if not job.get("batch_id") and rt.settings.retention_s:  # no batch to archive it with: it expires alone
         rt.ledger.expire_job(job_id, rt.settings.retention_s)
+    if job.get("status") != "needs_review":  # final for now only: the real outcome is called back
+        start_callback(job, rt)  # its own task: a dead receiver never delays or fails the job
+    try:
+        alerts.job_finished(job, rt)  # failure rate, batch finished (sent once per cause, by its own task)
+    except Exception:  # an alert is for people; never fail a job because of it
+        log.exception("job %s: alert bookkeeping failed", job_id)
     if result.get("status") == "succeeded":
         try:
             start_plan(job_id, rt, result)  # idempotent: the plan's ids come from this job's id

@@ -25,6 +25,8 @@ from celery.result import AsyncResult
 
 from worker.app import BATCH, INTERACTIVE
 from worker.jobs.admission import admit_parked, waiting_score
+from worker.jobs.alerts import breaker_tripped
+from worker.jobs.callbacks import check_callback_url
 from worker.jobs.dispatch import send_finish, send_poll
 from worker.jobs.finishing import JobFailed
 from worker.jobs.hooks_seen import callbacks_missing
@@ -306,6 +308,8 @@ def _submit(task: Task[Any, Any], spec: Kind, job: dict[str, Any], rt: Runtime) 
             why += f" (resumes by itself at {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(until))})"
         tripped = rt.ledger.trip_breaker(why, until)
         log.error("submitting stopped (%s): %s", "tripped" if tripped else "already tripped", why)
+        if tripped:
+            breaker_tripped(why, rt)
         _back_to_parked(task, spec, job_id, rt)
     except AnswerLost as exc:
         mark_needs_review(job_id, f"answer lost after sending: {reason_of(exc)}", rt)
@@ -514,6 +518,8 @@ class JobTask(Task):  # type: ignore[misc]
         job_opts = {k: call.get(k) for k in ("mode", "batch_id", "job_id")}
         check_caller_fields(call)
         check_job_options(call)
+        if call.get("callback_url"):
+            check_callback_url(call["callback_url"], rt.settings)
         payload = {k: v for k, v in call.items() if k not in JOB_OPTIONS}
         mode = job_mode(spec, payload, call.get("mode"))
         build_request(spec, payload, None, mode, rt)  # raises InvalidInput before anything is queued
@@ -557,6 +563,7 @@ class JobOptions(TypedDict, total=False):
     then: str  # a follow-up plan such as "U1-4" or "U2 > zoom:2x" (tasks.pipelines)
     tags: list[str]  # your labels, kept with the job and in its result, exports and gallery
     row: int  # the prompt-file row the job came from (1-based), kept in its result and the manifest
+    callback_url: str  # POST the result there when the job ends (signed; worker.jobs.callbacks)
 
 
 JOB_OPTIONS = (*JobOptions.__annotations__, "modal")
@@ -569,6 +576,8 @@ def job_meta(options: Mapping[str, Any]) -> dict[str, Any] | None:
         meta["tags"] = list(options["tags"])
     if options.get("row"):
         meta["row"] = int(options["row"])
+    if options.get("callback_url"):
+        meta["callback_url"] = str(options["callback_url"])
     return meta or None
 
 
@@ -576,6 +585,8 @@ def run_job_task(task: JobTask, kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """Body of the root job tasks: split job options from the request payload and start the job."""
     kind = str(getattr(task, "kind", ""))
     check_job_options(kwargs)  # send_task producers skip JobTask.apply_async: refuse here, before any record
+    if kwargs.get("callback_url"):
+        check_callback_url(kwargs["callback_url"], task.runtime().settings)
     payload = {k: v for k, v in kwargs.items() if k not in JOB_OPTIONS and v is not None}
     priority = kwargs.get("priority")
     then = kwargs.get("then") or None

@@ -384,10 +384,13 @@ def store_masks(text: str, rt: Runtime, base_dir: Path | None = None, *, files: 
     return map_masks(text, store)
 
 
-def check_masks(text: str, base_dir: Path | None = None) -> str:
+def check_masks(text: str, base_dir: Path | None = None, *, files: bool = True) -> str:
     """The plan with each region mask checked (read, a JPEG/PNG/GIF/WEBP within limits) and file paths made
-    absolute (relative to ``base_dir``), nothing stored: for prompt files, whose reading sends nothing."""
+    absolute (relative to ``base_dir``), nothing stored: for prompt files, whose reading sends nothing.
+    ``files=False`` (input from the network) refuses mask paths: they would name the server's files."""
     def check(mask: str) -> str:
+        if not files and mask_path(mask) is not None:
+            raise InvalidInput("mask", f"{mask!r}: give a data URI or an img: reference here (no local files)")
         load_mask(mask, "mask", base_dir)
         path = mask_path(mask, base_dir)
         return mask if path is None else str(path.resolve())

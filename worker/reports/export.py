@@ -36,6 +36,7 @@ FIELDS: tuple[str, ...] = (
     "started_at",
     "finished_at",
     "duration_s",
+    "callback",  # delivery of the job's callback_url: delivered | retrying | gave up (empty: none asked)
 )
 FORMATS = ("jsonl", "csv")
 
@@ -70,7 +71,9 @@ def order_jobs(jobs: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
 
 
 def manifest_row(job: Mapping[str, Any]) -> dict[str, Any]:
-    return {name: job.get(name) for name in FIELDS}
+    row = {name: job.get(name) for name in FIELDS}
+    row["callback"] = (job.get("callback") or {}).get("state")
+    return row
 
 
 def _cell(value: Any) -> str:

@@ -29,6 +29,12 @@ All are prefixed ``mjq:``. The Lua scripts (``worker/store/lua``) build key name
 - ``retention:next``     when housekeeping next looks for batches past ``MJQ_RETENTION_DAYS``
 
 Celery's result of a task (``celery-task-meta-<task id>``) is Celery's key; archiving a batch deletes it too.
+- ``api:owner``          hash: ``job:<id>`` / ``batch:<id>`` -> name of the service key that created it
+- ``api:jobs``, ``api:jobs:<key name>``  zsets: jobs created through the HTTP API (all, per key), by time
+- ``api:idem:<key name>:<idempotency key>``  string: the request hash and job ids of an idempotent request
+- ``api:daily:<key name>:<day>``  jobs a service key created that UTC day (its ``daily_jobs`` quota)
+- ``alert:<cause>``      an alert already sent for this cause (once per cause, kept a week)
+- ``outcomes:<bucket>``  hash: jobs ended / failed in one 5-minute bucket (the failure rate of the last hour)
 """
 
 from __future__ import annotations
@@ -51,6 +57,8 @@ RETENTION_NEXT = PREFIX + "retention:next"
 def celery_result(task_id: str) -> str:
     """Celery's result key of a task (the Redis backend's naming)."""
     return f"celery-task-meta-{task_id}"
+API_OWNER = PREFIX + "api:owner"
+API_JOBS = PREFIX + "api:jobs"
 
 
 class _Family:
@@ -76,3 +84,9 @@ held = _Family("held")
 slots = _Family("slots")
 image = _Family("img")
 observed = _Family("seen")
+daily = _Family("daily")  # the Lua gates spell it too (P .. "daily:" .. day)
+api_jobs = _Family("api:jobs")
+api_idempotency = _Family("api:idem")
+api_daily = _Family("api:daily")
+alert = _Family("alert")
+outcomes = _Family("outcomes")

@@ -553,6 +553,8 @@ def result_of(job: Mapping[str, Any]) -> dict[str, Any]:
     out["root_job"] = job.get("root_job") or job.get("job_id")
     out["tags"] = list((job.get("meta") or {}).get("tags") or [])
     out["row"] = (job.get("meta") or {}).get("row")
+    if job.get("callback"):  # only jobs with a callback_url: delivered | retrying | gave up
+        out["callback"] = {"state": job["callback"], "attempts": int(job.get("callback_attempts") or 0)}
     if out["duration_s"] is None and job.get("finished_at") and job.get("created_at"):
         out["duration_s"] = round(float(job["finished_at"]) - float(job["created_at"]), 3)
     return out

@@ -1,0 +1,105 @@
+"""Alerts to the operator through Apprise (``MJQ_ALERT_URLS``): submitting stopped (the breaker tripped, and
+why), a batch finished (with its counts), a failure rate over ``MJQ_ALERT_FAILURE_RATE`` in the last hour.
+
+Each alert is sent once per cause (a Redis ``SET NX`` on ``alert:<cause>``), not once per job: one breaker trip,
+one batch, one clock hour of failures. Sending is its own task (``tasks.track.alert``, sent by name), so a slow
+notification service never delays a job; the task carries only the title and text, the URLs (which hold
+tokens) are read from the settings by the worker that sends.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Mapping
+from typing import Any, cast
+
+import apprise
+
+from worker.app import ALERT_TASK, TRACK, app
+from worker.settings import Settings
+from worker.store import keys
+from worker.store.runtime import Runtime
+
+log = logging.getLogger("mjqueue.alerts")
+
+ONCE_S = 7 * 86_400
+BUCKET_S = 300  # the last hour is read as twelve 5-minute buckets plus the current one
+FAILED = ("failed", "timed_out", "needs_review")
+
+
+def alert_urls(settings: Settings) -> list[str]:
+    return [u for u in re.split(r"[\s,]+", settings.alert_urls.get_secret_value()) if u]
+
+
+def raise_alert(cause: str, title: str, body: str, rt: Runtime) -> bool:
+    """Send an alert unless one was sent for ``cause``; True when this call sent it."""
+    if not alert_urls(rt.settings):
+        return False
+    if not rt.redis.set(keys.alert(cause), repr(time.time()), nx=True, ex=ONCE_S):
+        return False
+    app.send_task(ALERT_TASK, args=(title, body), queue=TRACK)
+    return True
+
+
+def notify(title: str, body: str, settings: Settings) -> bool:
+    """The body of ``tasks.track.alert``: one Apprise notification to every configured URL."""
+    sender = apprise.Apprise()
+    for url in alert_urls(settings):
+        if not sender.add(url):
+            log.warning("an MJQ_ALERT_URLS entry is not a URL Apprise knows (scheme %r)", url.split(":", 1)[0])
+    sent = bool(sender.notify(title=title, body=body))
+    if not sent:
+        log.warning("alert %r could not be delivered to every URL", title)
+    return sent
+
+
+def breaker_tripped(reason: str, rt: Runtime) -> None:
+    """From the submit step, when this call tripped the breaker: submitting stopped, and why."""
+    at = (rt.ledger.breaker() or {}).get("at") or time.time()
+    raise_alert(f"breaker:{at}", "mjqueue: submitting stopped", f"The upstream stopped us: {reason}", rt)
+
+
+def job_finished(job: Mapping[str, Any], rt: Runtime) -> None:
+    """From the finishing step: count the outcome; alert a failure rate over the threshold, a finished batch."""
+    if not alert_urls(rt.settings):
+        return
+    now = time.time()
+    status = str(job.get("status"))
+    bucket = int(now // BUCKET_S)
+    pipe = rt.redis.pipeline()
+    pipe.hincrby(keys.outcomes(str(bucket)), "ended", 1)
+    if status in FAILED:
+        pipe.hincrby(keys.outcomes(str(bucket)), "failed", 1)
+    pipe.expire(keys.outcomes(str(bucket)), 2 * 3600)
+    pipe.execute()
+    if status in FAILED:
+        _failure_rate(bucket, now, rt)
+    batch_id = str(job.get("batch_id") or "")
+    if batch_id:
+        info = rt.ledger.batch(batch_id)
+        if info.get("status") == "finished":
+            counts = {k: v for k, v in (info.get("counts") or {}).items() if v}
+            text = ", ".join(f"{state} {n}" for state, n in sorted(counts.items()))
+            raise_alert(f"batch:{batch_id}", f"mjqueue: batch {batch_id} finished", f"{text} (of {info['total']})", rt)
+
+
+def _failure_rate(bucket: int, now: float, rt: Runtime) -> None:
+    pipe = rt.redis.pipeline()
+    for b in range(bucket - 12, bucket + 1):
+        pipe.hmget(keys.outcomes(str(b)), "ended", "failed")
+    ended = failed = 0
+    for pair in cast(list[list[str | None]], pipe.execute()):
+        ended += int(pair[0] or 0)
+        failed += int(pair[1] or 0)
+    settings = rt.settings
+    if ended < settings.alert_failure_min_jobs or failed / ended <= settings.alert_failure_rate:
+        return
+    hour = time.strftime("%Y-%m-%dT%H", time.gmtime(now))
+    raise_alert(
+        f"failures:{hour}",
+        "mjqueue: many jobs fail",
+        f"{failed} of the {ended} jobs that ended in the last hour failed (over {settings.alert_failure_rate:.0%})",
+        rt,
+    )
