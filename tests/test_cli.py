@@ -396,6 +396,26 @@ def test_paused_batch_submits_nothing_until_resumed(tmp_path: Path, stack: DevSt
     assert [by_state.get(i) for i in ids] == [1, 1, 1, 1]
 
 
+def test_wait_ends_with_exit_3_when_the_batch_needs_a_person(tmp_path: Path, stack: DevStack) -> None:
+    """A tripped breaker (wrong key, no credit) or a paused batch ends `--wait` with the reason and the fix."""
+    book = ledger(stack)
+    path = write_jsonl(tmp_path / "stuck.jsonl", [{"id": f"stuck{i}", "prompt": f"stuck {i}"} for i in range(3)])
+    book.trip_breaker("test: 401 unauthorized")
+    try:
+        run = mjq(stack, "batch", str(path), "-b", "stuck", "--wait", timeout=120)
+        assert run.code == 3, run
+        assert "401 unauthorized" in run.err and "`mjq resume`" in run.err, run
+        assert re.search(r"^stuck \d+/\d+ ", run.out, re.M), run  # progress lines, not a terminal
+        assert mjq(stack, "pause", "stuck").code == 0
+    finally:
+        assert mjq(stack, "resume").code == 0
+    run = mjq(stack, "batch", str(path), "-b", "stuck", "--wait", timeout=120)
+    assert run.code == 3, run
+    assert "paused" in run.err and "`mjq resume stuck`" in run.err, run
+    assert mjq(stack, "resume", "stuck").code == 0
+    assert mjq(stack, "batch", str(path), "-b", "stuck", "--wait", timeout=120).code == 0
+
+
 def test_export_to_a_missing_folder_is_one_readable_line(tmp_path: Path, stack: DevStack) -> None:
     ledger(stack).ensure_batch("nowhere")
     target = tmp_path / "no" / "such" / "dir" / "x.csv"

@@ -53,7 +53,7 @@ from worker.devstack.stack import DevStack, StackError, run_forever, worker_argv
 from worker.producer import Backend, UnknownBatch, backend, submit_jobs
 from worker.reports.export import FORMATS, write_manifest
 from worker.reports.gallery import write_gallery
-from worker.reports.progress import FAILED, RateMeter, Snapshot, render, watch
+from worker.reports.progress import FAILED, Blocked, RateMeter, Snapshot, blocked_by, render, watch
 from worker.service.webhook import serve
 from worker.settings import Settings, SettingsError, get_settings, settings_table
 from worker.store.runtime import Runtime, runtime
@@ -198,15 +198,34 @@ def print_plan(summary: Mapping[str, Any]) -> None:
         err_console.print(f"[yellow]{summary['rejected']} row(s) rejected[/] -> {summary['rejected_file']}")
 
 
+STUCK_EXIT = 3  # `--wait` ended because nothing of the batch can progress without a person
+
+
 def wait_for_batch(handle: Backend, batch_id: str, *, quiet: bool = False) -> Snapshot:
-    """Until every job of the batch ended and went through its finishing step (image downloaded)."""
+    """Until every job of the batch ended and went through its finishing step (image downloaded).
+
+    Ends with exit 3, the reason and the command that clears it, as soon as the batch waits for a person
+    (paused, or submitting stopped by the breaker) with nothing of it upstream.
+    """
+
+    def stuck(snap: Snapshot) -> Blocked | None:
+        return blocked_by(snap, handle.ledger.breaker())
+
     if quiet:
         snap = handle.snapshot(batch_id)
-        while not snap.is_over:
+        why = stuck(snap)
+        while not snap.is_over and why is None:
             time.sleep(0.5)
             snap = handle.snapshot(batch_id)
+            why = stuck(snap)
     else:
-        snap = watch(lambda: handle.snapshot(batch_id), console)
+        snap, why = watch(lambda: handle.snapshot(batch_id), console, stuck=stuck)
+    if why is not None:
+        raise CliError(
+            f"{why.reason}; {snap.finished}/{snap.total} finished, nothing more can run",
+            f"`{why.command}` lets it continue; `mjq batch ... --wait` or `mjq status {batch_id}` watches again",
+            STUCK_EXIT,
+        )
     handle.wait_finished(handle.ledger.batch_job_ids(batch_id))
     return snap
 
