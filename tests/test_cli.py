@@ -9,7 +9,9 @@ import csv
 import hashlib
 import io
 import json
+import os
 import re
+import subprocess
 import time
 from html import escape
 from pathlib import Path
@@ -22,7 +24,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from simulator.server import SimulatorAdmin
-from tests.support.mjq import mjq, shared_stack, sim_stats
+from tests.support.mjq import BIN, mjq, shared_stack, sim_stats
 from tests.support.stack import Stack, StackManager, reset_state
 from worker.devstack.redisserver import free_port
 from worker.devstack.stack import DevStack
@@ -414,6 +416,23 @@ def test_wait_ends_with_exit_3_when_the_batch_needs_a_person(tmp_path: Path, sta
     assert "paused" in run.err and "`mjq resume stuck`" in run.err, run
     assert mjq(stack, "resume", "stuck").code == 0
     assert mjq(stack, "batch", str(path), "-b", "stuck", "--wait", timeout=120).code == 0
+
+
+def test_export_piped_into_head_ends_quietly(stack: DevStack) -> None:
+    """`mjq export B | head -1`: the reader closes the pipe early; no "Broken pipe" error, exit 0."""
+    book = ledger(stack)
+    for i in range(600):  # far more than a pipe buffer holds
+        book.create_job(f"piped{i}", {"batch_id": "piped", "mode": "fast", "kind": "imagine", "prompt": "p" * 300})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MJQ_")} | stack.env
+    proc = subprocess.Popen(
+        [str(BIN / "mjq"), "export", "piped"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert json.loads(proc.stdout.readline())["batch_id"] == "piped"
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 0, err
+    assert "Broken pipe" not in err and "error" not in err.lower(), err
 
 
 def test_export_to_a_missing_folder_is_one_readable_line(tmp_path: Path, stack: DevStack) -> None:

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, cast
@@ -117,6 +118,15 @@ def test_every_required_dependency_is_part_of_the_project(profiles: set[str]) ->
             if spec.get("required", True):
                 assert dep in active, f"{name} needs {dep}, which is off with profiles {sorted(profiles)}"
             assert spec.get("condition") == "service_healthy" and "healthcheck" in services[dep], (name, dep)
+
+
+def test_pyproject_license_is_spdx_and_build_requirements_are_a_range() -> None:
+    """setuptools stops building ``license = { text = ... }`` after 2027-02-18; an unbounded build backend
+    lets a future major release break a clean install."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert project["project"]["license"] == "MIT"
+    for requirement in project["build-system"]["requires"]:
+        assert re.fullmatch(r"[a-z_-]+>=[\d.]+,<[\d.]+", requirement), requirement
 
 
 def test_every_mjq_variable_is_a_setting() -> None:

@@ -539,7 +539,11 @@ def export_cmd(
         handle.batch(batch)
         jobs = handle.ledger.batch_jobs(batch)
     if output is None:
-        write_manifest(jobs, fmt, sys.stdout)
+        try:
+            write_manifest(jobs, fmt, sys.stdout)
+            sys.stdout.flush()
+        except BrokenPipeError:  # the reader (`| head`) had enough: that is not an error
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit flush must not fail again
         return
     with output.open("w", encoding="utf-8", newline="") as out:
         count = write_manifest(jobs, fmt, out)
