@@ -293,6 +293,9 @@ def test_pause_resume_and_cancel(tmp_path: Path, stack: DevStack) -> None:
     final = _wait_status(stack, "slow", lambda s: s["running"] == 0 and s["queued"] == 0)
     assert final["status"] == "cancelled"
     assert final["counts"].get("cancelled", 0) >= 1
+    assert final["cancelled"] == final["counts"]["cancelled"]
+    table = mjq(stack, "status").out
+    assert re.search(r"slow\s+│?\s*cancelled\s+│?\s*\d+\s+│?\s*\d+\s+│?\s*[1-9]", table), table  # a column
     assert sim_stats(stack)["submissions"] - before < 12
     assert mjq(stack, "pause", "no-such-batch").code == 1
 

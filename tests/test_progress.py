@@ -72,7 +72,15 @@ def test_render_shows_counts_rate_and_eta() -> None:
     assert "night" in text and "6/10" in text and "active" in text
     assert "done 3  failed 1  running 2  queued 2" in text
     assert "rate 6.0/min  ETA 40s" in text
-    assert "cancelled/skipped 2" in text
+    assert "cancelled 1  skipped 1" in text
+
+
+def test_a_cancelled_batch_reads_cancelled() -> None:
+    """Not "done 0 failed 0 ... 100%" and nothing else: the cancelled jobs are counted by their name."""
+    snap = Snapshot.from_batch("c", {**batch_info(total=4, succeeded=1, cancelled=3), "status": "cancelled"})
+    text = text_of(snap)
+    assert "cancelled 3" in text and "skipped" not in text and " cancelled" in text.splitlines()[0]
+    assert (snap.cancelled, snap.skipped) == (3, 0)
 
 
 def test_render_without_a_rate_and_when_over() -> None:
@@ -80,7 +88,7 @@ def test_render_without_a_rate_and_when_over() -> None:
     assert "done 0  failed 0  running 0  queued 5  rate --  ETA --" in text_of(waiting)
     over = Snapshot.from_batch("b", {**batch_info(total=2, succeeded=2), "status": "finished"})
     text = text_of(over, RateMeter())
-    assert "2/2" in text and "finished" in text and "ETA 0s" in text and "cancelled/skipped" not in text
+    assert "2/2" in text and "finished" in text and "ETA 0s" in text and "cancelled" not in text
 
 
 def test_watch_to_a_pipe_prints_a_line_while_nothing_changes() -> None:

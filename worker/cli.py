@@ -390,7 +390,7 @@ def status_cmd(
                 print_json({"breaker": breaker, "batches": [snap_dict(s) for s in rows]})
                 return
             print_breaker(breaker)
-            table = Table("batch", "status", "done", "failed", "running", "queued", "total", "progress")
+            table = Table("batch", "status", "done", "failed", "cancelled", "running", "queued", "total", "progress")
             for snap in rows:
                 pct = f"{100 * snap.finished / snap.total:.0f}%" if snap.total else "-"
                 table.add_row(
@@ -398,6 +398,7 @@ def status_cmd(
                     snap.status,
                     str(snap.done),
                     str(snap.failed),
+                    str(snap.cancelled),
                     str(snap.running),
                     str(snap.queued),
                     str(snap.total),
@@ -440,6 +441,7 @@ def snap_dict(snap: Snapshot) -> dict[str, Any]:
         "total": snap.total,
         "done": snap.done,
         "failed": snap.failed,
+        "cancelled": snap.cancelled,
         "running": snap.running,
         "queued": snap.queued,
         "counts": dict(snap.counts),

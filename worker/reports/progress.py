@@ -66,6 +66,15 @@ class Snapshot:
         )
 
     @property
+    def cancelled(self) -> int:
+        return self.counts.get("cancelled", 0)
+
+    @property
+    def skipped(self) -> int:
+        """Follow-ups that will not run (their button was missing, or their parent did not succeed)."""
+        return self.ended - self.cancelled
+
+    @property
     def finished(self) -> int:
         return self.done + self.failed + self.ended
 
@@ -144,8 +153,10 @@ def render(snap: Snapshot, meter: RateMeter | None = None) -> Group:
         ("  ETA ", "dim"),
         (format_duration(eta) if not snap.is_over else "0s", "white"),
     )
-    if snap.ended:
-        stats.append(f"  cancelled/skipped {snap.ended}", style="dim")
+    if snap.cancelled:
+        stats.append(f"  cancelled {snap.cancelled}", style="yellow")
+    if snap.skipped:
+        stats.append(f"  skipped {snap.skipped}", style="dim")
     return Group(line, stats)
 
 
@@ -181,7 +192,8 @@ def progress_line(snap: Snapshot, meter: RateMeter | None = None) -> str:
     return (
         f"{snap.batch_id} {snap.finished}/{snap.total} {pct} {snap.status}: done {snap.done} failed {snap.failed}"
         f" running {snap.running} queued {snap.queued}"
-        + (f" cancelled/skipped {snap.ended}" if snap.ended else "")
+        + (f" cancelled {snap.cancelled}" if snap.cancelled else "")
+        + (f" skipped {snap.skipped}" if snap.skipped else "")
         + f" rate {f'{rate * 60:.1f}/min' if rate else '--'} ETA {format_duration(eta) if not snap.is_over else '0s'}"
     )
 
