@@ -310,6 +310,22 @@ def test_imagine_wait_and_global_resume(stack: DevStack) -> None:
     assert run.code == 0 and "breaker cleared" in run.out
 
 
+def test_job_and_status_of_a_job_id(stack: DevStack) -> None:
+    """A job id from `mjq imagine` can be looked up: record, times, buttons; `mjq status <job-id>` too."""
+    run = mjq(stack, "imagine", "a lighthouse at dawn", "--wait", "--json", "--mode", "turbo", timeout=90)
+    assert run.code == 0, run
+    job_id = run.json()[0]["job_id"]
+    job = mjq(stack, "job", job_id, "--json").json()
+    assert (job["job_id"], job["status"], job["kind"]) == (job_id, "succeeded", "imagine")
+    assert job["buttons"] and job["children"] == []
+    text = mjq(stack, "job", job_id).out
+    assert job_id in text and "buttons" in text and "U1" in text and "finished_at" in text, text
+    assert re.search(r"finished_at\s+\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", text), text
+    assert mjq(stack, "status", job_id, "--json").json()["job_id"] == job_id
+    missing = mjq(stack, "job", "no-such-job")
+    assert missing.code == 1 and "no job 'no-such-job'" in missing.err, missing
+
+
 def test_imagine_with_a_plan_waits_for_its_follow_ups(stack: DevStack) -> None:
     run = mjq(stack, "imagine", "a lighthouse with a plan", "--then", "U1", "-p", "0", "--wait", "--json", timeout=90)
     assert run.code == 0, run

@@ -51,7 +51,7 @@ from worker.batchfile import (
 from worker.devstack.demo import run_demo
 from worker.devstack.stack import DevStack, StackError, run_forever, worker_argv
 from worker.producer import Backend, UnknownBatch, backend, submit_jobs
-from worker.reports.export import FORMATS, write_manifest
+from worker.reports.export import FORMATS, TIME_FIELDS, iso_time, write_manifest
 from worker.reports.gallery import write_gallery
 from worker.reports.progress import FAILED, Blocked, RateMeter, Snapshot, blocked_by, render, watch
 from worker.service.webhook import serve
@@ -406,7 +406,13 @@ def status_cmd(
                 )
             console.print(table if rows else "no batches yet: `mjq batch FILE` starts one")
             return
-        info = handle.batch(batch)
+        try:
+            info = handle.batch(batch)
+        except UnknownBatch:
+            if handle.ledger.get_job(batch) is None:
+                raise
+            show_job(handle, batch, as_json=as_json)  # `mjq status <job-id>` answers with the job
+            return
         snap = Snapshot.from_batch(batch, info)
         failed = [j for j in handle.ledger.batch_jobs(batch) if j.get("status") in FAILED][:failures]
         if as_json:
@@ -522,6 +528,57 @@ def requeue_cmd(
         handle.batch(batch)
         count = control.requeue(batch, statuses, rt=runtime())
     console.print(f"requeued {count} job(s) of {batch}")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Job-level tools (issue 13): one job's record, lineage, timings, last error and buttons
+
+
+def show_job(handle: Backend, job_id: str, *, as_json: bool) -> None:
+    """Print one job: its result, lineage (parent, root, follow-ups), times in ISO 8601, last error, buttons."""
+    record = handle.ledger.get_job(job_id)
+    if record is None:
+        raise CliError(f"no job {job_id!r}", "job ids are printed by `mjq imagine` and listed by `mjq export BATCH`")
+    job = handle.ledger.job_result(job_id)
+    children = [
+        {k: c.get(k) for k in ("job_id", "action", "custom_id", "status")} for c in handle.ledger.children(job_id)
+    ]
+    out = {**job, "kind": record.get("kind"), "attempts": record.get("attempts"), "children": children}
+    if as_json:
+        print_json(out)
+        return
+    table = Table.grid(padding=(0, 2))
+    for name in ("job_id", "batch_id", "status", "kind", "action", "mode", "prompt", "upstream_id"):
+        if out.get(name) not in (None, ""):
+            table.add_row(name, Text(str(out[name])))
+    for name in ("parent_job", "root_job"):
+        if out.get(name) and out[name] != job_id:
+            table.add_row(name, Text(str(out[name])))
+    for name in TIME_FIELDS:
+        if out.get(name):
+            table.add_row(name, Text(str(iso_time(out[name]))))
+    if out.get("duration_s") is not None:
+        table.add_row("duration", Text(f"{out['duration_s']} s"))
+    if out.get("image_path") or out.get("image_url"):
+        table.add_row("image", Text(str(out.get("image_path") or out.get("image_url"))))
+    if out.get("fail_reason"):
+        table.add_row("last error", Text(str(out["fail_reason"]), style="red"))
+    buttons = [str(b.get("label") or b.get("emoji") or b.get("custom_id")) for b in out.get("buttons") or []]
+    if buttons:
+        table.add_row("buttons", Text(" ".join(buttons)))
+    for child in children:
+        table.add_row("follow-up", Text(f"{child['job_id']} {child.get('action') or ''} {child.get('status')}"))
+    console.print(table, soft_wrap=True)
+
+
+@cli_command("job")
+def job_cmd(
+    job_id: Annotated[str, typer.Argument(help="a job id (printed by `mjq imagine`, listed by `mjq export`)")],
+    as_json: JsonOpt = False,
+) -> None:
+    """One job: its record, lineage, timings, last error and buttons."""
+    with backend() as handle:
+        show_job(handle, job_id, as_json=as_json)
 
 
 # --------------------------------------------------------------------------------------------------------
