@@ -28,6 +28,7 @@ from tests.support.mjq import BIN, mjq, shared_stack, sim_stats
 from tests.support.stack import Stack, StackManager, reset_state
 from worker.devstack.redisserver import free_port
 from worker.devstack.stack import DevStack
+from worker.reports.export import TIME_FIELDS, iso_time
 
 
 @pytest.fixture(scope="module")
@@ -146,10 +147,10 @@ def test_batch_wait_resume_status_export_gallery(tmp_path: Path, stack: DevStack
     run = mjq(stack, "batch", str(path), "--batch-id", "flow", "--wait", timeout=120)
     assert run.code == 0, run
     assert "queued 4 job(s)" in run.out
-    # the live display's last frame: the bar's count, every group, the rate and ETA of a finished batch
-    assert "5/5" in run.out and "finished" in run.out, run.out
-    assert "done 5  failed 0  running 0  queued 0  rate " in run.out, run.out
-    assert re.search(r"rate \d+\.\d/min  ETA 0s", run.out), run.out
+    # not a terminal: plain progress lines; the last one has every group, the rate and ETA of a finished batch
+    last = run.out.strip().splitlines()[-1]
+    assert last.startswith("flow 5/5 100% finished: done 5 failed 0 running 0 queued 0 rate "), run.out
+    assert re.search(r"rate \d+\.\d/min ETA 0s$", last), run.out
     book = ledger(stack)
     jobs = book.batch_jobs("flow")
     assert len(jobs) == 5  # 4 imagines + 1 upscale
@@ -181,13 +182,11 @@ def test_batch_wait_resume_status_export_gallery(tmp_path: Path, stack: DevStack
             "image_path",
             "image_sha256",
             "parent_job",
-            "created_at",
-            "submitted_at",
-            "started_at",
-            "finished_at",
             "duration_s",
         ):
             assert row[key] == job.get(key), key
+        for key in TIME_FIELDS:  # ISO 8601 UTC in the manifest, epoch seconds in the ledger
+            assert row[key] == iso_time(job.get(key)), key
         assert row["submitted_at"] and row["finished_at"] and row["duration_s"] > 0
         assert row["created_at"] <= row["submitted_at"] <= row["finished_at"]
         assert row["tags"] == (["water", "client:acme"] if row["job_id"] == "f3" else [])

@@ -93,9 +93,7 @@ def root_tags(jobs: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Job id -> its tags; a follow-up without its own has the tags of the prompt it descends from."""
     jobs = list(jobs)
     own = {str(job.get("job_id")): job.get("tags") for job in jobs if job.get("tags")}
-    return {
-        str(job.get("job_id")): own.get(str(job.get("job_id"))) or own.get(str(job.get("root_job"))) for job in jobs
-    }
+    return {str(job.get("job_id")): own.get(str(job.get("root_job"))) or job.get("tags") for job in jobs}
 
 
 def _cell(value: Any) -> str:
