@@ -9,7 +9,9 @@ import csv
 import hashlib
 import io
 import json
+import os
 import re
+import subprocess
 import time
 from html import escape
 from pathlib import Path
@@ -22,10 +24,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from simulator.server import SimulatorAdmin
-from tests.support.mjq import mjq, shared_stack, sim_stats
+from tests.support.mjq import BIN, mjq, shared_stack, sim_stats
 from tests.support.stack import Stack, StackManager, reset_state
 from worker.devstack.redisserver import free_port
 from worker.devstack.stack import DevStack
+from worker.reports.export import TIME_FIELDS, iso_time
 
 
 @pytest.fixture(scope="module")
@@ -144,10 +147,10 @@ def test_batch_wait_resume_status_export_gallery(tmp_path: Path, stack: DevStack
     run = mjq(stack, "batch", str(path), "--batch-id", "flow", "--wait", timeout=120)
     assert run.code == 0, run
     assert "queued 4 job(s)" in run.out
-    # the live display's last frame: the bar's count, every group, the rate and ETA of a finished batch
-    assert "5/5" in run.out and "finished" in run.out, run.out
-    assert "done 5  failed 0  running 0  queued 0  rate " in run.out, run.out
-    assert re.search(r"rate \d+\.\d/min  ETA 0s", run.out), run.out
+    # not a terminal: plain progress lines; the last one has every group, the rate and ETA of a finished batch
+    last = run.out.strip().splitlines()[-1]
+    assert last.startswith("flow 5/5 100% finished: done 5 failed 0 running 0 queued 0 rate "), run.out
+    assert re.search(r"rate \d+\.\d/min ETA 0s$", last), run.out
     book = ledger(stack)
     jobs = book.batch_jobs("flow")
     assert len(jobs) == 5  # 4 imagines + 1 upscale
@@ -179,13 +182,11 @@ def test_batch_wait_resume_status_export_gallery(tmp_path: Path, stack: DevStack
             "image_path",
             "image_sha256",
             "parent_job",
-            "created_at",
-            "submitted_at",
-            "started_at",
-            "finished_at",
             "duration_s",
         ):
             assert row[key] == job.get(key), key
+        for key in TIME_FIELDS:  # ISO 8601 UTC in the manifest, epoch seconds in the ledger
+            assert row[key] == iso_time(job.get(key)), key
         assert row["submitted_at"] and row["finished_at"] and row["duration_s"] > 0
         assert row["created_at"] <= row["submitted_at"] <= row["finished_at"]
         assert row["tags"] == (["water", "client:acme"] if row["job_id"] == "f3" else [])
@@ -291,6 +292,9 @@ def test_pause_resume_and_cancel(tmp_path: Path, stack: DevStack) -> None:
     final = _wait_status(stack, "slow", lambda s: s["running"] == 0 and s["queued"] == 0)
     assert final["status"] == "cancelled"
     assert final["counts"].get("cancelled", 0) >= 1
+    assert final["cancelled"] == final["counts"]["cancelled"]
+    table = mjq(stack, "status").out
+    assert re.search(r"slow\s+│?\s*cancelled\s+│?\s*\d+\s+│?\s*\d+\s+│?\s*[1-9]", table), table  # a column
     assert sim_stats(stack)["submissions"] - before < 12
     assert mjq(stack, "pause", "no-such-batch").code == 1
 
@@ -303,6 +307,22 @@ def test_imagine_wait_and_global_resume(stack: DevStack) -> None:
     assert all(r["status"] == "succeeded" and Path(r["image_path"]).is_file() for r in results)
     run = mjq(stack, "resume")
     assert run.code == 0 and "breaker cleared" in run.out
+
+
+def test_job_and_status_of_a_job_id(stack: DevStack) -> None:
+    """A job id from `mjq imagine` can be looked up: record, times, buttons; `mjq status <job-id>` too."""
+    run = mjq(stack, "imagine", "a lighthouse at dawn", "--wait", "--json", "--mode", "turbo", timeout=90)
+    assert run.code == 0, run
+    job_id = run.json()[0]["job_id"]
+    job = mjq(stack, "job", job_id, "--json").json()
+    assert (job["job_id"], job["status"], job["kind"]) == (job_id, "succeeded", "imagine")
+    assert job["buttons"] and job["children"] == []
+    text = mjq(stack, "job", job_id).out
+    assert job_id in text and "buttons" in text and "U1" in text and "finished_at" in text, text
+    assert re.search(r"finished_at\s+\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", text), text
+    assert mjq(stack, "status", job_id, "--json").json()["job_id"] == job_id
+    missing = mjq(stack, "job", "no-such-job")
+    assert missing.code == 1 and "no job 'no-such-job'" in missing.err, missing
 
 
 def test_imagine_with_a_plan_waits_for_its_follow_ups(stack: DevStack) -> None:
@@ -394,6 +414,43 @@ def test_paused_batch_submits_nothing_until_resumed(tmp_path: Path, stack: DevSt
     _wait_status(stack, "held", lambda s: s["done"] == 4)
     by_state = sim_stats(stack)["submissions_by_state"]
     assert [by_state.get(i) for i in ids] == [1, 1, 1, 1]
+
+
+def test_wait_ends_with_exit_3_when_the_batch_needs_a_person(tmp_path: Path, stack: DevStack) -> None:
+    """A tripped breaker (wrong key, no credit) or a paused batch ends `--wait` with the reason and the fix."""
+    book = ledger(stack)
+    path = write_jsonl(tmp_path / "stuck.jsonl", [{"id": f"stuck{i}", "prompt": f"stuck {i}"} for i in range(3)])
+    book.trip_breaker("test: 401 unauthorized")
+    try:
+        run = mjq(stack, "batch", str(path), "-b", "stuck", "--wait", timeout=120)
+        assert run.code == 3, run
+        assert "401 unauthorized" in run.err and "`mjq resume`" in run.err, run
+        assert re.search(r"^stuck \d+/\d+ ", run.out, re.M), run  # progress lines, not a terminal
+        assert mjq(stack, "pause", "stuck").code == 0
+    finally:
+        assert mjq(stack, "resume").code == 0
+    run = mjq(stack, "batch", str(path), "-b", "stuck", "--wait", timeout=120)
+    assert run.code == 3, run
+    assert "paused" in run.err and "`mjq resume stuck`" in run.err, run
+    assert mjq(stack, "resume", "stuck").code == 0
+    assert mjq(stack, "batch", str(path), "-b", "stuck", "--wait", timeout=120).code == 0
+
+
+def test_export_piped_into_head_ends_quietly(stack: DevStack) -> None:
+    """`mjq export B | head -1`: the reader closes the pipe early; no "Broken pipe" error, exit 0."""
+    book = ledger(stack)
+    for i in range(600):  # far more than a pipe buffer holds
+        book.create_job(f"piped{i}", {"batch_id": "piped", "mode": "fast", "kind": "imagine", "prompt": "p" * 300})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MJQ_")} | stack.env
+    proc = subprocess.Popen(
+        [str(BIN / "mjq"), "export", "piped"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert json.loads(proc.stdout.readline())["batch_id"] == "piped"
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 0, err
+    assert "Broken pipe" not in err and "error" not in err.lower(), err
 
 
 def test_export_to_a_missing_folder_is_one_readable_line(tmp_path: Path, stack: DevStack) -> None:

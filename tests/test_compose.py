@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, cast
@@ -106,6 +107,16 @@ def active_services(services: Mapping[str, Any], profiles: set[str]) -> set[str]
     return {name for name, svc in services.items() if not svc.get("profiles") or profiles & set(svc["profiles"])}
 
 
+def test_flower_is_local_by_default_without_a_default_password_and_logs_rotate() -> None:
+    services = load_compose()["services"]
+    assert services["flower"]["ports"] == ["${FLOWER_BIND:-127.0.0.1}:${FLOWER_PUBLISH_PORT:-5555}:5555"]
+    env_example = (ROOT / ".env.example").read_text(encoding="utf-8")
+    assert re.search(r"^FLOWER_BASIC_AUTH=$", env_example, re.M) and "change-me" not in env_example
+    for name, svc in services.items():
+        options = svc["logging"]["options"]
+        assert svc["logging"]["driver"] == "json-file" and options["max-size"] and options["max-file"], name
+
+
 @pytest.mark.parametrize("profiles", [set(), {"sim"}])
 def test_every_required_dependency_is_part_of_the_project(profiles: set[str]) -> None:
     """Compose refuses a project where a service depends on one that is off (compose-spec: `required` defaults
@@ -120,6 +131,15 @@ def test_every_required_dependency_is_part_of_the_project(profiles: set[str]) ->
             if spec.get("required", True):
                 assert dep in active, f"{name} needs {dep}, which is off with profiles {sorted(profiles)}"
             assert spec.get("condition") == "service_healthy" and "healthcheck" in services[dep], (name, dep)
+
+
+def test_pyproject_license_is_spdx_and_build_requirements_are_a_range() -> None:
+    """setuptools stops building ``license = { text = ... }`` after 2027-02-18; an unbounded build backend
+    lets a future major release break a clean install."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert project["project"]["license"] == "MIT"
+    for requirement in project["build-system"]["requires"]:
+        assert re.fullmatch(r"[a-z_-]+>=[\d.]+,<[\d.]+", requirement), requirement
 
 
 def test_every_mjq_variable_is_a_setting() -> None:

@@ -72,7 +72,15 @@ def test_render_shows_counts_rate_and_eta() -> None:
     assert "night" in text and "6/10" in text and "active" in text
     assert "done 3  failed 1  running 2  queued 2" in text
     assert "rate 6.0/min  ETA 40s" in text
-    assert "cancelled/skipped 2" in text
+    assert "cancelled 1  skipped 1" in text
+
+
+def test_a_cancelled_batch_reads_cancelled() -> None:
+    """Not "done 0 failed 0 ... 100%" and nothing else: the cancelled jobs are counted by their name."""
+    snap = Snapshot.from_batch("c", {**batch_info(total=4, succeeded=1, cancelled=3), "status": "cancelled"})
+    text = text_of(snap)
+    assert "cancelled 3" in text and "skipped" not in text and " cancelled" in text.splitlines()[0]
+    assert (snap.cancelled, snap.skipped) == (3, 0)
 
 
 def test_render_without_a_rate_and_when_over() -> None:
@@ -80,4 +88,38 @@ def test_render_without_a_rate_and_when_over() -> None:
     assert "done 0  failed 0  running 0  queued 5  rate --  ETA --" in text_of(waiting)
     over = Snapshot.from_batch("b", {**batch_info(total=2, succeeded=2), "status": "finished"})
     text = text_of(over, RateMeter())
-    assert "2/2" in text and "finished" in text and "ETA 0s" in text and "cancelled/skipped" not in text
+    assert "2/2" in text and "finished" in text and "ETA 0s" in text and "cancelled" not in text
+
+
+def test_watch_to_a_pipe_prints_a_line_while_nothing_changes() -> None:
+    """Not a terminal: plain progress lines appear during the wait, not only at the end."""
+    from worker.reports.progress import watch
+
+    out = io.StringIO()
+    reads = iter([batch_info(total=2, queued=2)] * 6 + [batch_info(total=2, succeeded=2)])
+    snap, why = watch(
+        lambda: Snapshot.from_batch("night", next(reads)),
+        Console(file=out, width=80, color_system=None),
+        interval_s=0.01,
+        line_every_s=0.0,
+    )
+    lines = out.getvalue().splitlines()
+    assert snap.is_over and why is None
+    assert len([line for line in lines if line.startswith("night 0/2")]) >= 2, lines
+    assert lines[-1].startswith("night 2/2 100%"), lines
+
+
+def test_blocked_by_a_pause_or_a_permanent_stop_only_when_nothing_is_upstream() -> None:
+    from worker.reports.progress import blocked_by
+
+    queued = Snapshot.from_batch("b", batch_info(total=3, queued=3))
+    paused = Snapshot.from_batch("b", {**batch_info(total=3, queued=3), "status": "paused"})
+    upstream = Snapshot.from_batch("b", batch_info(total=3, queued=2, running=1))
+    stop = {"tripped": True, "reason": "401 unauthorized", "until": None}
+    assert blocked_by(queued, {"tripped": False}) is None
+    assert blocked_by(upstream, stop) is None  # a running job still finishes
+    assert blocked_by(queued, {**stop, "until": 1e12}) is None  # a timed stop resumes by itself
+    why = blocked_by(queued, stop)
+    assert why is not None and why.command == "mjq resume" and "401 unauthorized" in why.reason
+    why = blocked_by(paused, {"tripped": False})
+    assert why is not None and why.command == "mjq resume b"

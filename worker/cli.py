@@ -56,9 +56,9 @@ from worker.mjapi.doctor import Report, check_submit, diagnose, startup_warnings
 from worker.mjapi.profiles import PROFILES
 from worker.producer import Backend, UnknownBatch, backend, submit_jobs
 from worker.reports.archive import NotArchivable, archive_batch
-from worker.reports.export import FORMATS, write_manifest
+from worker.reports.export import FORMATS, TIME_FIELDS, iso_time, write_manifest
 from worker.reports.gallery import write_gallery
-from worker.reports.progress import RateMeter, Snapshot, render, watch
+from worker.reports.progress import Blocked, RateMeter, Snapshot, blocked_by, render, watch
 from worker.service.api import serve as serve_api
 from worker.service.api.keyfile import KeyFileError, add_key
 from worker.service.webhook import serve
@@ -206,15 +206,34 @@ def print_plan(summary: Mapping[str, Any]) -> None:
         err_console.print(f"[yellow]{summary['rejected']} row(s) rejected[/] -> {summary['rejected_file']}")
 
 
+STUCK_EXIT = 3  # `--wait` ended because nothing of the batch can progress without a person
+
+
 def wait_for_batch(handle: Backend, batch_id: str, *, quiet: bool = False) -> Snapshot:
-    """Until every job of the batch ended and went through its finishing step (image downloaded)."""
+    """Until every job of the batch ended and went through its finishing step (image downloaded).
+
+    Ends with exit 3, the reason and the command that clears it, as soon as the batch waits for a person
+    (paused, or submitting stopped by the breaker) with nothing of it upstream.
+    """
+
+    def stuck(snap: Snapshot) -> Blocked | None:
+        return blocked_by(snap, handle.ledger.breaker())
+
     if quiet:
         snap = handle.snapshot(batch_id)
-        while not snap.is_over:
+        why = stuck(snap)
+        while not snap.is_over and why is None:
             time.sleep(0.5)
             snap = handle.snapshot(batch_id)
+            why = stuck(snap)
     else:
-        snap = watch(lambda: handle.snapshot(batch_id), console)
+        snap, why = watch(lambda: handle.snapshot(batch_id), console, stuck=stuck)
+    if why is not None:
+        raise CliError(
+            f"{why.reason}; {snap.finished}/{snap.total} finished, nothing more can run",
+            f"`{why.command}` lets it continue; `mjq batch ... --wait` or `mjq status {batch_id}` watches again",
+            STUCK_EXIT,
+        )
     handle.wait_finished(handle.ledger.batch_job_ids(batch_id))
     return snap
 
@@ -379,7 +398,7 @@ def status_cmd(
                 print_json({"breaker": breaker, "batches": [snap_dict(s) for s in rows]})
                 return
             print_breaker(breaker)
-            table = Table("batch", "status", "done", "failed", "running", "queued", "total", "progress")
+            table = Table("batch", "status", "done", "failed", "cancelled", "running", "queued", "total", "progress")
             for snap in rows:
                 pct = f"{100 * snap.finished / snap.total:.0f}%" if snap.total else "-"
                 table.add_row(
@@ -387,6 +406,7 @@ def status_cmd(
                     snap.status,
                     str(snap.done),
                     str(snap.failed),
+                    str(snap.cancelled),
                     str(snap.running),
                     str(snap.queued),
                     str(snap.total),
@@ -398,7 +418,13 @@ def status_cmd(
         if archived and not handle.ledger.batch(batch):
             print_archived(archived, as_json)
             return
-        info = handle.batch(batch)
+        try:
+            info = handle.batch(batch)
+        except UnknownBatch:
+            if handle.ledger.get_job(batch) is None:
+                raise
+            show_job(handle, batch, as_json=as_json)  # `mjq status <job-id>` answers with the job
+            return
         snap = Snapshot.from_batch(batch, info)
         failed = handle.ledger.batch_failures(batch, failures)
         if as_json:
@@ -433,6 +459,7 @@ def snap_dict(snap: Snapshot) -> dict[str, Any]:
         "total": snap.total,
         "done": snap.done,
         "failed": snap.failed,
+        "cancelled": snap.cancelled,
         "running": snap.running,
         "queued": snap.queued,
         "counts": dict(snap.counts),
@@ -541,6 +568,57 @@ def requeue_cmd(
 
 
 # --------------------------------------------------------------------------------------------------------
+# Job-level tools (issue 13): one job's record, lineage, timings, last error and buttons
+
+
+def show_job(handle: Backend, job_id: str, *, as_json: bool) -> None:
+    """Print one job: its result, lineage (parent, root, follow-ups), times in ISO 8601, last error, buttons."""
+    record = handle.ledger.get_job(job_id)
+    if record is None:
+        raise CliError(f"no job {job_id!r}", "job ids are printed by `mjq imagine` and listed by `mjq export BATCH`")
+    job = handle.ledger.job_result(job_id)
+    children = [
+        {k: c.get(k) for k in ("job_id", "action", "custom_id", "status")} for c in handle.ledger.children(job_id)
+    ]
+    out = {**job, "kind": record.get("kind"), "attempts": record.get("attempts"), "children": children}
+    if as_json:
+        print_json(out)
+        return
+    table = Table.grid(padding=(0, 2))
+    for name in ("job_id", "batch_id", "status", "kind", "action", "mode", "prompt", "upstream_id"):
+        if out.get(name) not in (None, ""):
+            table.add_row(name, Text(str(out[name])))
+    for name in ("parent_job", "root_job"):
+        if out.get(name) and out[name] != job_id:
+            table.add_row(name, Text(str(out[name])))
+    for name in TIME_FIELDS:
+        if out.get(name):
+            table.add_row(name, Text(str(iso_time(out[name]))))
+    if out.get("duration_s") is not None:
+        table.add_row("duration", Text(f"{out['duration_s']} s"))
+    if out.get("image_path") or out.get("image_url"):
+        table.add_row("image", Text(str(out.get("image_path") or out.get("image_url"))))
+    if out.get("fail_reason"):
+        table.add_row("last error", Text(str(out["fail_reason"]), style="red"))
+    buttons = [str(b.get("label") or b.get("emoji") or b.get("custom_id")) for b in out.get("buttons") or []]
+    if buttons:
+        table.add_row("buttons", Text(" ".join(buttons)))
+    for child in children:
+        table.add_row("follow-up", Text(f"{child['job_id']} {child.get('action') or ''} {child.get('status')}"))
+    console.print(table, soft_wrap=True)
+
+
+@cli_command("job")
+def job_cmd(
+    job_id: Annotated[str, typer.Argument(help="a job id (printed by `mjq imagine`, listed by `mjq export`)")],
+    as_json: JsonOpt = False,
+) -> None:
+    """One job: its record, lineage, timings, last error and buttons."""
+    with backend() as handle:
+        show_job(handle, job_id, as_json=as_json)
+
+
+# --------------------------------------------------------------------------------------------------------
 # Results
 
 
@@ -557,7 +635,11 @@ def export_cmd(
         handle.batch(batch)
         jobs = handle.ledger.batch_jobs(batch)
     if output is None:
-        write_manifest(jobs, fmt, sys.stdout)
+        try:
+            write_manifest(jobs, fmt, sys.stdout)
+            sys.stdout.flush()
+        except BrokenPipeError:  # the reader (`| head`) had enough: that is not an error
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit flush must not fail again
         return
     with output.open("w", encoding="utf-8", newline="") as out:
         count = write_manifest(jobs, fmt, out)

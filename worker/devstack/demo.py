@@ -87,7 +87,7 @@ def run_demo(
             submitted, _ = submit_jobs(handle, plan.jobs, batch_id)
             followups = ", ".join(f"{text} ×{n}" for text, n in plan.followups_by_plan().items())
             console.print(f"queued {submitted} prompts from {prompt_file.name}; follow-ups: {followups}")
-            snap = watch(lambda: handle.snapshot(batch_id), console, timeout_s=timeout_s)
+            snap, _ = watch(lambda: handle.snapshot(batch_id), console, timeout_s=timeout_s)
             handle.wait_finished(handle.ledger.batch_job_ids(batch_id))  # last downloads
             jobs = handle.ledger.batch_jobs(batch_id)
         finally:

@@ -39,6 +39,7 @@ FIELDS: tuple[str, ...] = (
     "callback",  # delivery of the job's callback_url: delivered | retrying | gave up (empty: none asked)
 )
 FORMATS = ("jsonl", "csv")
+TIME_FIELDS = ("created_at", "submitted_at", "started_at", "finished_at")
 
 
 def _time_key(job: Mapping[str, Any]) -> tuple[str, str]:
@@ -71,9 +72,30 @@ def order_jobs(jobs: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
 
 
 def manifest_row(job: Mapping[str, Any]) -> dict[str, Any]:
+    """The job's manifest fields; times as ISO 8601 UTC (the ledger keeps epoch seconds)."""
     row = {name: job.get(name) for name in FIELDS}
+    for name in TIME_FIELDS:
+        row[name] = iso_time(row[name])
     row["callback"] = (job.get("callback") or {}).get("state")
     return row
+
+
+def iso_time(value: Any) -> str | None:
+    """Epoch seconds (number or numeric text) as ``2026-12-02T17:20:25.123Z``; other text is kept as is."""
+    if value in (None, "", 0):
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return datetime.fromtimestamp(seconds, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def root_tags(jobs: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Job id -> its tags; a follow-up without its own has the tags of the prompt it descends from."""
+    jobs = list(jobs)
+    own = {str(job.get("job_id")): job.get("tags") for job in jobs if job.get("tags")}
+    return {str(job.get("job_id")): own.get(str(job.get("root_job"))) or job.get("tags") for job in jobs}
 
 
 def _cell(value: Any) -> str:
@@ -101,8 +123,11 @@ def write_manifest(jobs: Sequence[Mapping[str, Any]], fmt: str, out: TextIO) -> 
     """Write the manifest of ``jobs`` to ``out``; returns the number of rows."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}: use jsonl or csv")
-    rows_of = file_rows(jobs)
-    rows = [{**manifest_row(job), "row": rows_of.get(str(job.get("job_id")))} for job in order_jobs(jobs)]
+    rows_of, tags_of = file_rows(jobs), root_tags(jobs)
+    rows = [
+        {**manifest_row(job), "row": rows_of.get(str(job.get("job_id"))), "tags": tags_of.get(str(job.get("job_id")))}
+        for job in order_jobs(jobs)
+    ]
     if fmt == "jsonl":
         for row in rows:
             out.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")

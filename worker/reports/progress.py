@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +64,15 @@ class Snapshot:
             queued=max(total - finished - group(RUNNING), 0),
             counts={k: v for k, v in counts.items() if v},
         )
+
+    @property
+    def cancelled(self) -> int:
+        return self.counts.get("cancelled", 0)
+
+    @property
+    def skipped(self) -> int:
+        """Follow-ups that will not run (their button was missing, or their parent did not succeed)."""
+        return self.ended - self.cancelled
 
     @property
     def finished(self) -> int:
@@ -143,25 +153,87 @@ def render(snap: Snapshot, meter: RateMeter | None = None) -> Group:
         ("  ETA ", "dim"),
         (format_duration(eta) if not snap.is_over else "0s", "white"),
     )
-    if snap.ended:
-        stats.append(f"  cancelled/skipped {snap.ended}", style="dim")
+    if snap.cancelled:
+        stats.append(f"  cancelled {snap.cancelled}", style="yellow")
+    if snap.skipped:
+        stats.append(f"  skipped {snap.skipped}", style="dim")
     return Group(line, stats)
 
 
+@dataclass(frozen=True)
+class Blocked:
+    """Why nothing of a batch can progress without a person, and the command that clears it."""
+
+    reason: str
+    command: str
+
+
+def blocked_by(snap: Snapshot, breaker: Mapping[str, Any]) -> Blocked | None:
+    """A batch waits for a person when no job of it is upstream and its submits are stopped for good.
+
+    Stopped for good: the batch is paused, or the breaker is tripped without an ``until`` (a timed stop resumes
+    by itself, so waiting for it is progress). Jobs already upstream still finish, so they keep ``--wait``
+    waiting. The one upstream's breaker stands for "every upstream serving its modes" until there is a pool.
+    """
+    if snap.is_over or snap.running:
+        return None
+    if snap.status == "paused":
+        return Blocked(f"batch {snap.batch_id} is paused", f"mjq resume {snap.batch_id}")
+    if breaker.get("tripped") and not breaker.get("until"):
+        return Blocked(f"submitting is stopped: {breaker.get('reason') or 'breaker tripped'}", "mjq resume")
+    return None
+
+
+def progress_line(snap: Snapshot, meter: RateMeter | None = None) -> str:
+    """The progress block as one plain line, for logs and pipes (no bar, no colour)."""
+    rate = meter.rate if meter else None
+    eta = meter.eta_s(snap.total - snap.finished) if meter else None
+    pct = f"{100 * snap.finished / snap.total:.0f}%" if snap.total else "-"
+    return (
+        f"{snap.batch_id} {snap.finished}/{snap.total} {pct} {snap.status}: done {snap.done} failed {snap.failed}"
+        f" running {snap.running} queued {snap.queued}"
+        + (f" cancelled {snap.cancelled}" if snap.cancelled else "")
+        + (f" skipped {snap.skipped}" if snap.skipped else "")
+        + f" rate {f'{rate * 60:.1f}/min' if rate else '--'} ETA {format_duration(eta) if not snap.is_over else '0s'}"
+    )
+
+
 def watch(
-    read: Callable[[], Snapshot], console: Console, *, interval_s: float = 0.5, timeout_s: float | None = None
-) -> Snapshot:
-    """Redraw until the batch is over (or ``timeout_s``); returns the last snapshot."""
+    read: Callable[[], Snapshot],
+    console: Console,
+    *,
+    interval_s: float = 0.5,
+    timeout_s: float | None = None,
+    stuck: Callable[[Snapshot], Blocked | None] | None = None,
+    line_every_s: float = 5.0,
+) -> tuple[Snapshot, Blocked | None]:
+    """Redraw until the batch is over, ``stuck`` says it waits for a person, or ``timeout_s``.
+
+    On a terminal the display is live; to a file or pipe it is one plain line when the counts change and at
+    least every ``line_every_s`` (so a log shows the run is alive). Returns the last snapshot and why it stopped
+    early (None when it is over or timed out).
+    """
     meter = RateMeter()
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     snap = read()
     meter.add(snap.finished)
-    with Live(render(snap, meter), console=console, refresh_per_second=4, transient=False) as live:
-        while not snap.is_over and (deadline is None or time.monotonic() < deadline):
+    why = stuck(snap) if stuck else None
+    live = Live(render(snap, meter), console=console, refresh_per_second=4) if console.is_terminal else None
+    last_key: tuple[Any, ...] = ()
+    last_at = 0.0
+    with live or nullcontext():
+        while True:
+            if live is not None:
+                live.update(render(snap, meter))
+            else:
+                key = (snap.status, snap.total, tuple(sorted(snap.counts.items())))
+                if key != last_key or time.monotonic() - last_at >= line_every_s:
+                    console.print(progress_line(snap, meter), soft_wrap=True, markup=False, highlight=False)
+                    last_key, last_at = key, time.monotonic()
+            if snap.is_over or why is not None or (deadline is not None and time.monotonic() >= deadline):
+                break
             time.sleep(interval_s)
             snap = read()
             meter.add(snap.finished)
-            live.update(render(snap, meter))
-    if not console.is_terminal:
-        console.line()  # Live leaves the cursor after the last line when output is a file or pipe
-    return snap
+            why = stuck(snap) if stuck else None
+    return snap, why
