@@ -50,10 +50,12 @@ from worker.batchfile import (
 )
 from worker.devstack.demo import run_demo
 from worker.devstack.stack import DevStack, StackError, run_forever, worker_argv
+from worker.pricing import PriceError, to_micros
 from worker.producer import Backend, UnknownBatch, backend, submit_jobs
 from worker.reports.archive import NotArchivable, archive_batch
 from worker.reports.export import FORMATS, write_manifest
 from worker.reports.gallery import write_gallery
+from worker.reports.money import batch_money, money_line
 from worker.reports.progress import FAILED, RateMeter, Snapshot, render, watch
 from worker.service.webhook import serve
 from worker.settings import Settings, SettingsError, get_settings, settings_table
@@ -234,8 +236,10 @@ def batch_cmd(
     wait: WaitOpt = False,
     max_permutations: Annotated[int, typer.Option(help="cap of {a,b} expansions per row")] = MAX_PERMUTATIONS,
     as_json: JsonOpt = False,
+    budget: Annotated[str | None, typer.Option("--budget", help="most the batch may spend (MJQ_CURRENCY)")] = None,
 ) -> None:
     """Enqueue every prompt of a file (resumable: jobs already known are skipped)."""
+    budget_micros = parse_budget(budget, "--budget") if budget is not None else None
     defaults = Defaults(mode=parse_mode(mode, "--mode"), bot=bot, then=validate_plan(then, "--then"), priority=priority)
     parse_bot(bot, "--bot")
     batch_id = batch_id or default_batch_id(file)
@@ -249,6 +253,8 @@ def batch_cmd(
     if not plan.jobs:
         raise CliError(f"no runnable rows in {file}", f"see {plan.rejected_path}" if plan.rejected else None)
     with backend() as handle:
+        if budget_micros is not None:  # on the batch record before any of its jobs can be admitted
+            handle.ledger.set_budget(batch_id, budget_micros)
         if as_json or len(plan.jobs) < 200:
             submitted, skipped = submit_jobs(handle, plan.jobs, batch_id)
         else:
@@ -401,12 +407,14 @@ def status_cmd(
                     **snap_dict(snap),
                     "meta": info.get("meta"),
                     "failures": [{k: j.get(k) for k in ("job_id", "status", "fail_reason", "prompt")} for j in failed],
+                    "money": batch_money(batch, info, runtime()),
                 }
             )
             return
         print_breaker(breaker)
         console.print(render(snap, RateMeter()))
         console.print("  " + "  ".join(f"{state} {n}" for state, n in snap.counts.items() if n))
+        console.print("  " + escape(money_line(batch_money(batch, info, runtime()))))
         if failed:
             table = Table("job", "status", "reason", "prompt", title="failures", title_justify="left")
             for job in failed:
@@ -474,6 +482,25 @@ def resume_cmd(
         console.print("submitting resumed (breaker cleared)")
         return
     _control_batch(batch, control.resume_batch, "resumed")
+
+
+def parse_budget(value: str, option: str) -> int:
+    """An amount of MJQ_CURRENCY as micros, or a usage error naming the option."""
+    try:
+        return to_micros(value, option)
+    except PriceError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+
+@cli_command("budget")
+def budget_cmd(
+    batch: BatchArg,
+    amount: Annotated[str, typer.Argument(help="the batch's new budget in MJQ_CURRENCY")],
+) -> None:
+    """Set or raise a batch's budget; jobs its budget held start again."""
+    parse_budget(amount, "AMOUNT")
+    moved = control.set_budget(batch, amount, runtime())
+    console.print(f"budget of {batch}: {amount} {runtime().settings.currency}; {moved} held job(s) released")
 
 
 @cli_command("cancel")

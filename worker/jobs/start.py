@@ -61,6 +61,7 @@ from worker.mjapi.errors import (
 from worker.mjapi.models import action_kind
 from worker.plans.canvas import pending_children
 from worker.plans.grammar import store_masks
+from worker.pricing import price_key, price_of, to_micros
 from worker.store.images import keep_images
 from worker.store.ledger import result_of
 from worker.store.records import TERMINAL, Job
@@ -96,6 +97,7 @@ def start_job(
     then: str | None = None,
     modal: Mapping[str, Any] | None = None,
     meta: Mapping[str, Any] | None = None,
+    budget: float | str | None = None,
 ) -> dict[str, Any]:
     """Run one job from inside a task body; the task completes later (``Ignore`` now, result on finish).
 
@@ -117,6 +119,8 @@ def start_job(
     check_id(job_id)  # a raw Celery task id (send_task(task_id=...)) becomes Redis keys and a media file name
     rt.slots.arrived(job_id)  # the task an admission or a retry expected has started (worker.jobs.admission)
     job = rt.ledger.get_job(job_id)
+    if budget is not None and (batch_id or (parent_result or {}).get("batch_id")):
+        rt.ledger.set_budget(str(batch_id or (parent_result or {})["batch_id"]), to_micros(budget, "budget"))
     if job is None:
         job = _create(task, spec, payload, job_id, mode, batch_id, priority, parent_result, then, modal, meta, rt)
     if job.get("task_id") and job.get("task_id") != req.id:
@@ -179,6 +183,7 @@ def _create(
     if spec.name == "action":
         fields["custom_id"] = str(light.get("custom_id") or "")
         fields["action"] = action_kind(fields["custom_id"])  # the upstream task's own action replaces it
+    fields.update(price_fields(spec.name, fields["action"], resolved_mode, rt))
     if parent is not None:
         fields["parent_job"] = parent.get("job_id")
         fields["root_job"] = parent.get("root_job") or parent.get("job_id")
@@ -192,6 +197,16 @@ def _create(
     job = rt.ledger.get_job(job_id)
     assert job is not None
     return job
+
+
+def price_fields(kind: str, action: str | None, mode: str, rt: Runtime) -> dict[str, Any]:
+    """The job's price at creation (micros; absent = unknown) and whether a failure after acceptance is charged."""
+    key = price_key(kind, action)
+    price = price_of(rt.settings.price_tables(), key, mode)
+    fields: dict[str, Any] = {"price_key": key, "charges_failures": "1" if rt.settings.charges_failures else "0"}
+    if price is not None:
+        fields["price_micros"] = price
+    return fields
 
 
 def _record_refused(
@@ -550,6 +565,7 @@ class JobOptions(TypedDict, total=False):
     then: str  # a follow-up plan such as "U1-4" or "U2 > zoom:2x" (tasks.pipelines)
     tags: list[str]  # your labels, kept with the job and in its result, exports and gallery
     row: int  # the prompt-file row the job came from (1-based), kept in its result and the manifest
+    budget: float  # most money the job's batch may spend (MJQ_CURRENCY); a job that would cross it waits
 
 
 JOB_OPTIONS = (*JobOptions.__annotations__, "modal")
@@ -586,4 +602,5 @@ def run_job_task(task: JobTask, kwargs: Mapping[str, Any]) -> dict[str, Any]:
         then=then,
         modal=kwargs.get("modal") or None,
         meta=job_meta(kwargs),
+        budget=kwargs.get("budget"),
     )

@@ -15,6 +15,7 @@ from typing import Any, cast
 
 import redis
 
+from worker.pricing import MICROS
 from worker.store import keys
 from worker.store.records import STATES, TERMINAL
 from worker.store.scripts import register
@@ -107,6 +108,10 @@ def decode_job(raw: Mapping[str, str]) -> dict[str, Any]:
     return job
 
 
+# Money on a batch record (micros and counts; worker.pricing, gates.lua, prelude.lua)
+MONEY_FIELDS = ("spent_micros", "budget_micros", "charged_failed_n", "charged_failed_micros")
+
+
 class Ledger:
     """Jobs and batches in Redis. ``redis`` must decode responses (``decode_responses=True``)."""
 
@@ -117,6 +122,7 @@ class Ledger:
         self._park = register(client, "prelude", "park")
         self._batch_status = register(client, "prelude", "batch_status")
         self._claim = register(client, "claim")
+        self._set_budget = register(client, "set_budget")
         self._requeue = register(client, "prelude", "replan_fn", "requeue")
         self._replan = register(client, "prelude", "replan_fn", "replan")
 
@@ -196,6 +202,7 @@ class Ledger:
             spec["incr"] = dict(incr)
         if upstream:
             spec["upstream"] = upstream
+            spec["day"] = keys.utc_day(spec["now"])
         if inflight is not None:
             spec["inflight"] = inflight
         if lease_until is not None:
@@ -352,6 +359,24 @@ class Ledger:
         """'paused' | 'active' (moves parked jobs between waiting and held); -1 if the batch is cancelled."""
         return int(self._batch_status(args=[batch_id, status, repr(time.time())]))
 
+    def spent_today(self, now: float | None = None) -> int:
+        """Micros spent this UTC day (upstream ``default``)."""
+        return int(cast(str, self.redis.get(keys.spent(keys.utc_day(now or time.time())))) or 0)
+
+    def committed(self, batch_id: str) -> int:
+        """Micros of the batch's jobs holding a slot lease but not accepted yet (counted against budgets)."""
+        total = 0
+        for mode in ("fast", "relax", "turbo"):
+            for jid in cast(list[str], self.redis.zrange(keys.slots(mode), 0, -1)):
+                b, up, price = self.redis.hmget(keys.job(jid), ["batch_id", "upstream_id", "price_micros"])
+                if b == batch_id and not up and price:
+                    total += int(price)
+        return total
+
+    def set_budget(self, batch_id: str, micros: int) -> int:
+        """Set a batch's budget (micros) and move the jobs its budget held back to waiting; returns how many."""
+        return int(self._set_budget(args=[batch_id, micros, repr(time.time())]))
+
     def cancel_batch_record(self, batch_id: str) -> list[str]:
         """Mark the batch cancelled and return the ids of its jobs still queued (waiting or not)."""
         self.ensure_batch(batch_id)
@@ -375,7 +400,7 @@ class Ledger:
         for name, value in raw.items():
             if name.startswith("n:"):
                 counts[name[2:]] = int(value)
-            elif name in ("total", "planned"):
+            elif name in ("total", "planned", *MONEY_FIELDS):
                 out[name] = int(value)
             elif name in ("created_at", "updated_at"):
                 out[name] = float(value)
@@ -537,6 +562,8 @@ def result_of(job: Mapping[str, Any]) -> dict[str, Any]:
     out["root_job"] = job.get("root_job") or job.get("job_id")
     out["tags"] = list((job.get("meta") or {}).get("tags") or [])
     out["row"] = (job.get("meta") or {}).get("row")
+    cost = job.get("cost_micros")
+    out["cost"] = int(cost) / MICROS if cost not in (None, "") else None  # what this job was charged
     if out["duration_s"] is None and job.get("finished_at") and job.get("created_at"):
         out["duration_s"] = round(float(job["finished_at"]) - float(job["created_at"]), 3)
     return out
