@@ -10,7 +10,10 @@ import pytest
 
 from tests.support.stack import CONFIGS, Stack, WorkerProcess, use_config
 from worker import control
+from worker.batchfile import Defaults, read_batch_file
 from worker.pricing import PriceError, fmt_money, parse_prices, price_key, price_of, to_micros
+from worker.reports.estimate import estimate
+from worker.settings import Settings
 from worker.store.runtime import runtime
 
 CONFIGS["money"] = {
@@ -45,6 +48,28 @@ def test_price_keys_and_per_mode_tables_unknown_is_not_zero() -> None:
     assert price_of(tables, "imagine", "fast") == 100_000
     assert price_of(tables, "zoom", "fast") is None
     assert fmt_money(None, "USD") == "unknown USD" and fmt_money(1_850_000, "USD") == "1.85 USD"
+
+
+def test_estimate_counts_follow_ups_and_permutations_and_adds_up(tmp_path: Path) -> None:
+    """A prompt file with permutations and plans: exact counts per kind and mode; the cost adds up; a kind
+    with no price is unknown, never 0."""
+    src = tmp_path / "night.csv"
+    src.write_text('prompt,then,mode\n"x {1,2,3}","U1-4",fast\n"y","U2 > zoom:2x, V1",relax\n"z",,relax\n')
+    plan = read_batch_file(src, Defaults())
+    settings = Settings(prices="imagine=0.1,upscale=0.05,zoom=0.07", prices_relax="imagine=0.03",
+                        slots_fast=3, slots_relax=2, expected_fast_s=60, expected_relax_s=120)
+    est = estimate(plan, settings)
+    rows = {(k["mode"], k["kind"]): k for k in est["by_kind"]}
+    assert {key: k["jobs"] for key, k in rows.items()} == {
+        ("fast", "imagine"): 3, ("fast", "upscale"): 12,
+        ("relax", "imagine"): 2, ("relax", "upscale"): 1, ("relax", "zoom"): 1, ("relax", "variation"): 1,
+    }
+    assert est["jobs"] == len(plan.jobs) + plan.followup_jobs() == 20
+    assert est["unknown_prices"] == ["variation"] and rows[("relax", "variation")]["cost"] is None
+    known = sum(k["cost"] for k in est["by_kind"] if k["cost"] is not None)
+    assert est["cost"]["total"] == pytest.approx(known) == pytest.approx(3 * 0.1 + 12 * 0.05 + 2 * 0.03 + 0.05 + 0.07)
+    assert est["wall_s"] == 360  # the longer mode: relax 5 jobs over 2 slots of 120 s (fast: 15 / 3 x 60 s = 300)
+    assert "unknown" in est["text"] and "imagines" in est["text"]
 
 
 def test_budget_stops_at_the_crossing_job_with_two_workers_racing(
@@ -91,7 +116,8 @@ def _settled(stack: Stack, batch_id: str, done: int) -> bool:
     info = stack.ledger.batch(batch_id)
     counts = info.get("counts") or {}
     held = stack.ledger.redis.zcard(f"mjq:held:{batch_id}")
-    return bool(counts.get("succeeded") == done and held == info.get("total", 0) - done and held == counts.get("queued"))
+    rest = info.get("total", 0) - done
+    return bool(counts.get("succeeded") == done and held == rest and held == counts.get("queued"))
 
 
 def test_prices_per_mode_and_a_charged_failure_counted(money_stack: Stack, sim: Any) -> None:

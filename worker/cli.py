@@ -53,6 +53,7 @@ from worker.devstack.stack import DevStack, StackError, run_forever, worker_argv
 from worker.pricing import PriceError, to_micros
 from worker.producer import Backend, UnknownBatch, backend, submit_jobs
 from worker.reports.archive import NotArchivable, archive_batch
+from worker.reports.estimate import estimate
 from worker.reports.export import FORMATS, write_manifest
 from worker.reports.gallery import write_gallery
 from worker.reports.money import batch_money, money_line
@@ -195,6 +196,8 @@ def print_plan(summary: Mapping[str, Any]) -> None:
         console.print(f"follow-ups [cyan]{escape(plan_text)}[/] after {count} job(s)")
     if summary["followup_jobs"]:
         console.print(f"planned follow-up jobs: [bold]{summary['followup_jobs']}[/] (when every step succeeds)")
+    if summary.get("estimate"):
+        console.print("estimate: " + escape(summary["estimate"]["text"]))
     for warning in summary["warnings"]:
         err_console.print(f"[yellow]warning:[/] {escape(warning)}")
     if summary["rejected"]:
@@ -248,6 +251,7 @@ def batch_cmd(
     summary = plan_summary(plan, batch_id)
     if dry_run:
         summary["dry_run"] = True
+        summary["estimate"] = estimate(plan, get_settings())
         print_json(summary) if as_json else print_plan(summary)
         return
     if not plan.jobs:
