@@ -137,3 +137,27 @@ def test_prices_per_mode_and_a_charged_failure_counted(money_stack: Stack, sim: 
     assert info["counts"]["failed"] == 3
     assert info["charged_failed_n"] == 3 and info["charged_failed_micros"] == 300_000
     assert info["spent_micros"] == 300_000  # the upstream kept the money: still spent
+
+
+@pytest.mark.parametrize("profile", ["default", "trueai"])
+def test_split_grid_gives_four_images_without_an_upstream_request(money_stack: Stack, sim: Any, profile: str) -> None:
+    """A real simulator grid: four files of a quarter's size each; cut by Pillow, or the upstream's imageUrls
+    (trueai) fetched from its CDN; either way the only upstream submit is the imagine itself."""
+    import tasks
+    from PIL import Image
+
+    stack = money_stack
+    if profile != "default":
+        sim.faults(profile=profile)
+    tasks.imagine.delay("four for one", mode="fast", batch_id="split", split_grid=True, job_id=f"split-{profile}")
+    stack.wait_batch("split", 1, timeout=60)
+    stack.wait(lambda: bool(stack.job(f"split-{profile}").get("download")), timeout=60, what="download")
+    result = stack.ledger.job_result(f"split-{profile}")
+    assert result["status"] == "succeeded" and len(result["image_paths"]) == 4, result
+    with Image.open(result["image_path"]) as grid:
+        width, height = grid.size
+    for path in result["image_paths"]:
+        with Image.open(path) as tile:
+            assert tile.size == (width // 2, height // 2), (path, tile.size, (width, height))
+    assert stack.job(f"split-{profile}")["split_from"] == ("cut" if profile == "default" else "image_urls")
+    assert sum(sim.stats()["submissions_by_state"].values()) == 1

@@ -224,6 +224,7 @@ PriorityOpt = Annotated[
     typer.Option("--priority", "-p", min=0, max=9, help="0 (most urgent) - 9 (least); default 2, or 5 in a batch"),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+SplitOpt = Annotated[bool, typer.Option("--split", help="the grid's four images as files (no U1-4 paid)")]
 WaitOpt = Annotated[bool, typer.Option("--wait", "-w", help="show live progress until done; exit 1 on failures")]
 
 
@@ -240,10 +241,12 @@ def batch_cmd(
     max_permutations: Annotated[int, typer.Option(help="cap of {a,b} expansions per row")] = MAX_PERMUTATIONS,
     as_json: JsonOpt = False,
     budget: Annotated[str | None, typer.Option("--budget", help="most the batch may spend (MJQ_CURRENCY)")] = None,
+    split: SplitOpt = False,
 ) -> None:
     """Enqueue every prompt of a file (resumable: jobs already known are skipped)."""
     budget_micros = parse_budget(budget, "--budget") if budget is not None else None
-    defaults = Defaults(mode=parse_mode(mode, "--mode"), bot=bot, then=validate_plan(then, "--then"), priority=priority)
+    defaults = Defaults(mode=parse_mode(mode, "--mode"), bot=bot, then=validate_plan(then, "--then"), priority=priority,
+                        split=split)
     parse_bot(bot, "--bot")
     batch_id = batch_id or default_batch_id(file)
     plan = read_batch_file(file, defaults, max_permutations=max_permutations, scope=batch_id)
@@ -299,6 +302,7 @@ def imagine_cmd(
     batch_id: Annotated[str | None, typer.Option("--batch-id", "-b")] = None,
     wait: WaitOpt = False,
     as_json: JsonOpt = False,
+    split: SplitOpt = False,
 ) -> None:
     """Enqueue one prompt (permutations are expanded like in files)."""
     loader = ImageLoader(Path.cwd())
@@ -315,6 +319,7 @@ def imagine_cmd(
             base64_array=images,
             then=plan_text,
             priority=priority,
+            split=split,
         )
         for variant in expand_permutations(normalise(prompt))
     ]

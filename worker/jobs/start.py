@@ -98,6 +98,7 @@ def start_job(
     modal: Mapping[str, Any] | None = None,
     meta: Mapping[str, Any] | None = None,
     budget: float | str | None = None,
+    split_grid: bool = False,
 ) -> dict[str, Any]:
     """Run one job from inside a task body; the task completes later (``Ignore`` now, result on finish).
 
@@ -122,7 +123,8 @@ def start_job(
     if budget is not None and (batch_id or (parent_result or {}).get("batch_id")):
         rt.ledger.set_budget(str(batch_id or (parent_result or {})["batch_id"]), to_micros(budget, "budget"))
     if job is None:
-        job = _create(task, spec, payload, job_id, mode, batch_id, priority, parent_result, then, modal, meta, rt)
+        job = _create(task, spec, payload, job_id, mode, batch_id, priority, parent_result, then, modal, meta, rt,
+                      split_grid)
     if job.get("task_id") and job.get("task_id") != req.id:
         if job.get("status") in TERMINAL:
             return result_of(job)
@@ -144,6 +146,7 @@ def _create(
     modal: Mapping[str, Any] | None,
     meta: Mapping[str, Any] | None,
     rt: Runtime,
+    split_grid: bool = False,
 ) -> dict[str, Any]:
     check_caller_fields(payload)
     if parent is not None:
@@ -184,6 +187,8 @@ def _create(
         fields["custom_id"] = str(light.get("custom_id") or "")
         fields["action"] = action_kind(fields["custom_id"])  # the upstream task's own action replaces it
     fields.update(price_fields(spec.name, fields["action"], resolved_mode, rt))
+    if split_grid:
+        fields["split_grid"] = 1
     if parent is not None:
         fields["parent_job"] = parent.get("job_id")
         fields["root_job"] = parent.get("root_job") or parent.get("job_id")
@@ -566,6 +571,7 @@ class JobOptions(TypedDict, total=False):
     tags: list[str]  # your labels, kept with the job and in its result, exports and gallery
     row: int  # the prompt-file row the job came from (1-based), kept in its result and the manifest
     budget: float  # most money the job's batch may spend (MJQ_CURRENCY); a job that would cross it waits
+    split_grid: bool  # a finished grid's four images as files (image_paths), with no U1-4 to pay for
 
 
 JOB_OPTIONS = (*JobOptions.__annotations__, "modal")
@@ -603,4 +609,5 @@ def run_job_task(task: JobTask, kwargs: Mapping[str, Any]) -> dict[str, Any]:
         modal=kwargs.get("modal") or None,
         meta=job_meta(kwargs),
         budget=kwargs.get("budget"),
+        split_grid=bool(kwargs.get("split_grid")),
     )

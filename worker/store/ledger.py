@@ -21,7 +21,7 @@ from worker.store.records import STATES, TERMINAL
 from worker.store.scripts import register
 
 # Fields kept as JSON in the hash; every other field is a plain string.
-JSON_FIELDS = frozenset({"buttons", "extra", "request", "message", "modal", "meta"})
+JSON_FIELDS = frozenset({"buttons", "extra", "request", "message", "modal", "meta", "image_paths"})
 FLOAT_FIELDS = frozenset(
     {
         "created_at",
@@ -36,7 +36,8 @@ FLOAT_FIELDS = frozenset(
     }
 )
 INT_FIELDS = frozenset(
-    {"image_bytes", "image_width", "image_height", "attempts", "polls", "priority", "busy_answers", "redelivered"}
+    {"image_bytes", "image_width", "image_height", "attempts", "polls", "priority", "busy_answers", "redelivered",
+     "price_micros", "cost_micros", "refunded_micros"}
 )
 
 # The image of a finished job: the upstream URL and the downloaded copy.
@@ -562,8 +563,9 @@ def result_of(job: Mapping[str, Any]) -> dict[str, Any]:
     out["root_job"] = job.get("root_job") or job.get("job_id")
     out["tags"] = list((job.get("meta") or {}).get("tags") or [])
     out["row"] = (job.get("meta") or {}).get("row")
+    out["image_paths"] = list(job.get("image_paths") or [])  # split_grid: the four images of the grid
     cost = job.get("cost_micros")
-    out["cost"] = int(cost) / MICROS if cost not in (None, "") else None  # what this job was charged
+    out["cost"] = cost / MICROS if cost is not None else None  # what this job was charged
     if out["duration_s"] is None and job.get("finished_at") and job.get("created_at"):
         out["duration_s"] = round(float(job["finished_at"]) - float(job["created_at"]), 3)
     return out
