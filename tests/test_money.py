@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from tests.support.stack import CONFIGS, Stack, WorkerProcess, use_config
 from worker import control
@@ -144,7 +145,6 @@ def test_split_grid_gives_four_images_without_an_upstream_request(money_stack: S
     """A real simulator grid: four files of a quarter's size each; cut by Pillow, or the upstream's imageUrls
     (trueai) fetched from its CDN; either way the only upstream submit is the imagine itself."""
     import tasks
-    from PIL import Image
 
     stack = money_stack
     if profile != "default":

@@ -36,6 +36,7 @@ FIELDS: tuple[str, ...] = (
     "started_at",
     "finished_at",
     "duration_s",
+    "cost",  # what the job was charged (MJQ_CURRENCY; empty = no price known), worker.pricing
 )
 FORMATS = ("jsonl", "csv")
 
