@@ -23,6 +23,8 @@ CONFIGS["money"] = {
     "MJQ_CHARGES_FAILURES": "true",
 }
 
+CONFIGS["money_refund"] = {"MJQ_PRICES": "imagine=0.1", "MJQ_CHARGES_FAILURES": "false"}
+
 
 @pytest.fixture
 def money_stack(stack_manager: Any, sim: Any) -> Stack:
@@ -161,3 +163,25 @@ def test_split_grid_gives_four_images_without_an_upstream_request(money_stack: S
             assert tile.size == (width // 2, height // 2), (path, tile.size, (width, height))
     assert stack.job(f"split-{profile}")["split_from"] == ("cut" if profile == "default" else "image_urls")
     assert sum(sim.stats()["submissions_by_state"].values()) == 1
+
+
+def test_a_failure_after_acceptance_is_refunded_once_and_an_unknown_price_under_a_budget_waits(
+    stack_manager: Any, sim: Any
+) -> None:
+    import tasks
+
+    stack = use_config(stack_manager, "money_refund", sim)
+    sim.faults(failure_rate=1.0)
+    for i in range(2):
+        tasks.imagine.delay(f"refunded {i}", mode="fast", batch_id="refunded")
+    info = stack.wait_batch("refunded", 2, timeout=60)
+    assert info["counts"]["failed"] == 2 and info.get("spent_micros") == 0 and "charged_failed_n" not in info
+    assert stack.ledger.spent_today() == 0
+    assert all(stack.job(i)["refunded_micros"] == 100_000 for i in stack.ledger.batch_job_ids("refunded"))
+
+    sim.faults(failure_rate=0.0)
+    tasks.imagine.delay("priced grid", mode="fast", batch_id="unpriced", then="U1", budget=5, job_id="unpriced")
+    stack.wait(lambda: stack.ledger.redis.zcard("mjq:held:unpriced") == 1, timeout=60, what="the upscale held")
+    info = stack.ledger.batch("unpriced")
+    assert info["hold_reason"] == "budget" and info["hold_detail"] == "no price for upscale", info
+    assert info["spent_micros"] == 100_000 and info["budget_micros"] == 5_000_000
