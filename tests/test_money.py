@@ -14,6 +14,7 @@ from worker import control
 from worker.batchfile import Defaults, read_batch_file
 from worker.pricing import PriceError, fmt_money, parse_prices, price_key, price_of, to_micros
 from worker.reports.estimate import estimate
+from worker.reports.money import batch_money, money_line
 from worker.settings import Settings
 from worker.store.runtime import runtime
 
@@ -98,6 +99,8 @@ def test_budget_stops_at_the_crossing_job_with_two_workers_racing(
         info = stack.ledger.batch("capped")
         assert info["counts"]["succeeded"] == 10 and info["counts"]["queued"] == 15, info["counts"]
         assert info["spent_micros"] == 1_000_000 and info["hold_reason"] == "budget"
+        line = money_line(batch_money("capped", info, runtime()))  # what `mjq status capped` prints
+        assert line.startswith("spent 1.00 USD, committed 0.00 USD of budget 1.00 USD; held: budget"), line
         stats = sim.stats()
         ids = stack.ledger.batch_job_ids("capped")
         assert sum(1 for i in ids if stats["submissions_by_state"].get(i)) == 10  # never an 11th submit
@@ -139,6 +142,7 @@ def test_prices_per_mode_and_a_charged_failure_counted(money_stack: Stack, sim: 
     info = stack.wait_batch("charged", 3, timeout=60)
     assert info["counts"]["failed"] == 3
     assert info["charged_failed_n"] == 3 and info["charged_failed_micros"] == 300_000
+    assert "charged for 3 failed jobs: 0.30 USD" in money_line(batch_money("charged", info, runtime()))
     assert info["spent_micros"] == 300_000  # the upstream kept the money: still spent
 
 

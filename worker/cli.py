@@ -50,7 +50,7 @@ from worker.batchfile import (
 )
 from worker.devstack.demo import run_demo
 from worker.devstack.stack import DevStack, StackError, run_forever, worker_argv
-from worker.pricing import PriceError, to_micros
+from worker.pricing import MICROS, PriceError, fmt_money, to_micros
 from worker.producer import Backend, UnknownBatch, backend, submit_jobs
 from worker.reports.archive import NotArchivable, archive_batch
 from worker.reports.estimate import estimate
@@ -384,7 +384,8 @@ def status_cmd(
         if batch is None:
             rows = [Snapshot.from_batch(str(b.get("batch_id") or b.get("id")), b) for b in handle.ledger.batches()]
             if as_json:
-                print_json({"breaker": breaker, "batches": [snap_dict(s) for s in rows]})
+                print_json({"breaker": breaker, "batches": [snap_dict(s) for s in rows],
+                            "spent_today": handle.ledger.spent_today() / MICROS})
                 return
             print_breaker(breaker)
             table = Table("batch", "status", "done", "failed", "running", "queued", "total", "progress")
@@ -401,6 +402,8 @@ def status_cmd(
                     pct,
                 )
             console.print(table if rows else "no batches yet: `mjq batch FILE` starts one")
+            today = fmt_money(handle.ledger.spent_today(), get_settings().currency)
+            console.print(f"spent today (UTC): {today}; `mjq status BATCH` for a batch's spend and budget")
             return
         archived = handle.ledger.archived(batch)
         if archived and not handle.ledger.batch(batch):
