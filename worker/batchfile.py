@@ -34,7 +34,7 @@ BOTS = {
     "niji": "NIJI_JOURNEY",
     "niji_journey": "NIJI_JOURNEY",
 }
-FIELDS = ("prompt", "id", "mode", "bot", "images", "then", "priority", "tags")
+FIELDS = ("prompt", "id", "mode", "bot", "images", "then", "priority", "tags", "split")
 MAX_PERMUTATIONS = 100
 MAX_ROW_CHARS = 64 * 1024
 MAX_PROMPT_CHARS = 8192
@@ -68,6 +68,7 @@ class Defaults:
     then: str | None = None
     priority: int | None = None
     tags: tuple[str, ...] = ()
+    split: bool = False
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class BatchJob:
     then: str | None = None
     priority: int | None = None
     tags: tuple[str, ...] = ()
+    split: bool = False  # split_grid: the grid's four images as files
 
     def task_kwargs(self, batch_id: str | None) -> dict[str, Any]:
         """Keyword arguments of ``tasks.imagine`` for this job (JSON-serialisable)."""
@@ -101,6 +103,8 @@ class BatchJob:
             kwargs["priority"] = self.priority
         if self.tags:
             kwargs["tags"] = list(self.tags)
+        if self.split:
+            kwargs["split_grid"] = True
         if self.row > 0:
             kwargs["row"] = self.row  # the file row, so the manifest points back to it
         return kwargs
@@ -543,6 +547,10 @@ def _build_jobs(
     tags = tuple(_list_field(raw.values, "tags", ";,")) or defaults.tags
     if len(tags) > MAX_TAGS or any(len(tag) > MAX_TAG_LENGTH for tag in tags):
         raise RowError("tags", f"at most {MAX_TAGS} tags of at most {MAX_TAG_LENGTH} characters each")
+    split_value = (_text_field(raw.values, "split") or "").lower()
+    if split_value not in ("", "1", "0", "true", "false", "yes", "no"):
+        raise RowError("split", "use true or false (or 1/0, yes/no)")
+    split = split_value in ("1", "true", "yes") if split_value else defaults.split
     urls, inline = _split_images(_list_field(raw.values, "images", ";\n"), loader)
     variants = expand_permutations(normalise(prompt_text), cap)
     prompts = []
@@ -573,6 +581,7 @@ def _build_jobs(
                 then=then,
                 priority=priority,
                 tags=tags,
+                split=split,
             )
         )
     return jobs

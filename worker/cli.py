@@ -54,10 +54,13 @@ from worker.jobs.kinds import webhook_url
 from worker.mjapi import MidjourneyClient
 from worker.mjapi.doctor import Report, check_submit, diagnose, startup_warnings
 from worker.mjapi.profiles import PROFILES
+from worker.pricing import MICROS, PriceError, fmt_money, to_micros
 from worker.producer import Backend, UnknownBatch, backend, submit_jobs
 from worker.reports.archive import NotArchivable, archive_batch
+from worker.reports.estimate import estimate
 from worker.reports.export import FORMATS, TIME_FIELDS, iso_time, write_manifest
 from worker.reports.gallery import write_gallery
+from worker.reports.money import batch_money, money_line
 from worker.reports.progress import Blocked, RateMeter, Snapshot, blocked_by, render, watch
 from worker.service.api import serve as serve_api
 from worker.service.api.keyfile import KeyFileError, add_key
@@ -200,6 +203,8 @@ def print_plan(summary: Mapping[str, Any]) -> None:
         console.print(f"follow-ups [cyan]{escape(plan_text)}[/] after {count} job(s)")
     if summary["followup_jobs"]:
         console.print(f"planned follow-up jobs: [bold]{summary['followup_jobs']}[/] (when every step succeeds)")
+    if summary.get("estimate"):
+        console.print("estimate: " + escape(summary["estimate"]["text"]))
     for warning in summary["warnings"]:
         err_console.print(f"[yellow]warning:[/] {escape(warning)}")
     if summary["rejected"]:
@@ -245,6 +250,7 @@ PriorityOpt = Annotated[
     typer.Option("--priority", "-p", min=0, max=9, help="0 (most urgent) - 9 (least); default 2, or 5 in a batch"),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+SplitOpt = Annotated[bool, typer.Option("--split", help="the grid's four images as files (no U1-4 paid)")]
 WaitOpt = Annotated[bool, typer.Option("--wait", "-w", help="show live progress until done; exit 1 on failures")]
 
 
@@ -260,9 +266,13 @@ def batch_cmd(
     wait: WaitOpt = False,
     max_permutations: Annotated[int, typer.Option(help="cap of {a,b} expansions per row")] = MAX_PERMUTATIONS,
     as_json: JsonOpt = False,
+    budget: Annotated[str | None, typer.Option("--budget", help="most the batch may spend (MJQ_CURRENCY)")] = None,
+    split: SplitOpt = False,
 ) -> None:
     """Enqueue every prompt of a file (resumable: jobs already known are skipped)."""
-    defaults = Defaults(mode=parse_mode(mode, "--mode"), bot=bot, then=validate_plan(then, "--then"), priority=priority)
+    budget_micros = parse_budget(budget, "--budget") if budget is not None else None
+    defaults = Defaults(mode=parse_mode(mode, "--mode"), bot=bot, then=validate_plan(then, "--then"), priority=priority,
+                        split=split)
     parse_bot(bot, "--bot")
     batch_id = batch_id or default_batch_id(file)
     plan = read_batch_file(file, defaults, max_permutations=max_permutations, scope=batch_id)
@@ -270,11 +280,14 @@ def batch_cmd(
     summary = plan_summary(plan, batch_id)
     if dry_run:
         summary["dry_run"] = True
+        summary["estimate"] = estimate(plan, get_settings())
         print_json(summary) if as_json else print_plan(summary)
         return
     if not plan.jobs:
         raise CliError(f"no runnable rows in {file}", f"see {plan.rejected_path}" if plan.rejected else None)
     with backend() as handle:
+        if budget_micros is not None:  # on the batch record before any of its jobs can be admitted
+            handle.ledger.set_budget(batch_id, budget_micros)
         if as_json or len(plan.jobs) < 200:
             submitted, skipped = submit_jobs(handle, plan.jobs, batch_id)
         else:
@@ -315,6 +328,7 @@ def imagine_cmd(
     batch_id: Annotated[str | None, typer.Option("--batch-id", "-b")] = None,
     wait: WaitOpt = False,
     as_json: JsonOpt = False,
+    split: SplitOpt = False,
 ) -> None:
     """Enqueue one prompt (permutations are expanded like in files)."""
     loader = ImageLoader(Path.cwd())
@@ -331,6 +345,7 @@ def imagine_cmd(
             base64_array=images,
             then=plan_text,
             priority=priority,
+            split=split,
         )
         for variant in expand_permutations(normalise(prompt))
     ]
@@ -395,7 +410,8 @@ def status_cmd(
         if batch is None:
             rows = [Snapshot.from_batch(str(b.get("batch_id") or b.get("id")), b) for b in handle.ledger.batches()]
             if as_json:
-                print_json({"breaker": breaker, "batches": [snap_dict(s) for s in rows]})
+                print_json({"breaker": breaker, "batches": [snap_dict(s) for s in rows],
+                            "spent_today": handle.ledger.spent_today() / MICROS})
                 return
             print_breaker(breaker)
             table = Table("batch", "status", "done", "failed", "cancelled", "running", "queued", "total", "progress")
@@ -413,6 +429,8 @@ def status_cmd(
                     pct,
                 )
             console.print(table if rows else "no batches yet: `mjq batch FILE` starts one")
+            today = fmt_money(handle.ledger.spent_today(), get_settings().currency)
+            console.print(f"spent today (UTC): {today}; `mjq status BATCH` for a batch's spend and budget")
             return
         archived = handle.ledger.archived(batch)
         if archived and not handle.ledger.batch(batch):
@@ -434,12 +452,14 @@ def status_cmd(
                     **snap_dict(snap),
                     "meta": info.get("meta"),
                     "failures": [{k: j.get(k) for k in ("job_id", "status", "fail_reason", "prompt")} for j in failed],
+                    "money": batch_money(batch, info, runtime()),
                 }
             )
             return
         print_breaker(breaker)
         console.print(render(snap, RateMeter()))
         console.print("  " + "  ".join(f"{state} {n}" for state, n in snap.counts.items() if n))
+        console.print("  " + escape(money_line(batch_money(batch, info, runtime()))))
         if failed:
             table = Table("job", "status", "reason", "prompt", title="failures", title_justify="left")
             for job in failed:
@@ -508,6 +528,25 @@ def resume_cmd(
         console.print("submitting resumed (breaker cleared)")
         return
     _control_batch(batch, control.resume_batch, "resumed")
+
+
+def parse_budget(value: str, option: str) -> int:
+    """An amount of MJQ_CURRENCY as micros, or a usage error naming the option."""
+    try:
+        return to_micros(value, option)
+    except PriceError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+
+@cli_command("budget")
+def budget_cmd(
+    batch: BatchArg,
+    amount: Annotated[str, typer.Argument(help="the batch's new budget in MJQ_CURRENCY")],
+) -> None:
+    """Set or raise a batch's budget; jobs its budget held start again."""
+    parse_budget(amount, "AMOUNT")
+    moved = control.set_budget(batch, amount, runtime())
+    console.print(f"budget of {batch}: {amount} {runtime().settings.currency}; {moved} held job(s) released")
 
 
 @cli_command("cancel")

@@ -14,6 +14,7 @@ from worker.jobs.admission import admit_parked
 from worker.jobs.messages import resend
 from worker.jobs.settle import cancel_job
 from worker.mjapi.models import MODES
+from worker.pricing import to_micros
 from worker.store import keys
 from worker.store.runtime import Runtime
 
@@ -30,6 +31,13 @@ def resume_batch(batch_id: str, rt: Runtime) -> int:
     moved = rt.ledger.set_batch_status(batch_id, "active")
     admit_parked(MODES, rt)
     return max(0, moved)
+
+
+def set_budget(batch_id: str, amount: str | float, rt: Runtime) -> int:
+    """Set (raise) a batch's budget; jobs its budget held start again as slots free. Returns how many."""
+    moved = rt.ledger.set_budget(batch_id, to_micros(amount, "budget"))
+    admit_parked(MODES, rt)
+    return moved
 
 
 def cancel_batch(batch_id: str, rt: Runtime) -> int:

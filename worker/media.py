@@ -13,6 +13,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+from PIL import Image
 
 from worker.mjapi.images import sniff_kind
 
@@ -95,11 +96,14 @@ def download_image(
     if mime is None:
         raise DownloadError("download is not an image", transient=False)
     width = height = None
-    with contextlib.suppress(Exception):  # dimensions are a nicety; the bytes are what matter
-        from PIL import Image
+    # dimensions are a nicety; the bytes are what matter
+    with contextlib.suppress(Exception), Image.open(io.BytesIO(data)) as img:
+        width, height = img.size
+    return _write(data, directory, name, mime, (width, height))
 
-        with Image.open(io.BytesIO(data)) as img:
-            width, height = img.size
+
+def _write(data: bytes, directory: Path, name: str, mime: str, size: tuple[int | None, int | None]) -> SavedImage:
+    """Write image bytes atomically (temp file + fsync + rename) as ``directory/name.<ext>``."""
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"{name}.{_EXT.get(mime, 'bin')}"
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".part")
@@ -113,4 +117,23 @@ def download_image(
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    return SavedImage(final, hashlib.sha256(data).hexdigest(), len(data), width, height, mime)
+    return SavedImage(final, hashlib.sha256(data).hexdigest(), len(data), size[0], size[1], mime)
+
+
+GRID_ACTIONS = frozenset({"IMAGINE", "VARIATION", "REROLL", "ZOOM", "PAN", "BLEND"})
+
+
+def split_grid(grid: Path, directory: Path, name: str) -> list[SavedImage]:
+    """The four images of a 2x2 grid as ``directory/name_<1-4>.png`` (top-left, top-right, bottom-left,
+    bottom-right, Midjourney's U1-U4 order): the same pixels U1-U4 would fetch at grid size, at no cost."""
+    out: list[SavedImage] = []
+    with Image.open(grid) as img:
+        width, height = img.size
+        half_w, half_h = width // 2, height // 2
+        boxes = [(0, 0), (half_w, 0), (0, half_h), (half_w, half_h)]
+        for index, (left, top) in enumerate(boxes, start=1):
+            tile = img.crop((left, top, left + half_w, top + half_h))
+            buffer = io.BytesIO()
+            tile.save(buffer, format="PNG")
+            out.append(_write(buffer.getvalue(), directory, f"{name}_{index}", "image/png", tile.size))
+    return out

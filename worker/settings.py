@@ -13,8 +13,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from worker.pricing import PriceError, parse_prices
 
 PositiveSeconds = Annotated[float, Field(gt=0)]
 NonNegativeSeconds = Annotated[float, Field(ge=0)]
@@ -123,6 +125,21 @@ class Settings(BaseSettings):
         0.0, description="Minimum gap between two submits across the cluster (0 = no pacing)."
     )
     daily_cap: int = Field(0, ge=0, description="Most submits per UTC day (0 = no cap).")
+
+    # Money: prices of the default upstream and budgets (worker.pricing; amounts in MJQ_CURRENCY)
+    prices: str = Field(
+        "", description='Prices per request kind, e.g. "imagine=0.1,upscale=0.05" (kinds: imagine, upscale,'
+        " variation, reroll, zoom, pan, blend, describe, swap_face, modal, upload); a kind not listed is unknown.",
+    )
+    prices_relax: str = Field("", description="Prices in relax mode, overriding MJQ_PRICES per kind.")
+    prices_turbo: str = Field("", description="Prices in turbo mode, overriding MJQ_PRICES per kind.")
+    currency: str = Field("USD", min_length=1, description='Unit of the prices and budgets ("USD", "credits").')
+    charges_failures: bool = Field(
+        False, description="The upstream keeps the price of a job that fails after acceptance (else it is refunded)."
+    )
+    budget_daily: float = Field(
+        0.0, ge=0, description="Most money spent per UTC day over all batches (0 = no daily budget)."
+    )
 
     # Tracking: backoff polling and deadlines
     poll_initial_s: PositiveSeconds = Field(5.0, description="First delay of the poll backoff.")
@@ -252,6 +269,20 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+    @field_validator("prices", "prices_relax", "prices_turbo")
+    @classmethod
+    def _check_prices(cls, value: str, info: ValidationInfo) -> str:
+        try:
+            parse_prices(value, f"MJQ_{str(info.field_name).upper()}")
+        except PriceError as exc:
+            raise ValueError(str(exc)) from exc
+        return value
+
+    def price_tables(self) -> dict[str, dict[str, int]]:
+        """The price tables in micros: ``""`` the base table, then per mode (``worker.pricing.price_of``)."""
+        return {"": parse_prices(self.prices), "relax": parse_prices(self.prices_relax),
+                "turbo": parse_prices(self.prices_turbo)}
 
     @field_validator("redis_url")
     @classmethod

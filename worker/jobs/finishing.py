@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from celery import Task, signature
@@ -12,7 +13,7 @@ from worker.app import app
 from worker.jobs import alerts
 from worker.jobs.callbacks import start_callback
 from worker.jobs.messages import context_from_message
-from worker.media import DownloadError, download_image
+from worker.media import GRID_ACTIONS, DownloadError, SavedImage, download_image, split_grid
 from worker.plans.canvas import pending_children
 from worker.plans.runner import start_plan
 from worker.store.records import TERMINAL
@@ -74,9 +75,13 @@ def _download(task: Task[Any, Any], job: Mapping[str, Any], rt: Runtime) -> None
             raise task.retry(countdown=rt.settings.download_retry_delay(retries), max_retries=None) from exc
         rt.ledger.update(job_id, {"download": "failed", "download_error": str(exc)})
         return
+    fields: dict[str, Any] = {}
+    if job.get("split_grid") and str(job.get("action") or "").upper() in GRID_ACTIONS:
+        fields = _split(task, job, saved.path, rt)
     rt.ledger.update(
         job_id,
         {
+            **fields,
             "download": "ok",
             "image_path": str(saved.path),
             "image_sha256": saved.sha256,
@@ -85,6 +90,27 @@ def _download(task: Task[Any, Any], job: Mapping[str, Any], rt: Runtime) -> None
             "image_height": saved.height,
         },
     )
+
+
+def _split(task: Task[Any, Any], job: Mapping[str, Any], grid: Path, rt: Runtime) -> dict[str, Any]:
+    """``split_grid``: the four images as files, from the upstream's own ``imageUrls`` when it gave four (same
+    CDN, no upstream request), else cut from the grid; a failed tile download falls back to cutting."""
+    job_id = str(job["job_id"])
+    urls = list((job.get("extra") or {}).get("image_urls") or [])
+    saved: list[SavedImage] = []
+    if len(urls) == 4:
+        try:
+            saved = [download_image(url, grid.parent, f"{job_id}_{i}", timeout=rt.settings.http_timeout_s,
+                                    upstream_base_url=rt.settings.api_base_url) for i, url in enumerate(urls, 1)]
+        except DownloadError as exc:
+            log.warning("job %s: grid image download failed (%s); cutting the grid instead", job_id, exc)
+    source = "image_urls" if saved else "cut"
+    if not saved:
+        try:
+            saved = split_grid(grid, grid.parent, job_id)
+        except OSError as exc:
+            return {"split_error": f"could not cut the grid: {exc}"}
+    return {"image_paths": [str(s.path) for s in saved], "split_from": source}
 
 
 def complete_task(job: Mapping[str, Any], result: dict[str, Any], rt: Runtime, *, hostname: str | None) -> None:

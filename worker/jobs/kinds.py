@@ -19,6 +19,7 @@ from worker.mjapi.errors import (
 )
 from worker.mjapi.models import MODES
 from worker.plans.grammar import parse as parse_plan
+from worker.pricing import PriceError, to_micros
 from worker.settings import Settings
 from worker.store.images import load_image, store_image
 from worker.store.runtime import Runtime
@@ -144,6 +145,14 @@ def check_job_options(options: Mapping[str, Any]) -> None:
         raise InvalidInput(
             f"field 'tags': must be a list of at most {MAX_TAGS} texts of 1-{MAX_TAG_LENGTH} characters"
         )
+    budget = options.get("budget")
+    if budget is not None:
+        if isinstance(budget, bool) or not isinstance(budget, int | float | str):
+            raise InvalidInput(f"field 'budget': must be an amount >= 0, not {str(budget)[:20]!r}")
+        try:
+            to_micros(budget, "budget")
+        except PriceError as exc:
+            raise InvalidInput(f"field {exc}") from exc
     then = options.get("then")
     if then is not None:
         if not isinstance(then, str):

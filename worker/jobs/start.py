@@ -64,6 +64,7 @@ from worker.mjapi.errors import (
 from worker.mjapi.models import action_kind
 from worker.plans.canvas import pending_children
 from worker.plans.grammar import store_masks
+from worker.pricing import price_key, price_of, to_micros
 from worker.store.images import keep_images
 from worker.store.ledger import result_of
 from worker.store.records import TERMINAL, Job
@@ -99,6 +100,8 @@ def start_job(
     then: str | None = None,
     modal: Mapping[str, Any] | None = None,
     meta: Mapping[str, Any] | None = None,
+    budget: float | str | None = None,
+    split_grid: bool = False,
 ) -> dict[str, Any]:
     """Run one job from inside a task body; the task completes later (``Ignore`` now, result on finish).
 
@@ -120,8 +123,11 @@ def start_job(
     check_id(job_id)  # a raw Celery task id (send_task(task_id=...)) becomes Redis keys and a media file name
     rt.slots.arrived(job_id)  # the task an admission or a retry expected has started (worker.jobs.admission)
     job = rt.ledger.get_job(job_id)
+    if budget is not None and (batch_id or (parent_result or {}).get("batch_id")):
+        rt.ledger.set_budget(str(batch_id or (parent_result or {})["batch_id"]), to_micros(budget, "budget"))
     if job is None:
-        job = _create(task, spec, payload, job_id, mode, batch_id, priority, parent_result, then, modal, meta, rt)
+        job = _create(task, spec, payload, job_id, mode, batch_id, priority, parent_result, then, modal, meta, rt,
+                      split_grid)
     if job.get("task_id") and job.get("task_id") != req.id:
         if job.get("status") in TERMINAL:
             return result_of(job)
@@ -143,6 +149,7 @@ def _create(
     modal: Mapping[str, Any] | None,
     meta: Mapping[str, Any] | None,
     rt: Runtime,
+    split_grid: bool = False,
 ) -> dict[str, Any]:
     check_caller_fields(payload)
     if parent is not None:
@@ -182,6 +189,9 @@ def _create(
     if spec.name == "action":
         fields["custom_id"] = str(light.get("custom_id") or "")
         fields["action"] = action_kind(fields["custom_id"])  # the upstream task's own action replaces it
+    fields.update(price_fields(spec.name, fields["action"], resolved_mode, rt))
+    if split_grid:
+        fields["split_grid"] = 1
     if parent is not None:
         fields["parent_job"] = parent.get("job_id")
         fields["root_job"] = parent.get("root_job") or parent.get("job_id")
@@ -195,6 +205,16 @@ def _create(
     job = rt.ledger.get_job(job_id)
     assert job is not None
     return job
+
+
+def price_fields(kind: str, action: str | None, mode: str, rt: Runtime) -> dict[str, Any]:
+    """The job's price at creation (micros; absent = unknown) and whether a failure after acceptance is charged."""
+    key = price_key(kind, action)
+    price = price_of(rt.settings.price_tables(), key, mode)
+    fields: dict[str, Any] = {"price_key": key, "charges_failures": "1" if rt.settings.charges_failures else "0"}
+    if price is not None:
+        fields["price_micros"] = price
+    return fields
 
 
 def _record_refused(
@@ -564,6 +584,8 @@ class JobOptions(TypedDict, total=False):
     tags: list[str]  # your labels, kept with the job and in its result, exports and gallery
     row: int  # the prompt-file row the job came from (1-based), kept in its result and the manifest
     callback_url: str  # POST the result there when the job ends (signed; worker.jobs.callbacks)
+    budget: float  # most money the job's batch may spend (MJQ_CURRENCY); a job that would cross it waits
+    split_grid: bool  # a finished grid's four images as files (image_paths), with no U1-4 to pay for
 
 
 JOB_OPTIONS = (*JobOptions.__annotations__, "modal")
@@ -604,4 +626,6 @@ def run_job_task(task: JobTask, kwargs: Mapping[str, Any]) -> dict[str, Any]:
         then=then,
         modal=kwargs.get("modal") or None,
         meta=job_meta(kwargs),
+        budget=kwargs.get("budget"),
+        split_grid=bool(kwargs.get("split_grid")),
     )

@@ -23,6 +23,7 @@ before anything is stored) checks each mask file and makes its path absolute.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -283,6 +284,34 @@ def count_jobs(plan: Plan | str) -> int:
     """How many child jobs the plan creates when every step succeeds (for batch totals)."""
     tree = parse(plan) if isinstance(plan, str) else plan
     return sum(_sequence_jobs(seq.steps) for seq in tree.sequences)
+
+
+# The price key (worker.pricing) of each follow-up kind: the button kind it presses.
+_PRICE_KEYS = {"upscale": "upscale", "upscale_more": "upscale", "vary": "variation", "vary_region": "variation",
+               "remix": "variation", "reroll": "reroll", "zoom": "zoom", "custom_zoom": "zoom", "pan": "pan"}
+
+
+def _sequence_kinds(steps: list[Action | Branches]) -> Counter[str]:
+    """Like ``_sequence_jobs``, per price key (``action`` for a button of unknown kind, as ``press:`` is)."""
+    if not steps:
+        return Counter()
+    head, rest = steps[0], steps[1:]
+    if isinstance(head, Branches):
+        return count_by_kind(head)
+    n = len(_expand(head))
+    out: Counter[str] = Counter({_PRICE_KEYS.get(head.kind.removesuffix("_range"), "action"): n})
+    for key, count in _sequence_kinds(rest).items():
+        out[key] += n * count
+    return out
+
+
+def count_by_kind(plan: Plan | str) -> Counter[str]:
+    """The child jobs of ``count_jobs`` by price key (upscale, variation, ...), for estimates."""
+    tree = parse(plan) if isinstance(plan, str) else plan
+    total: Counter[str] = Counter()
+    for seq in tree.sequences:
+        total.update(_sequence_kinds(seq.steps))
+    return total
 
 
 def _signature(action: Action, rt: Runtime) -> Signature:

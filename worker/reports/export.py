@@ -37,6 +37,7 @@ FIELDS: tuple[str, ...] = (
     "finished_at",
     "duration_s",
     "callback",  # delivery of the job's callback_url: delivered | retrying | gave up (empty: none asked)
+    "cost",  # what the job was charged (MJQ_CURRENCY; empty = no price known), worker.pricing
 )
 FORMATS = ("jsonl", "csv")
 TIME_FIELDS = ("created_at", "submitted_at", "started_at", "finished_at")

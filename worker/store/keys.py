@@ -27,6 +27,9 @@ All are prefixed ``mjq:``. The Lua scripts (``worker/store/lua``) build key name
 - ``lock:<name>``        short locks: one housekeeping runner, one image sweep at a time
 - ``archived``           hash: batch id -> summary of a batch moved out of Redis (``worker.reports.archive``)
 - ``retention:next``     when housekeeping next looks for batches past ``MJQ_RETENTION_DAYS``
+- ``spent:<upstream>:<day>``  money spent (micros) on that upstream that UTC day (``default`` until the pool);
+  per batch: ``spent_micros``, ``budget_micros``, ``charged_failed_n``/``_micros`` and ``hold_reason`` on
+  ``batch:<id>``; per job: ``price_micros``, ``price_key``, ``cost_micros`` (see ``worker.pricing``)
 
 Celery's result of a task (``celery-task-meta-<task id>``) is Celery's key; archiving a batch deletes it too.
 - ``api:owner``          hash: ``job:<id>`` / ``batch:<id>`` -> name of the service key that created it
@@ -38,6 +41,8 @@ Celery's result of a task (``celery-task-meta-<task id>``) is Celery's key; arch
 """
 
 from __future__ import annotations
+
+import time
 
 PREFIX = "mjq:"
 
@@ -52,6 +57,18 @@ HOUSEKEEPING_LOCK = PREFIX + "lock:housekeeping"
 IMAGE_SWEEP_LOCK = PREFIX + "lock:imagesweep"
 ARCHIVED = PREFIX + "archived"
 RETENTION_NEXT = PREFIX + "retention:next"
+
+
+DEFAULT_UPSTREAM = "default"
+
+
+def utc_day(epoch: float) -> str:
+    """The UTC day of daily counters (``daily:<day>``, ``spent:<upstream>:<day>``)."""
+    return time.strftime("%Y%m%d", time.gmtime(epoch))
+
+
+def spent(day: str, upstream: str = DEFAULT_UPSTREAM) -> str:
+    return f"{PREFIX}spent:{upstream}:{day}"
 
 
 def celery_result(task_id: str) -> str:

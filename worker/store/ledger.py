@@ -15,13 +15,14 @@ from typing import Any, cast
 
 import redis
 
+from worker.pricing import MICROS
 from worker.store import keys
 from worker.store.records import STATES, TERMINAL
 from worker.store.scripts import register
 
 # Fields kept as JSON in the hash; every other field is a plain string.
 SMALL_PENDING = 200  # pending sets up to this size are also checked against the records (pending_jobs)
-JSON_FIELDS = frozenset({"buttons", "extra", "request", "message", "modal", "meta"})
+JSON_FIELDS = frozenset({"buttons", "extra", "request", "message", "modal", "meta", "image_paths"})
 FLOAT_FIELDS = frozenset(
     {
         "created_at",
@@ -36,7 +37,8 @@ FLOAT_FIELDS = frozenset(
     }
 )
 INT_FIELDS = frozenset(
-    {"image_bytes", "image_width", "image_height", "attempts", "polls", "priority", "busy_answers", "redelivered"}
+    {"image_bytes", "image_width", "image_height", "attempts", "polls", "priority", "busy_answers", "redelivered",
+     "price_micros", "cost_micros", "refunded_micros"}
 )
 
 # The image of a finished job: the upstream URL and the downloaded copy.
@@ -108,6 +110,10 @@ def decode_job(raw: Mapping[str, str]) -> dict[str, Any]:
     return job
 
 
+# Money on a batch record (micros and counts; worker.pricing, gates.lua, prelude.lua)
+MONEY_FIELDS = ("spent_micros", "budget_micros", "charged_failed_n", "charged_failed_micros")
+
+
 class Ledger:
     """Jobs and batches in Redis. ``redis`` must decode responses (``decode_responses=True``)."""
 
@@ -118,6 +124,7 @@ class Ledger:
         self._park = register(client, "prelude", "park")
         self._batch_status = register(client, "prelude", "batch_status")
         self._claim = register(client, "claim")
+        self._set_budget = register(client, "set_budget")
         self._requeue = register(client, "prelude", "replan_fn", "requeue")
         self._replan = register(client, "prelude", "replan_fn", "replan")
 
@@ -197,6 +204,7 @@ class Ledger:
             spec["incr"] = dict(incr)
         if upstream:
             spec["upstream"] = upstream
+            spec["day"] = keys.utc_day(spec["now"])
         if inflight is not None:
             spec["inflight"] = inflight
         if lease_until is not None:
@@ -367,6 +375,24 @@ class Ledger:
         """'paused' | 'active' (moves parked jobs between waiting and held); -1 if the batch is cancelled."""
         return int(self._batch_status(args=[batch_id, status, repr(time.time())]))
 
+    def spent_today(self, now: float | None = None) -> int:
+        """Micros spent this UTC day (upstream ``default``)."""
+        return int(cast(str, self.redis.get(keys.spent(keys.utc_day(now or time.time())))) or 0)
+
+    def committed(self, batch_id: str) -> int:
+        """Micros of the batch's jobs holding a slot lease but not accepted yet (counted against budgets)."""
+        total = 0
+        for mode in ("fast", "relax", "turbo"):
+            for jid in cast(list[str], self.redis.zrange(keys.slots(mode), 0, -1)):
+                b, up, price = self.redis.hmget(keys.job(jid), ["batch_id", "upstream_id", "price_micros"])
+                if b == batch_id and not up and price:
+                    total += int(price)
+        return total
+
+    def set_budget(self, batch_id: str, micros: int) -> int:
+        """Set a batch's budget (micros) and move the jobs its budget held back to waiting; returns how many."""
+        return int(self._set_budget(args=[batch_id, micros, repr(time.time())]))
+
     def cancel_batch_record(self, batch_id: str) -> list[str]:
         """Mark the batch cancelled and return the ids of its jobs still queued (waiting or not)."""
         self.ensure_batch(batch_id)
@@ -390,7 +416,7 @@ class Ledger:
         for name, value in raw.items():
             if name.startswith("n:"):
                 counts[name[2:]] = int(value)
-            elif name in ("total", "planned"):
+            elif name in ("total", "planned", *MONEY_FIELDS):
                 out[name] = int(value)
             elif name in ("created_at", "updated_at"):
                 out[name] = float(value)
@@ -555,6 +581,9 @@ def result_of(job: Mapping[str, Any]) -> dict[str, Any]:
     out["row"] = (job.get("meta") or {}).get("row")
     if job.get("callback"):  # only jobs with a callback_url: delivered | retrying | gave up
         out["callback"] = {"state": job["callback"], "attempts": int(job.get("callback_attempts") or 0)}
+    out["image_paths"] = list(job.get("image_paths") or [])  # split_grid: the four images of the grid
+    cost = job.get("cost_micros")
+    out["cost"] = cost / MICROS if cost is not None else None  # what this job was charged
     if out["duration_s"] is None and job.get("finished_at") and job.get("created_at"):
         out["duration_s"] = round(float(job["finished_at"]) - float(job["created_at"]), 3)
     return out

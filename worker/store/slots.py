@@ -16,6 +16,7 @@ from typing import cast
 
 import redis
 
+from worker.pricing import to_micros
 from worker.settings import Settings
 from worker.store import keys
 from worker.store.scripts import register
@@ -40,14 +41,17 @@ class Slots:
 
     def _gates(self, mode: str, now: float) -> list[str | int | float]:
         """The arguments both scripts share: slots, now, lease, pacing interval, daily cap, UTC day."""
-        day = time.strftime("%Y%m%d", time.gmtime(now))
         settings = self.settings
         return [settings.admission_limit(mode), repr(now), repr(settings.slot_lease_s),
-                repr(settings.submit_interval_s), settings.daily_cap, day]
+                repr(settings.submit_interval_s), settings.daily_cap, keys.utc_day(now)]
+
+    def _daily_budget(self) -> int:
+        """MJQ_BUDGET_DAILY in micros (0 = none): checked with the slot lease, in one script (gates.lua)."""
+        return to_micros(self.settings.budget_daily, "MJQ_BUDGET_DAILY")
 
     def try_admit(self, mode: str, job_id: str, score: float) -> Admission:
         """Admit this job now (or confirm the lease it already holds), unless a better job is waiting."""
-        res = self._try(args=[mode, job_id, *self._gates(mode, time.time()), repr(score)])
+        res = self._try(args=[mode, job_id, *self._gates(mode, time.time()), repr(score), self._daily_budget()])
         return Admission(bool(int(res[0])), str(res[1]), float(res[2]) if len(res) > 2 and res[2] else None)
 
     def pace_post(self, job_id: str) -> float | None:
@@ -60,7 +64,7 @@ class Slots:
 
     def admit_next(self, mode: str, limit: int = 50) -> list[str]:
         """Pop parked jobs that may start now; each already holds its slot lease when returned."""
-        res = self._next(args=[mode, *self._gates(mode, time.time()), limit])
+        res = self._next(args=[mode, *self._gates(mode, time.time()), limit, self._daily_budget()])
         return [str(x) for x in res]
 
     def expect(self, member: str, by: float) -> None:

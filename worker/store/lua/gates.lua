@@ -49,3 +49,46 @@ local function drop_expired(skey, now, lease)
     end
   end
 end
+-- Budgets (worker.pricing; micros). Committed = the price of every job holding a slot lease that is not yet
+-- accepted (accepted jobs are in the spend already), so a failed submit needs no release and the check and the
+-- lease are one script. Returns nil, 'budget' (the batch's budget; the job is held) or 'budget_daily' (global).
+local function committed(batch)
+  local sum = 0
+  for _, m in ipairs({'fast', 'relax', 'turbo'}) do
+    for _, other in ipairs(redis.call('ZRANGE', P .. 'slots:' .. m, 0, -1)) do
+      local ok = P .. 'job:' .. other
+      if redis.call('HEXISTS', ok, 'upstream_id') == 0 and
+         (batch == nil or redis.call('HGET', ok, 'batch_id') == batch) then
+        sum = sum + (tonumber(redis.call('HGET', ok, 'price_micros') or '0') or 0)
+      end
+    end
+  end
+  return sum
+end
+local function budget_gate(jid, day, daily_budget)
+  local jkey = P .. 'job:' .. jid
+  local b = redis.call('HGET', jkey, 'batch_id')
+  local bbudget = nil
+  if b and b ~= '' then bbudget = tonumber(redis.call('HGET', P .. 'batch:' .. b, 'budget_micros') or '') end
+  if not bbudget and daily_budget <= 0 then return nil end
+  local price = tonumber(redis.call('HGET', jkey, 'price_micros') or '')
+  if not price then
+    if bbudget then return 'budget', 'no price for ' .. (redis.call('HGET', jkey, 'price_key') or '?') end
+    return 'budget_daily', 'no price for ' .. (redis.call('HGET', jkey, 'price_key') or '?')
+  end
+  if daily_budget > 0 then
+    local spent = tonumber(redis.call('GET', P .. 'spent:default:' .. day) or '0')
+    if spent + committed(nil) + price > daily_budget then return 'budget_daily', 'daily budget reached' end
+  end
+  if bbudget then
+    local spent = tonumber(redis.call('HGET', P .. 'batch:' .. b, 'spent_micros') or '0')
+    if spent + committed(b) + price > bbudget then return 'budget', 'budget reached' end
+  end
+  return nil
+end
+-- A job over its batch's budget waits in the batch's held set with the reason on the batch record.
+local function hold_for_budget(jid, score, why)
+  local b = redis.call('HGET', P .. 'job:' .. jid, 'batch_id')
+  redis.call('ZADD', P .. 'held:' .. b, score, jid)
+  redis.call('HSET', P .. 'batch:' .. b, 'hold_reason', 'budget', 'hold_detail', why)
+end

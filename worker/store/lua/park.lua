@@ -10,6 +10,7 @@ local b = redis.call('HGET', jkey, 'batch_id')
 if b and b ~= '' then
   local bst = redis.call('HGET', P .. 'batch:' .. b, 'status')
   if bst == 'cancelled' then return 'cancelled' end
+  if redis.call('ZSCORE', P .. 'held:' .. b, jid) then return 'held' end  -- held by its budget (gates.lua)
   if bst == 'paused' then
     redis.call('ZADD', P .. 'held:' .. b, ARGV[3], jid)
     return 'held'

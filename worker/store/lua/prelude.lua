@@ -21,3 +21,34 @@ local function count_move(jkey, from, to, now)
     end
   end
 end
+-- The spend ledger (micros): an accepted job's price is spent once, on the batch and on its UTC day (keys of
+-- the upstream ``default``); a job that fails after acceptance is refunded once, or counted apart when the
+-- upstream charges failures (``charges_failures`` on the job record).
+local FAILED = {failed=true, timed_out=true, cancelled=true}
+local function record_spend(jkey, day)
+  local price = tonumber(redis.call('HGET', jkey, 'price_micros') or '')
+  if not price or redis.call('HSETNX', jkey, 'cost_micros', price) == 0 then return end
+  redis.call('HSET', jkey, 'spent_day', day)
+  redis.call('INCRBY', P .. 'spent:default:' .. day, price)
+  redis.call('EXPIRE', P .. 'spent:default:' .. day, 3024000)
+  local b = redis.call('HGET', jkey, 'batch_id')
+  if b and b ~= '' then redis.call('HINCRBY', P .. 'batch:' .. b, 'spent_micros', price) end
+end
+local function charge_failure(jkey)
+  local cost = tonumber(redis.call('HGET', jkey, 'cost_micros') or '')
+  if not cost or cost == 0 or redis.call('HSETNX', jkey, 'failure_settled', '1') == 0 then return end
+  local b = redis.call('HGET', jkey, 'batch_id')
+  local bk = nil
+  if b and b ~= '' then bk = P .. 'batch:' .. b end
+  if redis.call('HGET', jkey, 'charges_failures') == '1' then
+    if bk then
+      redis.call('HINCRBY', bk, 'charged_failed_n', 1)
+      redis.call('HINCRBY', bk, 'charged_failed_micros', cost)
+    end
+    return
+  end
+  redis.call('HSET', jkey, 'cost_micros', 0, 'refunded_micros', cost)
+  local day = redis.call('HGET', jkey, 'spent_day')
+  if day then redis.call('DECRBY', P .. 'spent:default:' .. day, cost) end
+  if bk then redis.call('HINCRBY', bk, 'spent_micros', -cost) end
+end

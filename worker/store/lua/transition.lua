@@ -3,7 +3,7 @@
 --   is final), reconcile (needs_review may move on), progress (number), gate (refuse when the breaker is
 --   tripped or the batch paused/cancelled), require_no_upstream, fields {k: v}, delete [k], incr {k: n},
 --   upstream (id to record and index), inflight (absolute next-check score), lease_until (slot lease kept
---   until), release (free the slot).
+--   until), release (free the slot), day (UTC day of the spend recorded with the first upstream id).
 -- Returns {1, previous_state} when applied, {0, current_state, why} when refused.
 local jid = ARGV[1]
 local s = cjson.decode(ARGV[2])
@@ -47,9 +47,11 @@ redis.call('HSET', jkey, 'status', to, 'updated_at', now)
 count_move(jkey, cur, to, now)
 local mode = redis.call('HGET', jkey, 'mode') or 'fast'
 if s['upstream'] then
+  if redis.call('HEXISTS', jkey, 'upstream_id') == 0 then record_spend(jkey, s['day']) end
   redis.call('HSET', jkey, 'upstream_id', s['upstream'])
   redis.call('HSETNX', P .. 'upstream', s['upstream'], jid)
 end
+if FAILED[to] and not FAILED[cur] then charge_failure(jkey) end
 if TERMINAL[to] then
   redis.call('ZREM', P .. 'inflight', jid)
   redis.call('ZREM', P .. 'waiting:' .. mode, jid)
