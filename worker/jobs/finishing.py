@@ -42,6 +42,12 @@ def finish_job(task: Task[Any, Any], job_id: str, rt: Runtime) -> dict[str, Any]
         _download(task, job, rt)
     result = rt.ledger.job_result(job_id)
     complete_task(job, result, rt, hostname=task.request.hostname)
+    if result.get("status") == "succeeded":
+        try:
+            start_plan(job_id, rt, result)  # idempotent: the plan's ids come from this job's id
+        except Exception:  # e.g. Redis went away mid-send: the job stays in `finishing`, so housekeeping
+            log.exception("job %s: its plan could not be started; finishing runs again", job_id)  # re-sends it
+            return result
     rt.ledger.finished(job_id)
     if not job.get("batch_id") and rt.settings.retention_s:  # no batch to archive it with: it expires alone
         rt.ledger.expire_job(job_id, rt.settings.retention_s)
@@ -51,11 +57,6 @@ def finish_job(task: Task[Any, Any], job_id: str, rt: Runtime) -> dict[str, Any]
         alerts.job_finished(job, rt)  # failure rate, batch finished (sent once per cause, by its own task)
     except Exception:  # an alert is for people; never fail a job because of it
         log.exception("job %s: alert bookkeeping failed", job_id)
-    if result.get("status") == "succeeded":
-        try:
-            start_plan(job_id, rt, result)  # idempotent: the plan's ids come from this job's id
-        except Exception:  # the job itself is done; housekeeping has no expectation yet, so say it loudly
-            log.exception("job %s: its plan could not be started", job_id)
     return result
 
 
