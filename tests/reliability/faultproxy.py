@@ -90,6 +90,7 @@ class FaultProxy:
     _relays: list[_Relay] = field(default_factory=list)
     _thread: threading.Thread | None = None
     _faulty: bool = False
+    _held: bool = False
 
     @property
     def url(self) -> str:
@@ -116,6 +117,13 @@ class FaultProxy:
         """Start (or stop) the down windows; a fresh relay forwards everything."""
         self._faulty = on
 
+    def hold_down(self) -> None:
+        """Close the port now and keep it closed until ``release`` (a test waits for a refusal to be met)."""
+        self._held = True
+
+    def release(self) -> None:
+        self._held = False
+
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
@@ -129,7 +137,7 @@ class FaultProxy:
         try:
             while not self._stop.is_set():
                 now = time.monotonic()
-                if listener is not None and self._faulty and now >= next_down:
+                if listener is not None and (self._held or (self._faulty and now >= next_down)):
                     listener.close()  # from here on, connects are refused
                     listener = None
                     self.down_windows += 1
@@ -137,7 +145,7 @@ class FaultProxy:
                     up_again = now + self.down_s * rng.uniform(0.7, 1.3)
                     next_down = up_again + (self.period_s - self.down_s) * rng.uniform(0.6, 1.4)
                 if listener is None:
-                    if now >= up_again or not self._faulty:
+                    if not self._held and (now >= up_again or not self._faulty):
                         with contextlib.suppress(OSError):
                             listener = _listen(self.port)
                     if listener is None:

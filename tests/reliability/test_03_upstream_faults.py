@@ -110,10 +110,17 @@ def test_connect_errors_and_system_errors(rel_faults: Rel, fault_proxy: FaultPro
         seed=rel.fault_seed(),
     )
     windows, closed = fault_proxy.down_windows, fault_proxy.idle_closed
-    ids = rel.enqueue("connect")
+    before = rel.worker_log().count("nothing was sent")
+    fault_proxy.hold_down()  # the first submits meet a closed port for sure, however the windows fall
+    try:
+        ids = rel.enqueue("connect")
+        rel.stack.wait(lambda: rel.worker_log().count("nothing was sent") > before, rel.timeout(60),
+                       "a submit to meet the closed port")
+    finally:
+        fault_proxy.release()
     rel.wait_finished("connect", timeout=rel.timeout(75))
     stats = rel.sim.stats()
-    refused = rel.worker_log().count("nothing was sent")
+    refused = rel.worker_log().count("nothing was sent") - before
     log = submits_by_state(rel)
     jobs = rel.stack.ledger.batch_jobs("connect")
     review: list[dict[str, Any]] = [rel.stack.job(j["job_id"]) for j in jobs if j["status"] == "needs_review"]

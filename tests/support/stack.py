@@ -253,13 +253,15 @@ class Stack:
         return self.job(job_id)
 
     def wait_batch(self, batch_id: str, expected: int, timeout: float = 30.0) -> dict[str, Any]:
-        """Wait until ``expected`` jobs of the batch exist, all are terminal and none is still planned."""
+        """Wait until ``expected`` jobs of the batch exist, all are terminal and finished (images downloaded)
+        and none is still planned."""
         from worker.store.records import TERMINAL
 
         def done() -> bool:  # planned follow-ups are created, or skipped, before a batch is through
             b = self.ledger.batch(batch_id)
             ended = bool(b) and b["planned"] <= 0 and b["pending"] == 0
-            return ended and sum(b["counts"][s] for s in TERMINAL) >= b["total"] >= expected
+            ended = ended and sum(b["counts"][s] for s in TERMINAL) >= b["total"] >= expected
+            return ended and self.ledger.unfinished(self.ledger.batch_job_ids(batch_id)) == 0  # images are in
 
         self.wait(done, timeout, f"batch {batch_id} to finish")
         return dict(self.ledger.batch(batch_id))

@@ -24,9 +24,9 @@ All are prefixed ``mjq:``. The Lua scripts (``worker/store/lua``) build key name
 - ``seen:<upstream>``    hash: what answers taught us about the upstream (``worker.store.observed``): callbacks
   seen (seen_at), jobs finished by polling with none (polled), polling schedule since (missing_at), last 429
   (last_429_at); ``<upstream>`` is a short hash of its base URL, so another upstream starts unknown
-- ``lock:<name>``        short locks: one housekeeping runner, one image sweep at a time
+- ``lock:<name>``        short locks: one housekeeping runner, one image sweep at a time, and
+  ``lock:retention``: held until housekeeping next looks for batches past ``MJQ_RETENTION_DAYS``
 - ``archived``           hash: batch id -> summary of a batch moved out of Redis (``worker.reports.archive``)
-- ``retention:next``     when housekeeping next looks for batches past ``MJQ_RETENTION_DAYS``
 - ``spent:<upstream>:<day>``  money spent (micros) on that upstream that UTC day (``default`` until the pool);
   per batch: ``spent_micros``, ``budget_micros``, ``charged_failed_n``/``_micros`` and ``hold_reason`` on
   ``batch:<id>``; per job: ``price_micros``, ``price_key``, ``cost_micros`` (see ``worker.pricing``)
@@ -56,7 +56,7 @@ IMAGE_JOBS = PREFIX + "imgjobs"
 HOUSEKEEPING_LOCK = PREFIX + "lock:housekeeping"
 IMAGE_SWEEP_LOCK = PREFIX + "lock:imagesweep"
 ARCHIVED = PREFIX + "archived"
-RETENTION_NEXT = PREFIX + "retention:next"
+RETENTION_NEXT = PREFIX + "lock:retention"
 
 
 DEFAULT_UPSTREAM = "default"
