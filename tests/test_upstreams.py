@@ -103,11 +103,12 @@ def test_a_bad_pool_file_is_refused_at_start(tmp_path: Path, keys_set: None, mon
 
 
 def test_without_a_pool_file_the_api_settings_are_the_default_upstream() -> None:
-    pool = Pool.from_settings(Settings(api_base_url="http://up.example", slots_fast=2, daily_cap=7,
+    pool = Pool.from_settings(Settings(upstreams_file=None, api_base_url="http://up.example", slots_fast=2, daily_cap=7,
                                        submit_interval_s=1.0, prices="imagine=0.1"))
     (up,) = pool.upstreams
     assert up.name == "default" and up.base_url == "http://up.example" and up.slots["fast"] == 2
-    assert up.daily_cap == 7 and up.interval_s == up.interval_max_s == 1.0 and up.price_tables[""] == {"imagine": 100_000}
+    assert up.daily_cap == 7 and up.interval_s == up.interval_max_s == 1.0
+    assert up.price_tables[""] == {"imagine": 100_000}
     assert not pool.from_file and keys.slots_of("default", "fast") == "mjq:slots:fast"
     assert keys.slots_of("acct-a", "fast") == "mjq:slots:fast:acct-a" and keys.breaker_of("default") == "mjq:breaker"
 
