@@ -15,10 +15,12 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,34 @@ FAST = {"acct-a": 3, "acct-b": 2, "acct-c": 1}
 KEYS = {name: f"key-{name}" for name in ("acct-a", "acct-b", "acct-c", "paced", "night", "dead")}
 
 
+class AlertReceiver:
+    """The local ``json://`` target of MJQ_ALERT_URLS: keeps every alert Apprise posts ({"title", "message"})."""
+
+    def __init__(self) -> None:
+        self.alerts: list[dict[str, Any]] = []
+        alerts = self.alerts
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                alerts.append(json.loads(self.rfile.read(int(self.headers.get("content-length") or 0))))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"json://127.0.0.1:{self.server.server_address[1]}/alerts"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def titled(self, text: str) -> list[dict[str, Any]]:
+        return [a for a in self.alerts if text in str(a.get("title"))]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 @dataclass
 class PoolStack:
     stack: Stack
@@ -41,6 +71,7 @@ class PoolStack:
     second: WorkerProcess
     dead_port: int
     log_dir: Path
+    alerts: AlertReceiver
 
     def report(self) -> dict[str, dict[str, Any]]:
         from worker.reports.upstreams import upstreams_report
@@ -96,8 +127,10 @@ def pool(stack_manager: StackManager, tmp_path_factory: pytest.TempPathFactory) 
     pool_file.write_text(pool_toml(tables), encoding="utf-8")
     env = {f"MJQ_TEST_KEY_{i}": KEYS[name] for i, name in enumerate(FAST)}
     env.update({"MJQ_TEST_KEY_P": KEYS["paced"], "MJQ_TEST_KEY_N": KEYS["night"], "MJQ_TEST_KEY_D": KEYS["dead"]})
+    alerts = AlertReceiver()
     stack_support.CONFIGS["pool"] = {
         **env,
+        "MJQ_ALERT_URLS": alerts.url,
         "MJQ_UPSTREAMS_FILE": str(pool_file),
         "MJQ_UNREACHABLE_AFTER_S": "1",
         "MJQ_UNREACHABLE_PROBE_MAX_S": "1",
@@ -108,9 +141,10 @@ def pool(stack_manager: StackManager, tmp_path_factory: pytest.TempPathFactory) 
     second_env = {**stack.env, "MJQ_STATE_DIR": str(tmp / "host2-state")}
     second = WorkerProcess(second_env, tmp / "worker-host2.log", beat=False).start(stack.redis_url)
     try:
-        yield PoolStack(stack, sims, second, dead_port, tmp)
+        yield PoolStack(stack, sims, second, dead_port, tmp, alerts)
     finally:
         second.stop()
+        alerts.close()
         if stack_manager.worker is not None:  # its pool file points at simulators that end here
             stack_manager.worker.stop()
         stack_manager.worker = None
@@ -166,6 +200,10 @@ def test_out_of_credit_stops_one_upstream_and_the_batch_finishes_on_the_others(p
     assert pool.report()["acct-a"]["state"] == "running"
     status = control.breaker_status(runtime())
     assert not status["tripped"] and status["upstreams"]["acct-b"]["tripped"]  # the others go on
+    pool.stack.wait(lambda: bool(pool.alerts.titled("upstream acct-b stopped")), 30, "the upstream-stopped alert")
+    (alert,) = pool.alerts.titled("upstream acct-b stopped")  # once per cause, not once per job
+    assert "credit" in alert["message"].lower() and "other upstreams go on" in alert["message"]
+    assert not pool.alerts.titled("every fast upstream stopped")
     pool.sims["acct-b"].admin.faults(balance=None)
     control.resume_submitting(runtime(), "acct-b")
     assert pool.report()["acct-b"]["state"] == "running"
@@ -242,6 +280,23 @@ def test_an_unreachable_upstream_resumes_by_itself_once_it_answers(pool: PoolSta
     assert batch["counts"]["succeeded"] == 1 and revived.admin.stats()["accepted_by_state"].get(ids[0]) == 1
 
 
+def test_every_upstream_of_a_mode_stopped_is_one_alert(pool: PoolStack) -> None:
+    from worker import control
+    from worker.jobs.alerts import breaker_tripped
+    from worker.store.runtime import runtime
+
+    rt = runtime()
+    for name in [*FAST, "dead"]:
+        if rt.ledger.trip_breaker(f"test: {name} out of credit", upstream=name):
+            breaker_tripped(f"test: {name} out of credit", rt, name)
+    pool.stack.wait(lambda: bool(pool.alerts.titled("every fast upstream stopped")), 30, "the mode alert")
+    assert "No upstream can take fast jobs" in pool.alerts.titled("every fast upstream stopped")[0]["message"]
+    assert control.breaker_status(rt)["upstreams"]["acct-a"]["tripped"]
+    for name in [*FAST, "dead"]:
+        control.resume_submitting(rt, name)
+    assert pool.report()["acct-a"]["state"] == "running"
+
+
 def test_mjq_upstreams_json_lists_the_pool(pool: PoolStack) -> None:
     from typer.testing import CliRunner
 
@@ -255,6 +310,6 @@ def test_mjq_upstreams_json_lists_the_pool(pool: PoolStack) -> None:
     assert rows[0]["slots"]["fast"]["limit"] == 3 and rows[0]["submits_today"] > 0
     assert rows[1]["state"] == "running" and rows[4]["state"] == "outside hours"
     table = CliRunner().invoke(app, ["upstreams"])
-    assert table.exit_code == 0 and "acct-b" in table.stdout and "outside hours" in table.stdout, table.output
+    assert table.exit_code == 0 and "acct-b" in table.stdout and "outside" in table.stdout, table.output
     resumed = CliRunner().invoke(app, ["resume", "--upstream", "nope"])
     assert resumed.exit_code != 0 and "unknown upstream" in resumed.output

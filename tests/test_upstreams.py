@@ -167,3 +167,31 @@ def test_a_stopped_upstream_sends_its_jobs_to_the_next_one(redis_client: redis.R
     assert slots.try_admit("fast", "j3", 3.0, [a, b]).upstream == "b"
     assert slots.try_admit("fast", "j4", 4.0, [a]).reason == "breaker"
     assert slots.try_admit("fast", "j5", 5.0, []).reason == "hours"
+
+
+def test_estimate_shares_a_mode_among_the_pool_and_counts_work_windows(
+    tmp_path: Path, keys_set: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two fast upstreams of 3 and 1 slots: the jobs split 3:1, each priced on its own upstream; the one open
+    12 h a day runs half as much; a pinned row goes to its upstream."""
+    from worker.batchfile import Defaults, read_batch_file
+    from worker.reports.estimate import estimate
+
+    pool_file = tmp_path / "upstreams.toml"
+    pool_file.write_text(
+        '[[upstream]]\nname = "big"\nbase_url = "http://big"\nmodes = ["fast"]\nslots = { fast = 3 }\n'
+        'prices = { imagine = 0.1 }\n\n'
+        '[[upstream]]\nname = "small"\nbase_url = "http://small"\nmodes = ["fast"]\nslots = { fast = 2 }\n'
+        'hours = "00:00-12:00"\nprices = { imagine = 0.2 }\n', encoding="utf-8")
+    src = tmp_path / "night.csv"
+    src.write_text("prompt,upstream\n" + "".join(f"p{i},\n" for i in range(40)) + "pinned,small\n", encoding="utf-8")
+    plan = read_batch_file(src, Defaults())
+    settings = Settings(upstreams_file=pool_file, expected_fast_s=60)
+    est = estimate(plan, settings)
+    ups = est["upstreams"]
+    # rates: big 3/60 per s all day, small 2/60 per s half the day -> 3 : 1 of the 40 routed, plus the pinned one
+    assert ups["big"]["jobs"] == 30 and ups["small"]["jobs"] == 11
+    assert est["cost"]["big"] == pytest.approx(3.0) and est["cost"]["small"] == pytest.approx(2.2)
+    assert est["cost"]["total"] == pytest.approx(5.2) and est["jobs"] == 41
+    assert ups["small"]["wall_s"] == pytest.approx(6 * 60 * 2) and ups["small"]["limited_by"] == "work window"
+    assert est["wall_s"] == max(ups["big"]["wall_s"], ups["small"]["wall_s"]) and est["upstream"] is None

@@ -225,7 +225,7 @@ def wait_for_batch(handle: Backend, batch_id: str, *, quiet: bool = False) -> Sn
     """
 
     def stuck(snap: Snapshot) -> Blocked | None:
-        return blocked_by(snap, handle.ledger.breaker())
+        return blocked_by(snap, control.breaker_status(runtime()))  # with a pool: every upstream stopped
 
     if quiet:
         snap = handle.snapshot(batch_id)
