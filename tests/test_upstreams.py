@@ -195,3 +195,26 @@ def test_estimate_shares_a_mode_among_the_pool_and_counts_work_windows(
     assert est["cost"]["total"] == pytest.approx(5.2) and est["jobs"] == 41
     assert ups["small"]["wall_s"] == pytest.approx(6 * 60 * 2) and ups["small"]["limited_by"] == "work window"
     assert est["wall_s"] == max(ups["big"]["wall_s"], ups["small"]["wall_s"]) and est["upstream"] is None
+
+
+def test_prices_and_daily_budgets_are_per_upstream(redis_client: redis.Redis) -> None:
+    """A job is priced on the upstream it is admitted to (its mode's table first); an upstream's budget_daily
+    sends the next job to another upstream, and MJQ_BUDGET_DAILY holds it over the whole pool."""
+    settings = Settings()
+    a = Upstream(name="a", base_url="http://a", api_key=settings.api_key, slots={"fast": 5, "relax": 5},
+                 price_tables={"": {"imagine": 100_000}, "relax": {"imagine": 20_000}}, budget_daily_micros=150_000,
+                 charges_failures=True)
+    b = Upstream(name="b", base_url="http://b", api_key=settings.api_key, slots={"fast": 5},
+                 price_tables={"": {"imagine": 300_000}})
+    slots = Slots(redis_client, settings, Pool([a, b]))
+    for i in range(4):
+        redis_client.hset(keys.job(f"j{i}"), mapping={"job_id": f"j{i}", "status": "queued", "price_key": "imagine"})
+    assert slots.try_admit("relax", "j0", 0.0, [a]).upstream == "a"
+    assert redis_client.hget(keys.job("j0"), "price_micros") == "20000"  # the relax table of a
+    assert slots.try_admit("fast", "j1", 1.0, [a, b]).upstream == "a"
+    assert redis_client.hmget(keys.job("j1"), ["price_micros", "charges_failures"]) == ["100000", "1"]
+    # a: 0.02 + 0.10 committed, another 0.10 would cross its 0.15 a day: b takes it, at b's price
+    assert slots.try_admit("fast", "j2", 2.0, [a, b]).upstream == "b"
+    assert redis_client.hget(keys.job("j2"), "price_micros") == "300000"
+    capped = Slots(redis_client, Settings(budget_daily=0.5), Pool([a, b]))
+    assert capped.try_admit("fast", "j3", 3.0, [a, b]).reason == "budget_daily"  # 0.42 + 0.3 > 0.5 over the pool

@@ -483,6 +483,7 @@ def describe_validation_error(exc: ValidationError) -> str:
         loc = [str(part) for part in err.get("loc", ()) if part != "__root__"]
         message = str(err.get("msg", "invalid"))
         if loc:
+            message = message.removeprefix("Value error, ")
             lines.append(f"MJQ_{loc[0].upper()}: {message}")
         else:  # a check across fields: its message starts with the variable it is about
             lines.append(message.removeprefix("Value error, "))

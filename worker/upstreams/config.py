@@ -12,6 +12,7 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
@@ -178,5 +179,8 @@ def api_key_of(config: UpstreamConfig) -> SecretStr:
 def masked(config: UpstreamConfig) -> dict[str, Any]:
     """The table as ``mjq config`` shows it: the key variable and whether it is set, never the key."""
     data = config.model_dump(mode="json")
+    parts = urlsplit(config.base_url)
+    if parts.password is not None:  # a password in the URL is a secret too
+        data["base_url"] = urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
     data["api_key"] = "set" if api_key_of(config).get_secret_value() else "unset"
     return data
