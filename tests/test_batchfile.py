@@ -132,7 +132,7 @@ def test_csv_all_columns_quotes_and_ignored_columns(tmp_path: Path) -> None:
     assert (multi.row, multi.prompt, multi.mode) == (3, "a multi line prompt", "fast")
     assert (dog.row, dog.mode) == (5, "fast")
     assert plan.warnings == [
-        "ignored columns: notes (known: prompt, id, mode, bot, images, then, priority, tags, split)"
+        "ignored columns: notes (known: prompt, id, mode, bot, images, then, priority, tags, split, upstream)"
     ]
 
 

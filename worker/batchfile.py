@@ -26,6 +26,7 @@ from worker.jobs.kinds import ID_RULE, JOB_ID_RE, MAX_TAG_LENGTH, MAX_TAGS
 from worker.mjapi import images
 from worker.mjapi.models import MODES
 from worker.plans.grammar import check_masks, count_jobs
+from worker.upstreams.config import NAME_RULE as UPSTREAM_NAME
 
 BOTS = {
     "mj": "MID_JOURNEY",
@@ -34,7 +35,7 @@ BOTS = {
     "niji": "NIJI_JOURNEY",
     "niji_journey": "NIJI_JOURNEY",
 }
-FIELDS = ("prompt", "id", "mode", "bot", "images", "then", "priority", "tags", "split")
+FIELDS = ("prompt", "id", "mode", "bot", "images", "then", "priority", "tags", "split", "upstream")
 MAX_PERMUTATIONS = 100
 MAX_ROW_CHARS = 64 * 1024
 MAX_PROMPT_CHARS = 8192
@@ -69,6 +70,7 @@ class Defaults:
     priority: int | None = None
     tags: tuple[str, ...] = ()
     split: bool = False
+    upstream: str | None = None  # pin every row to this upstream of the pool
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,7 @@ class BatchJob:
     priority: int | None = None
     tags: tuple[str, ...] = ()
     split: bool = False  # split_grid: the grid's four images as files
+    upstream: str | None = None  # pinned to this upstream of the pool (default: routed)
 
     def task_kwargs(self, batch_id: str | None) -> dict[str, Any]:
         """Keyword arguments of ``tasks.imagine`` for this job (JSON-serialisable)."""
@@ -105,6 +108,8 @@ class BatchJob:
             kwargs["tags"] = list(self.tags)
         if self.split:
             kwargs["split_grid"] = True
+        if self.upstream:
+            kwargs["upstream"] = self.upstream
         if self.row > 0:
             kwargs["row"] = self.row  # the file row, so the manifest points back to it
         return kwargs
@@ -551,6 +556,9 @@ def _build_jobs(
     if split_value not in ("", "1", "0", "true", "false", "yes", "no"):
         raise RowError("split", "use true or false (or 1/0, yes/no)")
     split = split_value in ("1", "true", "yes") if split_value else defaults.split
+    upstream = _text_field(raw.values, "upstream") or defaults.upstream
+    if upstream and not UPSTREAM_NAME.match(upstream):
+        raise RowError("upstream", "an upstream name of the pool: letters, digits, - and _")
     urls, inline = _split_images(_list_field(raw.values, "images", ";\n"), loader)
     variants = expand_permutations(normalise(prompt_text), cap)
     prompts = []
@@ -582,6 +590,7 @@ def _build_jobs(
                 priority=priority,
                 tags=tags,
                 split=split,
+                upstream=upstream,
             )
         )
     return jobs

@@ -63,12 +63,14 @@ from worker.reports.export import FORMATS, TIME_FIELDS, iso_time, write_manifest
 from worker.reports.gallery import write_gallery
 from worker.reports.money import batch_money, money_line
 from worker.reports.progress import Blocked, RateMeter, Snapshot, blocked_by, render, watch
+from worker.reports.upstreams import upstreams_report
 from worker.service.api import serve as serve_api
 from worker.service.api.keyfile import KeyFileError, add_key
 from worker.service.webhook import serve
 from worker.settings import Settings, SettingsError, get_settings, settings_table
 from worker.store.observed import Observed
 from worker.store.runtime import Runtime, runtime
+from worker.upstreams.config import load_pool_file, masked
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -223,7 +225,7 @@ def wait_for_batch(handle: Backend, batch_id: str, *, quiet: bool = False) -> Sn
     """
 
     def stuck(snap: Snapshot) -> Blocked | None:
-        return blocked_by(snap, handle.ledger.breaker())
+        return blocked_by(snap, control.breaker_status(runtime()))  # with a pool: every upstream stopped
 
     if quiet:
         snap = handle.snapshot(batch_id)
@@ -252,6 +254,9 @@ PriorityOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 SplitOpt = Annotated[bool, typer.Option("--split", help="the grid's four images as files (no U1-4 paid)")]
+UpstreamOpt = Annotated[
+    str | None, typer.Option("--upstream", help="run on this upstream of the pool only (default: routed)")
+]
 WaitOpt = Annotated[bool, typer.Option("--wait", "-w", help="show live progress until done; exit 1 on failures")]
 
 
@@ -269,11 +274,12 @@ def batch_cmd(
     as_json: JsonOpt = False,
     budget: Annotated[str | None, typer.Option("--budget", help="most the batch may spend (MJQ_CURRENCY)")] = None,
     split: SplitOpt = False,
+    upstream: UpstreamOpt = None,
 ) -> None:
     """Enqueue every prompt of a file (resumable: jobs already known are skipped)."""
     budget_micros = parse_budget(budget, "--budget") if budget is not None else None
     defaults = Defaults(mode=parse_mode(mode, "--mode"), bot=bot, then=validate_plan(then, "--then"), priority=priority,
-                        split=split)
+                        split=split, upstream=upstream)
     parse_bot(bot, "--bot")
     batch_id = batch_id or default_batch_id(file)
     plan = read_batch_file(file, defaults, max_permutations=max_permutations, scope=batch_id)
@@ -330,6 +336,7 @@ def imagine_cmd(
     wait: WaitOpt = False,
     as_json: JsonOpt = False,
     split: SplitOpt = False,
+    upstream: UpstreamOpt = None,
 ) -> None:
     """Enqueue one prompt (permutations are expanded like in files)."""
     loader = ImageLoader(Path.cwd())
@@ -347,6 +354,7 @@ def imagine_cmd(
             then=plan_text,
             priority=priority,
             split=split,
+            upstream=upstream,
         )
         for variant in expand_permutations(normalise(prompt))
     ]
@@ -420,7 +428,7 @@ def status_cmd(
             rows = [Snapshot.from_batch(str(b.get("batch_id") or b.get("id")), b) for b in handle.ledger.batches()]
             if as_json:
                 print_json({"breaker": breaker, "batches": [snap_dict(s) for s in rows],
-                            "spent_today": handle.ledger.spent_today() / MICROS})
+                            "spent_today": handle.ledger.spent_today(upstreams=runtime().pool.names) / MICROS})
                 return
             print_breaker(breaker)
             table = status_table()
@@ -438,7 +446,7 @@ def status_cmd(
                     pct,
                 )
             console.print(table if rows else "no batches yet: `mjq batch FILE` starts one")
-            today = fmt_money(handle.ledger.spent_today(), get_settings().currency)
+            today = fmt_money(handle.ledger.spent_today(upstreams=runtime().pool.names), get_settings().currency)
             console.print(f"spent today (UTC): {today}; `mjq status BATCH` for a batch's spend and budget")
             return
         archived = handle.ledger.archived(batch)
@@ -462,6 +470,7 @@ def status_cmd(
                     "meta": info.get("meta"),
                     "failures": [{k: j.get(k) for k in ("job_id", "status", "fail_reason", "prompt")} for j in failed],
                     "money": batch_money(batch, info, runtime()),
+                    "upstreams": info.get("upstreams") or {},
                 }
             )
             return
@@ -469,6 +478,8 @@ def status_cmd(
         console.print(render(snap, RateMeter()))
         console.print("  " + "  ".join(f"{state} {n}" for state, n in snap.counts.items() if n))
         console.print("  " + escape(money_line(batch_money(batch, info, runtime()))))
+        if info.get("upstreams"):
+            console.print("  upstreams: " + "  ".join(f"{n} {c}" for n, c in sorted(info["upstreams"].items())))
         if failed:
             table = Table("job", "status", "reason", "prompt", title="failures", title_justify="left")
             for job in failed:
@@ -496,11 +507,29 @@ def snap_dict(snap: Snapshot) -> dict[str, Any]:
 
 
 def print_breaker(breaker: Any) -> None:
+    each = breaker.get("upstreams") if isinstance(breaker, Mapping) else None
+    if each:  # a pool: every stopped upstream with its reason
+        for name, stop in each.items():
+            if not stop.get("tripped"):
+                continue
+            reason = stop.get("reason", "")
+            if stop.get("kind") == "unreachable":
+                err_console.print(f"[bold yellow]upstream {name} is unreachable[/] ({reason});"
+                                  " probed, resumes by itself")
+            elif stop.get("until"):
+                when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(stop["until"])))
+                err_console.print(f"[bold yellow]upstream {name} is paused until {when}[/] ({reason})")
+            else:
+                err_console.print(f"[bold red]upstream {name} is stopped[/] ({reason}); after fixing it:"
+                                  f" `mjq resume --upstream {name}`")
+        return
     tripped = breaker.get("tripped", breaker.get("open")) if isinstance(breaker, Mapping) else bool(breaker)
     if tripped:
         reason = breaker.get("reason", "") if isinstance(breaker, Mapping) else ""
         until = breaker.get("until") if isinstance(breaker, Mapping) else None
-        if until:
+        if isinstance(breaker, Mapping) and breaker.get("kind") == "unreachable":
+            err_console.print(f"[bold yellow]the upstream is unreachable[/] ({reason}); probed, resumes by itself")
+        elif until:
             when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(until)))
             err_console.print(f"[bold yellow]submitting is paused until {when}[/] ({reason}); it resumes by itself")
         else:
@@ -530,11 +559,17 @@ def pause_cmd(batch: BatchArg) -> None:
 @cli_command("resume")
 def resume_cmd(
     batch: Annotated[str | None, typer.Argument(help="batch id; none = clear the global stop")] = None,
+    upstream: Annotated[str | None, typer.Option("--upstream", help="clear the stop of this upstream only")] = None,
 ) -> None:
-    """Resume a paused batch; without a batch, clear the global stop (breaker) after 401/credit errors."""
+    """Resume a paused batch; without a batch, clear the stop (breaker) after 401/credit errors: of every
+    upstream, or of one (``--upstream NAME``)."""
     if batch is None:
-        control.resume_submitting(runtime())
-        console.print("submitting resumed (breaker cleared)")
+        rt = runtime()
+        if upstream is not None and upstream not in rt.pool.by_name:
+            raise CliError(f"--upstream: unknown upstream {upstream!r}", f"the pool has {', '.join(rt.pool.names)}")
+        control.resume_submitting(rt, upstream)
+        console.print(f"submitting to {upstream} resumed (its stop cleared)" if upstream
+                      else "submitting resumed (breaker cleared)")
         return
     _control_batch(batch, control.resume_batch, "resumed")
 
@@ -914,10 +949,21 @@ def config_cmd(
             }
         )
     profile = profile_summary(settings)
+    pool = pool_summary(settings)
     if as_json:
-        print_json({**{r["name"]: r["value"] for r in rows}, "profile": profile})
+        print_json({**{r["name"]: r["value"] for r in rows}, "profile": profile, "upstreams": pool})
         return
     print_profile(profile)
+    if settings.upstreams_file is not None:
+        table = Table("upstream", "base URL", "key", "modes", "slots", "pacing", "hours", "weight",
+                      title=f"the pool ({settings.upstreams_file})", title_justify="left")
+        for up in pool:
+            pacing = f"{up['submit_interval_s']:g}" + (f"-{up['submit_interval_max_s']:g}"
+                                                        if up.get("submit_interval_max_s") else "") + " s"
+            table.add_row(up["name"], Text(safe_url(up["base_url"])), f"{up['api_key_env'] or '-'} ({up['api_key']})",
+                          ",".join(up["modes"]), " ".join(f"{m} {n}" for m, n in up["slots"].items()), pacing,
+                          f"{up['hours']} {up['timezone']}" if up["hours"] else "always", f"{up['weight']:g}")
+        console.print(table)
     table = Table("variable", "value", "", "meaning")
     for row in rows:
         table.add_row(
@@ -931,6 +977,69 @@ def config_cmd(
 
 # --------------------------------------------------------------------------------------------------------
 # The upstream: the profile in use, `mjq doctor`, the check at start
+
+
+def pool_summary(settings: Settings) -> list[dict[str, Any]]:
+    """The pool file's tables with secrets masked (``mjq config``); empty without a pool file."""
+    if settings.upstreams_file is None:
+        return []
+    return [masked(config) for config in load_pool_file(settings.upstreams_file)]
+
+
+def _when(epoch: Any) -> str:
+    return time.strftime("%H:%M:%S UTC", time.gmtime(float(epoch))) if epoch else "-"
+
+
+def upstreams_table(rows: Sequence[Mapping[str, Any]]) -> Table:
+    """``mjq upstreams``: one line per upstream."""
+    table = Table(Column("upstream", no_wrap=True), Column("state", overflow="fold"), "slots in use",
+                  "submits today", "last hour ok/failed", "callbacks", Column("last error", overflow="fold"),
+                  box=box.SIMPLE_HEAD, pad_edge=False)
+    for row in rows:
+        state = row["state"] + (f": {row['reason']}" if row["reason"] else "")
+        if row.get("since") and row["state"] != "running":
+            state += f" (since {_when(row['since'])})"
+        if row["state"] == "unreachable" and row.get("next_probe_at"):
+            state += f"; next probe {_when(row['next_probe_at'])}"
+        colour = {"running": "green", "outside hours": "cyan", "paused": "yellow"}.get(row["state"], "red")
+        slots = " ".join(f"{m} {v['in_use']}/{v['limit']}" for m, v in row["slots"].items())
+        cap = row.get("daily_cap") or sum((row.get("daily_cap_by_mode") or {}).values()) or None
+        submits = f"{row['submits_today']}" + (f" / {cap}" if cap else "")
+        if not row["webhooks"]:
+            callbacks = "off"
+        elif row.get("callbacks_missing_since"):
+            callbacks = "missing"
+        else:
+            callbacks = f"seen {_when(row['callbacks_seen_at'])}" if row.get("callbacks_seen_at") else "-"
+        error = row.get("last_error") or {}
+        last = f"{_when(error.get('at'))} {error.get('error', '')}" if error else ""
+        table.add_row(row["name"], Text(state, style=colour), slots, submits,
+                      f"{row['last_hour']['ok']}/{row['last_hour']['failed']}", callbacks, Text(last))
+    return table
+
+
+@cli_command("upstreams")
+def upstreams_cmd(
+    as_json: JsonOpt = False,
+    watch_: Annotated[bool, typer.Option("--watch", help="refresh every 2 s until Ctrl-C")] = False,
+) -> None:
+    """The upstream pool: each upstream's state and why, slots in use, submits today, the last hour, errors."""
+    rt = runtime()
+    if as_json:
+        print_json(upstreams_report(rt))
+        return
+    if not watch_:
+        console.print(upstreams_table(upstreams_report(rt)))
+        return
+    from rich.live import Live
+
+    with Live(upstreams_table(upstreams_report(rt)), console=console, refresh_per_second=1) as live:
+        try:
+            while True:
+                time.sleep(2.0)
+                live.update(upstreams_table(upstreams_report(rt)))
+        except KeyboardInterrupt:
+            pass
 
 
 def observed_state(settings: Settings) -> dict[str, Any] | None:

@@ -79,14 +79,31 @@ def requeue(
     return count
 
 
-def resume_submitting(rt: Runtime) -> dict[str, Any]:
-    """Clear the global breaker (after fixing the key or adding credit) and start parked jobs at once."""
-    before = rt.ledger.breaker()
-    rt.ledger.clear_breaker()
+def resume_submitting(rt: Runtime, upstream: str | None = None) -> dict[str, Any]:
+    """Clear an upstream's stop (after fixing the key or adding credit; None: every upstream's) and start parked
+    jobs at once. Returns the stop that was cleared (the first upstream's when all were)."""
+    names = [rt.pool.get(upstream).name] if upstream else rt.pool.names
+    before = {name: rt.ledger.breaker(name) for name in names}
+    for name in names:
+        rt.ledger.clear_breaker(name)
     admit_parked(MODES, rt)
-    return before
+    return before[names[0]]
 
 
 def breaker_status(rt: Runtime) -> dict[str, Any]:
-    """{"tripped": bool, "reason": str, "at": epoch seconds | None}."""
-    return rt.ledger.breaker()
+    """{"tripped": bool, "reason": str, "at": epoch seconds | None, ...}: the first upstream's stop; with a pool,
+    ``tripped`` only when every upstream is stopped, and ``upstreams`` holds each one's."""
+    if len(rt.pool.upstreams) == 1:
+        return rt.ledger.breaker(rt.pool.default.name)
+    each = {name: rt.ledger.breaker(name) for name in rt.pool.names}
+    stopped = [name for name, stop in each.items() if stop["tripped"]]
+    summary = {
+        "tripped": len(stopped) == len(each),
+        "reason": "; ".join(f"{name}: {each[name]['reason']}" for name in stopped),
+        "at": max((each[n]["at"] or 0.0 for n in stopped), default=None),
+        "until": None if any(each[n]["until"] is None for n in stopped) else
+        min((each[n]["until"] or 0.0 for n in stopped), default=None),
+        "kind": "unreachable" if any(each[n]["kind"] == "unreachable" for n in stopped) else "stop",
+        "upstreams": each,
+    }
+    return summary

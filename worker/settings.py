@@ -17,6 +17,7 @@ from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_va
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.pricing import PriceError, parse_prices
+from worker.upstreams.config import PoolFileError, load_pool_file
 
 PositiveSeconds = Annotated[float, Field(gt=0)]
 NonNegativeSeconds = Annotated[float, Field(ge=0)]
@@ -39,6 +40,21 @@ class Settings(BaseSettings):
         env_file_encoding="utf-8",
         extra="ignore",
         validate_default=True,
+    )
+
+    # The upstream pool (README "Several accounts"): without it the MJQ_API_* upstream is the one named default
+    upstreams_file: Path | None = Field(
+        None,
+        description="TOML file of the upstream pool, one [[upstream]] table per account, key or relay (README"
+        " \"Several accounts\"); unset: the MJQ_API_* settings are one upstream named default.",
+    )
+    unreachable_after_s: PositiveSeconds = Field(
+        60.0,
+        description="An upstream that refuses connections or times out this long is marked unreachable: its submits"
+        " pause (no attempt is used up) and housekeeping probes it, resuming it by itself.",
+    )
+    unreachable_probe_max_s: PositiveSeconds = Field(
+        60.0, description="Longest gap between two probes of an unreachable upstream (the backoff's cap)."
     )
 
     # Upstream API
@@ -123,6 +139,11 @@ class Settings(BaseSettings):
     )
     submit_interval_s: NonNegativeSeconds = Field(
         0.0, description="Minimum gap between two submits across the cluster (0 = no pacing)."
+    )
+    submit_interval_max_s: NonNegativeSeconds = Field(
+        0.0,
+        description="With MJQ_SUBMIT_INTERVAL_S: each gap is random in [MJQ_SUBMIT_INTERVAL_S, this] (jittered"
+        " pacing, as users of real accounts advise); 0 = a fixed gap.",
     )
     daily_cap: int = Field(0, ge=0, description="Most submits per UTC day (0 = no cap).")
 
@@ -307,6 +328,18 @@ class Settings(BaseSettings):
             raise ValueError("MJQ_REDIS_SENTINEL_MASTER is required with a sentinel:// MJQ_REDIS_URL")
         return self
 
+    @field_validator("upstreams_file")
+    @classmethod
+    def _pool_file(cls, value: Path | None) -> Path | None:
+        """A bad pool file is refused at start, with its line and field."""
+        if value is None or str(value) in ("", "."):
+            return None
+        try:
+            load_pool_file(value)
+        except PoolFileError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
     @model_validator(mode="after")
     def _poll_bounds(self) -> Settings:
         if self.poll_max_s < self.poll_initial_s:
@@ -450,6 +483,7 @@ def describe_validation_error(exc: ValidationError) -> str:
         loc = [str(part) for part in err.get("loc", ()) if part != "__root__"]
         message = str(err.get("msg", "invalid"))
         if loc:
+            message = message.removeprefix("Value error, ")
             lines.append(f"MJQ_{loc[0].upper()}: {message}")
         else:  # a check across fields: its message starts with the variable it is about
             lines.append(message.removeprefix("Value error, "))

@@ -10,6 +10,7 @@ from typing import Any
 from worker.jobs.messages import resend
 from worker.plans.runner import PLAN, start_plan
 from worker.store.runtime import Runtime
+from worker.upstreams.pool import Upstream, route_order
 
 log = logging.getLogger("mjqueue.admission")
 
@@ -28,19 +29,31 @@ def waiting_score(job: Mapping[str, Any]) -> float:
 
 
 def admit_parked(modes: Iterable[str], rt: Runtime) -> int:
-    """Admit parked jobs for which a slot is free now and re-send their tasks; returns how many."""
+    """Admit parked jobs for which a slot is free now, on every upstream serving their mode inside its work
+    window (its pinned jobs and its mode's), and re-send their tasks; returns how many."""
     sent = 0
+    now = time.time()
     for mode in modes:
-        for job_id in rt.slots.admit_next(mode):  # each is now expected to start within its lease
-            job = rt.ledger.get_job(job_id)
-            message = (job or {}).get("message")
-            if not isinstance(message, dict):
-                rt.slots.release(mode, job_id)
-                rt.slots.arrived(job_id)
-                log.warning("parked job %s has no stored task message; released its slot", job_id)
-                continue
-            resend(message, admitted=True)
-            sent += 1
+        ups = [u for u in rt.pool.serving(mode) if u.open_at(now)]
+        if len(ups) > 1:
+            ups = route_order(ups, rt.slots.used_today(now))
+        for up in ups:
+            sent += _admit_on(up, mode, rt)
+    return sent
+
+
+def _admit_on(up: Upstream, mode: str, rt: Runtime) -> int:
+    sent = 0
+    for job_id in rt.slots.admit_next(mode, up=up):  # each is now expected to start within its lease
+        job = rt.ledger.get_job(job_id)
+        message = (job or {}).get("message")
+        if not isinstance(message, dict):
+            rt.slots.release(mode, job_id, up.name)
+            rt.slots.arrived(job_id)
+            log.warning("parked job %s has no stored task message; released its slot", job_id)
+            continue
+        resend(message, admitted=True)
+        sent += 1
     return sent
 
 

@@ -1,5 +1,6 @@
-"""Alerts to the operator through Apprise (``MJQ_ALERT_URLS``): submitting stopped (the breaker tripped, and
-why), a batch finished (with its counts), a failure rate over ``MJQ_ALERT_FAILURE_RATE`` in the last hour.
+"""Alerts to the operator through Apprise (``MJQ_ALERT_URLS``): submitting stopped (an upstream's breaker tripped,
+and why; every upstream of a mode stopped), a batch finished (with its counts), a failure rate over
+``MJQ_ALERT_FAILURE_RATE`` in the last hour.
 
 Each alert is sent once per cause (a Redis ``SET NX`` on ``alert:<cause>``), not once per job: one breaker trip,
 one batch, one clock hour of failures. Sending is its own task (``tasks.track.alert``, sent by name), so a slow
@@ -55,25 +56,66 @@ def notify(title: str, body: str, settings: Settings) -> bool:
     return sent
 
 
-def breaker_tripped(reason: str, rt: Runtime) -> None:
-    """From the submit step, when this call tripped the breaker: submitting stopped, and why."""
-    at = (rt.ledger.breaker() or {}).get("at") or time.time()
-    raise_alert(f"breaker:{at}", "mjqueue: submitting stopped", f"The upstream stopped us: {reason}", rt)
+def breaker_tripped(reason: str, rt: Runtime, upstream: str = keys.DEFAULT_UPSTREAM) -> None:
+    """From the submit step, when this call tripped an upstream's breaker: that upstream stopped, and why; and
+    once every upstream serving a mode is stopped, that the mode's jobs wait for a person (or the clock)."""
+    at = (rt.ledger.breaker(upstream) or {}).get("at") or time.time()
+    if len(rt.pool.upstreams) == 1:
+        raise_alert(f"breaker:{at}", "mjqueue: submitting stopped", f"The upstream stopped us: {reason}", rt)
+        return
+    raise_alert(f"breaker:{upstream}:{at}", f"mjqueue: upstream {upstream} stopped",
+                f"Submitting to {upstream} stopped: {reason}. The other upstreams go on.", rt)
+    for mode in rt.pool.by_name[upstream].modes if upstream in rt.pool.by_name else ():
+        serving = rt.pool.serving(mode)
+        stops = {u.name: rt.ledger.breaker(u.name) for u in serving}
+        if all(stop.get("tripped") for stop in stops.values()):
+            why = "; ".join(f"{name}: {stop.get('reason')}" for name, stop in stops.items())
+            latest = max(float(stop.get("at") or 0) for stop in stops.values())
+            raise_alert(f"mode:{mode}:{latest}", f"mjqueue: every {mode} upstream stopped",
+                        f"No upstream can take {mode} jobs: they wait. {why}", rt)
+
+
+def count_outcome(job: Mapping[str, Any], rt: Runtime, now: float) -> None:
+    """Every ended job counts in its 5-minute bucket, per upstream too (``mjq upstreams``: the last hour)."""
+    status = str(job.get("status"))
+    bucket = keys.outcomes(str(int(now // BUCKET_S)))
+    upstream = str(job.get("upstream") or job.get("upstream_pin") or keys.DEFAULT_UPSTREAM)
+    pipe = rt.redis.pipeline()
+    pipe.hincrby(bucket, "ended", 1)
+    if status in FAILED:
+        pipe.hincrby(bucket, "failed", 1)
+        pipe.hincrby(bucket, f"failed:{upstream}", 1)
+    elif status == "succeeded":
+        pipe.hincrby(bucket, f"ok:{upstream}", 1)
+    pipe.expire(bucket, 2 * 3600)
+    pipe.execute()
+
+
+def last_hour_outcomes(rt: Runtime, now: float | None = None) -> dict[str, dict[str, int]]:
+    """Per upstream: jobs succeeded (``ok``) and failed in the last hour (twelve buckets and the current one)."""
+    now = time.time() if now is None else now
+    bucket = int(now // BUCKET_S)
+    pipe = rt.redis.pipeline()
+    for b in range(bucket - 12, bucket + 1):
+        pipe.hgetall(keys.outcomes(str(b)))
+    out: dict[str, dict[str, int]] = {}
+    for raw in cast(list[dict[str, str]], pipe.execute()):
+        for name, value in raw.items():
+            what, sep, upstream = name.partition(":")
+            if sep:
+                counts = out.setdefault(upstream, {"ok": 0, "failed": 0})
+                counts[what] = counts.get(what, 0) + int(value)
+    return out
 
 
 def job_finished(job: Mapping[str, Any], rt: Runtime) -> None:
     """From the finishing step: count the outcome; alert a failure rate over the threshold, a finished batch."""
+    now = time.time()
+    count_outcome(job, rt, now)
     if not alert_urls(rt.settings):
         return
-    now = time.time()
     status = str(job.get("status"))
     bucket = int(now // BUCKET_S)
-    pipe = rt.redis.pipeline()
-    pipe.hincrby(keys.outcomes(str(bucket)), "ended", 1)
-    if status in FAILED:
-        pipe.hincrby(keys.outcomes(str(bucket)), "failed", 1)
-    pipe.expire(keys.outcomes(str(bucket)), 2 * 3600)
-    pipe.execute()
     if status in FAILED:
         _failure_rate(bucket, now, rt)
     batch_id = str(job.get("batch_id") or "")

@@ -162,7 +162,7 @@ def complete_task(job: Mapping[str, Any], result: dict[str, Any], rt: Runtime, *
 
 
 def _result_repr(result: Mapping[str, Any]) -> str:
-    keys = ("status", "upstream_id", "image_path", "image_url", "fail_reason")
+    keys = ("status", "upstream", "upstream_id", "image_path", "image_url", "fail_reason")
     return repr({k: result.get(k) for k in keys if result.get(k)})[:400]
 
 

@@ -129,14 +129,14 @@ def settle(job_id: str, task: Task, source: str, rt: Runtime) -> str:
     mode = Job(job).mode
     if not ok:
         if rt.ledger.status(job_id) not in TERMINAL:
-            hold_slot(job_id, mode, rt.ledger.next_check(job_id) or time.time(), rt)  # a duplicate: still alive
+            hold_slot(job_id, mode, rt.ledger.next_check(job_id) or time.time(), rt, Job(job).upstream)  # a duplicate
         return "ignored"
     if to in TERMINAL:
         after_terminal(job_id, mode, rt)
         if source == "poll":
             finished_by_poll(job, rt)
         return "finished"
-    hold_slot(job_id, mode, rt.ledger.next_check(job_id) or time.time(), rt)
+    hold_slot(job_id, mode, rt.ledger.next_check(job_id) or time.time(), rt, Job(job).upstream)
     return "updated"
 
 
@@ -151,7 +151,8 @@ def send_modal_found_late(job_id: str, job: Mapping[str, Any], task_id: str, rt:
         return False
     payload = {"task_id": task_id, **(job.get("modal") or {})}
     try:
-        answer = rt.client.submit(build_request(KINDS["modal"], payload, None, Job(job).mode, rt))
+        request = build_request(KINDS["modal"], payload, None, Job(job).mode, rt)
+        answer = rt.client_for(Job(job).upstream).submit(request)
     except MJError as exc:
         log.warning("job %s: the modal step found late could not be sent: %s", job_id, exc)
         rt.ledger.update(job_id, {"last_error": f"modal step: {exc}"})
@@ -162,14 +163,14 @@ def send_modal_found_late(job_id: str, job: Mapping[str, Any], task_id: str, rt:
     return True
 
 
-def hold_slot(job_id: str, mode: str, next_check: float, rt: Runtime) -> None:
+def hold_slot(job_id: str, mode: str, next_check: float, rt: Runtime, upstream: str) -> None:
     """Keep a tracked job's slot lease until its next check and one lease period more (a check may be late).
 
     Renewed on accept, on every settle and at every poll: with webhooks the first poll comes after the expected
     duration, which may be longer than ``slot_lease_s``, and an expired lease lets another job take the slot
     of a job still running upstream.
     """
-    rt.slots.renew(mode, job_id, max(0.0, next_check - time.time()) + rt.settings.slot_lease_s)
+    rt.slots.renew(mode, job_id, max(0.0, next_check - time.time()) + rt.settings.slot_lease_s, upstream)
 
 
 def after_terminal(job_id: str, mode: str, rt: Runtime) -> None:
@@ -224,7 +225,7 @@ def cancel_job(job_id: str, reason: str, rt: Runtime) -> bool:
         job_id, "cancelled", from_states=["queued"], fields={"fail_reason": reason}, release=True
     )
     if ok:
-        rt.slots.release(Job(job).mode, job_id)
+        rt.slots.release(Job(job).mode, job_id, Job(job).upstream)
         send_finish(job_id)
     return ok
 

@@ -87,6 +87,26 @@ def park(task: Task[Any, Any], kind: Kind | None, job: Mapping[str, Any], rt: Ru
     raise Ignore()
 
 
+def pin_of(option: str | None, parent: Mapping[str, Any] | None, rt: Runtime) -> str | None:
+    """The upstream a job must run on: the ``upstream`` option, or a follow-up's parent's (the parent's task
+    id exists only there); None = routed at admission. ``InvalidInput`` for a name the pool does not have."""
+    if parent is not None:
+        recorded = rt.ledger.get_job(str(parent.get("job_id"))) or {}
+        inherited = recorded.get("upstream") or parent.get("upstream")
+        if inherited:
+            return str(inherited)
+    if option:
+        check_upstream(option, rt)
+        return option
+    return None
+
+
+def check_upstream(name: object, rt: Runtime) -> None:
+    """The ``upstream`` option must name an upstream of the pool."""
+    if not isinstance(name, str) or name not in rt.pool.by_name:
+        raise InvalidInput(f"field 'upstream': unknown upstream {name!r}; the pool has {', '.join(rt.pool.names)}")
+
+
 def start_job(
     task: JobTask,
     kind: str,
@@ -102,6 +122,7 @@ def start_job(
     meta: Mapping[str, Any] | None = None,
     budget: float | str | None = None,
     split_grid: bool = False,
+    upstream: str | None = None,
 ) -> dict[str, Any]:
     """Run one job from inside a task body; the task completes later (``Ignore`` now, result on finish).
 
@@ -127,7 +148,7 @@ def start_job(
         rt.ledger.set_budget(str(batch_id or (parent_result or {})["batch_id"]), to_micros(budget, "budget"))
     if job is None:
         job = _create(task, spec, payload, job_id, mode, batch_id, priority, parent_result, then, modal, meta, rt,
-                      split_grid)
+                      split_grid, upstream)
     if job.get("task_id") and job.get("task_id") != req.id:
         if job.get("status") in TERMINAL:
             return result_of(job)
@@ -150,6 +171,7 @@ def _create(
     meta: Mapping[str, Any] | None,
     rt: Runtime,
     split_grid: bool = False,
+    upstream: str | None = None,
 ) -> dict[str, Any]:
     check_caller_fields(payload)
     if parent is not None:
@@ -157,6 +179,7 @@ def _create(
         mode = mode or parent.get("mode")
     resolved_mode = job_mode(spec, payload, mode)
     try:
+        pin = pin_of(upstream, parent, rt)
         build_request(spec, payload, None, resolved_mode, rt)  # validation (worker side, for send_task users)
         if modal:
             build_request(KINDS["modal"], {"task_id": "0", **modal}, None, resolved_mode, rt)
@@ -189,7 +212,9 @@ def _create(
     if spec.name == "action":
         fields["custom_id"] = str(light.get("custom_id") or "")
         fields["action"] = action_kind(fields["custom_id"])  # the upstream task's own action replaces it
-    fields.update(price_fields(spec.name, fields["action"], resolved_mode, rt))
+    fields.update(price_fields(spec.name, fields["action"], resolved_mode, rt, pin))
+    if pin:
+        fields["upstream_pin"] = pin
     if split_grid:
         fields["split_grid"] = 1
     if parent is not None:
@@ -207,11 +232,13 @@ def _create(
     return job
 
 
-def price_fields(kind: str, action: str | None, mode: str, rt: Runtime) -> dict[str, Any]:
-    """The job's price at creation (micros; absent = unknown) and whether a failure after acceptance is charged."""
+def price_fields(kind: str, action: str | None, mode: str, rt: Runtime, upstream: str | None = None) -> dict[str, Any]:
+    """The job's price at creation (micros; absent = unknown) and whether a failure after acceptance is charged:
+    on its pinned upstream, else the first; admission sets those of the upstream it goes to (gates.lua)."""
     key = price_key(kind, action)
-    price = price_of(rt.settings.price_tables(), key, mode)
-    fields: dict[str, Any] = {"price_key": key, "charges_failures": "1" if rt.settings.charges_failures else "0"}
+    up = rt.upstream(upstream)
+    price = price_of(up.price_tables, key, mode)
+    fields: dict[str, Any] = {"price_key": key, "charges_failures": "1" if up.charges_failures else "0"}
     if price is not None:
         fields["price_micros"] = price
     return fields
@@ -268,7 +295,10 @@ def _admit_and_submit(task: Task[Any, Any], spec: Kind, job: dict[str, Any], rt:
     job_id, mode = str(job["job_id"]), Job(job).mode
     if spec.needs_slot:
         score = waiting_score(job)
-        adm = rt.slots.try_admit(mode, job_id, score)
+        candidates = rt.slots.candidates(mode, job.get("upstream_pin"), current=job.get("upstream"))
+        adm = rt.slots.try_admit(mode, job_id, score, candidates)
+        if adm.upstream:
+            job["upstream"] = adm.upstream
         if adm.reason == "cancelled":
             cancel_job(job_id, "batch cancelled", rt)
             raise Ignore()
@@ -287,11 +317,12 @@ def _admit_and_submit(task: Task[Any, Any], spec: Kind, job: dict[str, Any], rt:
         fields={"submitting_at": time.time()},
     )
     if not ok:
+        up_name = Job(job).upstream
         if why in ("breaker", "paused"):
-            rt.slots.release(mode, job_id)
+            rt.slots.release(mode, job_id, up_name)
             park(task, spec, job, rt)
         elif why == "cancelled":
-            rt.slots.release(mode, job_id)
+            rt.slots.release(mode, job_id, up_name)
             cancel_job(job_id, "batch cancelled", rt)
         raise Ignore()
     _submit(task, spec, job, rt)
@@ -300,49 +331,80 @@ def _admit_and_submit(task: Task[Any, Any], spec: Kind, job: dict[str, Any], rt:
 def _submit(task: Task[Any, Any], spec: Kind, job: dict[str, Any], rt: Runtime) -> None:
     """The one POST of a job (already ``submitting``, slot held) and what its answer means."""
     job_id, mode = str(job["job_id"]), Job(job).mode
+    up = rt.upstream(Job(job).upstream)
+    client = rt.client_for(up.name)
     try:
         request = build_request(spec, job.get("request") or {}, job_id, mode, rt)
-        if rt.ledger.breaker_tripped():
+        if not up.webhooks and getattr(request, "notify_hook", None):
+            request = request.model_copy(update={"notify_hook": None})  # it never calls back: poll only
+        if rt.ledger.breaker_tripped(up.name):
             # Tripped since this job passed its gates (a concurrent submit's answer): the POST must not go out.
             _back_to_parked(task, spec, job_id, rt)
-        later = rt.slots.pace_post(job_id) if spec.needs_slot else None
+        later = rt.slots.pace_post(job_id, up) if spec.needs_slot else None
         if later is not None:  # another job's submit came first: this one waits for the pace, uncounted
             rt.ledger.transition(job_id, "queued", from_states=["submitting"], incr={"attempts": -1})
             _retry(task, spec, job, max(0.05, later - time.time()), rt)
         if spec.name == "upload":
-            urls = rt.client.upload_discord_images(request.base64_array, filter=getattr(request, "filter", None))
+            urls = client.upload_discord_images(request.base64_array, filter=getattr(request, "filter", None))
             finish_now(job_id, "succeeded", {"extra": {"urls": urls}, "progress": "100%"}, rt)
             return
-        answer = rt.client.submit(request)
+        answer = client.submit(request)
         if answer.outcome == "modal" and job.get("modal"):
             modal_payload = {"task_id": answer.task_id, **(job.get("modal") or {})}
-            answer = rt.client.submit(build_request(KINDS["modal"], modal_payload, None, mode, rt))
+            answer = client.submit(build_request(KINDS["modal"], modal_payload, None, mode, rt))
     except InvalidInput as exc:
         finish_now(job_id, "failed", {"fail_reason": f"invalid input: {exc}"}, rt, release=True)
     except Rejected as exc:
         finish_now(job_id, "failed", {"fail_reason": reason_of(exc)}, rt, release=True)
     except StopSubmitting as exc:
+        rt.ledger.reached(up.name)
+        rt.ledger.note_upstream_error(up.name, f"{type(exc).__name__}: {reason_of(exc)}")
         until = stop_until(exc, rt.settings.block_cooldown_s)
         why = f"{type(exc).__name__}: {reason_of(exc)}"
         if until is not None:
             why += f" (resumes by itself at {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(until))})"
-        tripped = rt.ledger.trip_breaker(why, until)
-        log.error("submitting stopped (%s): %s", "tripped" if tripped else "already tripped", why)
+        tripped = rt.ledger.trip_breaker(why, until, upstream=up.name)
+        log.error("submitting to %s stopped (%s): %s", up.name, "tripped" if tripped else "already tripped", why)
         if tripped:
-            breaker_tripped(why, rt)
+            breaker_tripped(why, rt, up.name)
         _back_to_parked(task, spec, job_id, rt)
     except AnswerLost as exc:
         mark_needs_review(job_id, f"answer lost after sending: {reason_of(exc)}", rt)
-    except (RetryLater, NotSent) as exc:  # every retryable error is one of these
+    except NotSent as exc:
+        rt.ledger.note_upstream_error(up.name, reason_of(exc))
+        _not_reached(task, spec, job_id, up.name, exc, rt)
+    except RetryLater as exc:  # every retryable error is one of these (or NotSent)
+        rt.ledger.reached(up.name)
+        rt.ledger.note_upstream_error(up.name, reason_of(exc))
         _retry_later(task, spec, job_id, exc, rt)
     except MJError as exc:
         mark_needs_review(job_id, f"unexpected answer: {reason_of(exc)}", rt)
     else:
+        rt.ledger.reached(up.name)
         _accepted(job_id, mode, answer, rt)
 
 
+def _not_reached(task: Task[Any, Any], spec: Kind, job_id: str, upstream: str, exc: NotSent, rt: Runtime) -> NoReturn:
+    """The POST never reached the upstream (refused, connect timeout): nothing was sent, so no attempt is used
+    up. Once its submits have failed so for ``MJQ_UNREACHABLE_AFTER_S`` the upstream is marked *unreachable*:
+    its submits pause (jobs park, unpinned ones go to the others) and housekeeping probes it until it answers."""
+    now = time.time()
+    since = rt.ledger.connect_failed(upstream, now)
+    rt.ledger.transition(job_id, "submitting", from_states=["submitting"], incr={"attempts": -1})
+    refused = rt.ledger.count(job_id, "connect_failures")
+    if now - since >= rt.settings.unreachable_after_s:
+        why = f"unreachable for {now - since:.0f}s: {reason_of(exc)}"
+        if rt.ledger.trip_breaker(why, upstream=upstream, kind="unreachable"):
+            rt.ledger.set_probe(upstream, now + 1.0, 1.0)
+            log.error("upstream %s marked unreachable: %s", upstream, why)
+            breaker_tripped(why, rt, upstream)
+        _back_to_parked(task, spec, job_id, rt)
+    _retry_later(task, spec, job_id, exc, rt, backoff_n=refused)
+
+
 def _back_to_parked(task: Task[Any, Any], spec: Kind, job_id: str, rt: Runtime) -> NoReturn:
-    """The breaker is tripped: undo ``submitting`` (nothing was sent), free the slot and park the job."""
+    """Its upstream's breaker is tripped: undo ``submitting`` (nothing was sent), free the slot and park the job
+    (a root job that is not pinned waits for any upstream serving its mode)."""
     rt.ledger.transition(job_id, "queued", from_states=["submitting"], release=True)
     park(task, spec, rt.ledger.get_job(job_id) or {"job_id": job_id}, rt)
     raise Ignore()  # park always raises; this says so to the type checker
@@ -377,16 +439,20 @@ def retry_delay(attempts: int, cap: float, jitter: float, retry_after: float | N
     return min(cap, max(delay, float(retry_after or 0.0)))
 
 
-def _retry_later(task: Task[Any, Any], spec: Kind, job_id: str, exc: Exception, rt: Runtime) -> NoReturn:
-    """Queue full / 429 / 5xx / not sent: back to queued, keep the slot, retry with backoff and jitter."""
+def _retry_later(
+    task: Task[Any, Any], spec: Kind, job_id: str, exc: Exception, rt: Runtime, backoff_n: int | None = None
+) -> NoReturn:
+    """Queue full / 429 / 5xx / not sent: back to queued, keep the slot, retry with backoff and jitter
+    (``backoff_n``: the step of the backoff when the attempts are not counted, as for a refused connection)."""
     settings = rt.settings
     job = rt.ledger.get_job(job_id) or {"job_id": job_id}
     attempts = int(job.get("attempts") or 1)
-    gave_up = _give_up(job_id, job, attempts, exc, rt)
+    gave_up = None if backoff_n is not None else _give_up(job_id, job, attempts, exc, rt)
     if gave_up:
         finish_now(job_id, "failed", {"fail_reason": f"{gave_up}: {reason_of(exc)}"}, rt, release=True)
         raise Ignore()
-    delay = retry_delay(attempts, settings.submit_retry_max_s, settings.poll_jitter, getattr(exc, "retry_after", None))
+    delay = retry_delay(backoff_n or attempts, settings.submit_retry_max_s, settings.poll_jitter,
+                        getattr(exc, "retry_after", None))
     rt.ledger.transition(job_id, "queued", from_states=["submitting"], fields={"last_error": reason_of(exc)})
     log.info("job %s: %s; retry %d in %.2fs", job_id, reason_of(exc), attempts, delay)
     _retry(task, spec, job, delay, rt, exc)
@@ -402,7 +468,8 @@ def _retry(
     """
     job_id, mode = str(job["job_id"]), Job(job).mode
     lease = rt.settings.slot_lease_s
-    rt.slots.renew(mode, job_id, delay + lease)
+    recorded = rt.ledger.get_job(job_id) or job
+    rt.slots.renew(mode, job_id, delay + lease, Job(recorded).upstream)
     rt.slots.expect(job_id, time.time() + delay + lease)  # the retry message may be lost
     keep_images(job, rt)
     kwargs = lighten_images(spec, dict(task.request.kwargs or {}), rt)
@@ -472,8 +539,10 @@ def _accepted(job_id: str, mode: str, answer: Any, rt: Runtime) -> None:
         if ok:
             after_terminal(job_id, mode, rt)
         return
+    recorded = rt.ledger.get_job(job_id) or {}
     delay = first_poll_delay(
-        mode, rt.settings, getattr(answer, "queue_position", None), missing=callbacks_missing(rt)
+        mode, rt.settings, getattr(answer, "queue_position", None),
+        missing=callbacks_missing(rt, Job(recorded).upstream),
     )
     fields = {
         "submitted_at": now,
@@ -500,7 +569,7 @@ def _accepted(job_id: str, mode: str, answer: Any, rt: Runtime) -> None:
             rt.ledger.schedule(job_id, now + delay)
         else:
             return
-    hold_slot(job_id, mode, now + delay, rt)  # the first poll may come long after the admission lease ran out
+    hold_slot(job_id, mode, now + delay, rt, Job(recorded).upstream)  # the first poll may come long after the lease
     send_poll(job_id, countdown=delay)
 
 
@@ -540,6 +609,8 @@ class JobTask(Task):  # type: ignore[misc]
         check_job_options(call)
         if call.get("callback_url"):
             check_callback_url(call["callback_url"], rt.settings)
+        if call.get("upstream"):
+            check_upstream(call["upstream"], rt)
         payload = {k: v for k, v in call.items() if k not in JOB_OPTIONS}
         mode = job_mode(spec, payload, call.get("mode"))
         build_request(spec, payload, None, mode, rt)  # raises InvalidInput before anything is queued
@@ -586,6 +657,7 @@ class JobOptions(TypedDict, total=False):
     callback_url: str  # POST the result there when the job ends (signed; worker.jobs.callbacks)
     budget: float  # most money the job's batch may spend (MJQ_CURRENCY); a job that would cross it waits
     split_grid: bool  # a finished grid's four images as files (image_paths), with no U1-4 to pay for
+    upstream: str  # run on this upstream of the pool only (default: routed; a follow-up runs on its parent's)
 
 
 JOB_OPTIONS = (*JobOptions.__annotations__, "modal")
@@ -628,4 +700,5 @@ def run_job_task(task: JobTask, kwargs: Mapping[str, Any]) -> dict[str, Any]:
         meta=job_meta(kwargs),
         budget=kwargs.get("budget"),
         split_grid=bool(kwargs.get("split_grid")),
+        upstream=kwargs.get("upstream") or None,
     )

@@ -13,9 +13,7 @@ from worker.jobs.admission import admit_parked, resend_overdue
 from worker.jobs.dispatch import send_finish, send_poll
 from worker.jobs.hooks_seen import callbacks_missing
 from worker.jobs.settle import finish_now, hold_slot, settle
-from worker.mjapi.errors import (
-    MJError,
-)
+from worker.mjapi.errors import MJError, NotSent
 from worker.mjapi.models import MODES, Task
 from worker.mjapi.profiles import PROFILES
 from worker.reports.archive import archive_expired
@@ -90,26 +88,20 @@ def poll_jobs(job_id: str, rt: Runtime) -> int:
     if not ids:
         return 0
     jobs = {i: j for i in ids if (j := rt.ledger.get_job(i)) is not None}
-    wanted = {str(j["upstream_id"]): i for i, j in jobs.items() if j.get("upstream_id")}
-    found: dict[str, Task] = {}
-    try:
-        if len(wanted) == 1:
-            (up,) = wanted
-            one = rt.client.fetch(up)
-            if one is not None:
-                found[up] = one
-        elif wanted:
-            for item in rt.client.list_by_condition(list(wanted)):
-                found[item.id] = item
-    except MJError as exc:
-        log.warning("poll of %d jobs failed: %s", len(wanted), exc)
-    missing = callbacks_missing(rt)
+    by_upstream: dict[str, list[str]] = {}
+    for job in jobs.values():
+        if job.get("upstream_id"):
+            by_upstream.setdefault(Job(job).upstream, []).append(str(job["upstream_id"]))
+    found: dict[tuple[str, str], Task] = {}
+    for name, wanted in by_upstream.items():  # a task id exists only on the upstream that made it
+        found.update({(name, task_id): task for task_id, task in _fetch(rt, name, wanted).items()})
+    missing = {name: callbacks_missing(rt, name) for name in {Job(j).upstream for j in jobs.values()}}
     for jid, job in jobs.items():
         if job.get("status") in TERMINAL:
             continue
-        up = str(job.get("upstream_id") or "")
-        if up in found:
-            settle(jid, found[up], "poll", rt)
+        where = (Job(job).upstream, str(job.get("upstream_id") or ""))
+        if where in found:
+            settle(jid, found[where], "poll", rt)
         mode = Job(job).mode
         status = rt.ledger.status(jid)
         if status in TERMINAL or status is None:
@@ -125,13 +117,54 @@ def poll_jobs(job_id: str, rt: Runtime) -> int:
             )
             continue
         polls = rt.ledger.count(jid, "polls")
-        delay = next_poll_delay(polls, mode, settings, missing=missing)
+        delay = next_poll_delay(polls, mode, settings, missing=missing[Job(job).upstream])
         if deadline:
             delay = max(0.01, min(delay, deadline - time.time() + 0.01))
         rt.ledger.schedule(jid, time.time() + delay)
-        hold_slot(jid, mode, time.time() + delay, rt)
+        hold_slot(jid, mode, time.time() + delay, rt, Job(job).upstream)
         send_poll(jid, countdown=delay)
     return len(jobs)
+
+
+def _fetch(rt: Runtime, upstream: str, wanted: list[str]) -> dict[str, Task]:
+    """The upstream's tasks among ``wanted`` (one fetch, or one list-by-condition for several)."""
+    found: dict[str, Task] = {}
+    client = rt.client_for(upstream)
+    try:
+        if len(wanted) == 1:
+            one = client.fetch(wanted[0])
+            if one is not None:
+                found[wanted[0]] = one
+        elif wanted:
+            for item in client.list_by_condition(wanted):
+                found[item.id] = item
+    except MJError as exc:
+        log.warning("poll of %d jobs on %s failed: %s", len(wanted), upstream, exc)
+    return found
+
+
+def probe_unreachable(rt: Runtime) -> int:
+    """Probe each upstream marked unreachable whose probe is due: an answer (any HTTP status) clears its stop
+    and its parked jobs start; no answer doubles the gap (up to ``MJQ_UNREACHABLE_PROBE_MAX_S``)."""
+    now = time.time()
+    probed = 0
+    for up in rt.pool.upstreams:
+        stop = rt.ledger.breaker(up.name)
+        if stop.get("kind") != "unreachable" or (stop.get("probe_at") or 0) > now:
+            continue
+        probed += 1
+        try:
+            rt.client_for(up.name).list_by_condition(["mjq-probe"])
+        except NotSent as exc:
+            gap = min(rt.settings.unreachable_probe_max_s, 2 * float(stop.get("probe_s") or 1.0))
+            rt.ledger.set_probe(up.name, now + gap, gap)
+            log.info("upstream %s still unreachable (%s); next probe in %.0fs", up.name, exc, gap)
+            continue
+        except MJError:
+            pass  # it answered: reachable again
+        rt.ledger.clear_breaker(up.name)
+        log.warning("upstream %s answers again: its submits resume", up.name)
+    return probed
 
 
 def housekeeping(rt: Runtime) -> dict[str, int]:
@@ -145,6 +178,7 @@ def housekeeping(rt: Runtime) -> dict[str, int]:
     if not lock.acquire():
         return {"skipped": 1}
     try:
+        probed = probe_unreachable(rt)
         admitted = admit_parked(MODES, rt)
         now = time.time()
         resent = resend_overdue(rt)
@@ -165,6 +199,7 @@ def housekeeping(rt: Runtime) -> dict[str, int]:
             "refinished": len(stale),
             "images_kept": images,
             "archived": archived,
+            "probed": probed,
         }
     finally:
         with contextlib.suppress(redis.exceptions.LockError):

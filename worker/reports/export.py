@@ -24,6 +24,7 @@ FIELDS: tuple[str, ...] = (
     "status",
     "prompt",
     "final_prompt",
+    "upstream",  # the upstream of the pool the job ran on (``default`` without a pool file)
     "upstream_id",
     *IMAGE_FIELDS,
     "parent_job",

@@ -109,6 +109,8 @@ def _card(job: Mapping[str, Any], out_dir: Path, child: bool) -> str:
         picture = f'<div class="noimg">{html.escape(str(reason))}</div>'
     prompt = job.get("final_prompt") or job.get("prompt") or ""
     upstream = html.escape(str(job.get("upstream_id") or "-"))
+    if job.get("upstream"):  # the pool upstream it ran on, then its task id there
+        upstream = f"{html.escape(str(job['upstream']))} {upstream}"
     finished = format_time(job.get("finished_at"))
     duration = job.get("duration_s")
     timing = f"{finished} · {float(duration):.1f} s" if finished and duration is not None else finished

@@ -173,13 +173,14 @@ def blocked_by(snap: Snapshot, breaker: Mapping[str, Any]) -> Blocked | None:
 
     Stopped for good: the batch is paused, or the breaker is tripped without an ``until`` (a timed stop resumes
     by itself, so waiting for it is progress). Jobs already upstream still finish, so they keep ``--wait``
-    waiting. The one upstream's breaker stands for "every upstream serving its modes" until there is a pool.
+    waiting. With a pool, ``breaker`` is tripped only when every upstream is stopped (``control.breaker_status``);
+    an unreachable upstream is probed and resumes by itself, so it is not a stop for good.
     """
     if snap.is_over or snap.running:
         return None
     if snap.status == "paused":
         return Blocked(f"batch {snap.batch_id} is paused", f"mjq resume {snap.batch_id}")
-    if breaker.get("tripped") and not breaker.get("until"):
+    if breaker.get("tripped") and not breaker.get("until") and breaker.get("kind") != "unreachable":
         return Blocked(f"submitting is stopped: {breaker.get('reason') or 'breaker tripped'}", "mjq resume")
     return None
 

@@ -98,7 +98,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 def _settle(rt: Any, job_id: str, body: dict[str, Any]) -> str:
     """The callback read as the client's ``Task`` (fields of a wrong type read as absent) and settled; its
     valid token says the upstream sends callbacks (``worker.jobs.hooks_seen``)."""
-    hooks_seen.callback_arrived(rt)
+    hooks_seen.callback_arrived(rt, job_id)
     try:
         task = Task.read(body)
     except ValueError:  # no usable id: it cannot be this job's task

@@ -11,14 +11,21 @@ All are prefixed ``mjq:``. The Lua scripts (``worker/store/lua``) build key name
 - ``children:<job>``     zset: follow-up jobs of a job
 - ``upstream``           hash: upstream task id -> job id
 - ``inflight``           zset: accepted jobs being tracked, score = next check time
-- ``waiting:<mode>``     zset: parked jobs waiting for a slot, score = priority * 1e13 + created (ms)
+- ``waiting:<mode>``     zset: parked jobs waiting for a slot on any upstream serving the mode, score =
+  priority * 1e13 + created (ms); ``waiting:<mode>:<upstream>``: parked jobs pinned to one upstream (follow-ups,
+  ``upstream=``)
 - ``held:<batch>``       zset: parked jobs of a paused batch (moved back to ``waiting`` on resume)
-- ``slots:<mode>``       zset: slot leases, member = job id, score = lease expiry (``worker.store.slots``)
+- ``slots:<mode>``       zset: slot leases, member = job id, score = lease expiry (``worker.store.slots``), of the
+  upstream ``default``; ``slots:<mode>:<upstream>`` of another upstream of the pool (``worker.upstreams``)
 - ``expected``           zset: tasks that must start by the score, else their message was lost
 - ``finishing``          zset: jobs whose terminal transition won but whose finishing step has not run yet
-- ``breaker``            hash: the global stop after 401/403/out of credit (tripped, reason, at)
-- ``pace``, ``pace_by``, ``daily:<day>``  submit pacing (next allowed submit, the job that claimed it) and
-  the daily submit count
+- ``breaker``            hash: the stop of the upstream ``default`` after 401/403/out of credit/unreachable
+  (tripped, reason, at, until, kind, probe_at, probe_s); ``breaker:<upstream>`` the stop of another upstream
+- ``pace``, ``pace_by``, ``daily:<day>``  submit pacing of ``default`` (next allowed submit, the job that claimed
+  it) and its daily submit count; ``pace:<upstream>``, ``pace_by:<upstream>``, ``daily:<day>:<upstream>`` of
+  another; ``daily:<day>:<upstream>:<mode>`` the day's submits of one mode (every upstream, ``default`` too)
+- ``lasterr:<upstream>`` hash: the upstream's last submit error (at, error), for ``mjq upstreams``
+- ``down:<upstream>``    string: since when submits to the upstream fail to connect (unreachable after a minute)
 - ``img:<sha256>``       input images stored once by the producer (``worker.store.images``)
 - ``imgjobs``            zset: unfinished jobs that refer to stored images (their TTL is kept)
 - ``seen:<upstream>``    hash: what answers taught us about the upstream (``worker.store.observed``): callbacks
@@ -27,7 +34,7 @@ All are prefixed ``mjq:``. The Lua scripts (``worker/store/lua``) build key name
 - ``lock:<name>``        short locks: one housekeeping runner, one image sweep at a time, and
   ``lock:retention``: held until housekeeping next looks for batches past ``MJQ_RETENTION_DAYS``
 - ``archived``           hash: batch id -> summary of a batch moved out of Redis (``worker.reports.archive``)
-- ``spent:<upstream>:<day>``  money spent (micros) on that upstream that UTC day (``default`` until the pool);
+- ``spent:<upstream>:<day>``  money spent (micros) on that upstream that UTC day;
   per batch: ``spent_micros``, ``budget_micros``, ``charged_failed_n``/``_micros`` and ``hold_reason`` on
   ``batch:<id>``; per job: ``price_micros``, ``price_key``, ``cost_micros`` (see ``worker.pricing``)
 
@@ -37,7 +44,12 @@ Celery's result of a task (``celery-task-meta-<task id>``) is Celery's key; arch
 - ``api:idem:<key name>:<idempotency key>``  string: the request hash and job ids of an idempotent request
 - ``api:daily:<key name>:<day>``  jobs a service key created that UTC day (its ``daily_jobs`` quota)
 - ``alert:<cause>``      an alert already sent for this cause (once per cause, kept a week)
-- ``outcomes:<bucket>``  hash: jobs ended / failed in one 5-minute bucket (the failure rate of the last hour)
+- ``outcomes:<bucket>``  hash: jobs ended / failed in one 5-minute bucket (the failure rate of the last hour), and
+  per upstream ``ok:<upstream>`` / ``failed:<upstream>`` (``mjq upstreams``)
+
+The per-upstream names above are built by the functions below and, in Lua, by ``ukey``/``slots_key``/
+``breaker_key``/``pinned_key`` in ``lua/prelude.lua`` (the same spelling): the upstream ``default`` keeps the
+names of the one-upstream days, so a single-account setup reads and writes what it always did.
 """
 
 from __future__ import annotations
@@ -69,6 +81,43 @@ def utc_day(epoch: float) -> str:
 
 def spent(day: str, upstream: str = DEFAULT_UPSTREAM) -> str:
     return f"{PREFIX}spent:{upstream}:{day}"
+
+
+def _per_upstream(base: str, upstream: str) -> str:
+    """``default`` keeps the one-upstream name; another upstream's name is appended (``lua/prelude.lua`` ukey)."""
+    return PREFIX + base if upstream in ("", DEFAULT_UPSTREAM) else f"{PREFIX}{base}:{upstream}"
+
+
+def slots_of(upstream: str, mode: str) -> str:
+    return _per_upstream(f"slots:{mode}", upstream)
+
+
+def breaker_of(upstream: str) -> str:
+    return _per_upstream("breaker", upstream)
+
+
+def pace_of(upstream: str) -> str:
+    return _per_upstream("pace", upstream)
+
+
+def daily_of(upstream: str, day: str, mode: str | None = None) -> str:
+    """The day's submits to an upstream (all modes), or of one mode."""
+    if mode:
+        return f"{PREFIX}daily:{day}:{upstream or DEFAULT_UPSTREAM}:{mode}"
+    return _per_upstream(f"daily:{day}", upstream)
+
+
+def pinned(upstream: str, mode: str) -> str:
+    """Parked jobs that may run on this upstream only."""
+    return f"{PREFIX}waiting:{mode}:{upstream}"
+
+
+def down_since(upstream: str) -> str:
+    return f"{PREFIX}down:{upstream}"
+
+
+def last_error(upstream: str) -> str:
+    return f"{PREFIX}lasterr:{upstream}"
 
 
 def celery_result(task_id: str) -> str:

@@ -62,6 +62,7 @@ RESULT_KEYS = (
     "fail_reason",
     "parent_job",
     "root_job",
+    "upstream",
     "created_at",
     "submitted_at",
     "started_at",
@@ -124,7 +125,7 @@ class Ledger:
         self._park = register(client, "prelude", "park")
         self._batch_status = register(client, "prelude", "batch_status")
         self._claim = register(client, "claim")
-        self._set_budget = register(client, "set_budget")
+        self._set_budget = register(client, "prelude", "set_budget")
         self._requeue = register(client, "prelude", "replan_fn", "requeue")
         self._replan = register(client, "prelude", "replan_fn", "replan")
 
@@ -375,15 +376,18 @@ class Ledger:
         """'paused' | 'active' (moves parked jobs between waiting and held); -1 if the batch is cancelled."""
         return int(self._batch_status(args=[batch_id, status, repr(time.time())]))
 
-    def spent_today(self, now: float | None = None) -> int:
-        """Micros spent this UTC day (upstream ``default``)."""
-        return int(cast(str, self.redis.get(keys.spent(keys.utc_day(now or time.time())))) or 0)
+    def spent_today(self, now: float | None = None, upstreams: Sequence[str] = (keys.DEFAULT_UPSTREAM,)) -> int:
+        """Micros spent this UTC day on these upstreams."""
+        day = keys.utc_day(now or time.time())
+        values = cast(list[str | None], self.redis.mget([keys.spent(day, u) for u in upstreams]))
+        return sum(int(v or 0) for v in values)
 
-    def committed(self, batch_id: str) -> int:
+    def committed(self, batch_id: str, upstreams: Sequence[str] = (keys.DEFAULT_UPSTREAM,)) -> int:
         """Micros of the batch's jobs holding a slot lease but not accepted yet (counted against budgets)."""
         total = 0
         for mode in ("fast", "relax", "turbo"):
-            for jid in cast(list[str], self.redis.zrange(keys.slots(mode), 0, -1)):
+            ids = [j for u in upstreams for j in cast(list[str], self.redis.zrange(keys.slots_of(u, mode), 0, -1))]
+            for jid in ids:
                 b, up, price = self.redis.hmget(keys.job(jid), ["batch_id", "upstream_id", "price_micros"])
                 if b == batch_id and not up and price:
                     total += int(price)
@@ -413,9 +417,13 @@ class Ledger:
             return {}
         counts: dict[str, int] = {str(s): 0 for s in STATES}
         out: dict[str, Any] = {"batch_id": batch_id}
+        upstreams: dict[str, int] = {}
         for name, value in raw.items():
             if name.startswith("n:"):
                 counts[name[2:]] = int(value)
+            elif name.startswith("up:"):  # jobs sent to each upstream (gates.lua take)
+                if int(value):
+                    upstreams[name[3:]] = int(value)
             elif name in ("total", "planned", *MONEY_FIELDS):
                 out[name] = int(value)
             elif name in ("created_at", "updated_at"):
@@ -429,6 +437,7 @@ class Ledger:
         out.setdefault("meta", {})
         out["pending"] = pending
         out["counts"] = counts
+        out["upstreams"] = upstreams
         finished = sum(counts[s] for s in TERMINAL)
         status = out.get("status", "active")
         ended = out["planned"] <= 0 and pending == 0 and finished >= out["total"]
@@ -509,6 +518,7 @@ class Ledger:
             return 0
         drop = [
             "upstream_id",
+            "upstream",  # routed again (a pinned job keeps its upstream_pin)
             "final_prompt",
             *IMAGE_FIELDS,
             "download",
@@ -530,43 +540,74 @@ class Ledger:
         ]
         return int(self._requeue(args=[repr(time.time()), _dump(drop), *job_ids]))
 
-    # ---------------------------------------------------------------- breaker
-    def trip_breaker(self, reason: str, until: float | None = None) -> bool:
-        """Stop all submitting; True when this call tripped it (first reason wins).
+    # ---------------------------------------------------------------- breakers (one per upstream)
+    def trip_breaker(
+        self, reason: str, until: float | None = None, upstream: str = keys.DEFAULT_UPSTREAM, kind: str = "stop"
+    ) -> bool:
+        """Stop submitting to one upstream; True when this call tripped it (first reason wins).
 
         ``until`` (epoch seconds) makes it a timed stop (a daily limit, a temporary block): the key expires
         then and submitting resumes by itself (housekeeping admits the parked jobs). A stop without ``until``
-        tripped over a timed one makes it permanent (until ``mjq resume``).
+        tripped over a timed one makes it permanent (until ``mjq resume``). ``kind`` says what it is (``stop``,
+        ``unreachable``: housekeeping probes it and clears it itself).
         """
-        key = keys.BREAKER
+        key = keys.breaker_of(upstream)
         tripped = bool(self.redis.hsetnx(key, "tripped", "1"))
         if tripped:
-            self.redis.hset(key, mapping={"reason": reason, "at": repr(time.time())})
+            self.redis.hset(key, mapping={"reason": reason, "at": repr(time.time()), "kind": kind})
             if until is not None:
                 self.redis.hset(key, "until", repr(until))
                 self.redis.pexpireat(key, int(until * 1000))
-        elif until is None and self.redis.hget(key, "until") is not None:
+        elif until is None and (self.redis.hget(key, "until") is not None or
+                                (kind != "unreachable" and self.redis.hget(key, "kind") == "unreachable")):
             self.redis.persist(key)
-            self.redis.hdel(key, "until")
-            self.redis.hset(key, mapping={"reason": reason, "at": repr(time.time())})
+            self.redis.hdel(key, "until", "probe_at", "probe_s")
+            self.redis.hset(key, mapping={"reason": reason, "at": repr(time.time()), "kind": kind})
             tripped = True
         return tripped
 
-    def clear_breaker(self) -> None:
-        self.redis.delete(keys.BREAKER)
+    def set_probe(self, upstream: str, at: float, gap_s: float) -> None:
+        """When housekeeping next probes an unreachable upstream, and the gap used (the backoff)."""
+        self.redis.hset(keys.breaker_of(upstream), mapping={"probe_at": repr(at), "probe_s": repr(gap_s)})
 
-    def breaker_tripped(self) -> bool:
+    def clear_breaker(self, upstream: str = keys.DEFAULT_UPSTREAM) -> None:
+        self.redis.delete(keys.breaker_of(upstream), keys.down_since(upstream))
+
+    def breaker_tripped(self, upstream: str = keys.DEFAULT_UPSTREAM) -> bool:
         """The one-command check made right before every submit POST."""
-        return bool(self.redis.hget(keys.BREAKER, "tripped") == "1")
+        return bool(self.redis.hget(keys.breaker_of(upstream), "tripped") == "1")
 
-    def breaker(self) -> dict[str, Any]:
-        raw = cast(dict[str, str], self.redis.hgetall(keys.BREAKER))
+    def breaker(self, upstream: str = keys.DEFAULT_UPSTREAM) -> dict[str, Any]:
+        raw = cast(dict[str, str], self.redis.hgetall(keys.breaker_of(upstream)))
         return {
             "tripped": raw.get("tripped") == "1",
             "reason": raw.get("reason", ""),
             "at": float(raw["at"]) if raw.get("at") else None,
             "until": float(raw["until"]) if raw.get("until") else None,
+            "kind": raw.get("kind", "stop") if raw.get("tripped") == "1" else "",
+            "probe_at": float(raw["probe_at"]) if raw.get("probe_at") else None,
+            "probe_s": float(raw["probe_s"]) if raw.get("probe_s") else None,
         }
+
+    def connect_failed(self, upstream: str, now: float) -> float:
+        """A submit could not reach the upstream: since when that has been so (the first failure's time)."""
+        key = keys.down_since(upstream)
+        self.redis.set(key, repr(now), nx=True, ex=86_400)
+        return float(cast(str, self.redis.get(key)) or now)
+
+    def note_upstream_error(self, upstream: str, error: str) -> None:
+        """The upstream's last submit error (``mjq upstreams``); kept a day."""
+        key = keys.last_error(upstream)
+        self.redis.hset(key, mapping={"at": repr(time.time()), "error": error[:300]})
+        self.redis.expire(key, 86_400)
+
+    def upstream_error(self, upstream: str) -> dict[str, Any] | None:
+        raw = cast(dict[str, str], self.redis.hgetall(keys.last_error(upstream)))
+        return {"at": float(raw["at"]), "error": raw.get("error", "")} if raw.get("at") else None
+
+    def reached(self, upstream: str) -> None:
+        """An answer came from the upstream: it is not down."""
+        self.redis.delete(keys.down_since(upstream))
 
 
 def result_of(job: Mapping[str, Any]) -> dict[str, Any]:
@@ -584,6 +625,7 @@ def result_of(job: Mapping[str, Any]) -> dict[str, Any]:
     out["image_paths"] = list(job.get("image_paths") or [])  # split_grid: the four images of the grid
     cost = job.get("cost_micros")
     out["cost"] = cost / MICROS if cost is not None else None  # what this job was charged
+    out["upstream"] = job.get("upstream") or job.get("upstream_pin") or None  # the upstream it ran on
     if out["duration_s"] is None and job.get("finished_at") and job.get("created_at"):
         out["duration_s"] = round(float(job["finished_at"]) - float(job["created_at"]), 3)
     return out

@@ -72,6 +72,11 @@ class Job:
         return int(self.record.get("priority") or 0)
 
     @property
+    def upstream(self) -> str:
+        """The pool upstream the job runs on (or is pinned to); ``default`` before it is routed."""
+        return str(self.record.get("upstream") or self.record.get("upstream_pin") or "default")
+
+    @property
     def upstream_id(self) -> str | None:
         return str(self.record.get("upstream_id") or "") or None
 

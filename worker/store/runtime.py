@@ -1,4 +1,5 @@
-"""The per-process runtime: settings, Redis, ledger, slots and the upstream client, made once, thread-safe."""
+"""The per-process runtime: settings, Redis, ledger, the upstream pool with its slots, and one client per
+upstream, made once, thread-safe."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from worker.store.connection import redis_client
 from worker.store.ledger import Ledger
 from worker.store.observed import Observed
 from worker.store.slots import Slots
+from worker.upstreams.pool import Pool, Upstream
 
 
 class Runtime:
@@ -17,17 +19,38 @@ class Runtime:
         self.settings = settings
         self.redis = redis_client(settings)
         self.ledger = Ledger(self.redis)
-        self.slots = Slots(self.redis, settings)
-        self.observed = Observed(self.redis, settings.api_base_url, settings.callbacks_missing_after)
-        self._client: MidjourneyClient | None = None
+        self.pool = Pool.from_settings(settings)
+        self.slots = Slots(self.redis, settings, self.pool)
+        self._clients: dict[str, MidjourneyClient] = {}
         self._lock = threading.Lock()
+
+    def upstream(self, name: str | None) -> Upstream:
+        """The pool's upstream ``name`` (None or empty: the first); an upstream no longer in the pool file is
+        the first (its jobs' records still name it)."""
+        return self.pool.by_name.get(name or "") or self.pool.default
+
+    def observed_for(self, name: str | None = None) -> Observed:
+        """What answers taught us about one upstream (callbacks seen, recent 429s)."""
+        return Observed(self.redis, self.upstream(name).base_url, self.settings.callbacks_missing_after)
+
+    @property
+    def observed(self) -> Observed:
+        return self.observed_for(None)
+
+    def client_for(self, name: str | None) -> MidjourneyClient:
+        """The HTTP client of one upstream (made on first use, kept for the process)."""
+        up = self.upstream(name)
+        with self._lock:
+            client = self._clients.get(up.name)
+            if client is None:
+                client = MidjourneyClient(**up.client_options(self.settings), rate_limits=self.observed_for(up.name))
+                self._clients[up.name] = client
+            return client
 
     @property
     def client(self) -> MidjourneyClient:
-        with self._lock:
-            if self._client is None:
-                self._client = MidjourneyClient.from_settings(self.settings, rate_limits=self.observed)
-            return self._client
+        """The first upstream's client (requests that belong to no job: raw fetches, ``mjq doctor``)."""
+        return self.client_for(None)
 
 
 _runtime: Runtime | None = None

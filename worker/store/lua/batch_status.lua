@@ -14,10 +14,12 @@ local held = P .. 'held:' .. b
 if ARGV[2] == 'paused' then
   local ids = redis.call('ZRANGE', bk .. ':jobs', 0, -1)
   for _, jid in ipairs(ids) do
-    local mode = redis.call('HGET', P .. 'job:' .. jid, 'mode') or 'fast'
-    local score = redis.call('ZSCORE', P .. 'waiting:' .. mode, jid)
+    local jkey = P .. 'job:' .. jid
+    local mode = redis.call('HGET', jkey, 'mode') or 'fast'
+    local wkey = wait_key(jkey, mode)
+    local score = redis.call('ZSCORE', wkey, jid)
     if score then
-      redis.call('ZREM', P .. 'waiting:' .. mode, jid)
+      redis.call('ZREM', wkey, jid)
       redis.call('ZADD', held, score, jid)
       moved = moved + 1
     end
@@ -26,8 +28,9 @@ else
   local items = redis.call('ZRANGE', held, 0, -1, 'WITHSCORES')
   for i = 1, #items, 2 do
     local jid = items[i]
-    local mode = redis.call('HGET', P .. 'job:' .. jid, 'mode') or 'fast'
-    redis.call('ZADD', P .. 'waiting:' .. mode, items[i + 1], jid)
+    local jkey = P .. 'job:' .. jid
+    local mode = redis.call('HGET', jkey, 'mode') or 'fast'
+    redis.call('ZADD', wait_key(jkey, mode), items[i + 1], jid)
     moved = moved + 1
   end
   redis.call('DEL', held)

@@ -1,4 +1,4 @@
--- Park a queued job: store its task message and put it in its mode's waiting set (or its paused batch's
+-- Park a queued job: store its task message and put it in its waiting set (its mode's, or its pinned upstream's) (or its paused batch's
 -- held set). ARGV: job_id, message JSON, score. Returns 'parked' | 'held' | 'cancelled' | <status>.
 local jid = ARGV[1]
 local jkey = P .. 'job:' .. jid
@@ -16,5 +16,7 @@ if b and b ~= '' then
     return 'held'
   end
 end
-redis.call('ZADD', P .. 'waiting:' .. mode, ARGV[3], jid)
+-- A root job that is not pinned is routed again when admitted (its upstream may have stopped since).
+if not redis.call('HGET', jkey, 'upstream_pin') then redis.call('HDEL', jkey, 'upstream') end
+redis.call('ZADD', wait_key(jkey, mode), ARGV[3], jid)
 return 'parked'

@@ -1,4 +1,20 @@
--- Shared by the ledger scripts: state tables and the batch counter move (P is the key prefix).
+-- Shared by the ledger and gate scripts: per-upstream key names, state tables and the batch counter move (P is
+-- the key prefix). Per-upstream keys mirror ``worker.store.keys``: the upstream ``default`` keeps the names of the
+-- one-upstream days (``slots:fast``, ``breaker``, ``pace``, ``daily:<day>``); another upstream's name is appended.
+local function ukey(base, up)
+  if not up or up == '' or up == 'default' then return P .. base end
+  return P .. base .. ':' .. up
+end
+local function upstream_of(jkey) return redis.call('HGET', jkey, 'upstream') or 'default' end
+local function slots_key(up, mode) return ukey('slots:' .. mode, up) end
+local function breaker_key(up) return ukey('breaker', up) end
+local function pinned_key(up, mode) return P .. 'waiting:' .. mode .. ':' .. up end
+-- Where a parked job waits: its upstream's own set when it is pinned (a follow-up, ``upstream=``), else its mode's.
+local function wait_key(jkey, mode)
+  local pin = redis.call('HGET', jkey, 'upstream_pin')
+  if pin and pin ~= '' then return pinned_key(pin, mode) end
+  return P .. 'waiting:' .. mode
+end
 local TERMINAL = {succeeded=true, failed=true, timed_out=true, cancelled=true, needs_review=true,
                   skipped=true}
 local RANK = {queued=0, submitting=1, submitted=2, running=3}
@@ -22,15 +38,16 @@ local function count_move(jkey, from, to, now)
   end
 end
 -- The spend ledger (micros): an accepted job's price is spent once, on the batch and on its UTC day (keys of
--- the upstream ``default``); a job that fails after acceptance is refunded once, or counted apart when the
+-- the job's upstream); a job that fails after acceptance is refunded once, or counted apart when the
 -- upstream charges failures (``charges_failures`` on the job record).
 local FAILED = {failed=true, timed_out=true, cancelled=true}
 local function record_spend(jkey, day)
   local price = tonumber(redis.call('HGET', jkey, 'price_micros') or '')
   if not price or redis.call('HSETNX', jkey, 'cost_micros', price) == 0 then return end
   redis.call('HSET', jkey, 'spent_day', day)
-  redis.call('INCRBY', P .. 'spent:default:' .. day, price)
-  redis.call('EXPIRE', P .. 'spent:default:' .. day, 3024000)
+  local skey = P .. 'spent:' .. upstream_of(jkey) .. ':' .. day
+  redis.call('INCRBY', skey, price)
+  redis.call('EXPIRE', skey, 3024000)
   local b = redis.call('HGET', jkey, 'batch_id')
   if b and b ~= '' then redis.call('HINCRBY', P .. 'batch:' .. b, 'spent_micros', price) end
 end
@@ -49,6 +66,6 @@ local function charge_failure(jkey)
   end
   redis.call('HSET', jkey, 'cost_micros', 0, 'refunded_micros', cost)
   local day = redis.call('HGET', jkey, 'spent_day')
-  if day then redis.call('DECRBY', P .. 'spent:default:' .. day, cost) end
+  if day then redis.call('DECRBY', P .. 'spent:' .. upstream_of(jkey) .. ':' .. day, cost) end
   if bk then redis.call('HINCRBY', bk, 'spent_micros', -cost) end
 end

@@ -13,8 +13,9 @@ redis.call('HDEL', bk, 'hold_reason', 'hold_detail')
 if redis.call('HGET', bk, 'status') ~= 'active' then return 0 end
 local items = redis.call('ZRANGE', P .. 'held:' .. b, 0, -1, 'WITHSCORES')
 for i = 1, #items, 2 do
-  local mode = redis.call('HGET', P .. 'job:' .. items[i], 'mode') or 'fast'
-  redis.call('ZADD', P .. 'waiting:' .. mode, items[i + 1], items[i])
+  local jkey = P .. 'job:' .. items[i]
+  local mode = redis.call('HGET', jkey, 'mode') or 'fast'
+  redis.call('ZADD', wait_key(jkey, mode), items[i + 1], items[i])
 end
 redis.call('DEL', P .. 'held:' .. b)
 return #items / 2

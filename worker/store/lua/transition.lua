@@ -31,7 +31,7 @@ if s['require_no_upstream'] and redis.call('HEXISTS', jkey, 'upstream_id') == 1 
   return {0, cur, 'upstream'}
 end
 if s['gate'] then
-  local br = redis.call('HGET', P .. 'breaker', 'tripped')
+  local br = redis.call('HGET', breaker_key(upstream_of(jkey)), 'tripped')
   if br == '1' then return {0, cur, 'breaker'} end
   local b = redis.call('HGET', jkey, 'batch_id')
   if b and b ~= '' then
@@ -55,6 +55,7 @@ if FAILED[to] and not FAILED[cur] then charge_failure(jkey) end
 if TERMINAL[to] then
   redis.call('ZREM', P .. 'inflight', jid)
   redis.call('ZREM', P .. 'waiting:' .. mode, jid)
+  redis.call('ZREM', wait_key(jkey, mode), jid)
   local b = redis.call('HGET', jkey, 'batch_id')
   if b and b ~= '' then redis.call('ZREM', P .. 'held:' .. b, jid) end
   redis.call('ZADD', P .. 'finishing', now, jid)
@@ -62,6 +63,7 @@ if TERMINAL[to] then
 elseif s['inflight'] then
   redis.call('ZADD', P .. 'inflight', s['inflight'], jid)
 end
-if s['release'] then redis.call('ZREM', P .. 'slots:' .. mode, jid) end
-if s['lease_until'] then redis.call('ZADD', P .. 'slots:' .. mode, 'XX', s['lease_until'], jid) end
+local skey = slots_key(upstream_of(jkey), mode)
+if s['release'] then redis.call('ZREM', skey, jid) end
+if s['lease_until'] then redis.call('ZADD', skey, 'XX', s['lease_until'], jid) end
 return {1, cur}

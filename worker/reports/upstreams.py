@@ -1,0 +1,82 @@
+"""The pool as people read it (``mjq upstreams``, ``--json``, the dashboard, ``GET /v1/upstreams``): one plain
+dict per upstream — its state and why, slots in use per mode, today's submits against its caps, the last hour's
+outcomes, what its callbacks did, its last error. Reads only Redis (a few commands per upstream)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from worker.jobs.alerts import last_hour_outcomes
+from worker.store import keys
+from worker.store.runtime import Runtime
+from worker.upstreams.pool import Upstream
+
+
+def _plain_url(url: str) -> str:
+    """The base URL without any user or password in it."""
+    parts = urlsplit(url)
+    if not parts.hostname:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")))
+
+
+def state_of(up: Upstream, stop: dict[str, Any], now: float) -> tuple[str, str]:
+    """(state, why): ``stopped`` (until ``mjq resume --upstream``), ``paused`` (a timed stop: it resumes by
+    itself), ``unreachable`` (probed, resumes by itself), ``outside hours``, or ``running``."""
+    if stop.get("tripped"):
+        if stop.get("kind") == "unreachable":
+            return "unreachable", str(stop.get("reason") or "")
+        if stop.get("until"):
+            return "paused", str(stop.get("reason") or "")
+        return "stopped", str(stop.get("reason") or "")
+    if not up.open_at(now):
+        opens = time.strftime("%H:%M UTC", time.gmtime(up.window.next_open(now)))
+        return "outside hours", f"opens at {opens}"
+    return "running", ""
+
+
+def upstreams_report(rt: Runtime, now: float | None = None) -> list[dict[str, Any]]:
+    """Every upstream of the pool, in file order, as plain dicts (JSON-ready; no secret in them)."""
+    now = time.time() if now is None else now
+    day = keys.utc_day(now)
+    outcomes = last_hour_outcomes(rt, now)
+    out: list[dict[str, Any]] = []
+    for up in rt.pool.upstreams:
+        stop = rt.ledger.breaker(up.name)
+        state, why = state_of(up, stop, now)
+        slots = {
+            mode: {"in_use": rt.slots.in_use(mode, up.name), "slots": up.slots.get(mode, 0),
+                   "limit": up.admission_limit(mode),
+                   "waiting_pinned": int(rt.redis.zcard(keys.pinned(up.name, mode)))}
+            for mode in up.modes
+        }
+        submits = {mode: int(rt.redis.get(keys.daily_of(up.name, day, mode)) or 0) for mode in up.modes}
+        seen = rt.observed_for(up.name).state()
+        out.append({
+            "name": up.name,
+            "base_url": _plain_url(up.base_url),
+            "profile": up.profile,
+            "modes": list(up.modes),
+            "weight": up.weight,
+            "state": state,
+            "reason": why,
+            "since": stop.get("at"),
+            "until": stop.get("until"),
+            "next_probe_at": stop.get("probe_at"),
+            "slots": slots,
+            "submits_today": int(rt.redis.get(keys.daily_of(up.name, day)) or 0),
+            "submits_today_by_mode": submits,
+            "daily_cap": up.daily_cap or None,
+            "daily_cap_by_mode": dict(up.daily_cap_modes),
+            "hours": up.window.label,
+            "last_hour": outcomes.get(up.name, {"ok": 0, "failed": 0}),
+            "webhooks": up.webhooks,
+            "callbacks_seen_at": seen.get("callbacks_seen_at"),
+            "callbacks_missing_since": seen.get("callbacks_missing_since"),
+            "last_error": rt.ledger.upstream_error(up.name),
+            "spent_today": rt.ledger.spent_today(now, (up.name,)) / 1_000_000,
+            "currency": up.currency,
+        })
+    return out
