@@ -248,6 +248,9 @@ class Settings(BaseSettings):
     callback_retry_initial_s: PositiveSeconds = Field(5.0, description="First delay before a callback is retried.")
     callback_retry_max_delay_s: PositiveSeconds = Field(300.0, description="Cap of the callback retry delay.")
     callback_timeout_s: PositiveSeconds = Field(10.0, description="Timeout of one callback delivery.")
+    callback_progress_interval_s: PositiveSeconds = Field(
+        30.0, description="Least time between two progress callbacks of a job (callback_events progress)."
+    )
     # Alerts to the operator through Apprise
     alert_urls: SecretStr = Field(
         SecretStr(""),

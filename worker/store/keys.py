@@ -38,6 +38,12 @@ Celery's result of a task (``celery-task-meta-<task id>``) is Celery's key; arch
 - ``api:daily:<key name>:<day>``  jobs a service key created that UTC day (its ``daily_jobs`` quota)
 - ``alert:<cause>``      an alert already sent for this cause (once per cause, kept a week)
 - ``outcomes:<bucket>``  hash: jobs ended / failed in one 5-minute bucket (the failure rate of the last hour)
+- ``budget_hits``        set: batch ids whose budget held a job (``*daily`` for MJQ_BUDGET_DAILY), written by the
+  Lua gates and drained by the budget alert (``worker.jobs.alerts``)
+- ``cbpace:<job>``       the throttle of a job's progress callbacks (one per MJQ_CALLBACK_PROGRESS_INTERVAL_S)
+- callback delivery state: on ``job:<id>`` (``callback``, ``callback_attempts``, ``callback_started``,
+  ``callback_error``; ``cb_started*``, ``cb_progress*`` for those events) and on ``batch:<id>`` (``callback*`` of
+  the batch callback; ``callbacks:asked|delivered|gave up`` counts its jobs' callbacks)
 """
 
 from __future__ import annotations
@@ -74,6 +80,8 @@ def spent(day: str, upstream: str = DEFAULT_UPSTREAM) -> str:
 def celery_result(task_id: str) -> str:
     """Celery's result key of a task (the Redis backend's naming)."""
     return f"celery-task-meta-{task_id}"
+BUDGET_HITS = PREFIX + "budget_hits"  # the Lua gates spell it too (P .. "budget_hits")
+DAILY_BUDGET_HIT = "*daily"  # the member of BUDGET_HITS for MJQ_BUDGET_DAILY (not a batch id: ids start alnum)
 API_OWNER = PREFIX + "api:owner"
 API_JOBS = PREFIX + "api:jobs"
 
@@ -107,3 +115,4 @@ api_idempotency = _Family("api:idem")
 api_daily = _Family("api:daily")
 alert = _Family("alert")
 outcomes = _Family("outcomes")
+callback_pace = _Family("cbpace")

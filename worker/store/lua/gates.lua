@@ -78,7 +78,10 @@ local function budget_gate(jid, day, daily_budget)
   end
   if daily_budget > 0 then
     local spent = tonumber(redis.call('GET', P .. 'spent:default:' .. day) or '0')
-    if spent + committed(nil) + price > daily_budget then return 'budget_daily', 'daily budget reached' end
+    if spent + committed(nil) + price > daily_budget then
+      redis.call('SADD', P .. 'budget_hits', '*daily')  -- told once per day by the budget alert
+      return 'budget_daily', 'daily budget reached'
+    end
   end
   if bbudget then
     local spent = tonumber(redis.call('HGET', P .. 'batch:' .. b, 'spent_micros') or '0')
@@ -91,4 +94,5 @@ local function hold_for_budget(jid, score, why)
   local b = redis.call('HGET', P .. 'job:' .. jid, 'batch_id')
   redis.call('ZADD', P .. 'held:' .. b, score, jid)
   redis.call('HSET', P .. 'batch:' .. b, 'hold_reason', 'budget', 'hold_detail', why)
+  redis.call('SADD', P .. 'budget_hits', b)  -- told once per budget value by the budget alert
 end
