@@ -1,8 +1,8 @@
 """``python -m bench`` (``make bench``): every benchmark on its own stack, a table, ``bench/results.json``.
 
 Sizes: ``full`` (the published figures, about 12 min: 1,000-prompt utilisation batch, 10,000 enqueued,
-4,000 waiting, 200 fan-outs), ``quick`` (about 3 min, for a look) and ``smoke`` (what CI runs to prove it
-still works). ``--only`` picks benchmarks by number or name; ``--readme`` writes the table into README.md.
+4,000 waiting, 200 fan-outs, a 10,000-row ``POST /v1/batches``), ``quick`` (about 3 min, for a look) and
+``smoke`` (what CI runs to prove it still works). ``--only`` picks benchmarks by number or name; ``--readme`` writes the table into README.md.
 
 Each phase's figures are printed and written to the results file as soon as it ends; every phase has a time
 bound derived from its size, and a side that hits it gives the figure it reached, marked partial. Ctrl-C,
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bench import enqueue, fanout, latency, scale, series, utilisation
+from bench import api, enqueue, fanout, latency, scale, series, utilisation
 from bench.report import print_table, update_readme
 from bench.runner import Phase, Recorder, Stopped, default_signals, stop_on_signals
 from bench.stack import CAPACITY, QUEUE, hermetic_environment, running
@@ -42,15 +42,16 @@ class Sizes:
     window_s: float
     fanout_roots: int
     series: tuple[int, ...]
+    api: int  # rows of the one POST /v1/batches (and of the `mjq batch` file it is compared with)
 
 
 # full: about 12 min on an idle 2-core machine (README); quick: about 3 min; smoke: what `make test` runs
 SIZES = {
-    "full": Sizes(1000, 200, 30, 150, 10_000, 4_000, 60.0, 200, (1_000, 10_000, 100_000)),
-    "quick": Sizes(150, 40, 6, 20, 2_000, 600, 15.0, 15, (1_000, 10_000)),
-    "smoke": Sizes(24, 30, 2, 6, 300, 150, 5.0, 3, (100, 300)),
+    "full": Sizes(1000, 200, 30, 150, 10_000, 4_000, 60.0, 200, (1_000, 10_000, 100_000), 10_000),
+    "quick": Sizes(150, 40, 6, 20, 2_000, 600, 15.0, 15, (1_000, 10_000), 2_000),
+    "smoke": Sizes(24, 30, 2, 6, 300, 150, 5.0, 3, (100, 300), 300),
 }
-BENCHMARKS = ("utilisation", "requests", "enqueue", "latency", "scale", "fanout", "series")
+BENCHMARKS = ("utilisation", "requests", "enqueue", "latency", "scale", "fanout", "series", "api")
 WEBHOOK_PHASES = ("utilisation", "continuation", "fanout")
 
 
@@ -68,6 +69,8 @@ def phases(sizes: Sizes, chosen: set[str]) -> list[Phase]:
         Phase("scale", f"5 scale: {sizes.waiting:,} waiting jobs, {sizes.window_s:g} s windows, ours and naive",
               ("scale",)),
         Phase("series", "7 scale series: " + ", ".join(f"{n:,}" for n in sizes.series) + " prompts", ("series",)),
+        Phase("api", f"8 http api: POST /v1/batches of {sizes.api:,} rows, then `mjq batch` of the same file",
+              ("api",)),
     ]
     return [p for p in every if set(p.benchmarks) & chosen]
 
@@ -121,6 +124,9 @@ def run(sizes: Sizes, work: Path, rec: Recorder) -> None:
                 point = series.measure(work, tf, n)
                 first = first or point
                 rec.add(series.figures(point, first, largest=n == sizes.series[-1]))
+    if "api" in todo:
+        with rec.phase("api"):
+            rec.add(api.run(work / "api", sizes.api))
 
 
 def _chosen(only: list[str] | None) -> set[str]:
@@ -136,7 +142,8 @@ def _chosen(only: list[str] | None) -> set[str]:
     return picked
 
 
-ALIASES = {"continuation": "latency", "fan-out": "fanout", "memory": "scale", "requests/job": "requests"}
+ALIASES = {"continuation": "latency", "fan-out": "fanout", "memory": "scale", "requests/job": "requests",
+           "http": "api"}
 
 
 def _listing() -> str:

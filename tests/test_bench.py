@@ -174,7 +174,8 @@ def test_only_takes_numbers_names_and_lists_and_every_benchmark_has_its_phases()
     assert _chosen(["3,fanout", "continuation"]) == {"enqueue", "fanout", "latency"}
     assert _chosen(None) == set(BENCHMARKS)
     with pytest.raises(SystemExit, match="unknown benchmark"):
-        _chosen(["8"])
+        _chosen(["9"])
+    assert _chosen(["8"]) == _chosen(["api"]) == _chosen(["http"]) == {"api"}
     for name in BENCHMARKS:
         planned = phases(SIZES["smoke"], {name})
         assert planned and all(name in p.benchmarks for p in planned)

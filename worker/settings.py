@@ -225,7 +225,8 @@ class Settings(BaseSettings):
     serve_keys_file: Path = Field(
         Path(".mjq/serve-keys.toml"),
         description="TOML file of the API's bearer keys (sha256 of each key, name, admin, max_priority,"
-        " daily_jobs); `mjq serve-key add NAME` writes it.",
+        " daily_jobs, an optional callback_secret); `mjq serve-key add NAME` writes it. Workers read it too, to"
+        " sign the callbacks of a key that has its own secret.",
     )
     serve_max_body_bytes: int = Field(
         64 * 1024 * 1024, gt=0, description="Largest request body the HTTP API accepts (413 above it)."
