@@ -2,7 +2,8 @@
 
 Sizes: ``full`` (the published figures, about 12 min: 1,000-prompt utilisation batch, 10,000 enqueued,
 4,000 waiting, 200 fan-outs, a 10,000-row ``POST /v1/batches``), ``quick`` (about 3 min, for a look) and
-``smoke`` (what CI runs to prove it still works). ``--only`` picks benchmarks by number or name; ``--readme`` writes the table into README.md.
+``smoke`` (what CI runs to prove it still works). ``--only`` picks benchmarks by number or name; ``--readme``
+writes the table into README.md.
 
 Each phase's figures are printed and written to the results file as soon as it ends; every phase has a time
 bound derived from its size, and a side that hits it gives the figure it reached, marked partial. Ctrl-C,

@@ -639,3 +639,20 @@ def test_the_python_producer_takes_the_batch_options(api: Api, stack: Stack) -> 
         assert info["budget_micros"] == 500_000 and info["meta"]["callback_url"] == "https://93.184.215.14/cb"
     finally:
         handle.close()
+
+
+def test_a_keys_callback_secret_is_checked_and_never_shown(tmp_path: Path) -> None:
+    from worker.keyfile import KeyFileError, KeyRing, add_key, new_callback_secret, read_keys
+
+    path = tmp_path / "keys.toml"
+    secret = new_callback_secret()
+    add_key(path, "billing", callback_secret=secret)
+    add_key(path, "plain")
+    (entry, plain) = read_keys(path)
+    assert entry.callback_secret == secret and secret not in repr(entry) and plain.callback_secret == ""
+    assert KeyRing(path).callback_secret("billing") == secret and KeyRing(path).callback_secret("gone") == ""
+    assert "callback_secret" not in path.read_text().split("[[keys]]")[2]  # none stored for a key without one
+    path.write_text(path.read_text().replace(secret, "whsec_not-base64!"))
+    with pytest.raises(KeyFileError, match="callback_secret") as bad:
+        read_keys(path)
+    assert "not-base64" not in str(bad.value)

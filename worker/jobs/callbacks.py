@@ -153,10 +153,10 @@ def signed_post(url: str, msg_id: str, body: str, secret: str, settings: Setting
 # ---------------------------------------------------------------------------------------------------- starting
 
 
-def send_callback(ident: str, countdown: float = 0.0, event: str = "finished") -> None:
-    """Deliver an event's callback (``tasks.track.callback``) after ``countdown`` seconds."""
-    args = (ident,) if event == "finished" else (ident, event)
-    app.send_task(CALLBACK_TASK, args=args, countdown=countdown, queue=TRACK)
+def send_callback(ident: str, countdown: float = 0.0, event: str = "finished", attempt: int | None = None) -> None:
+    """Deliver an event's callback (``tasks.track.callback``) after ``countdown`` seconds; ``attempt`` numbers
+    the message, so a copy of it (a broker redelivery) cannot make a second attempt and a second retry."""
+    app.send_task(CALLBACK_TASK, args=(ident, event, attempt), countdown=countdown, queue=TRACK)
 
 
 def job_events(job: Mapping[str, Any]) -> Sequence[str]:
@@ -176,7 +176,7 @@ def start_callback(job: Mapping[str, Any], rt: Runtime) -> None:
     rt.ledger.update(job_id, {"callback": "retrying", "callback_attempts": 0})
     if job.get("batch_id"):
         rt.ledger.batch_count(str(job["batch_id"]), "callbacks:asked")
-    send_callback(job_id)
+    send_callback(job_id, attempt=1)
 
 
 def job_started(job_id: str, meta: Mapping[str, Any] | None, rt: Runtime) -> None:
@@ -186,7 +186,7 @@ def job_started(job_id: str, meta: Mapping[str, Any] | None, rt: Runtime) -> Non
     f = _fields("started")
     if rt.ledger.set_once(job_id, f.since, repr(time.time())):
         rt.ledger.update(job_id, {f.state: "retrying", f.attempts: 0})
-        send_callback(job_id, event="started")
+        send_callback(job_id, event="started", attempt=1)
 
 
 def job_progress(job: Mapping[str, Any], progress: object, rt: Runtime) -> None:
@@ -210,7 +210,7 @@ def start_batch_callback(batch_id: str, info: Mapping[str, Any], rt: Runtime) ->
     f = _fields(BATCH_EVENT)
     if rt.ledger.batch_set_once(batch_id, f.since, repr(time.time())):
         rt.ledger.update_batch(batch_id, {f.state: "retrying", f.attempts: 0})
-        send_callback(batch_id, event=BATCH_EVENT)
+        send_callback(batch_id, event=BATCH_EVENT, attempt=1)
 
 
 # ---------------------------------------------------------------------------------------------------- delivery
@@ -248,8 +248,16 @@ def _save(ident: str, event: str, fields: Mapping[str, Any], rt: Runtime) -> Non
         rt.ledger.update(ident, fields)
 
 
-def deliver(ident: str, rt: Runtime, event: str = "finished") -> str:
-    """One delivery attempt of a job's (or batch's) event; schedules the next on failure. Returns the state."""
+def deliver(ident: str, rt: Runtime, event: str = "finished", attempt: int | None = None) -> str:
+    """One delivery attempt of a job's (or batch's) event; schedules the next on failure. Returns the state.
+
+    ``attempt`` (the message's number) is claimed once (``cbtry:<ident>:<event>:<n>``): a countdown longer than
+    the visibility timeout makes the broker deliver the message twice, and two copies that both failed would
+    each schedule a retry, doubling at every step. A progress event (one attempt, no retry) carries none."""
+    if attempt is not None:
+        ttl = int(rt.settings.callback_retry_max_delay_s * 4 + 3600)
+        if not rt.redis.set(keys.callback_try(f"{ident}:{event}:{attempt}"), "1", nx=True, ex=ttl):
+            return "retrying"  # a copy of an attempt already made
     record = _record(ident, event, rt)
     if record is None:
         return "gave up"
@@ -284,7 +292,7 @@ def deliver(ident: str, rt: Runtime, event: str = "finished") -> str:
     _save(ident, event, {f.state: state, f.attempts: attempts, f.error: error[:300]}, rt)
     log.info("%s callback of %s attempt %d failed (%s): %s", event, ident, attempts, error, state)
     if retry:
-        send_callback(ident, delay, event)
+        send_callback(ident, delay, event, attempts + 1)
     else:
         _count_end(record, event, state, rt)
     return state

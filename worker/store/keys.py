@@ -41,6 +41,7 @@ Celery's result of a task (``celery-task-meta-<task id>``) is Celery's key; arch
 - ``budget_hits``        set: batch ids whose budget held a job (``*daily`` for MJQ_BUDGET_DAILY), written by the
   Lua gates and drained by the budget alert (``worker.jobs.alerts``)
 - ``cbpace:<job>``       the throttle of a job's progress callbacks (one per MJQ_CALLBACK_PROGRESS_INTERVAL_S)
+- ``cbtry:<id>:<event>:<n>``  callback attempt n claimed (a redelivered copy of its message makes no second try)
 - callback delivery state: on ``job:<id>`` (``callback``, ``callback_attempts``, ``callback_started``,
   ``callback_error``; ``cb_started*``, ``cb_progress*`` for those events) and on ``batch:<id>`` (``callback*`` of
   the batch callback; ``callbacks:asked|delivered|gave up`` counts its jobs' callbacks)
@@ -116,3 +117,4 @@ api_daily = _Family("api:daily")
 alert = _Family("alert")
 outcomes = _Family("outcomes")
 callback_pace = _Family("cbpace")
+callback_try = _Family("cbtry")
