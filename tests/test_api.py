@@ -499,6 +499,18 @@ def test_a_batch_callback_fires_once_with_the_summary(api: Api, stack: Stack) ->
         status = subprocess.run([sys.executable, "-m", "worker.cli", "status", "summed", "--json"], env=api.env,
                                 cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert json.loads(status.stdout)["callbacks"]["batch"]["state"] == "delivered", status.stderr
+        # the same batch option on `mjq batch`: checked before anything is read or sent
+        prompts = Path(tempfile.mkdtemp(prefix="mjq-cli-cb-")) / "owls.txt"
+        prompts.write_text("an owl\n")
+        cli = [sys.executable, "-m", "worker.cli", "batch", str(prompts), "--batch-id", "owls"]
+        refused = subprocess.run([*cli, "--callback-url", "http://10.0.0.1/cb"], env=api.env, cwd=ROOT,
+                                 capture_output=True, text=True, timeout=60)
+        assert refused.returncode != 0 and "callback_url" in refused.stderr and not stack.ledger.batch("owls")
+        subprocess.run([*cli, "--callback-url", receiver.url], env=api.env, cwd=ROOT, capture_output=True,
+                       timeout=60, check=True)
+        owls = wait_for(lambda: [json.loads(b) for h, b in receiver.deliveries if h["webhook-id"] == "msg_batch_owls"],
+                        60, "the batch callback of mjq batch")
+        assert owls[0]["data"]["counts"] == {"succeeded": 1}
     finally:
         receiver.close()
 
@@ -656,3 +668,25 @@ def test_a_keys_callback_secret_is_checked_and_never_shown(tmp_path: Path) -> No
     with pytest.raises(KeyFileError, match="callback_secret") as bad:
         read_keys(path)
     assert "not-base64" not in str(bad.value)
+
+
+def test_the_daily_budget_is_alerted_once_a_day(api: Api, stack: Stack, alert_receiver: Receiver) -> None:
+    from worker.settings import Settings
+    from worker.store import keys
+    from worker.store.slots import Slots
+
+    # the Lua gate of MJQ_BUDGET_DAILY notes the hit (a probe job priced over a 0.05 daily budget) ...
+    settings = Settings(_env_file=None, redis_url=stack.redis_url, budget_daily=0.05)
+    probe = keys.job("daily-probe")
+    stack.redis.hset(probe, mapping={"status": "queued", "mode": "fast", "price_micros": "100000"})
+    try:
+        assert Slots(stack.redis, settings).try_admit("fast", "daily-probe", 1.0).reason == "budget_daily"
+    finally:
+        stack.redis.delete(probe)
+    # ... and the worker that admits jobs next (housekeeping) tells it, once per UTC day
+    wait_for(lambda: alerts_titled(alert_receiver, "daily budget reached"), 30, "the daily budget alert")
+    stack.redis.sadd(keys.BUDGET_HITS, keys.DAILY_BUDGET_HIT)
+    wait_for(lambda: not stack.redis.scard(keys.BUDGET_HITS), 30, "the second note to be taken")
+    time.sleep(1)  # an alert the second note caused would have arrived by now
+    alert = alerts_titled(alert_receiver, "daily budget reached")
+    assert len(alert) == 1 and "MJQ_BUDGET_DAILY" in alert[0]["message"]
