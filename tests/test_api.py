@@ -1,6 +1,9 @@
 """The HTTP API through real HTTP: a `mjq serve` process (keys made by `mjq serve-key add`), the real worker,
 Redis and the simulator of the test stack. Every route, every error status with its message, idempotency,
-key scoping and quotas, and a 10,000-row JSONL batch posted in one request."""
+key scoping and quotas, and a 10,000-row JSONL batch posted in one request; callbacks (retried, verified, one
+effect; started/progress events; a batch callback once; a key's own secret), alerts to a local json://
+receiver (batch finished with spend, failure rate, breaker, budgets) and the batch options budget and
+callback_url through the API, `mjq batch` and the Python producer."""
 
 from __future__ import annotations
 

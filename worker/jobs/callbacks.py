@@ -180,27 +180,33 @@ def start_callback(job: Mapping[str, Any], rt: Runtime) -> None:
 
 
 def job_started(job_id: str, meta: Mapping[str, Any] | None, rt: Runtime) -> None:
-    """The upstream accepted the job: ``job.started``, once, if the job asked for it."""
+    """The upstream accepted the job: ``job.started``, once, if the job asked for it (never fails the job)."""
     if "started" not in job_events({"meta": meta}):
         return
     f = _fields("started")
-    if rt.ledger.set_once(job_id, f.since, repr(time.time())):
-        rt.ledger.update(job_id, {f.state: "retrying", f.attempts: 0})
-        send_callback(job_id, event="started", attempt=1)
+    try:
+        if rt.ledger.set_once(job_id, f.since, repr(time.time())):
+            rt.ledger.update(job_id, {f.state: "retrying", f.attempts: 0})
+            send_callback(job_id, event="started", attempt=1)
+    except Exception:  # the job was accepted; a callback that cannot start must not undo that
+        log.exception("job %s: its started callback could not be sent", job_id)
 
 
 def job_progress(job: Mapping[str, Any], progress: object, rt: Runtime) -> None:
-    """The job's progress changed (a poll or webhook): ``job.progress`` if it asked, at most one per interval."""
+    """The job's progress changed (a poll or webhook): ``job.progress`` if it asked, at most one per interval
+    (``cbpace:<job>``; never fails the job)."""
     if not progress or "progress" not in job_events(job) or str(progress) == "100%":
         return  # 100%: the end is its own event
     job_id = str(job["job_id"])
     if str(progress) == str(job.get("cb_progress_sent") or ""):
         return
-    interval = rt.settings.callback_progress_interval_s
-    if not rt.redis.set(keys.callback_pace(job_id), "1", nx=True, px=max(1, int(interval * 1000))):
-        return
-    rt.ledger.update(job_id, {"cb_progress_sent": str(progress)})
-    send_callback(job_id, event="progress")
+    pace_ms = max(1, int(rt.settings.callback_progress_interval_s * 1000))
+    try:
+        if rt.redis.set(keys.callback_pace(job_id), "1", nx=True, px=pace_ms):
+            rt.ledger.update(job_id, {"cb_progress_sent": str(progress)})
+            send_callback(job_id, event="progress")
+    except Exception:  # progress is a courtesy; tracking the job goes on
+        log.exception("job %s: its progress callback could not be sent", job_id)
 
 
 def start_batch_callback(batch_id: str, info: Mapping[str, Any], rt: Runtime) -> None:
