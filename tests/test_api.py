@@ -436,7 +436,7 @@ def test_callback_events_and_a_keys_own_secret(api: Api, stack: Stack, sim: Any)
     receiver = Receiver(failures=0)
     sim.faults(duration_s={"FAST": 200.0})  # 2 s at the session's time factor: the polls see it progress
     try:
-        body = {"prompt": "a slowly called-back fox", "callback_url": receiver.url,
+        body = {"prompt": "a slowly called-back fox", "callback_url": receiver.url, "split_grid": True,
                 "callback_events": ["started", "progress", "finished"]}
         created = signed.post("/v1/jobs", json=body)
         assert created.status_code == 201, created.text
@@ -447,6 +447,7 @@ def test_callback_events_and_a_keys_own_secret(api: Api, stack: Stack, sim: Any)
             and j["callback"].get("started", {}).get("state") == "delivered" and j, 30, "the callbacks",
         )
         assert done["callback"]["attempts"] == 1 and done["callback"]["progress"]["attempts"] >= 1
+        assert len(done["image_paths"]) == 4 and all(Path(i).is_file() for i in done["image_paths"])  # split_grid
         types = [json.loads(b)["type"] for _, b in receiver.deliveries]
         assert types[0] == "job.started" and types.count("job.started") == 1 and types.count("job.finished") == 1
         assert types.count("job.progress") >= 1, types
