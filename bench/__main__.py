@@ -1,7 +1,8 @@
 """``python -m bench`` (``make bench``): every benchmark on its own stack, a table, ``bench/results.json``.
 
 Sizes: ``full`` (the published figures, about 12 min: 1,000-prompt utilisation batch, 10,000 enqueued,
-4,000 waiting, 200 fan-outs, and the pool's 2,000 prompts over 3 upstreams), ``quick`` (about 3 min, for a
+4,000 waiting, 200 fan-outs, the pool's 2,000 prompts over 3 upstreams, a
+10,000-row ``POST /v1/batches``), ``quick`` (about 3 min, for a
 look) and ``smoke`` (what CI runs to prove it still works). ``--only`` picks benchmarks by number or name;
 ``--readme`` writes the table into README.md.
 
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bench import enqueue, fanout, latency, pool, scale, series, utilisation
+from bench import api, enqueue, fanout, latency, pool, scale, series, utilisation
 from bench.report import print_table, update_readme
 from bench.runner import Phase, Recorder, Stopped, default_signals, stop_on_signals
 from bench.stack import CAPACITY, QUEUE, hermetic_environment, running
@@ -43,17 +44,18 @@ class Sizes:
     window_s: float
     fanout_roots: int
     series: tuple[int, ...]
+    api: int  # rows of the one POST /v1/batches (and of the `mjq batch` file it is compared with)
     pool: int = 2000  # the pool batch over 3 upstreams (issue 12: 2,000 jobs)
     pool_failover: int = 120
 
 
 # full: about 12 min on an idle 2-core machine (README); quick: about 3 min; smoke: what `make test` runs
 SIZES = {
-    "full": Sizes(1000, 200, 30, 150, 10_000, 4_000, 60.0, 200, (1_000, 10_000, 100_000), 2000, 120),
-    "quick": Sizes(150, 40, 6, 20, 2_000, 600, 15.0, 15, (1_000, 10_000), 300, 60),
-    "smoke": Sizes(24, 30, 2, 6, 300, 150, 5.0, 3, (100, 300), 18, 12),
+    "full": Sizes(1000, 200, 30, 150, 10_000, 4_000, 60.0, 200, (1_000, 10_000, 100_000), 10_000, 2000, 120),
+    "quick": Sizes(150, 40, 6, 20, 2_000, 600, 15.0, 15, (1_000, 10_000), 2_000, 300, 60),
+    "smoke": Sizes(24, 30, 2, 6, 300, 150, 5.0, 3, (100, 300), 300, 18, 12),
 }
-BENCHMARKS = ("utilisation", "requests", "enqueue", "latency", "scale", "fanout", "series", "pool")
+BENCHMARKS = ("utilisation", "requests", "enqueue", "latency", "scale", "fanout", "series", "pool", "api")
 WEBHOOK_PHASES = ("utilisation", "continuation", "fanout")
 
 
@@ -73,6 +75,8 @@ def phases(sizes: Sizes, chosen: set[str]) -> list[Phase]:
         Phase("series", "7 scale series: " + ", ".join(f"{n:,}" for n in sizes.series) + " prompts", ("series",)),
         Phase("pool", f"8 pool: {sizes.pool:,} prompts over 3 upstreams (3/2/1), failover of "
               f"{sizes.pool_failover}, round-robin baseline", ("pool",)),
+        Phase("api", f"9 http api: POST /v1/batches of {sizes.api:,} rows, then `mjq batch` of the same file",
+              ("api",)),
     ]
     return [p for p in every if set(p.benchmarks) & chosen]
 
@@ -129,6 +133,9 @@ def run(sizes: Sizes, work: Path, rec: Recorder) -> None:
     if "pool" in todo:
         with rec.phase("pool"):
             rec.add(pool.run(work, tf, sizes.pool, sizes.pool_failover))
+    if "api" in todo:
+        with rec.phase("api"):
+            rec.add(api.run(work / "api", sizes.api))
 
 
 def _chosen(only: list[str] | None) -> set[str]:
@@ -144,7 +151,8 @@ def _chosen(only: list[str] | None) -> set[str]:
     return picked
 
 
-ALIASES = {"continuation": "latency", "fan-out": "fanout", "memory": "scale", "requests/job": "requests"}
+ALIASES = {"continuation": "latency", "fan-out": "fanout", "memory": "scale", "requests/job": "requests",
+           "http": "api"}
 
 
 def _listing() -> str:

@@ -25,9 +25,10 @@ def finish(self: Task[Any, Any], job_id: str) -> None:
 
 
 @task(name=CALLBACK_TASK, acks_late=True, ignore_result=True, send_events=False)
-def callback(job_id: str) -> str:
-    """POST the finished job's result to its callback_url (signed); schedules its own retries."""
-    return callbacks.deliver(job_id, runtime())
+def callback(ident: str, event: str = "finished", attempt: int | None = None) -> str:
+    """POST a job's event (finished, started, progress) or a batch's summary (batch.finished, ``ident`` is the
+    batch id) to its callback_url, signed; schedules its own retries (``attempt`` numbers them)."""
+    return callbacks.deliver(ident, runtime(), event, attempt)
 
 
 @task(name=ALERT_TASK, acks_late=True, ignore_result=True, send_events=False)

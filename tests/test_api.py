@@ -1,6 +1,9 @@
 """The HTTP API through real HTTP: a `mjq serve` process (keys made by `mjq serve-key add`), the real worker,
 Redis and the simulator of the test stack. Every route, every error status with its message, idempotency,
-key scoping and quotas, and a 10,000-row JSONL batch posted in one request."""
+key scoping and quotas, and a 10,000-row JSONL batch posted in one request; callbacks (retried, verified, one
+effect; started/progress events; a batch callback once; a key's own secret), alerts to a local json://
+receiver (batch finished with spend, failure rate, breaker, budgets) and the batch options budget and
+callback_url through the API, `mjq batch` and the Python producer."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import base64
 import json
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,7 +32,12 @@ from worker.mjapi.errors import InvalidInput
 MAX_BODY = 4 * 1024 * 1024
 CALLBACK_SECRET = "whsec_" + base64.b64encode(b"test-callback-secret-0123456789").decode()
 ALERT_PORT = free_port()
+# the worker reads it too: the callbacks of a key with its own secret are signed with that secret
+KEYS_FILE = Path(tempfile.mkdtemp(prefix="mjq-api-keys-")) / "keys.toml"
 CONFIGS["api"] = {
+    "MJQ_SERVE_KEYS_FILE": str(KEYS_FILE),
+    "MJQ_PRICES": "imagine=0.1",
+    "MJQ_CALLBACK_PROGRESS_INTERVAL_S": "0.2",
     "MJQ_ALERT_URLS": f"json://127.0.0.1:{ALERT_PORT}/alerts",
     "MJQ_ALERT_FAILURE_MIN_JOBS": "4",
     "MJQ_ALERT_FAILURE_RATE": "0.5",
@@ -56,11 +65,12 @@ class Api:
 
 
 def add_key(env: dict[str, str], *args: str) -> str:
+    """The key printed by `mjq serve-key add` (its last line; with --callback-secret the secret comes first)."""
     done = subprocess.run(
         [sys.executable, "-m", "worker.cli", "serve-key", "add", *args],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=True,
     )
-    return done.stdout.strip().splitlines()[-1]
+    return "\n".join(done.stdout.strip().splitlines()[-2 if "--callback-secret" in args else -1 :])
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +82,6 @@ def api(stack_manager: StackManager, tmp_path_factory: pytest.TempPathFactory) -
     env.update(
         {
             "MJQ_SERVE_PORT": str(port),
-            "MJQ_SERVE_KEYS_FILE": str(tmp / "keys.toml"),
             "MJQ_SERVE_MAX_BODY_BYTES": str(MAX_BODY),
             "MJQ_SERVE_PAGE_SIZE": "3",
         }
@@ -83,9 +92,11 @@ def api(stack_manager: StackManager, tmp_path_factory: pytest.TempPathFactory) -
         "ops": add_key(env, "ops", "--admin"),
         "small": add_key(env, "small", "--daily-jobs", "2", "--max-priority", "5"),
     }
-    assert all(k.startswith("mjq_") for k in keys.values())
-    text = (tmp / "keys.toml").read_text()
-    assert not any(k in text for k in keys.values())  # only hashes are stored
+    keys["signed-secret"], keys["signed"] = add_key(env, "signed", "--callback-secret").split("\n")
+    assert keys["signed-secret"].startswith("whsec_")
+    assert all(v.startswith("mjq_") for k, v in keys.items() if k != "signed-secret")
+    text = KEYS_FILE.read_text()
+    assert not any(v in text for k, v in keys.items() if k != "signed-secret")  # only hashes are stored
     log_path = tmp / "serve.log"
     log = log_path.open("wb")
     proc = subprocess.Popen(
@@ -102,7 +113,7 @@ def api(stack_manager: StackManager, tmp_path_factory: pytest.TempPathFactory) -
             pass
         assert time.monotonic() < deadline, "mjq serve did not start"
         time.sleep(0.2)
-    yield Api(url, keys, log_path, tmp / "keys.toml", env)
+    yield Api(url, keys, log_path, KEYS_FILE, env)
     stop_process(proc, 15.0)
 
 
@@ -135,7 +146,7 @@ def wait_job(client: httpx.Client, job_id: str) -> dict[str, Any]:
 def test_service_routes_docs_metrics_and_auth(api: Api, stack: Stack) -> None:
     anonymous = api.client(None)
     health = anonymous.get("/healthz")
-    assert health.status_code == 200 and health.json()["ok"] is True and health.json()["keys"] == 4
+    assert health.status_code == 200 and health.json()["ok"] is True and health.json()["keys"] == 5
     schema = anonymous.get("/openapi.json").json()
     assert {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/batches", "/v1/batches/{batch_id}/manifest"} <= set(schema["paths"])
     assert {"/v1/batches/{batch_id}/pause", "/v1/batches/{batch_id}/requeue"} <= set(schema["paths"])
@@ -149,6 +160,10 @@ def test_service_routes_docs_metrics_and_auth(api: Api, stack: Stack) -> None:
     for name in ("mjq_slots_in_use", "mjq_slots", "mjq_jobs_waiting", "mjq_submits_today", "mjq_api_requests_total"):
         assert f"\n{name}" in metrics.text or metrics.text.startswith(name), name
     assert 'mjq_slots{mode="fast"} 3.0' in metrics.text
+    error(anonymous.get("/v1/upstreams"), 401)
+    pool = api.client("shop").get("/v1/upstreams").json()["upstreams"]  # the `mjq upstreams` table
+    assert [u["name"] for u in pool] == ["default"] and pool[0]["state"] == "running", pool
+    assert stack.env["MJQ_API_KEY"] not in str(pool)
 
 
 def test_a_job_runs_and_only_its_key_and_admins_see_it(api: Api, stack: Stack, sim: Any) -> None:
@@ -418,6 +433,96 @@ def test_callbacks_are_signed_retried_and_never_delay_the_job(api: Api, stack: S
         receiver.close()
 
 
+def test_callback_events_and_a_keys_own_secret(api: Api, stack: Stack, sim: Any) -> None:
+    from standardwebhooks import Webhook, WebhookVerificationError
+
+    signed = api.client("signed")
+    receiver = Receiver(failures=0)
+    sim.faults(duration_s={"FAST": 200.0})  # 2 s at the session's time factor: the polls see it progress
+    try:
+        body = {"prompt": "a slowly called-back fox", "callback_url": receiver.url, "split_grid": True,
+                "callback_events": ["started", "progress", "finished"]}
+        created = signed.post("/v1/jobs", json=body)
+        assert created.status_code == 201, created.text
+        job_id = created.json()["job_id"]
+        assert wait_job(signed, job_id)["status"] == "succeeded"
+        done = wait_for(
+            lambda: (j := signed.get(f"/v1/jobs/{job_id}").json())["callback"]["state"] == "delivered"
+            and j["callback"].get("started", {}).get("state") == "delivered" and j, 30, "the callbacks",
+        )
+        assert done["callback"]["attempts"] == 1 and done["callback"]["progress"]["attempts"] >= 1
+        assert len(done["image_paths"]) == 4 and all(Path(i).is_file() for i in done["image_paths"])  # split_grid
+        types = [json.loads(b)["type"] for _, b in receiver.deliveries]
+        assert types[0] == "job.started" and types.count("job.started") == 1 and types.count("job.finished") == 1
+        assert types.count("job.progress") >= 1, types
+        progress = [json.loads(b)["data"]["progress"] for _, b in receiver.deliveries if b"job.progress" in b]
+        assert all(p and p != "100%" for p in progress), progress
+        ids = [h["webhook-id"] for h, _ in receiver.deliveries]
+        assert len(set(ids)) == len(ids) and f"msg_{job_id}" in ids  # one id per event
+        own, shared = Webhook(api.keys["signed-secret"]), Webhook(CALLBACK_SECRET)
+        for headers, raw in receiver.deliveries:
+            assert own.verify(raw, headers)["data"]["job_id"] == job_id  # signed with the key's own secret
+            with pytest.raises(WebhookVerificationError):
+                shared.verify(raw, headers)
+        # the secret is in the keys file only: not in results, the API's log or any Redis record
+        secret = api.keys["signed-secret"]
+        assert secret not in signed.get(f"/v1/jobs/{job_id}").text and secret not in api.log_path.read_text()
+        assert not [k for k in stack.redis.scan_iter("mjq:*") if stack.redis.type(k) == "hash"
+                    and secret in json.dumps(stack.redis.hgetall(k), default=str)]
+        # mjq job shows the delivery
+        shown = subprocess.run([sys.executable, "-m", "worker.cli", "job", job_id], env=api.env, cwd=ROOT,
+                               capture_output=True, text=True, timeout=60)
+        assert "delivered (1 attempt)" in shown.stdout, shown.stdout + shown.stderr
+    finally:
+        receiver.close()
+
+
+def test_a_batch_callback_fires_once_with_the_summary(api: Api, stack: Stack) -> None:
+    from standardwebhooks import Webhook
+
+    shop = api.client("shop")
+    receiver = Receiver(failures=1)
+    try:
+        error(shop.post("/v1/batches", params={"callback_url": "http://10.0.0.1/x"}, content="a fox\n",
+                        headers={"Content-Type": "text/plain"}), 422)
+        params = {"batch_id": "summed", "callback_url": receiver.url}
+        posted = shop.post("/v1/batches", params=params, content="a fox\na cat\n",
+                           headers={"Content-Type": "text/plain"})
+        assert posted.status_code == 201, posted.text
+        view = wait_for(
+            lambda: (v := shop.get("/v1/batches/summed").json())["callbacks"]["batch"]
+            and v["callbacks"]["batch"]["state"] == "delivered" and v, 60, "the batch callback",
+        )
+        assert view["callbacks"]["batch"]["attempts"] == 2 and view["money"]["spent"] == pytest.approx(0.2)
+        again = shop.post("/v1/batches", params=params, content="a fox\na cat\n",
+                          headers={"Content-Type": "text/plain"})
+        assert again.status_code == 200  # resumed: nothing new, the batch stays finished
+        time.sleep(1)
+        assert len(receiver.deliveries) == 2 and len({h["webhook-id"] for h, _ in receiver.deliveries}) == 1
+        payload = Webhook(CALLBACK_SECRET).verify(receiver.deliveries[-1][1], receiver.deliveries[-1][0])
+        assert payload["type"] == "batch.finished"
+        summary = payload["data"]
+        assert summary["batch_id"] == "summed" and summary["counts"] == {"succeeded": 2} and summary["total"] == 2
+        assert summary["money"]["spent"] == pytest.approx(0.2) and summary["money"]["currency"] == "USD"
+        status = subprocess.run([sys.executable, "-m", "worker.cli", "status", "summed", "--json"], env=api.env,
+                                cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert json.loads(status.stdout)["callbacks"]["batch"]["state"] == "delivered", status.stderr
+        # the same batch option on `mjq batch`: checked before anything is read or sent
+        prompts = Path(tempfile.mkdtemp(prefix="mjq-cli-cb-")) / "owls.txt"
+        prompts.write_text("an owl\n")
+        cli = [sys.executable, "-m", "worker.cli", "batch", str(prompts), "--batch-id", "owls"]
+        refused = subprocess.run([*cli, "--callback-url", "http://10.0.0.1/cb"], env=api.env, cwd=ROOT,
+                                 capture_output=True, text=True, timeout=60)
+        assert refused.returncode != 0 and "callback_url" in refused.stderr and not stack.ledger.batch("owls")
+        subprocess.run([*cli, "--callback-url", receiver.url], env=api.env, cwd=ROOT, capture_output=True,
+                       timeout=60, check=True)
+        owls = wait_for(lambda: [json.loads(b) for h, b in receiver.deliveries if h["webhook-id"] == "msg_batch_owls"],
+                        60, "the batch callback of mjq batch")
+        assert owls[0]["data"]["counts"] == {"succeeded": 1}
+    finally:
+        receiver.close()
+
+
 def test_a_dead_receiver_gives_up_without_failing_the_job(api: Api, stack: Stack) -> None:
     shop = api.client("shop")
     receiver = Receiver(failures=10**6)
@@ -447,7 +552,10 @@ def test_callback_targets_are_checked_before_use(api: Api, stack: Stack) -> None
     ):
         body = error(shop.post("/v1/jobs", json={"prompt": "a fox", "callback_url": url}), 422)
         assert body["field"] == "callback_url" and rule in body["message"], (url, body)
-    error(shop.post("/v1/jobs", json={"prompt": "a fox", "callback_events": ["progress"]}), 422)
+    events = error(shop.post("/v1/jobs", json={"prompt": "a fox", "callback_events": ["progress"]}), 422)
+    assert events["field"] == "callback_events" and "callback_url" in events["message"]
+    sometimes = {"prompt": "a fox", "callback_url": "https://example.com/cb", "callback_events": ["sometimes"]}
+    assert error(shop.post("/v1/jobs", json=sometimes), 422)["field"] == "callback_events"
     # 127.0.0.1 is refused unless allowed
     strict = Settings(_env_file=None, callback_secret=CALLBACK_SECRET, callback_allow_hosts="")
     with pytest.raises(InvalidInput, match="https"):
@@ -484,6 +592,7 @@ def test_alerts_once_per_cause_batch_finished_and_failure_rate(
     wait_for(lambda: alerts_titled(alert_receiver, "batch alerted finished"), 60, "the batch alert")
     alert = alerts_titled(alert_receiver, "batch alerted finished")[0]
     assert "succeeded 2" in alert["message"] and "(of 2)" in alert["message"]
+    assert "spent 0.20 USD" in alert["message"]
     sim.faults(banned_words=["forbidden"])
     ids = [shop.post("/v1/jobs", json={"prompt": f"a forbidden fox {i}"}).json()["job_id"] for i in range(6)]
     assert all(wait_job(shop, job_id)["status"] == "failed" for job_id in ids)
@@ -504,3 +613,88 @@ def test_an_alert_when_the_upstream_stops_us(api: Api, stack: Stack, sim: Any, a
     stopped = alerts_titled(alert_receiver, "submitting stopped")
     assert len(stopped) == 1 and "stopped us" in stopped[0]["message"]
     assert "not-our-key" not in json.dumps(stopped) and "test-key" not in json.dumps(stopped)
+
+
+def test_a_budget_holds_a_batch_and_is_alerted_once(
+    api: Api, stack: Stack, sim: Any, alert_receiver: Receiver
+) -> None:
+    shop = api.client("shop")
+    bad = error(shop.post("/v1/batches", params={"budget": "-1"}, content="a fox\n",
+                          headers={"Content-Type": "text/plain"}), 422)
+    assert bad["field"] == "budget"
+    assert error(shop.post("/v1/jobs", json={"prompt": "a fox", "budget": 1}), 422)["field"] == "budget"
+    posted = shop.post("/v1/batches", params={"batch_id": "thrifty", "budget": "0.15"},
+                       content="a fox\na cat\na owl\n", headers={"Content-Type": "text/plain"})
+    assert posted.status_code == 201, posted.text
+    # a job with the batch option budget through POST /v1/jobs: the same batch budget, set again, raises nothing
+    more = shop.post("/v1/jobs", json={"prompt": "a hen", "batch": "thrifty", "budget": "0.15"})
+    assert more.status_code == 201, more.text
+    wait_for(lambda: alerts_titled(alert_receiver, "thrifty reached its budget"), 30, "the budget alert")
+    view = wait_for(lambda: (v := shop.get("/v1/batches/thrifty").json())["counts"]["succeeded"] == 1 and v,
+                    30, "the one job the budget pays for")
+    assert view["money"]["budget"] == pytest.approx(0.15) and view["money"]["held_by"] == "budget"
+    time.sleep(1.5)  # the other held jobs are looked at again: still one alert
+    alert = alerts_titled(alert_receiver, "thrifty reached its budget")
+    assert len(alert) == 1 and "mjq budget thrifty" in alert[0]["message"] and "0.15 USD" in alert[0]["message"]
+    assert shop.get("/v1/batches/thrifty").json()["counts"]["succeeded"] == 1
+    assert shop.post("/v1/batches/thrifty/cancel").status_code == 200
+
+
+def test_the_python_producer_takes_the_batch_options(api: Api, stack: Stack) -> None:
+    from worker.batchfile import BatchJob
+    from worker.producer import Backend, configure_batch, submit_jobs
+    from worker.settings import Settings
+
+    handle = Backend(Settings(_env_file=None, redis_url=stack.redis_url, callback_secret=CALLBACK_SECRET,
+                              callback_allow_hosts=""))
+    try:
+        job = BatchJob(job_id="producer-fox", row=1, prompt="a producer fox", mode="fast", bot_type="MID_JOURNEY")
+        with pytest.raises(InvalidInput, match="budget"):
+            submit_jobs(handle, [job], "produced", budget="lots")
+        with pytest.raises(InvalidInput, match="loopback"):
+            submit_jobs(handle, [job], "produced", callback_url="https://127.0.0.1/cb")
+        assert not handle.ledger.existing(["producer-fox"]) and not handle.ledger.batch("produced")
+        configure_batch(handle, "produced", budget="0.5", callback_url="https://93.184.215.14/cb")
+        info = handle.ledger.batch("produced")
+        assert info["budget_micros"] == 500_000 and info["meta"]["callback_url"] == "https://93.184.215.14/cb"
+    finally:
+        handle.close()
+
+
+def test_a_keys_callback_secret_is_checked_and_never_shown(tmp_path: Path) -> None:
+    from worker.keyfile import KeyFileError, KeyRing, add_key, new_callback_secret, read_keys
+
+    path = tmp_path / "keys.toml"
+    secret = new_callback_secret()
+    add_key(path, "billing", callback_secret=secret)
+    add_key(path, "plain")
+    (entry, plain) = read_keys(path)
+    assert entry.callback_secret == secret and secret not in repr(entry) and plain.callback_secret == ""
+    assert KeyRing(path).callback_secret("billing") == secret and KeyRing(path).callback_secret("gone") == ""
+    assert "callback_secret" not in path.read_text().split("[[keys]]")[2]  # none stored for a key without one
+    path.write_text(path.read_text().replace(secret, "whsec_not-base64!"))
+    with pytest.raises(KeyFileError, match="callback_secret") as bad:
+        read_keys(path)
+    assert "not-base64" not in str(bad.value)
+
+
+def test_the_daily_budget_is_alerted_once_a_day(api: Api, stack: Stack, alert_receiver: Receiver) -> None:
+    from worker.settings import Settings
+    from worker.store import keys
+    from worker.store.slots import Slots
+
+    # the Lua gate of MJQ_BUDGET_DAILY notes the hit (a probe job priced over a 0.05 daily budget) ...
+    settings = Settings(_env_file=None, redis_url=stack.redis_url, budget_daily=0.05)
+    probe = keys.job("daily-probe")
+    stack.redis.hset(probe, mapping={"status": "queued", "mode": "fast", "price_micros": "100000"})
+    try:
+        assert Slots(stack.redis, settings).try_admit("fast", "daily-probe", 1.0).reason == "budget_daily"
+    finally:
+        stack.redis.delete(probe)
+    # ... and the worker that admits jobs next (housekeeping) tells it, once per UTC day
+    wait_for(lambda: alerts_titled(alert_receiver, "daily budget reached"), 30, "the daily budget alert")
+    stack.redis.sadd(keys.BUDGET_HITS, keys.DAILY_BUDGET_HIT)
+    wait_for(lambda: not stack.redis.scard(keys.BUDGET_HITS), 30, "the second note to be taken")
+    time.sleep(1)  # an alert the second note caused would have arrived by now
+    alert = alerts_titled(alert_receiver, "daily budget reached")
+    assert len(alert) == 1 and "MJQ_BUDGET_DAILY" in alert[0]["message"]

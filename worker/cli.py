@@ -51,7 +51,9 @@ from worker.batchfile import (
 )
 from worker.devstack.demo import run_demo
 from worker.devstack.stack import DevStack, StackError, run_forever, worker_argv
+from worker.jobs.callbacks import check_callback
 from worker.jobs.kinds import webhook_url
+from worker.keyfile import KeyFileError, add_key, new_callback_secret
 from worker.mjapi import MidjourneyClient
 from worker.mjapi.doctor import Report, check_submit, diagnose, startup_warnings
 from worker.mjapi.profiles import PROFILES
@@ -65,9 +67,9 @@ from worker.reports.money import batch_money, money_line
 from worker.reports.progress import Blocked, RateMeter, Snapshot, blocked_by, render, watch
 from worker.reports.upstreams import upstreams_report
 from worker.service.api import serve as serve_api
-from worker.service.api.keyfile import KeyFileError, add_key
 from worker.service.webhook import serve
 from worker.settings import Settings, SettingsError, get_settings, settings_table
+from worker.store.deliveries import batch_callbacks
 from worker.store.observed import Observed
 from worker.store.runtime import Runtime, runtime
 from worker.upstreams.config import load_pool_file, masked
@@ -275,9 +277,15 @@ def batch_cmd(
     budget: Annotated[str | None, typer.Option("--budget", help="most the batch may spend (MJQ_CURRENCY)")] = None,
     split: SplitOpt = False,
     upstream: UpstreamOpt = None,
+    callback_url: Annotated[
+        str | None, typer.Option("--callback-url", help="POST the signed batch summary there once it finishes")
+    ] = None,
 ) -> None:
     """Enqueue every prompt of a file (resumable: jobs already known are skipped)."""
-    budget_micros = parse_budget(budget, "--budget") if budget is not None else None
+    if budget is not None:
+        parse_budget(budget, "--budget")
+    if callback_url is not None:
+        check_callback({"callback_url": callback_url}, get_settings())  # before reading or sending anything
     defaults = Defaults(mode=parse_mode(mode, "--mode"), bot=bot, then=validate_plan(then, "--then"), priority=priority,
                         split=split, upstream=upstream)
     parse_bot(bot, "--bot")
@@ -293,10 +301,9 @@ def batch_cmd(
     if not plan.jobs:
         raise CliError(f"no runnable rows in {file}", f"see {plan.rejected_path}" if plan.rejected else None)
     with backend() as handle:
-        if budget_micros is not None:  # on the batch record before any of its jobs can be admitted
-            handle.ledger.set_budget(batch_id, budget_micros)
+        options: dict[str, Any] = {"budget": budget, "callback_url": callback_url}  # on the batch record first
         if as_json or len(plan.jobs) < 200:
-            submitted, skipped = submit_jobs(handle, plan.jobs, batch_id)
+            submitted, skipped = submit_jobs(handle, plan.jobs, batch_id, **options)
         else:
             with Progress(
                 TextColumn("enqueueing"),
@@ -306,7 +313,9 @@ def batch_cmd(
                 transient=True,
             ) as bar:
                 task = bar.add_task("enqueue", total=len(plan.jobs))
-                submitted, skipped = submit_jobs(handle, plan.jobs, batch_id, lambda n: bar.update(task, completed=n))
+                submitted, skipped = submit_jobs(
+                    handle, plan.jobs, batch_id, lambda n: bar.update(task, completed=n), **options
+                )
         summary.update(submitted=submitted, skipped=skipped)
         if not as_json:
             print_plan(summary)
@@ -471,6 +480,7 @@ def status_cmd(
                     "failures": [{k: j.get(k) for k in ("job_id", "status", "fail_reason", "prompt")} for j in failed],
                     "money": batch_money(batch, info, runtime()),
                     "upstreams": info.get("upstreams") or {},
+                    "callbacks": batch_callbacks(info),
                 }
             )
             return
@@ -480,6 +490,9 @@ def status_cmd(
         console.print("  " + escape(money_line(batch_money(batch, info, runtime()))))
         if info.get("upstreams"):
             console.print("  upstreams: " + "  ".join(f"{n} {c}" for n, c in sorted(info["upstreams"].items())))
+        callbacks_line = callbacks_text(batch_callbacks(info))
+        if callbacks_line:
+            console.print("  " + escape(callbacks_line))
         if failed:
             table = Table("job", "status", "reason", "prompt", title="failures", title_justify="left")
             for job in failed:
@@ -490,6 +503,24 @@ def status_cmd(
                     Text(_short(str(job.get("prompt") or ""), 50)),
                 )
             console.print(table)
+
+
+def callbacks_text(callbacks: Mapping[str, Any]) -> str:
+    """``callbacks: 9 delivered, 1 retrying, 0 gave up; batch callback: delivered (1 attempt)`` ("" if none)."""
+    jobs, own = callbacks["jobs"], callbacks["batch"]
+    parts = []
+    if any(jobs.values()):
+        parts.append("callbacks: " + ", ".join(f"{n} {state}" for state, n in jobs.items()))
+    if own:
+        parts.append(f"batch callback: {delivery_text(own)}")
+    return "; ".join(parts)
+
+
+def delivery_text(view: Mapping[str, Any]) -> str:
+    """``delivered (4 attempts)``, ``retrying (2 attempts; HTTP 503)``."""
+    n = int(view.get("attempts") or 0)
+    text = f"{view['state']} ({n} attempt{'' if n == 1 else 's'}"
+    return text + (f"; {view['error']})" if view.get("error") else ")")
 
 
 def snap_dict(snap: Snapshot) -> dict[str, Any]:
@@ -683,6 +714,12 @@ def show_job(handle: Backend, job_id: str, *, as_json: bool) -> None:
         table.add_row("image", Text(str(out.get("image_path") or out.get("image_url"))))
     if out.get("fail_reason"):
         table.add_row("last error", Text(str(out["fail_reason"]), style="red"))
+    callback = out.get("callback") or {}
+    if callback.get("state"):
+        table.add_row("callback", Text(delivery_text(callback)))
+    for event in ("started", "progress"):
+        if callback.get(event):
+            table.add_row(f"callback {event}", Text(delivery_text(callback[event])))
     buttons = [str(b.get("label") or b.get("emoji") or b.get("custom_id")) for b in out.get("buttons") or []]
     if buttons:
         table.add_row("buttons", Text(" ".join(buttons)))
@@ -793,13 +830,22 @@ def serve_key_add_cmd(
         int, typer.Option(min=0, max=9, help="the most urgent priority the key may ask for (0 = any)")
     ] = 0,
     daily_jobs: Annotated[int, typer.Option(min=0, help="jobs per UTC day (0 = no quota)")] = 0,
+    callback_secret: Annotated[
+        bool, typer.Option("--callback-secret", help="give the key its own secret for signing its callbacks")
+    ] = False,
 ) -> None:
-    """Create a key: printed once, only its sha256 is stored in MJQ_SERVE_KEYS_FILE."""
+    """Create a key: printed once, only its sha256 is stored in MJQ_SERVE_KEYS_FILE (with --callback-secret,
+    also a secret of its own that signs its callbacks, printed once before the key)."""
     path = get_settings().serve_keys_file
+    secret = new_callback_secret() if callback_secret else ""
     try:
-        key = add_key(path, name, admin=admin, max_priority=max_priority, daily_jobs=daily_jobs)
+        key = add_key(path, name, admin=admin, max_priority=max_priority, daily_jobs=daily_jobs,
+                      callback_secret=secret)
     except KeyFileError as exc:
         fail(CliError(str(exc), "names are unique; `mjq serve-key add` another name", 2))
+    if secret:
+        err_console.print(f"callback secret of {name!r} (verify its callbacks with it; stored in {path}):")
+        sys.stdout.write(secret + "\n")
     err_console.print(f"key {name!r} stored (as its sha256) in {path}; it is shown once:")
     sys.stdout.write(key + "\n")
 

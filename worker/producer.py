@@ -10,6 +10,9 @@ from typing import Any
 import tasks
 from worker.app import app
 from worker.batchfile import BatchJob
+from worker.jobs.callbacks import check_callback
+from worker.mjapi.errors import InvalidInput
+from worker.pricing import PriceError, to_micros
 from worker.reports.progress import Snapshot
 from worker.settings import Settings, get_settings
 from worker.store.connection import redis_client
@@ -84,21 +87,52 @@ def backend() -> Iterator[Backend]:
 CHUNK = 200  # jobs looked up in (and announced to) the ledger per Redis round trip
 
 
+def configure_batch(
+    handle: Backend,
+    batch_id: str,
+    *,
+    budget: float | str | None = None,
+    callback_url: str | None = None,
+    callback_signer: str | None = None,
+) -> None:
+    """The batch options, checked first (``InvalidInput`` naming the field), then put on the batch record
+    before any of its jobs can be admitted: ``budget`` (most the batch may spend, MJQ_CURRENCY) and
+    ``callback_url`` (``batch.finished`` with the summary, once, signed with ``callback_signer``'s secret or
+    MJQ_CALLBACK_SECRET)."""
+    try:
+        micros = to_micros(budget, "budget") if budget is not None else None
+    except PriceError as exc:
+        raise InvalidInput("budget", str(exc).removeprefix("budget: ")) from None
+    if callback_url is not None:
+        check_callback({"callback_url": callback_url, "callback_signer": callback_signer}, handle.settings)
+    meta = {"callback_url": callback_url, "callback_signer": callback_signer} if callback_url else None
+    handle.ledger.ensure_batch(batch_id, {k: v for k, v in (meta or {}).items() if v})
+    if micros is not None:
+        handle.ledger.set_budget(batch_id, micros)
+
+
 def submit_jobs(
     handle: Backend,
     jobs: Sequence[BatchJob],
     batch_id: str,
     on_progress: Callable[[int], None] | None = None,
     queue: str | None = None,
+    *,
+    budget: float | str | None = None,
+    callback_url: str | None = None,
+    callback_signer: str | None = None,
 ) -> tuple[int, int]:
     """Enqueue jobs the ledger does not know yet; returns (submitted, skipped as already known).
+
+    ``budget``, ``callback_url`` and ``callback_signer`` are batch options (``configure_batch``), set before the
+    first job is sent.
 
     Every job sent is announced to the batch first (``Ledger.expect_jobs``), so progress and ETA count it before a
     worker creates its record, and the batch ends once exactly those jobs (and their follow-ups) ended: jobs
     already known, here or in another batch, and rows no longer in the file are never waited for. Jobs are
     looked up ``CHUNK`` at a time (one round trip), which keeps ``mjq batch`` close to raw ``apply_async``.
     """
-    handle.ledger.ensure_batch(batch_id)
+    configure_batch(handle, batch_id, budget=budget, callback_url=callback_url, callback_signer=callback_signer)
     submitted = skipped = 0
     with handle.producer() as producer:
         for start in range(0, len(jobs), CHUNK):

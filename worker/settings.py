@@ -246,7 +246,8 @@ class Settings(BaseSettings):
     serve_keys_file: Path = Field(
         Path(".mjq/serve-keys.toml"),
         description="TOML file of the API's bearer keys (sha256 of each key, name, admin, max_priority,"
-        " daily_jobs); `mjq serve-key add NAME` writes it.",
+        " daily_jobs, an optional callback_secret); `mjq serve-key add NAME` writes it. Workers read it too, to"
+        " sign the callbacks of a key that has its own secret.",
     )
     serve_max_body_bytes: int = Field(
         64 * 1024 * 1024, gt=0, description="Largest request body the HTTP API accepts (413 above it)."
@@ -269,6 +270,9 @@ class Settings(BaseSettings):
     callback_retry_initial_s: PositiveSeconds = Field(5.0, description="First delay before a callback is retried.")
     callback_retry_max_delay_s: PositiveSeconds = Field(300.0, description="Cap of the callback retry delay.")
     callback_timeout_s: PositiveSeconds = Field(10.0, description="Timeout of one callback delivery.")
+    callback_progress_interval_s: PositiveSeconds = Field(
+        30.0, description="Least time between two progress callbacks of a job (callback_events progress)."
+    )
     # Alerts to the operator through Apprise
     alert_urls: SecretStr = Field(
         SecretStr(""),

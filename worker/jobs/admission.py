@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from worker.jobs.alerts import budget_reached
 from worker.jobs.messages import resend
 from worker.plans.runner import PLAN, start_plan
 from worker.store.runtime import Runtime
@@ -39,6 +40,10 @@ def admit_parked(modes: Iterable[str], rt: Runtime) -> int:
             ups = route_order(ups, rt.slots.used_today(now))
         for up in ups:
             sent += _admit_on(up, mode, rt)
+    try:
+        budget_reached(rt)  # a budget that held a head job just now is told (once per cause)
+    except Exception:  # an alert is for people; never stop admissions because of it
+        log.exception("budget alert bookkeeping failed")
     return sent
 
 

@@ -1,11 +1,13 @@
 """Alerts to the operator through Apprise (``MJQ_ALERT_URLS``): submitting stopped (an upstream's breaker tripped,
-and why; every upstream of a mode stopped), a batch finished (with its counts), a failure rate over
-``MJQ_ALERT_FAILURE_RATE`` in the last hour.
+and why; every upstream of a mode stopped), a batch finished (with its counts and spend), a failure rate over
+``MJQ_ALERT_FAILURE_RATE`` in the last hour, a budget reached (a batch's budget or ``MJQ_BUDGET_DAILY`` held a job).
 
 Each alert is sent once per cause (a Redis ``SET NX`` on ``alert:<cause>``), not once per job: one breaker trip,
-one batch, one clock hour of failures. Sending is its own task (``tasks.track.alert``, sent by name), so a slow
-notification service never delays a job; the task carries only the title and text, the URLs (which hold
-tokens) are read from the settings by the worker that sends.
+one batch, one clock hour of failures, one budget value of a batch (raised and reached again: told again), one
+UTC day of the daily budget. The Lua gates that hold a job for its budget note the batch in ``budget_hits``;
+whoever admits jobs next takes the notes (``budget_reached``). Sending is its own task (``tasks.track.alert``,
+sent by name), so a slow notification service never delays a job; the task carries only the title and text,
+the URLs (which hold tokens) are read from the settings by the worker that sends.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import Any, cast
 import apprise
 
 from worker.app import ALERT_TASK, TRACK, app
+from worker.pricing import fmt_money
+from worker.reports.money import batch_summary, summary_line
 from worker.settings import Settings
 from worker.store import keys
 from worker.store.runtime import Runtime
@@ -109,7 +113,7 @@ def last_hour_outcomes(rt: Runtime, now: float | None = None) -> dict[str, dict[
 
 
 def job_finished(job: Mapping[str, Any], rt: Runtime) -> None:
-    """From the finishing step: count the outcome; alert a failure rate over the threshold, a finished batch."""
+    """From the finishing step: count the outcome (per upstream too); alert a failure rate over the threshold."""
     now = time.time()
     count_outcome(job, rt, now)
     if not alert_urls(rt.settings):
@@ -118,13 +122,40 @@ def job_finished(job: Mapping[str, Any], rt: Runtime) -> None:
     bucket = int(now // BUCKET_S)
     if status in FAILED:
         _failure_rate(bucket, now, rt)
-    batch_id = str(job.get("batch_id") or "")
-    if batch_id:
+
+
+def batch_finished(batch_id: str, info: Mapping[str, Any], rt: Runtime) -> None:
+    """From the finishing step of a batch's last job: the batch finished, with its counts and spend."""
+    if alert_urls(rt.settings):
+        text = summary_line(batch_summary(batch_id, info, rt))
+        raise_alert(f"batch:{batch_id}", f"mjqueue: batch {batch_id} finished", text, rt)
+
+
+def budget_reached(rt: Runtime) -> None:
+    """Tell the budgets that held a job since the last look (noted by the Lua gates), once per cause."""
+    hits = rt.ledger.budget_hits()
+    if not hits or not alert_urls(rt.settings):
+        return
+    currency = rt.settings.currency
+    for batch_id in hits:
+        if batch_id == keys.DAILY_BUDGET_HIT:
+            day = keys.utc_day(time.time())
+            spent = fmt_money(rt.ledger.spent_today(upstreams=rt.pool.names), currency)
+            raise_alert(
+                f"budget_daily:{day}", "mjqueue: daily budget reached",
+                f"MJQ_BUDGET_DAILY {rt.settings.budget_daily:g} {currency} is reached (spent today: {spent});"
+                " jobs wait for the next UTC day or a higher MJQ_BUDGET_DAILY", rt,
+            )
+            continue
         info = rt.ledger.batch(batch_id)
-        if info.get("status") == "finished":
-            counts = {k: v for k, v in (info.get("counts") or {}).items() if v}
-            text = ", ".join(f"{state} {n}" for state, n in sorted(counts.items()))
-            raise_alert(f"batch:{batch_id}", f"mjqueue: batch {batch_id} finished", f"{text} (of {info['total']})", rt)
+        budget = info.get("budget_micros")
+        why = info.get("hold_detail") or "budget reached"
+        raise_alert(
+            f"budget:{batch_id}:{budget}", f"mjqueue: batch {batch_id} reached its budget",
+            f"{why}: spent {fmt_money(int(info.get('spent_micros') or 0), currency)} of"
+            f" {fmt_money(int(budget) if budget is not None else None, currency)}; its next jobs are held"
+            f" (`mjq budget {batch_id} AMOUNT` releases them)", rt,
+        )
 
 
 def _failure_rate(bucket: int, now: float, rt: Runtime) -> None:

@@ -11,7 +11,7 @@ from celery import Task, signature
 
 from worker.app import app
 from worker.jobs import alerts
-from worker.jobs.callbacks import start_callback
+from worker.jobs.callbacks import start_batch_callback, start_callback
 from worker.jobs.messages import context_from_message
 from worker.media import GRID_ACTIONS, DownloadError, SavedImage, download_image, split_grid
 from worker.plans.canvas import pending_children
@@ -54,10 +54,24 @@ def finish_job(task: Task[Any, Any], job_id: str, rt: Runtime) -> dict[str, Any]
     if job.get("status") != "needs_review":  # final for now only: the real outcome is called back
         start_callback(job, rt)  # its own task: a dead receiver never delays or fails the job
     try:
-        alerts.job_finished(job, rt)  # failure rate, batch finished (sent once per cause, by its own task)
+        alerts.job_finished(job, rt)  # failure rate (sent once per cause, by its own task)
     except Exception:  # an alert is for people; never fail a job because of it
         log.exception("job %s: alert bookkeeping failed", job_id)
+    if job.get("batch_id"):
+        _batch_end(str(job["batch_id"]), rt)
     return result
+
+
+def _batch_end(batch_id: str, rt: Runtime) -> None:
+    """The batch's last job went through its finishing step: the batch callback and alert, once each."""
+    try:
+        info = rt.ledger.batch(batch_id)
+        if info.get("status") != "finished" or rt.ledger.finishing_in(batch_id):
+            return  # not yet; the finishing step of its last job looks again
+        start_batch_callback(batch_id, info, rt)
+        alerts.batch_finished(batch_id, info, rt)
+    except Exception:  # for the producer and for people; never fail a job because of them
+        log.exception("batch %s: its end callback or alert failed", batch_id)
 
 
 def _download(task: Task[Any, Any], job: Mapping[str, Any], rt: Runtime) -> None:

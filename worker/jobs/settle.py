@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from worker.jobs.admission import admit_parked
+from worker.jobs.callbacks import job_progress
 from worker.jobs.dispatch import send_finish, send_poll
 from worker.jobs.hooks_seen import finished_by_poll
 from worker.jobs.kinds import KINDS, build_request
@@ -137,6 +138,8 @@ def settle(job_id: str, task: Task, source: str, rt: Runtime) -> str:
             finished_by_poll(job, rt)
         return "finished"
     hold_slot(job_id, mode, rt.ledger.next_check(job_id) or time.time(), rt, Job(job).upstream)
+    if fields.get("progress") and fields["progress"] != job.get("progress"):
+        job_progress(job, fields["progress"], rt)  # throttled; its own task
     return "updated"
 
 

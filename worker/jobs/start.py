@@ -25,8 +25,8 @@ from celery.result import AsyncResult
 
 from worker.app import BATCH, INTERACTIVE
 from worker.jobs.admission import admit_parked, waiting_score
-from worker.jobs.alerts import breaker_tripped
-from worker.jobs.callbacks import check_callback_url
+from worker.jobs.alerts import breaker_tripped, budget_reached
+from worker.jobs.callbacks import check_callback, job_started
 from worker.jobs.dispatch import send_finish, send_poll
 from worker.jobs.finishing import JobFailed
 from worker.jobs.hooks_seen import callbacks_missing
@@ -302,6 +302,8 @@ def _admit_and_submit(task: Task[Any, Any], spec: Kind, job: dict[str, Any], rt:
         if adm.reason == "cancelled":
             cancel_job(job_id, "batch cancelled", rt)
             raise Ignore()
+        if adm.reason in ("budget", "budget_daily"):
+            budget_reached(rt)  # told once per cause (worker.jobs.alerts)
         if adm.retry_at is not None:
             # A retry refused by the submit pacing: it keeps its slot and submits when the pace allows.
             _retry(task, spec, job, max(0.05, adm.retry_at - time.time()), rt)
@@ -381,7 +383,7 @@ def _submit(task: Task[Any, Any], spec: Kind, job: dict[str, Any], rt: Runtime) 
         mark_needs_review(job_id, f"unexpected answer: {reason_of(exc)}", rt)
     else:
         rt.ledger.reached(up.name)
-        _accepted(job_id, mode, answer, rt)
+        _accepted(job_id, mode, answer, rt, job.get("meta"))
 
 
 def _not_reached(task: Task[Any, Any], spec: Kind, job_id: str, upstream: str, exc: NotSent, rt: Runtime) -> NoReturn:
@@ -508,8 +510,8 @@ def _give_up(job_id: str, job: Mapping[str, Any], attempts: int, exc: Exception,
     return f"gave up after {errors} failed attempts" if errors >= settings.submit_max_attempts else None
 
 
-def _accepted(job_id: str, mode: str, answer: Any, rt: Runtime) -> None:
-    """Record the upstream id (submitted) and schedule the first poll."""
+def _accepted(job_id: str, mode: str, answer: Any, rt: Runtime, meta: Mapping[str, Any] | None = None) -> None:
+    """Record the upstream id (submitted), schedule the first poll, call ``job.started`` back if asked."""
     upstream = str(answer.task_id) if answer.task_id is not None else None
     if not upstream:
         mark_needs_review(job_id, f"accepted without a task id: {answer.description}", rt)
@@ -571,6 +573,7 @@ def _accepted(job_id: str, mode: str, answer: Any, rt: Runtime) -> None:
             return
     hold_slot(job_id, mode, now + delay, rt, Job(recorded).upstream)  # the first poll may come long after the lease
     send_poll(job_id, countdown=delay)
+    job_started(job_id, meta, rt)  # its own task: a dead receiver never delays the job
 
 
 class JobTask(Task):  # type: ignore[misc]
@@ -607,8 +610,7 @@ class JobTask(Task):  # type: ignore[misc]
         job_opts = {k: call.get(k) for k in ("mode", "batch_id", "job_id")}
         check_caller_fields(call)
         check_job_options(call)
-        if call.get("callback_url"):
-            check_callback_url(call["callback_url"], rt.settings)
+        check_callback(call, rt.settings)
         if call.get("upstream"):
             check_upstream(call["upstream"], rt)
         payload = {k: v for k, v in call.items() if k not in JOB_OPTIONS}
@@ -655,6 +657,8 @@ class JobOptions(TypedDict, total=False):
     tags: list[str]  # your labels, kept with the job and in its result, exports and gallery
     row: int  # the prompt-file row the job came from (1-based), kept in its result and the manifest
     callback_url: str  # POST the result there when the job ends (signed; worker.jobs.callbacks)
+    callback_events: list[str]  # which events to call back: finished (default), started, progress
+    callback_signer: str  # the API key whose own callback secret signs (set by the HTTP API; a name, no secret)
     budget: float  # most money the job's batch may spend (MJQ_CURRENCY); a job that would cross it waits
     split_grid: bool  # a finished grid's four images as files (image_paths), with no U1-4 to pay for
     upstream: str  # run on this upstream of the pool only (default: routed; a follow-up runs on its parent's)
@@ -672,6 +676,9 @@ def job_meta(options: Mapping[str, Any]) -> dict[str, Any] | None:
         meta["row"] = int(options["row"])
     if options.get("callback_url"):
         meta["callback_url"] = str(options["callback_url"])
+        for name in ("callback_events", "callback_signer"):
+            if options.get(name):
+                meta[name] = options[name]
     return meta or None
 
 
@@ -679,8 +686,7 @@ def run_job_task(task: JobTask, kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """Body of the root job tasks: split job options from the request payload and start the job."""
     kind = str(getattr(task, "kind", ""))
     check_job_options(kwargs)  # send_task producers skip JobTask.apply_async: refuse here, before any record
-    if kwargs.get("callback_url"):
-        check_callback_url(kwargs["callback_url"], task.runtime().settings)
+    check_callback(kwargs, task.runtime().settings)
     payload = {k: v for k, v in kwargs.items() if k not in JOB_OPTIONS and v is not None}
     priority = kwargs.get("priority")
     then = kwargs.get("then") or None

@@ -38,6 +38,7 @@ FIELDS: tuple[str, ...] = (
     "finished_at",
     "duration_s",
     "callback",  # delivery of the job's callback_url: delivered | retrying | gave up (empty: none asked)
+    "callback_attempts",  # delivery attempts of that callback so far
     "cost",  # what the job was charged (MJQ_CURRENCY; empty = no price known), worker.pricing
 )
 FORMATS = ("jsonl", "csv")
@@ -79,6 +80,7 @@ def manifest_row(job: Mapping[str, Any]) -> dict[str, Any]:
     for name in TIME_FIELDS:
         row[name] = iso_time(row[name])
     row["callback"] = (job.get("callback") or {}).get("state")
+    row["callback_attempts"] = (job.get("callback") or {}).get("attempts")
     return row
 
 

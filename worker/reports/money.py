@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,7 +22,7 @@ def batch_money(batch_id: str, info: Mapping[str, Any], rt: Runtime) -> dict[str
         "held_detail": info.get("hold_detail") or None,
         "charged_failed_jobs": int(info.get("charged_failed_n") or 0),
         "charged_failed": int(info.get("charged_failed_micros") or 0) / MICROS,
-        "spent_today": rt.ledger.spent_today() / MICROS,
+        "spent_today": rt.ledger.spent_today(upstreams=rt.pool.names) / MICROS,
     }
 
 
@@ -40,3 +41,31 @@ def money_line(money: Mapping[str, Any]) -> str:
     if money["charged_failed_jobs"]:
         text += f"; charged for {money['charged_failed_jobs']} failed jobs: {amount(money['charged_failed'])}"
     return text + f"; today {amount(money['spent_today'])}"
+
+
+def batch_summary(batch_id: str, info: Mapping[str, Any], rt: Runtime) -> dict[str, Any]:
+    """What a finished batch did and cost, in one dict: the body of its callback and the text of its alert."""
+    counts = {state: n for state, n in (info.get("counts") or {}).items() if n}
+    return {
+        "batch_id": batch_id,
+        "status": info.get("status"),
+        "total": int(info.get("total") or 0),
+        "counts": counts,
+        "created_at": info.get("created_at"),
+        "finished_at": time.time(),
+        "money": batch_money(batch_id, info, rt),
+    }
+
+
+def summary_line(summary: Mapping[str, Any]) -> str:
+    """``succeeded 9, failed 1 (of 10); spent 1.00 USD; charged for 1 failed jobs: 0.10 USD``."""
+    counts = ", ".join(f"{state} {n}" for state, n in sorted(summary["counts"].items()))
+    money = summary["money"]
+    cur = str(money["currency"])
+    text = f"{counts} (of {summary['total']}); spent {fmt_money(round(money['spent'] * MICROS), cur)}"
+    if money["budget"] is not None:
+        text += f" of budget {fmt_money(round(money['budget'] * MICROS), cur)}"
+    if money["charged_failed_jobs"]:
+        text += f"; charged for {money['charged_failed_jobs']} failed jobs: "
+        text += fmt_money(round(money["charged_failed"] * MICROS), cur)
+    return text

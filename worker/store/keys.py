@@ -46,6 +46,13 @@ Celery's result of a task (``celery-task-meta-<task id>``) is Celery's key; arch
 - ``alert:<cause>``      an alert already sent for this cause (once per cause, kept a week)
 - ``outcomes:<bucket>``  hash: jobs ended / failed in one 5-minute bucket (the failure rate of the last hour), and
   per upstream ``ok:<upstream>`` / ``failed:<upstream>`` (``mjq upstreams``)
+- ``budget_hits``        set: batch ids whose budget held a job (``*daily`` for MJQ_BUDGET_DAILY), written by the
+  Lua gates and drained by the budget alert (``worker.jobs.alerts``)
+- ``cbpace:<job>``       the throttle of a job's progress callbacks (one per MJQ_CALLBACK_PROGRESS_INTERVAL_S)
+- ``cbtry:<id>:<event>:<n>``  callback attempt n claimed (a redelivered copy of its message makes no second try)
+- callback delivery state: on ``job:<id>`` (``callback``, ``callback_attempts``, ``callback_started``,
+  ``callback_error``; ``cb_started*``, ``cb_progress*`` for those events) and on ``batch:<id>`` (``callback*`` of
+  the batch callback; ``callbacks:asked|delivered|gave up`` counts its jobs' callbacks)
 
 The per-upstream names above are built by the functions below and, in Lua, by ``ukey``/``slots_key``/
 ``breaker_key``/``pinned_key`` in ``lua/prelude.lua`` (the same spelling): the upstream ``default`` keeps the
@@ -123,6 +130,8 @@ def last_error(upstream: str) -> str:
 def celery_result(task_id: str) -> str:
     """Celery's result key of a task (the Redis backend's naming)."""
     return f"celery-task-meta-{task_id}"
+BUDGET_HITS = PREFIX + "budget_hits"  # the Lua gates spell it too (P .. "budget_hits")
+DAILY_BUDGET_HIT = "*daily"  # the member of BUDGET_HITS for MJQ_BUDGET_DAILY (not a batch id: ids start alnum)
 API_OWNER = PREFIX + "api:owner"
 API_JOBS = PREFIX + "api:jobs"
 
@@ -156,3 +165,5 @@ api_idempotency = _Family("api:idem")
 api_daily = _Family("api:daily")
 alert = _Family("alert")
 outcomes = _Family("outcomes")
+callback_pace = _Family("cbpace")
+callback_try = _Family("cbtry")

@@ -17,6 +17,7 @@ import redis
 
 from worker.pricing import MICROS
 from worker.store import keys
+from worker.store.deliveries import job_callback
 from worker.store.records import STATES, TERMINAL
 from worker.store.scripts import register
 
@@ -281,6 +282,17 @@ class Ledger:
     def finished(self, job_id: str) -> None:
         self.redis.zrem(keys.FINISHING, job_id)
 
+    def finishing_in(self, batch_id: str) -> bool:
+        """Whether a job of the batch is still between its terminal state and the end of its finishing step
+        (read when the batch looks finished: the ``finishing`` set is short then)."""
+        ids = cast(list[str], self.redis.zrange(keys.FINISHING, 0, -1))
+        if not ids:
+            return False
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hget(keys.job(job_id), "batch_id")
+        return batch_id in pipe.execute()
+
     def mark_continued(self, job_id: str) -> bool:
         """Record that the job's continuation fired; False when it already had."""
         return bool(self.redis.hsetnx(keys.job(job_id), "continued", "1"))
@@ -396,6 +408,24 @@ class Ledger:
     def set_budget(self, batch_id: str, micros: int) -> int:
         """Set a batch's budget (micros) and move the jobs its budget held back to waiting; returns how many."""
         return int(self._set_budget(args=[batch_id, micros, repr(time.time())]))
+
+    def update_batch(self, batch_id: str, fields: Mapping[str, Any]) -> None:
+        """Set plain fields of the batch record (the batch callback's delivery state); never counts or status."""
+        data = encode_fields(fields)
+        if data:
+            self.redis.hset(keys.batch(batch_id), mapping=cast(Mapping[Any, Any], data))
+
+    def batch_set_once(self, batch_id: str, field_name: str, value: str) -> bool:
+        """Set a batch field only if it is unset; True when this call set it (a once-only claim)."""
+        return bool(self.redis.hsetnx(keys.batch(batch_id), field_name, value))
+
+    def batch_count(self, batch_id: str, field_name: str, n: int = 1) -> int:
+        return int(self.redis.hincrby(keys.batch(batch_id), field_name, n))
+
+    def budget_hits(self, limit: int = 100) -> list[str]:
+        """Take the batches whose budget held a job since the last call (``keys.DAILY_BUDGET_HIT``: the daily
+        budget); each reached budget is told once by whoever takes it."""
+        return [str(b) for b in cast(list[str], self.redis.spop(keys.BUDGET_HITS, limit) or [])]
 
     def cancel_batch_record(self, batch_id: str) -> list[str]:
         """Mark the batch cancelled and return the ids of its jobs still queued (waiting or not)."""
@@ -620,8 +650,9 @@ def result_of(job: Mapping[str, Any]) -> dict[str, Any]:
     out["root_job"] = job.get("root_job") or job.get("job_id")
     out["tags"] = list((job.get("meta") or {}).get("tags") or [])
     out["row"] = (job.get("meta") or {}).get("row")
-    if job.get("callback"):  # only jobs with a callback_url: delivered | retrying | gave up
-        out["callback"] = {"state": job["callback"], "attempts": int(job.get("callback_attempts") or 0)}
+    callback = job_callback(job)  # only jobs with a callback_url: delivered | retrying | gave up
+    if callback is not None:
+        out["callback"] = callback
     out["image_paths"] = list(job.get("image_paths") or [])  # split_grid: the four images of the grid
     cost = job.get("cost_micros")
     out["cost"] = cost / MICROS if cost is not None else None  # what this job was charged

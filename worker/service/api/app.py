@@ -37,16 +37,19 @@ from worker.batchfile import (
     validate_plan,
 )
 from worker.jobs.kinds import ID_RULE, JOB_ID_RE
+from worker.keyfile import KeyFileError, KeyRing, ServiceKey
 from worker.mjapi.errors import InvalidInput
-from worker.producer import Backend, submit_jobs
+from worker.producer import Backend, configure_batch, submit_jobs
 from worker.reports.export import FORMATS, write_manifest
+from worker.reports.money import batch_money
 from worker.reports.progress import FAILED, Snapshot
+from worker.reports.upstreams import upstreams_report
 from worker.service.api.errors import REQUEST_ID, ApiError, Guard, install, request_id
-from worker.service.api.keyfile import KeyFileError, KeyRing, ServiceKey
 from worker.service.api.metrics import ApiMetrics
 from worker.service.api.models import JobIn, task_call
 from worker.settings import Settings, get_settings
 from worker.store.clients import ClientRecords
+from worker.store.deliveries import batch_callbacks
 from worker.store.runtime import Runtime, runtime
 
 log = logging.getLogger("mjqueue.api")
@@ -196,9 +199,12 @@ def _create_jobs(
     calls: list[tuple[str, dict[str, Any]]] = []
     for i, (job, job_id) in enumerate(zip(jobs, ids, strict=True)):
         try:
-            calls.append(task_call(job, job_id))
+            name, kwargs = task_call(job, job_id)
         except InvalidInput as exc:
             raise ApiError.invalid(exc, field_prefix=where(i)) from None
+        if kwargs.get("callback_url") and key.callback_secret:
+            kwargs["callback_signer"] = key.name  # signed with the key's own secret (a name travels, no secret)
+        calls.append((name, kwargs))
         _check_priority(key, job.priority, f"{where(i)}priority")
         if job.batch:
             _claim_batch(svc, key, job.batch, f"{where(i)}batch")
@@ -354,6 +360,13 @@ def _submit_batch(
     }
     if not plan.jobs:
         raise ApiError(422, "no runnable rows", field="body", rule="every row was rejected", batch=summary)
+    try:  # the batch options are checked (and recorded) before any quota is used or job sent
+        configure_batch(
+            svc.backend, batch_id, budget=options.get("budget"), callback_url=options.get("callback_url"),
+            callback_signer=key.name if options.get("callback_url") and key.callback_secret else None,
+        )
+    except InvalidInput as exc:
+        raise ApiError.invalid(exc) from None
     new = len(plan.jobs) - len(svc.backend.ledger.existing([j.job_id for j in plan.jobs]))
     _take_quota(svc, key, new)
     submitted, skipped = submit_jobs(svc.backend, plan.jobs, batch_id)
@@ -405,8 +418,10 @@ def _batch_view(svc: Service, batch_id: str, info: Mapping[str, Any]) -> dict[st
         },
         "by_state": dict(snap.counts),
         "failures_by_reason": reasons,
+        "money": batch_money(batch_id, info, svc.rt),
+        "callbacks": batch_callbacks(info),
         "created_at": info.get("created_at"),
-        "meta": info.get("meta") or {},
+        "meta": {k: v for k, v in (info.get("meta") or {}).items() if k != "callback_signer"},
     }
 
 
@@ -507,6 +522,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Prometheus text: jobs by state, batches, slots in use, waiting jobs, submits today, API requests."""
         return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    @app.get("/v1/upstreams", tags=["service"])
+    def get_upstreams(key: Caller) -> dict[str, Any]:
+        """The `mjq upstreams` table: each upstream's state and why, slots in use, submits today, last hour."""
+        return {"upstreams": upstreams_report(svc.rt)}
+
     @app.post("/v1/jobs", tags=["jobs"], status_code=201)
     def post_jobs(
         key: Caller,
@@ -563,11 +583,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         priority: Annotated[int | None, Query(ge=0, le=9)] = None,
         bot: str | None = None,
         format: Literal["jsonl", "csv", "txt"] | None = None,
+        budget: Annotated[str | None, Query(description="most the batch may spend (MJQ_CURRENCY)")] = None,
+        callback_url: Annotated[
+            str | None, Query(description="POST the signed batch summary there once when the batch finishes")
+        ] = None,
     ) -> JSONResponse:
         """A prompt file as the body (JSONL, CSV or text) or a multipart upload (``file``), with the rules of
-        ``mjq batch``: rejected rows are in the answer, the rest is enqueued; posting it again resumes."""
+        ``mjq batch``: rejected rows are in the answer, the rest is enqueued; posting it again resumes.
+        ``budget`` and ``callback_url`` are batch options (the batch callback fires once, with the summary)."""
         content_type = request.headers.get("content-type", "")
-        options: dict[str, Any] = {"batch_id": batch_id, "mode": mode, "then": then, "priority": priority, "bot": bot}
+        options: dict[str, Any] = {"batch_id": batch_id, "mode": mode, "then": then, "priority": priority, "bot": bot,
+                                   "budget": budget, "callback_url": callback_url}
         filename = None
         if content_type.lower().startswith("multipart/form-data"):
             form = await request.form(max_files=1, max_fields=20)
@@ -576,7 +602,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 raise ApiError(422, "field 'file': the multipart upload needs a file part named 'file'", field="file")
             data = await upload.read()
             filename = upload.filename
-            for name in ("batch_id", "mode", "then", "bot", "priority"):
+            for name in ("batch_id", "mode", "then", "bot", "priority", "budget", "callback_url"):
                 value = form.get(name)
                 if isinstance(value, str) and value and options.get(name) is None:
                     options[name] = value
@@ -593,7 +619,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/v1/batches/{batch_id}", tags=["batches"])
     def get_batch(key: Caller, batch_id: str) -> dict[str, Any]:
-        """Counts, progress, ETA and failures by reason (spend: when budgets exist)."""
+        """Counts, progress, ETA, failures by reason, spend (``money``) and callback delivery (``callbacks``)."""
         return _batch_view(svc, batch_id, _batch_visible(svc, key, batch_id))
 
     @app.get("/v1/batches/{batch_id}/manifest", tags=["batches"], response_class=PlainTextResponse)

@@ -25,7 +25,6 @@ TASKS: dict[str, str] = {
     "action": "action",
     "modal": "modal",
 }
-UPSTREAMS = ("default",)  # the upstream pool (several upstreams) does not exist yet
 
 
 class JobIn(BaseModel):
@@ -51,12 +50,21 @@ class JobIn(BaseModel):
     tags: list[str] | None = Field(None, description="up to 20 labels kept with the job")
     batch: str | None = Field(None, description="a batch id (counts, pause/resume/cancel, manifest)")
     job_id: str | None = Field(None, description="your idempotency key: the same id never makes a second job")
-    upstream: str | None = Field(None, description='which upstream serves the job; only "default" for now')
-    split_grid: bool | None = Field(None, description="not available yet (must be false or absent)")
+    upstream: str | None = Field(None, description="run on this upstream of the pool only (default: routed)")
+    split_grid: bool | None = Field(
+        None, description="a finished grid's four images as files (image_paths), with no U1-4 to pay for"
+    )
+    budget: float | str | None = Field(
+        None, description="with batch: the most the batch may spend (MJQ_CURRENCY); a job that would cross it waits"
+    )
     callback_url: str | None = Field(
         None, description="POST the signed job result there when the job ends (Standard Webhooks)"
     )
-    callback_events: list[str] | None = Field(None, description='["finished"] (start and progress: not yet)')
+    callback_events: list[str] | None = Field(
+        None,
+        description='which events to call back: "finished" (default), "started" (accepted upstream),'
+        ' "progress" (progress changes, throttled)',
+    )
 
     def body_hash(self) -> str:
         """The same request, however its JSON was spelled, hashes the same (idempotency conflicts)."""
@@ -65,12 +73,8 @@ class JobIn(BaseModel):
 
 
 def _no_unsupported(job: JobIn) -> None:
-    if job.upstream is not None and job.upstream not in UPSTREAMS:
-        raise InvalidInput("upstream", f"unknown upstream {job.upstream!r}: only 'default' exists for now")
-    if job.split_grid:
-        raise InvalidInput("split_grid", "not available yet: leave it out or false")
-    if job.callback_events is not None and job.callback_events != ["finished"]:
-        raise InvalidInput("callback_events", "only ['finished'] for now (start and progress events: not yet)")
+    if job.budget is not None and not job.batch:
+        raise InvalidInput("budget", "a budget is a batch's: give batch too")
 
 
 def _count(job: JobIn, low: int, high: int | None) -> None:
@@ -121,7 +125,8 @@ def task_call(job: JobIn, job_id: str) -> tuple[str, dict[str, Any]]:
             raise InvalidInput("then", getattr(exc, "reason", str(exc))) from None
     optional = {
         "mode": job.mode, "priority": job.priority, "tags": job.tags, "batch_id": job.batch,
-        "callback_url": job.callback_url,
+        "callback_url": job.callback_url, "callback_events": job.callback_events, "budget": job.budget,
+        "split_grid": job.split_grid or None,
     }
     kw.update({k: v for k, v in optional.items() if v is not None})
     return TASKS[job.kind], {k: v for k, v in kw.items() if v is not None}

@@ -117,7 +117,10 @@ local function budget_gate(jid, day, daily_budget, g, ups)
   if daily_budget > 0 then
     local spent = 0
     for _, up in ipairs(ups) do spent = spent + spent_on(up, day) end
-    if spent + committed(nil, ups, nil) + price > daily_budget then return 'budget_daily', 'daily budget reached' end
+    if spent + committed(nil, ups, nil) + price > daily_budget then
+      redis.call('SADD', P .. 'budget_hits', '*daily')  -- told once per day by the budget alert
+      return 'budget_daily', 'daily budget reached'
+    end
   end
   if g.budget > 0 and spent_on(g.name, day) + committed(nil, ups, g.name) + price > g.budget then
     return 'budget_daily', 'daily budget of ' .. g.name .. ' reached'
@@ -133,6 +136,7 @@ local function hold_for_budget(jid, score, why)
   local b = redis.call('HGET', P .. 'job:' .. jid, 'batch_id')
   redis.call('ZADD', P .. 'held:' .. b, score, jid)
   redis.call('HSET', P .. 'batch:' .. b, 'hold_reason', 'budget', 'hold_detail', why)
+  redis.call('SADD', P .. 'budget_hits', b)  -- told once per budget value by the budget alert
 end
 local function split(csv)
   local out = {}
