@@ -62,12 +62,14 @@ from worker.reports.estimate import estimate
 from worker.reports.export import FORMATS, TIME_FIELDS, iso_time, write_manifest
 from worker.reports.gallery import write_gallery
 from worker.reports.money import batch_money, money_line
-from worker.reports.progress import Blocked, RateMeter, Snapshot, blocked_by, render, watch
+from worker.reports.progress import Blocked, Snapshot, blocked_by, queued_line, render, watch
 from worker.service.api import serve as serve_api
 from worker.service.api.keyfile import KeyFileError, add_key
 from worker.service.webhook import serve
 from worker.settings import Settings, SettingsError, get_settings, settings_table
+from worker.store import workers
 from worker.store.observed import Observed
+from worker.store.records import STATES
 from worker.store.runtime import Runtime, runtime
 
 console = Console(highlight=False)
@@ -212,6 +214,7 @@ def print_plan(summary: Mapping[str, Any]) -> None:
         err_console.print(f"[yellow]{summary['rejected']} row(s) rejected[/] -> {summary['rejected_file']}")
 
 
+INTERACTIVE_PRIORITY = 2  # a single request's default priority (a batch's is 5: worker.jobs.start)
 STUCK_EXIT = 3  # `--wait` ended because nothing of the batch can progress without a person
 
 
@@ -336,6 +339,11 @@ def imagine_cmd(
     images = tuple(loader.load(str(path)) for path in image or [])
     chosen_mode = parse_mode(mode, "--mode")
     plan_text = validate_plan(then, "--then")
+    # Follow-ups are counted per batch (planned, skipped), so a plan to wait for gets its own small batch; it is
+    # still one interactive request: the interactive queue, and the interactive priority (not a batch's 5).
+    auto_batch = bool(plan_text and wait and not batch_id)
+    if priority is None and auto_batch:
+        priority = INTERACTIVE_PRIORITY
     jobs = [
         BatchJob(
             job_id=uuid.uuid4().hex,
@@ -350,9 +358,7 @@ def imagine_cmd(
         )
         for variant in expand_permutations(normalise(prompt))
     ]
-    # Follow-ups are counted per batch (planned, skipped), so a plan to wait for gets its own small batch;
-    # it still runs on the interactive queue.
-    own_batch = batch_id or (f"imagine-{jobs[0].job_id[:8]}" if plan_text and wait else None)
+    own_batch = batch_id or (f"imagine-{jobs[0].job_id[:8]}" if auto_batch else None)
     with backend() as handle:
         if own_batch:
             submit_jobs(handle, jobs, own_batch, queue=None if batch_id else "interactive")
@@ -466,8 +472,9 @@ def status_cmd(
             )
             return
         print_breaker(breaker)
-        console.print(render(snap, RateMeter()))
-        console.print("  " + "  ".join(f"{state} {n}" for state, n in snap.counts.items() if n))
+        console.print(render(snap))
+        states = [f"{state} {n}" for state, n in snap.counts.items() if n and state != "queued"]
+        console.print("  " + "  ".join([*states, queued_line(snap)]))
         console.print("  " + escape(money_line(batch_money(batch, info, runtime()))))
         if failed:
             table = Table("job", "status", "reason", "prompt", title="failures", title_justify="left")
@@ -491,7 +498,10 @@ def snap_dict(snap: Snapshot) -> dict[str, Any]:
         "cancelled": snap.cancelled,
         "running": snap.running,
         "queued": snap.queued,
+        "queued_parts": {"created": snap.created_queued, "pending": snap.pending, "planned": snap.planned},
         "counts": dict(snap.counts),
+        "rate_per_min": round(snap.rate * 60, 2) if snap.rate else None,
+        "eta_s": round(snap.eta_s, 1) if snap.eta_s is not None and not snap.is_over else (0 if snap.is_over else None),
     }
 
 
@@ -535,8 +545,25 @@ def resume_cmd(
     if batch is None:
         control.resume_submitting(runtime())
         console.print("submitting resumed (breaker cleared)")
+    else:
+        _control_batch(batch, control.resume_batch, "resumed")
+    warn_other_settings(runtime())
+
+
+def warn_other_settings(rt: Runtime) -> None:
+    """Running workers that hold other settings than this command (an old key) would trip again at once."""
+    live = workers.live(rt.redis)
+    differ = workers.differing(get_settings().fingerprint(), live)
+    if not differ:
         return
-    _control_batch(batch, control.resume_batch, "resumed")
+    err_console.rule("[bold yellow]warning: workers run with other settings", style="yellow")
+    for host, names in sorted(differ.items()):
+        shown = ", ".join(f"MJQ_{n.upper()}" for n in names[:8]) + (" …" if len(names) > 8 else "")
+        err_console.print(Text(f"{host}: {shown} differ from this command's", style="yellow"), soft_wrap=True)
+    err_console.print(Text(
+        "they keep their settings until restarted: stop and start `mjq worker` / `mjq up`, or"
+        " `docker compose up -d --force-recreate worker beat` after editing .env", style="yellow"), soft_wrap=True)
+    err_console.rule(style="yellow")
 
 
 def parse_budget(value: str, option: str) -> int:
@@ -664,6 +691,77 @@ def job_cmd(
     """One job: its record, lineage, timings, last error and buttons."""
     with backend() as handle:
         show_job(handle, job_id, as_json=as_json)
+
+
+@cli_command("jobs")
+def jobs_cmd(
+    batch: Annotated[str, typer.Option("--batch", "-b", help="the batch whose jobs to list")],
+    status: Annotated[
+        list[str] | None, typer.Option("--status", "-s", help="only jobs in this state (repeat); e.g. failed")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="jobs per page")] = 50,
+    offset: Annotated[int, typer.Option(min=0, help="jobs to skip (the next page: the offset printed)")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """List a batch's jobs, a page at a time, optionally only those in some states."""
+    unknown = sorted(set(status or ()) - set(STATES))
+    if unknown:
+        raise CliError(f"--status: unknown state {unknown[0]!r}", f"states: {', '.join(STATES)}", 2)
+    with backend() as handle:
+        handle.batch(batch)
+        page, next_offset = handle.ledger.jobs_page(batch, status or (), offset, limit)
+    if as_json:
+        print_json({"batch_id": batch, "status": status or [], "offset": offset, "limit": limit,
+                    "next_offset": next_offset, "jobs": page})  # fmt: skip
+        return
+    table = Table(Column("job", overflow="fold"), "status", "mode", "kind", Column("upstream", overflow="fold"),
+                  Column("prompt / reason", overflow="fold"), box=box.SIMPLE_HEAD, pad_edge=False)  # fmt: skip
+    for job in page:
+        kind = job.get("action") or "imagine"
+        if job.get("parent_job"):
+            kind = f"{kind} of {job['parent_job']}"
+        text = job.get("fail_reason") if job.get("status") != "succeeded" and job.get("fail_reason") else job.get(
+            "prompt")
+        table.add_row(Text(str(job["job_id"])), Text(str(job.get("status"))), Text(str(job.get("mode") or "")),
+                      Text(str(kind)), Text(str(job.get("upstream_id") or "-")), Text(_short(str(text or ""), 60)))
+    console.print(table if page else f"no jobs{' in ' + ', '.join(status) if status else ''} in {batch}")
+    if next_offset is not None:
+        more = " ".join(f"--status {s}" for s in status or [])
+        console.print(f"more: `mjq jobs --batch {batch} {more + ' ' if more else ''}--offset {next_offset}`")
+
+
+@cli_command("retry")
+def retry_cmd(
+    job_id: Annotated[str, typer.Argument(help="a failed or timed-out job")],
+    force: Annotated[
+        bool, typer.Option("--force", help="also a needs_review job: its first submit may have run, may pay twice")
+    ] = False,
+) -> None:
+    """Run one failed / timed-out job again: a new submit only when the old one ran nothing upstream."""
+    with backend():
+        try:
+            done = control.retry_job(job_id, runtime(), force=force)
+        except control.RetryRefused as exc:
+            raise CliError(str(exc), "`mjq job ID` shows its record; `mjq logs ID` its transitions") from None
+    console.print(done)
+
+
+@cli_command("logs")
+def logs_cmd(
+    job_id: Annotated[str, typer.Argument(help="a job id")],
+    as_json: JsonOpt = False,
+) -> None:
+    """A job's transitions (state changes with when and why), oldest first."""
+    with backend() as handle:
+        if handle.ledger.get_job(job_id) is None:
+            raise CliError(f"no job {job_id!r}", "`mjq jobs --batch B` lists a batch's jobs")
+        entries = handle.ledger.job_log(job_id)
+    if as_json:
+        print_json([{**e, "at": iso_time(e.get("at"))} for e in entries])
+        return
+    for entry in entries:
+        console.print(Text(f"{iso_time(entry.get('at'))}  {entry.get('from') or 'new'} -> {entry.get('to')}"
+                           + (f"  ({entry['reason']})" if entry.get("reason") else "")), soft_wrap=True)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------------

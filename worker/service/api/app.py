@@ -37,6 +37,7 @@ from worker.batchfile import (
     validate_plan,
 )
 from worker.jobs.kinds import ID_RULE, JOB_ID_RE
+from worker.logs import configure as configure_logging
 from worker.mjapi.errors import InvalidInput
 from worker.producer import Backend, submit_jobs
 from worker.reports.export import FORMATS, write_manifest
@@ -620,4 +621,6 @@ def serve(settings: Settings | None = None) -> None:
     import uvicorn
 
     settings = settings or get_settings()
-    uvicorn.run(create_app(settings), host=settings.serve_host, port=settings.serve_port, log_level="info")
+    configure_logging(settings)
+    uvicorn.run(create_app(settings), host=settings.serve_host, port=settings.serve_port, log_level="info",
+                log_config=None)

@@ -1,0 +1,180 @@
+"""The operator's night (issue 13): honest status, job-level tools, transition logs, priorities, settings drift,
+big files. Real stack (embedded Valkey, simulator over HTTP, Celery worker), the installed `mjq` in a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from tests.support.mjq import BIN, mjq, shared_stack
+from worker.devstack.redisserver import free_port
+from worker.devstack.stack import DevStack
+from worker.store.ledger import Ledger
+
+
+@pytest.fixture(scope="module")
+def stack() -> DevStack:
+    return shared_stack()
+
+
+def ledger(stack: DevStack) -> Ledger:
+    return Ledger(redis.Redis.from_url(stack.redis_url, decode_responses=True))
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def faults(stack: DevStack, **values: Any) -> None:
+    httpx.post(f"{stack.api_base_url}/admin/faults", json=values, timeout=5).raise_for_status()
+
+
+def wait_for(check: Any, timeout_s: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.3)
+
+
+def test_status_rate_eta_match_wait_and_log_one_line_per_transition(tmp_path: Path, stack: DevStack) -> None:
+    rows = [{"id": f"pace{i}", "prompt": f"a paced job {i}", "mode": "turbo"} for i in range(4)]
+    run = mjq(stack, "batch", str(write_jsonl(tmp_path / "pace.jsonl", rows)), "--batch-id", "pace", "--wait")
+    assert run.code == 0, run
+    waited = re.search(r"rate (\S+) ETA 0s$", run.out.strip().splitlines()[-1])
+    assert waited and waited.group(1) != "--", run.out
+    status = mjq(stack, "status", "pace")
+    assert status.code == 0, status
+    # the same figure as --wait, from the ledger's timings (not a meter that needs two readings)
+    assert f"rate {waited.group(1)}  ETA 0s" in status.out, status.out
+    as_json = mjq(stack, "status", "pace", "--json").json()
+    assert as_json["rate_per_min"] and as_json["eta_s"] == 0
+    # one line per transition in the worker's (or the webhook's, which settles callbacks) log, with batch,
+    # upstream, from -> to and why; no httpx request line at INFO
+    log = "".join((stack.log_dir / f"{name}.log").read_text(errors="replace") for name in ("worker", "webhook"))
+    assert re.search(r"job pace0 batch pace upstream default: new -> queued \(created\)", log), log[-2000:]
+    assert re.search(r"job pace0 batch pace upstream default: queued -> submitting", log), log[-2000:]
+    assert re.search(r"job pace0 batch pace upstream default: \w+ -> succeeded \((poll|webhook)\)", log)
+    assert "HTTP Request:" not in log
+    # and the job's own log: `mjq logs`
+    entries = mjq(stack, "logs", "pace0", "--json").json()
+    assert [e["to"] for e in entries][0] == "queued" and entries[-1]["to"] == "succeeded", entries
+    assert all(re.match(r"\d{4}-\d\d-\d\dT", e["at"]) for e in entries)
+    text = mjq(stack, "logs", "pace0").out
+    assert "new -> queued  (created)" in text and "-> succeeded" in text, text
+
+
+def test_status_gives_one_queued_figure(stack: DevStack) -> None:
+    """Created-but-waiting, enqueued-not-created and planned follow-ups add up to the one queued figure."""
+    book = ledger(stack)
+    book.ensure_batch("onequeue")
+    for i in range(2):
+        book.create_job(f"oq{i}", {"batch_id": "onequeue", "prompt": "x", "mode": "fast"})
+    book.expect_jobs("onequeue", ["oq-a", "oq-b", "oq-c"])
+    book.add_planned("onequeue", 1)
+    book.set_batch_status("onequeue", "paused")
+    out = mjq(stack, "status", "onequeue").out
+    assert re.findall(r"queued (\d+)", out) == ["6", "6"], out
+    assert "queued 6: 2 waiting to submit, 3 enqueued, not picked up yet, 1 follow-ups planned" in out
+    status = mjq(stack, "status", "onequeue", "--json").json()
+    assert status["queued"] == 6 and status["queued_parts"] == {"created": 2, "pending": 3, "planned": 1}
+    book.unexpect_jobs("onequeue", ["oq-a", "oq-b", "oq-c"])
+
+
+def test_jobs_retry_and_logs(tmp_path: Path, stack: DevStack) -> None:
+    rows = [{"id": f"rt{i}", "prompt": f"a retried job {i}", "mode": "turbo"} for i in range(3)]
+    faults(stack, failure_rate=1.0)
+    try:
+        run = mjq(stack, "batch", str(write_jsonl(tmp_path / "rt.jsonl", rows)), "--batch-id", "rt", "--wait")
+    finally:
+        faults(stack, failure_rate=0.0)
+    assert run.code == 1, run
+    page = mjq(stack, "jobs", "--batch", "rt", "--status", "failed", "--limit", "2", "--json").json()
+    assert len(page["jobs"]) == 2 and page["next_offset"] == 2
+    rest = mjq(stack, "jobs", "--batch", "rt", "--status", "failed", "--offset", "2", "--json").json()
+    assert len(rest["jobs"]) == 1 and rest["next_offset"] is None  # creation order: the order workers made them
+    assert {j["job_id"] for j in page["jobs"] + rest["jobs"]} == {"rt0", "rt1", "rt2"}
+    assert mjq(stack, "jobs", "--batch", "rt", "--status", "succeeded", "--json").json()["jobs"] == []
+    listing = mjq(stack, "jobs", "--batch", "rt", "--limit", "2")
+    assert "failed" in listing.out and "--offset 2" in listing.out, listing
+    bad = mjq(stack, "jobs", "--batch", "rt", "--status", "broken")
+    assert bad.code == 2 and "--status" in bad.err
+    assert "-> failed" in mjq(stack, "logs", "rt0").out
+    # the upstream failed it: a new submit, same job id, through admission and submit-once
+    again = mjq(stack, "retry", "rt0")
+    assert again.code == 0 and "queued rt0 again" in again.out, again
+    wait_for(lambda: ledger(stack).status("rt0") == "succeeded")
+    moves = [(e["from"], e["to"], e["reason"]) for e in ledger(stack).job_log("rt0")]
+    assert ("failed", "queued", "retry") in moves and moves[-1][1] == "succeeded", moves
+    assert mjq(stack, "retry", "rt0").code == 1  # succeeded: never rerun
+    # an ambiguous submit is not retried without --force (it may have run upstream and been paid)
+    book = ledger(stack)
+    book.create_job("rt-review", {"batch_id": "rt", "prompt": "x", "mode": "fast"})
+    assert book.transition("rt-review", "needs_review", fields={"fail_reason": "timeout after sending"})[0]
+    refused = mjq(stack, "retry", "rt-review")
+    assert refused.code == 1 and "needs review" in refused.err and "--force" in refused.err, refused
+    assert book.status("rt-review") == "needs_review"
+
+
+def test_retry_of_a_job_timed_out_upstream_tracks_it_again(stack: DevStack) -> None:
+    """Timed out while the upstream had it: polled again (it may still finish there), never submitted again."""
+    run = mjq(stack, "imagine", "a job that is late", "--wait", "--json", "--mode", "turbo", timeout=90)
+    job = run.json()[0]
+    book = ledger(stack)
+    submissions = httpx.get(f"{stack.api_base_url}/admin/stats", timeout=5).json()["submissions"]
+    book.requeue_jobs([job["job_id"]])  # back to an unfinished job with its upstream task, then timed out
+    book.transition(job["job_id"], "submitted", fields={}, upstream=job["upstream_id"])
+    assert book.transition(job["job_id"], "timed_out", fields={"fail_reason": "deadline"})[0]
+    again = mjq(stack, "retry", job["job_id"])
+    assert again.code == 0 and "tracking" in again.out and "nothing resubmitted" in again.out, again
+    wait_for(lambda: book.status(job["job_id"]) == "succeeded")
+    assert httpx.get(f"{stack.api_base_url}/admin/stats", timeout=5).json()["submissions"] == submissions
+
+
+def test_imagine_with_a_plan_and_wait_runs_at_interactive_priority(stack: DevStack) -> None:
+    run = mjq(stack, "imagine", "a quick look", "--then", "U1", "--wait", "--json", "--mode", "turbo", timeout=90)
+    assert run.code == 0, run
+    root, child = run.json()
+    assert root["priority"] == child["priority"] == 2  # a single request's priority, not a batch's 5
+    assert ledger(stack).get_job(root["job_id"])["message"]["queue"] == "interactive"  # type: ignore[index]
+
+
+def test_resume_tells_when_workers_run_with_other_settings(stack: DevStack) -> None:
+    book = ledger(stack)
+    wait_for(lambda: book.redis.hlen("mjq:workers"))  # the stack's worker reported its settings
+    same = mjq(stack, "resume")
+    assert same.code == 0 and "other settings" not in same.err, same
+    other = mjq(stack, "resume", env={"MJQ_API_KEY": "a-new-key-the-workers-do-not-have"})
+    assert other.code == 0, other
+    assert "workers run with other settings" in other.err and "MJQ_API_KEY" in other.err, other.err
+    assert "restart" in other.err
+    assert "a-new-key" not in json.dumps(book.redis.hgetall("mjq:workers"))
+
+
+def test_log_format_json_for_log_shippers(tmp_path: Path, stack: DevStack) -> None:
+    """`MJQ_LOG_FORMAT=json`: the webhook server (uvicorn's lines included) writes one JSON object a line."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MJQ_")}
+    env.update(stack.env, MJQ_LOG_FORMAT="json", MJQ_WEBHOOK_PORT=str(free_port()))
+    proc = subprocess.Popen([str(BIN / "mjq"), "webhook"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        record = json.loads(line)
+        assert {"time", "level", "logger", "message"} <= set(record), record
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
