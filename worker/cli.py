@@ -8,6 +8,7 @@ stable shape.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
 import socket
@@ -15,7 +16,7 @@ import sys
 import time
 import uuid
 import webbrowser
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
@@ -27,7 +28,6 @@ from pydantic import SecretStr
 from rich import box
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Column, Table
 from rich.text import Text
 
@@ -36,17 +36,21 @@ from worker.batchfile import (
     MAX_PERMUTATIONS,
     BatchFileError,
     BatchJob,
-    BatchPlan,
+    BatchScan,
     Defaults,
     ImageLoader,
+    PlanTally,
+    RejectsFile,
     RowError,
     default_batch_id,
     expand_permutations,
     flagged_mode,
     normalise,
+    open_batch_file,
     parse_bot,
     parse_mode,
-    read_batch_file,
+    rejected_path,
+    scan_batch,
     validate_plan,
 )
 from worker.devstack.demo import run_demo
@@ -56,13 +60,14 @@ from worker.mjapi import MidjourneyClient
 from worker.mjapi.doctor import Report, check_submit, diagnose, startup_warnings
 from worker.mjapi.profiles import PROFILES
 from worker.pricing import MICROS, PriceError, fmt_money, to_micros
-from worker.producer import Backend, UnknownBatch, backend, submit_jobs
+from worker.producer import Backend, Enqueued, UnknownBatch, backend, submit_jobs
 from worker.reports.archive import NotArchivable, archive_batch
 from worker.reports.estimate import estimate
 from worker.reports.export import FORMATS, TIME_FIELDS, iso_time, write_manifest
 from worker.reports.gallery import write_gallery
 from worker.reports.money import batch_money, money_line
 from worker.reports.progress import Blocked, Snapshot, blocked_by, queued_line, render, watch
+from worker.reports.reading import ReadProgress
 from worker.service.api import serve as serve_api
 from worker.service.api.keyfile import KeyFileError, add_key
 from worker.service.webhook import serve
@@ -179,17 +184,17 @@ def print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, ensure_ascii=False, default=str, indent=2) + "\n")
 
 
-def plan_summary(plan: BatchPlan, batch_id: str) -> dict[str, Any]:
+def plan_summary(plan: PlanTally, batch_id: str) -> dict[str, Any]:
     return {
         "batch_id": batch_id,
         "file": str(plan.path),
         "rows": plan.rows,
-        "jobs": len(plan.jobs),
+        "jobs": plan.job_count,
         "by_mode": plan.count_by_mode(),
         "followups": plan.followups_by_plan(),
         "followup_jobs": plan.followup_jobs(),
-        "rejected": len(plan.rejected),
-        "rejected_file": str(plan.rejected_path) if plan.rejected else None,
+        "rejected": plan.rejected_count,
+        "rejected_file": str(plan.rejected_path) if plan.rejected_count else None,
         "warnings": plan.warnings,
     }
 
@@ -267,58 +272,124 @@ def batch_cmd(
     bot: Annotated[str, typer.Option(help="mj | niji (rows may override)")] = "mj",
     batch_id: Annotated[str | None, typer.Option("--batch-id", "-b", help="default: from the file path")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", "-n", help="show what would run; send nothing")] = False,
+    show: Annotated[bool, typer.Option("--show", help="--dry-run: list every expanded prompt")] = False,
     wait: WaitOpt = False,
     max_permutations: Annotated[int, typer.Option(help="cap of {a,b} expansions per row")] = MAX_PERMUTATIONS,
     as_json: JsonOpt = False,
     budget: Annotated[str | None, typer.Option("--budget", help="most the batch may spend (MJQ_CURRENCY)")] = None,
     split: SplitOpt = False,
 ) -> None:
-    """Enqueue every prompt of a file (resumable: jobs already known are skipped)."""
+    """Enqueue every prompt of a file (resumable: jobs already known are skipped).
+
+    The file is read as a stream (memory stays flat for millions of rows): big files show rows read, rate and
+    ETA; Ctrl-C says how many jobs were queued, and the same command again queues the rest.
+    """
     budget_micros = parse_budget(budget, "--budget") if budget is not None else None
     defaults = Defaults(mode=parse_mode(mode, "--mode"), bot=bot, then=validate_plan(then, "--then"), priority=priority,
                         split=split)
     parse_bot(bot, "--bot")
     batch_id = batch_id or default_batch_id(file)
-    plan = read_batch_file(file, defaults, max_permutations=max_permutations, scope=batch_id)
-    plan.write_rejects()
-    summary = plan_summary(plan, batch_id)
-    if dry_run:
-        summary["dry_run"] = True
-        summary["estimate"] = estimate(plan, get_settings())
-        print_json(summary) if as_json else print_plan(summary)
-        return
-    if not plan.jobs:
-        raise CliError(f"no runnable rows in {file}", f"see {plan.rejected_path}" if plan.rejected else None)
-    with backend() as handle:
-        if budget_micros is not None:  # on the batch record before any of its jobs can be admitted
-            handle.ledger.set_budget(batch_id, budget_micros)
-        if as_json or len(plan.jobs) < 200:
-            submitted, skipped = submit_jobs(handle, plan.jobs, batch_id)
-        else:
-            with Progress(
-                TextColumn("enqueueing"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                console=err_console,
-                transient=True,
-            ) as bar:
-                task = bar.add_task("enqueue", total=len(plan.jobs))
-                submitted, skipped = submit_jobs(handle, plan.jobs, batch_id, lambda n: bar.update(task, completed=n))
-        summary.update(submitted=submitted, skipped=skipped)
-        if not as_json:
-            print_plan(summary)
-            console.print(
-                f"queued [bold]{submitted}[/] job(s)"
-                + (f", {skipped} already known (resumed)" if skipped else "")
-                + f" -> `mjq status {batch_id}`"
-            )
-        if wait:
+    with open_batch_file(file) as stream, RejectsFile(rejected_path(file)) as rejects:
+        scan = scan_batch(stream, file, defaults, max_permutations=max_permutations, scope=batch_id, files=True,
+                          ids=not dry_run)  # fmt: skip
+        tally = PlanTally(file, warnings=scan.warnings)
+        size = os.fstat(stream.fileno()).st_size
+        if dry_run:
+            dry_run_batch(scan, tally, rejects, batch_id, size, show=show, as_json=as_json)
+            return
+        with ReadProgress(err_console, size, "enqueueing") as reading:
+            jobs = read_jobs(scan, tally, rejects, reading)
+            first = next(jobs, None)  # a file with nothing to run is refused before anything is recorded
+            if first is None:
+                print_rejects(tally)
+                raise CliError(f"no runnable rows in {file}", f"see {tally.rejected_path}" if tally.rejected_count
+                               else None)  # fmt: skip
+            with backend() as handle:
+                enqueue_batch(handle, itertools.chain([first], jobs), tally, batch_id, budget_micros, reading)
+    summary = plan_summary(tally, batch_id)
+    summary.update(submitted=reading.queued, skipped=tally.job_count - (reading.queued or 0))
+    if not as_json:
+        print_plan(summary)
+        print_rejects(tally)
+        console.print(
+            f"queued [bold]{summary['submitted']}[/] job(s)"
+            + (f", {summary['skipped']} already known (resumed)" if summary["skipped"] else "")
+            + f" -> `mjq status {batch_id}`"
+        )
+    if wait:
+        with backend() as handle:
             snap = wait_for_batch(handle, batch_id, quiet=as_json)
-            summary["result"] = dict(snap.counts)
-        if as_json:
-            print_json(summary)
-        if wait and snap.failed:
-            raise typer.Exit(1)
+        summary["result"] = dict(snap.counts)
+    if as_json:
+        print_json(summary)
+    if wait and snap.failed:
+        raise typer.Exit(1)
+
+
+def read_jobs(scan: BatchScan, tally: PlanTally, rejects: RejectsFile, reading: ReadProgress) -> Iterator[BatchJob]:
+    """The jobs of a streamed file, counted (and rejects written) as they are read."""
+    for item in scan:
+        yield from tally.add(item, rejects)
+        reading.update(tally.rows, scan.bytes_read(), reading.queued)
+
+
+def enqueue_batch(handle: Backend, jobs: Iterator[BatchJob], tally: PlanTally, batch_id: str,
+                  budget_micros: int | None, reading: ReadProgress) -> None:  # fmt: skip
+    """Send the jobs as they are read; on Ctrl-C say what was queued and that the same command resumes."""
+    if budget_micros is not None:  # on the batch record before any of its jobs can be admitted
+        handle.ledger.set_budget(batch_id, budget_micros)
+    sent = Enqueued()
+    reading.queued = 0
+
+    def progress(_: int) -> None:
+        reading.queued = sent.submitted
+
+    try:
+        submit_jobs(handle, jobs, batch_id, progress, tally=sent)
+    except KeyboardInterrupt:
+        reading.enabled = False  # no "read N rows" line after this one
+        err_console.print(
+            f"interrupted: {sent.submitted} job(s) of {batch_id} were queued"
+            + (f" ({sent.skipped} already known)" if sent.skipped else "")
+            + f" after {tally.rows} row(s); run the same command again to resume (jobs already queued are skipped)",
+            markup=False, highlight=False, soft_wrap=True,
+        )
+        raise typer.Exit(130) from None
+    reading.queued = sent.submitted
+
+
+def dry_run_batch(scan: BatchScan, tally: PlanTally, rejects: RejectsFile, batch_id: str, size: int, *,
+                  show: bool, as_json: bool) -> None:  # fmt: skip
+    """Count (and with ``show`` list) what the file would run; nothing is recorded or sent."""
+    shown: list[dict[str, Any]] = []
+    with ReadProgress(err_console, size, "reading") as reading:
+        for item in scan:
+            for job in tally.add(item, rejects):
+                if show and as_json:
+                    shown.append({"row": job.row, "mode": job.mode, "prompt": job.prompt, "then": job.then})
+                elif show:
+                    sys.stdout.write(f"{job.row:>7}  {job.mode:<5}  {job.prompt}"
+                                     + (f"  then {job.then}" if job.then else "") + "\n")  # fmt: skip
+            reading.update(tally.rows, scan.bytes_read())
+    summary = plan_summary(tally, batch_id)
+    summary["dry_run"] = True
+    summary["estimate"] = estimate(tally, get_settings())
+    if show and as_json:
+        summary["prompts"] = shown
+    if as_json:
+        print_json(summary)
+        return
+    print_plan(summary)
+    print_rejects(tally)
+
+
+def print_rejects(tally: PlanTally) -> None:
+    """The first rejected rows and why, on screen (all of them are in the .rejected.csv)."""
+    for rej in tally.rejected:
+        err_console.print(Text(f"  row {rej.row}: {rej.field}: {rej.reason}", style="yellow"), soft_wrap=True)
+    more = tally.rejected_count - len(tally.rejected)
+    if more > 0:
+        err_console.print(Text(f"  … and {more} more in {tally.rejected_path}", style="yellow"), soft_wrap=True)
 
 
 @cli_command("imagine")

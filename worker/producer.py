@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 import tasks
@@ -84,25 +86,36 @@ def backend() -> Iterator[Backend]:
 CHUNK = 200  # jobs looked up in (and announced to) the ledger per Redis round trip
 
 
+@dataclass
+class Enqueued:
+    """Running counts of ``submit_jobs`` (read them after an interrupt: what was queued so far)."""
+
+    submitted: int = 0
+    skipped: int = 0
+
+
 def submit_jobs(
     handle: Backend,
-    jobs: Sequence[BatchJob],
+    jobs: Iterable[BatchJob],
     batch_id: str,
     on_progress: Callable[[int], None] | None = None,
     queue: str | None = None,
+    tally: Enqueued | None = None,
 ) -> tuple[int, int]:
     """Enqueue jobs the ledger does not know yet; returns (submitted, skipped as already known).
 
     Every job sent is announced to the batch first (``Ledger.expect_jobs``), so progress and ETA count it before a
     worker creates its record, and the batch ends once exactly those jobs (and their follow-ups) ended: jobs
     already known, here or in another batch, and rows no longer in the file are never waited for. Jobs are
-    looked up ``CHUNK`` at a time (one round trip), which keeps ``mjq batch`` close to raw ``apply_async``.
+    looked up ``CHUNK`` at a time (one round trip), which keeps ``mjq batch`` close to raw ``apply_async``;
+    ``jobs`` may be a stream (a huge file is read as it is sent).
     """
     handle.ledger.ensure_batch(batch_id)
-    submitted = skipped = 0
+    tally = tally if tally is not None else Enqueued()
+    stream = iter(jobs)
+    start = 0
     with handle.producer() as producer:
-        for start in range(0, len(jobs), CHUNK):
-            chunk = jobs[start : start + CHUNK]
+        while chunk := list(islice(stream, CHUNK)):
             known = handle.ledger.existing([job.job_id for job in chunk])
             # announced before they are sent: a worker that creates a record removes it from the set, so the
             # set's size is the pending count (a send that comes first could be created before its announcement)
@@ -112,13 +125,14 @@ def submit_jobs(
             try:
                 for index, job in enumerate(chunk, start=start + 1):
                     if job.job_id in known:
-                        skipped += 1
+                        tally.skipped += 1
                     else:
                         handle.submit(job.task_kwargs(batch_id), queue, producer)
                         sent += 1
-                        submitted += 1
+                        tally.submitted += 1
                     if on_progress is not None:
                         on_progress(index)
             finally:  # also when interrupted: what was sent is expected, nothing else
                 handle.ledger.unexpect_jobs(batch_id, announced[sent:])
-    return submitted, skipped
+            start += len(chunk)
+    return tally.submitted, tally.skipped

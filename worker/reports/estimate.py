@@ -7,7 +7,7 @@ import math
 from collections import Counter
 from typing import Any
 
-from worker.batchfile import BatchPlan
+from worker.batchfile import PlanCounts
 from worker.mjapi.models import MODES
 from worker.plans.grammar import count_by_kind
 from worker.pricing import MICROS, fmt_money, price_of
@@ -16,15 +16,15 @@ from worker.settings import Settings
 DAY_S = 86_400.0
 
 
-def estimate(plan: BatchPlan, settings: Settings) -> dict[str, Any]:
+def estimate(plan: PlanCounts, settings: Settings) -> dict[str, Any]:
     """Counts are exact for the file; cost is the sum of the known prices (``unknown`` lists the kinds with
     none); wall time is the longest of the modes' slot time, the pacing and the daily cap (lower bounds)."""
     by_mode: dict[str, Counter[str]] = {}
-    for job in plan.jobs:
-        counts = by_mode.setdefault(job.mode, Counter())
-        counts["imagine"] += 1
-        if job.then:
-            counts.update(count_by_kind(job.then))  # follow-ups run in their parent's mode
+    for (mode, then), n in plan.mode_plans().items():
+        counts = by_mode.setdefault(mode, Counter())
+        counts["imagine"] += n
+        if then:  # follow-ups run in their parent's mode
+            counts.update({kind: k * n for kind, k in count_by_kind(then).items()})
     tables = settings.price_tables()
     currency = settings.currency
     kinds: list[dict[str, Any]] = []

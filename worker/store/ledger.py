@@ -129,6 +129,7 @@ class Ledger:
         self._claim = register(client, "claim")
         self._set_budget = register(client, "set_budget")
         self._requeue = register(client, "prelude", "replan_fn", "requeue")
+        self._cancel_queued = register(client, "prelude", "cancel_queued")
         self._replan = register(client, "prelude", "replan_fn", "replan")
 
     # ---------------------------------------------------------------- jobs
@@ -408,13 +409,21 @@ class Ledger:
         """Set a batch's budget (micros) and move the jobs its budget held back to waiting; returns how many."""
         return int(self._set_budget(args=[batch_id, micros, repr(time.time())]))
 
-    def cancel_batch_record(self, batch_id: str) -> list[str]:
-        """Mark the batch cancelled and return the ids of its jobs still queued (waiting or not)."""
+    def cancel_batch_record(self, batch_id: str, reason: str = "batch cancelled", step: int = 1000) -> list[str]:
+        """Mark the batch cancelled and end its jobs still queued (waiting or not) as ``cancelled``, ``step``
+        jobs per script call (16,000 jobs: 16 calls); returns the ids cancelled (their finishing step is due)."""
         self.ensure_batch(batch_id)
         key = keys.batch(batch_id)
         self.redis.hset(key, "status", "cancelled")
         self.redis.delete(keys.held(batch_id))
-        return [j["job_id"] for j in self.batch_jobs(batch_id) if j.get("status") == "queued"]
+        ids = self.batch_job_ids(batch_id)
+        done: list[str] = []
+        for start in range(0, len(ids), step):
+            pairs = [str(x) for x in self._cancel_queued(args=[repr(time.time()), reason, *ids[start : start + step]])]
+            for job_id, upstream in zip(pairs[::2], pairs[1::2], strict=True):
+                log_transition(job_id, batch_id, upstream, "queued", "cancelled", reason)
+                done.append(job_id)
+        return done
 
     def batch(self, batch_id: str) -> dict[str, Any]:
         """Counts per state, total, planned, pending, meta and status (active | paused | cancelled | finished).
