@@ -178,3 +178,65 @@ def test_log_format_json_for_log_shippers(tmp_path: Path, stack: DevStack) -> No
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)
+
+
+# ---------------------------------------------------------------------------------------------- big files
+
+
+def test_a_million_row_dry_run_streams_in_flat_memory(tmp_path: Path) -> None:
+    """1,000,000 rows: rows read, rate and the end on screen, rejected rows' reasons too, under 200 MB RSS."""
+    path = tmp_path / "million.txt"
+    with path.open("w", encoding="utf-8") as out:
+        out.writelines(f"a lighthouse number {i} at dawn --ar 16:9\n" for i in range(1_000_000))
+        out.writelines(f"a broken {{row {i}\n" for i in range(25))  # 25 rejects: 20 shown, the rest counted
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MJQ_")}
+    proc = subprocess.Popen([str(BIN / "mjq"), "batch", str(path), "--dry-run", "--json"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    out, err = proc.stdout.read(), proc.stderr.read()  # both small: the summary, progress lines, 20 rejects
+    _, status, usage = os.wait4(proc.pid, 0)  # the peak RSS of this very process (and nothing else)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    assert proc.returncode == 0, err
+    summary = json.loads(out)
+    assert (summary["rows"], summary["jobs"], summary["rejected"]) == (1_000_025, 1_000_000, 25), summary
+    assert re.search(r"reading: read 1,000,025 rows in \S+ \([\d,]+ rows/s\)", err), err[-500:]
+    assert len(re.findall(r"^  row \d+: prompt: unclosed", err, re.M)) == 20 and "… and 5 more in" in err, err
+    assert usage.ru_maxrss < 200 * 1024, f"{usage.ru_maxrss / 1024:.0f} MB"
+
+
+def test_dry_run_show_lists_the_expanded_prompts(tmp_path: Path) -> None:
+    path = tmp_path / "show.txt"
+    path.write_text("a {red, blue} bird\n/imagine prompt: a koi —relax\n", encoding="utf-8")
+    run = mjq(None, "batch", str(path), "--dry-run", "--show")
+    assert run.code == 0, run
+    lines = [line.split(None, 2) for line in run.out.splitlines()[:3]]
+    assert lines == [["1", "fast", "a red bird"], ["1", "fast", "a blue bird"], ["2", "relax", "a koi --relax"]]
+    as_json = mjq(None, "batch", str(path), "--dry-run", "--show", "--json").json()
+    assert [p["prompt"] for p in as_json["prompts"]] == ["a red bird", "a blue bird", "a koi --relax"]
+
+
+def test_ctrl_c_says_what_was_queued_and_cancel_is_bulk(tmp_path: Path, stack: DevStack) -> None:
+    book = ledger(stack)
+    book.ensure_batch("big")
+    book.set_batch_status("big", "paused")  # nothing of it is submitted: admission holds what workers create
+    path = tmp_path / "big.txt"
+    path.write_text("".join(f"row {i} of a big file {'x' * 120}\n" for i in range(2500)), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MJQ_")}
+    env.update(stack.env)
+    proc = subprocess.Popen([str(BIN / "mjq"), "batch", str(path), "--batch-id", "big"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    wait_for(lambda: book.pending_jobs("big") or book.batch("big").get("total"), timeout_s=60)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (out, err)
+    found = re.search(r"interrupted: (\d+) job\(s\) of big were queued after \d+ row\(s\); run the same command"
+                      r" again to resume", err)  # fmt: skip
+    assert found, err
+    queued = int(found.group(1))
+    assert 0 < queued < 2500
+    wait_for(lambda: book.pending_jobs("big") == 0, timeout_s=90)  # every job sent has its record
+    cancel = mjq(stack, "cancel", "big")
+    assert cancel.code == 0 and "cancelled big" in cancel.out, cancel
+    info = book.batch("big")
+    assert info["counts"]["cancelled"] == info["total"] == queued, info
+    assert book.job_log(book.batch_job_ids("big")[0])[-1]["to"] == "cancelled"

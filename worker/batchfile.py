@@ -43,7 +43,6 @@ MAX_NESTING = 8
 _DASH_RE = re.compile(r"(?:^|(?<=\s))[\u2012\u2013\u2014\u2015\u2212](?=[A-Za-z])")
 _IMAGINE_RE = re.compile(r"^\s*/imagine\b\s*(?:prompt\b\s*:?)?\s*", re.IGNORECASE)
 _MODE_FLAG_RE = re.compile(r"(?:^|\s)--(fast|relax|turbo)(?=\s|$)", re.IGNORECASE)
-_SPACE_RE = re.compile(r"\s+")
 
 
 class RowError(ValueError):
@@ -258,7 +257,7 @@ def normalise(prompt: str) -> str:
     text = _IMAGINE_RE.sub("", prompt, count=1) if "/" in prompt else prompt
     if not _DASHES.isdisjoint(text):
         text = _DASH_RE.sub("--", text)
-    return _SPACE_RE.sub(" ", text).strip()
+    return " ".join(text.split())  # runs of whitespace (str.isspace, as the regex \s) to one space, stripped
 
 
 _Seq = list["str | _Group"]
@@ -629,7 +628,9 @@ def _prompt_only_jobs(row: int, text: str, ids: AutoIds, defaults: Defaults, cap
     """``_build_jobs`` of a row with a prompt and nothing else, without reading the cells it does not have."""
     bot = parse_bot(defaults.bot)
     prompts = []
-    for variant in expand_permutations(normalise(text), cap):  # the whole row is valid before any id is taken
+    prompt = normalise(text)
+    plain = "{" not in prompt and "}" not in prompt and "\\" not in prompt  # no permutation to expand
+    for variant in [prompt] if plain else expand_permutations(prompt, cap):  # the row is valid before any id
         if not variant:
             raise RowError("prompt", "empty prompt after normalisation")
         if len(variant) > MAX_PROMPT_CHARS:

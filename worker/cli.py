@@ -308,9 +308,9 @@ def batch_cmd(
                 enqueue_batch(handle, itertools.chain([first], jobs), tally, batch_id, budget_micros, reading)
     summary = plan_summary(tally, batch_id)
     summary.update(submitted=reading.queued, skipped=tally.job_count - (reading.queued or 0))
+    print_rejects(tally)
     if not as_json:
         print_plan(summary)
-        print_rejects(tally)
         console.print(
             f"queued [bold]{summary['submitted']}[/] job(s)"
             + (f", {summary['skipped']} already known (resumed)" if summary["skipped"] else "")
@@ -376,11 +376,11 @@ def dry_run_batch(scan: BatchScan, tally: PlanTally, rejects: RejectsFile, batch
     summary["estimate"] = estimate(tally, get_settings())
     if show and as_json:
         summary["prompts"] = shown
+    print_rejects(tally)  # stderr: also under --json
     if as_json:
         print_json(summary)
         return
     print_plan(summary)
-    print_rejects(tally)
 
 
 def print_rejects(tally: PlanTally) -> None:
