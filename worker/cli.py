@@ -11,6 +11,7 @@ import functools
 import itertools
 import json
 import os
+import signal
 import socket
 import sys
 import time
@@ -340,10 +341,14 @@ def enqueue_batch(handle: Backend, jobs: Iterator[BatchJob], tally: PlanTally, b
         handle.ledger.set_budget(batch_id, budget_micros)
     sent = Enqueued()
     reading.queued = 0
+    stop: list[int] = []
 
     def progress(_: int) -> None:
         reading.queued = sent.submitted
+        if stop:  # Ctrl-C takes effect between two jobs, so the count printed is exact
+            raise KeyboardInterrupt
 
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.append(1))
     try:
         submit_jobs(handle, jobs, batch_id, progress, tally=sent)
     except KeyboardInterrupt:
@@ -355,6 +360,8 @@ def enqueue_batch(handle: Backend, jobs: Iterator[BatchJob], tally: PlanTally, b
             markup=False, highlight=False, soft_wrap=True,
         )
         raise typer.Exit(130) from None
+    finally:
+        signal.signal(signal.SIGINT, previous)
     reading.queued = sent.submitted
 
 
