@@ -62,7 +62,8 @@ def wait_for(check: Any, timeout_s: float = 60.0) -> Any:
 
 
 def test_status_rate_eta_match_wait_and_log_one_line_per_transition(tmp_path: Path, stack: DevStack) -> None:
-    rows = [{"id": f"pace{i}", "prompt": f"a paced job {i}", "mode": "turbo"} for i in range(4)]
+    rows = [{"id": f"pace{i}", "prompt": f"a paced job {i}", "mode": "turbo", "then": "U1" if i == 0 else ""}
+            for i in range(4)]
     run = mjq(stack, "batch", str(write_jsonl(tmp_path / "pace.jsonl", rows)), "--batch-id", "pace", "--wait")
     assert run.code == 0, run
     waited = re.search(r"rate (\S+) ETA 0s$", run.out.strip().splitlines()[-1])
@@ -86,6 +87,30 @@ def test_status_rate_eta_match_wait_and_log_one_line_per_transition(tmp_path: Pa
     assert all(re.match(r"\d{4}-\d\d-\d\dT", e["at"]) for e in entries)
     text = cli(stack, "logs", "pace0").out
     assert "new -> queued  (created)" in text and "-> succeeded" in text, text
+    # Flower: searching the batch id finds its follow-up too (the parent's batch is in its kwargs repr)
+    def found() -> set[str]:
+        tasks = httpx.get(f"{stack.flower_url}/api/tasks", params={"search": "batch_id=pace"}, timeout=10).json()
+        return {str(t.get("name")) for t in tasks.values()}
+
+    followups = wait_for(lambda: found() - {"tasks.imagine"}, 30)  # the U1 of pace0: its own task name
+    assert "tasks.imagine" in found() and all(n.startswith("tasks.") for n in followups), followups
+
+
+def test_flower_shows_parked_jobs_as_parked_not_started(tmp_path: Path, stack: DevStack) -> None:
+    book = ledger(stack)
+    book.ensure_batch("parkedshow")
+    book.set_batch_status("parkedshow", "paused")
+    rows = [{"id": f"ps{i}", "prompt": f"a parked job {i}"} for i in range(2)]
+    assert cli(stack, "batch", str(write_jsonl(tmp_path / "ps.jsonl", rows)), "--batch-id", "parkedshow").code == 0
+
+    def states() -> dict[str, Any]:
+        tasks = httpx.get(f"{stack.flower_url}/api/tasks", params={"search": "batch_id=parkedshow"}, timeout=10)
+        found = {k: v for k, v in tasks.json().items() if v.get("state") == "RETRY"}
+        return found if len(found) == 2 else {}
+
+    parked = wait_for(states, 30)
+    assert all("parked: its batch is paused" in str(t.get("exception")) for t in parked.values()), parked
+    assert cli(stack, "cancel", "parkedshow").code == 0
 
 
 def test_status_gives_one_queued_figure(stack: DevStack) -> None:
