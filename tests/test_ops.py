@@ -275,3 +275,18 @@ def test_ctrl_c_says_what_was_queued_and_cancel_is_bulk(tmp_path: Path, stack: D
     info = book.batch("big")
     assert info["counts"]["cancelled"] == info["total"] == queued, info
     assert book.job_log(book.batch_job_ids("big")[0])[-1]["to"] == "cancelled"
+
+
+def test_gallery_names_a_follow_up_by_its_lineage(tmp_path: Path) -> None:
+    from worker.reports.gallery import render_gallery
+
+    jobs = [
+        {"job_id": "coast-1", "status": "succeeded", "prompt": "a coast"},
+        {"job_id": "c1-v1", "parent_job": "coast-1", "custom_id": "MJ::JOB::variation::1::abc", "status": "succeeded"},
+        {"job_id": "c1-v1-u2", "parent_job": "c1-v1", "custom_id": "MJ::JOB::upsample::2::def", "status": "failed"},
+    ]
+    page = render_gallery("coast", jobs, tmp_path)
+    assert "<b>U2 of V1 of coast-1</b>" in page and "<b>V1 of coast-1</b>" in page and "<b>imagine</b>" in page
+    # an ancestor outside the page ends the chain with its id (a follow-up of a job of another batch)
+    alone = render_gallery("coast", jobs[2:], tmp_path)
+    assert "<b>U2 of c1-v1</b>" in alone
