@@ -263,7 +263,15 @@ class Stack:
             ended = ended and sum(b["counts"][s] for s in TERMINAL) >= b["total"] >= expected
             return ended and self.ledger.unfinished(self.ledger.batch_job_ids(batch_id)) == 0  # images are in
 
-        self.wait(done, timeout, f"batch {batch_id} to finish")
+        try:
+            self.wait(done, timeout, f"batch {batch_id} to finish")
+        except AssertionError as exc:
+            from worker.store import keys
+
+            ids = self.ledger.batch_job_ids(batch_id)
+            jobs = {j: (self.job(j).get("status"), self.redis.zscore(keys.FINISHING, j)) for j in ids}
+            raise AssertionError(f"{exc}\n--- batch ---\n{self.ledger.batch(batch_id)}\n--- jobs (status, "
+                                 f"finishing since) ---\n{jobs}") from None
         return dict(self.ledger.batch(batch_id))
 
 

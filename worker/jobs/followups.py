@@ -18,7 +18,7 @@ from celery.canvas import Signature
 from celery.exceptions import Ignore
 
 from worker.app import INTERACTIVE, task
-from worker.jobs.finishing import complete_task
+from worker.jobs.dispatch import send_finish
 from worker.jobs.messages import UNDERWAY_QUEUE, message_from_request
 from worker.jobs.reprs import args_repr, followup_repr
 from worker.jobs.start import JobTask, start_job
@@ -26,7 +26,7 @@ from worker.mjapi.errors import InvalidInput
 from worker.plans.buttons import Want, custom_id, resolve
 from worker.plans.masks import mask_reference
 from worker.store.images import store_image
-from worker.store.records import DEFAULT_MODE, TERMINAL
+from worker.store.records import DEFAULT_MODE
 from worker.store.runtime import Runtime
 
 
@@ -99,10 +99,9 @@ def _refuse(self: JobTask, parent: Mapping[str, Any], want: Want, reason: str) -
                 "message": message_from_request(self, rt),
             },
         )
-    rt.ledger.transition(job_id, "failed", from_states=["queued"], fields={"fail_reason": reason})
-    job = rt.ledger.get_job(job_id)
-    if job is not None and job.get("status") in TERMINAL:  # else a copy of this task runs the job: leave it
-        complete_task(job, rt.ledger.job_result(job_id), rt, hostname=self.request.hostname)
+    ok, _prev, _ = rt.ledger.transition(job_id, "failed", from_states=["queued"], fields={"fail_reason": reason})
+    if ok:  # the finishing step every terminal job gets: result, callback, alerts (else a copy of this task won)
+        send_finish(job_id)
     raise Ignore()
 
 
