@@ -15,13 +15,11 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 from typer.testing import CliRunner
 
-from tests.support.mjq import BIN, Run, mjq, shared_stack
+from tests.support.mjq import BIN, Run, faults, ledger, mjq, shared_stack, write_jsonl
 from worker.devstack.redisserver import free_port
 from worker.devstack.stack import DevStack
-from worker.store.ledger import Ledger
 
 
 @pytest.fixture(scope="module")
@@ -36,19 +34,6 @@ def cli(stack: DevStack, *args: str) -> Run:
     with stack.environment():
         result = CliRunner().invoke(app, list(args), env={"COLUMNS": "160"})
     return Run(result.exit_code, result.stdout, result.stderr)
-
-
-def ledger(stack: DevStack) -> Ledger:
-    return Ledger(redis.Redis.from_url(stack.redis_url, decode_responses=True))
-
-
-def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-def faults(stack: DevStack, **values: Any) -> None:
-    httpx.post(f"{stack.api_base_url}/admin/faults", json=values, timeout=5).raise_for_status()
 
 
 def wait_for(check: Any, timeout_s: float = 60.0) -> Any:
@@ -185,7 +170,7 @@ def test_imagine_with_a_plan_and_wait_runs_at_interactive_priority(stack: DevSta
     assert run.code == 0, run
     root, child = run.json()
     assert root["priority"] == child["priority"] == 2  # a single request's priority, not a batch's 5
-    assert ledger(stack).get_job(root["job_id"])["message"]["queue"] == "interactive"  # type: ignore[index]
+    assert ledger(stack).get_job(root["job_id"])["message"]["queue"] == "interactive"
 
 
 def test_resume_tells_when_workers_run_with_other_settings(stack: DevStack) -> None:
@@ -221,9 +206,9 @@ def test_log_format_json_for_log_shippers(tmp_path: Path, stack: DevStack) -> No
 def test_a_million_row_dry_run_streams_in_flat_memory(tmp_path: Path) -> None:
     """1,000,000 rows: rows read, rate and the end on screen, rejected rows' reasons too, under 200 MB RSS."""
     path = tmp_path / "million.txt"
-    with path.open("w", encoding="utf-8") as out:
-        out.writelines(f"a lighthouse number {i} at dawn --ar 16:9\n" for i in range(1_000_000))
-        out.writelines(f"a broken {{row {i}\n" for i in range(25))  # 25 rejects: 20 shown, the rest counted
+    with path.open("w", encoding="utf-8") as file:
+        file.writelines(f"a lighthouse number {i} at dawn --ar 16:9\n" for i in range(1_000_000))
+        file.writelines(f"a broken {{row {i}\n" for i in range(25))  # 25 rejects: 20 shown, the rest counted
     env = {k: v for k, v in os.environ.items() if not k.startswith("MJQ_")}
     proc = subprocess.Popen([str(BIN / "mjq"), "batch", str(path), "--dry-run", "--json"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
