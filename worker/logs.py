@@ -17,8 +17,9 @@ from worker.settings import Settings
 
 TEXT_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(name)s: %(message)s"
 JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(message)s"
-# Loggers whose INFO lines are per-request noise: shown only when the process logs at DEBUG.
-CHATTY = ("httpx", "httpcore")
+# Loggers whose INFO lines are per-request noise (one per poll, one per callback received; the job's transition
+# line says what happened): shown only when the process logs at DEBUG.
+CHATTY = ("httpx", "httpcore", "uvicorn.access")
 
 
 def formatter(log_format: str) -> logging.Formatter:
@@ -37,11 +38,11 @@ def configure(settings: Settings, level: int | str = logging.INFO) -> None:
     root.addHandler(handler)
     root.setLevel(level)
     debug = root.getEffectiveLevel() <= logging.DEBUG
-    for name in CHATTY:
-        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.WARNING)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):  # uvicorn's own handlers would print text
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
+    for name in CHATTY:
+        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.WARNING)
 
 
 def celery_setup_logging(settings: Settings, loglevel: Any = logging.INFO, **_: Any) -> None:

@@ -112,8 +112,8 @@ def serve(settings: Settings | None = None) -> None:
     import uvicorn
 
     settings = settings or get_settings()
-    configure_logging(settings)
+    configure_logging(settings)  # levels too (log_level=None: uvicorn leaves them; access lines at DEBUG)
     uvicorn.run(
-        create_app(settings), host=settings.webhook_host, port=settings.webhook_port, log_level="info",
+        create_app(settings), host=settings.webhook_host, port=settings.webhook_port, log_level=None,
         log_config=None,
     )

@@ -621,6 +621,6 @@ def serve(settings: Settings | None = None) -> None:
     import uvicorn
 
     settings = settings or get_settings()
-    configure_logging(settings)
-    uvicorn.run(create_app(settings), host=settings.serve_host, port=settings.serve_port, log_level="info",
+    configure_logging(settings)  # levels too (log_level=None: uvicorn leaves them; access lines at DEBUG)
+    uvicorn.run(create_app(settings), host=settings.serve_host, port=settings.serve_port, log_level=None,
                 log_config=None)
