@@ -275,3 +275,30 @@ def test_gallery_names_a_follow_up_by_its_lineage(tmp_path: Path) -> None:
     # an ancestor outside the page ends the chain with its id (a follow-up of a job of another batch)
     alone = render_gallery("coast", jobs[2:], tmp_path)
     assert "<b>U2 of c1-v1</b>" in alone
+
+
+def test_json_log_lines_carry_the_transition_fields(capsys: pytest.CaptureFixture[str]) -> None:
+    """The setup worker and beat get from Celery's `setup_logging` signal: JSON, with the transition's fields."""
+    import logging
+
+    from worker.logs import CHATTY, configure
+    from worker.settings import Settings
+    from worker.store.ledger import log_transition
+
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    levels = {name: logging.getLogger(name).level for name in CHATTY}
+    try:
+        configure(Settings(_env_file=None, log_format="json"), "INFO")
+        log_transition("j1", "night", "default", "running", "succeeded", "webhook")
+        logging.getLogger("httpx").info("HTTP Request: GET /mj/task/1/fetch")  # DEBUG detail: not at INFO
+    finally:
+        root.handlers[:], root.level = saved
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert len(lines) == 1, lines
+    assert {k: lines[0][k] for k in ("job_id", "batch_id", "upstream", "from_state", "to_state", "reason")} == {
+        "job_id": "j1", "batch_id": "night", "upstream": "default", "from_state": "running",
+        "to_state": "succeeded", "reason": "webhook"}
+    assert lines[0]["level"] == "INFO" and lines[0]["logger"] == "mjqueue.transitions"
