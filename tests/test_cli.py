@@ -24,7 +24,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from simulator.server import SimulatorAdmin
-from tests.support.mjq import BIN, mjq, shared_stack, sim_stats
+from tests.support.mjq import BIN, faults, ledger, mjq, shared_stack, sim_stats, write_jsonl
 from tests.support.stack import Stack, StackManager, reset_state
 from worker.devstack.redisserver import free_port
 from worker.devstack.stack import DevStack
@@ -34,21 +34,6 @@ from worker.reports.export import TIME_FIELDS, iso_time
 @pytest.fixture(scope="module")
 def stack() -> DevStack:
     return shared_stack()
-
-
-def ledger(stack: DevStack) -> Any:
-    from worker.store.ledger import Ledger
-
-    return Ledger(redis.Redis.from_url(stack.redis_url, decode_responses=True))
-
-
-def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-def faults(stack: DevStack, **values: Any) -> None:
-    httpx.post(f"{stack.api_base_url}/admin/faults", json=values, timeout=5).raise_for_status()
 
 
 # ---------------------------------------------------------------------------------------------- no stack

@@ -112,6 +112,11 @@ def test_flower_is_local_by_default_without_a_default_password_and_logs_rotate()
     assert services["flower"]["ports"] == ["${FLOWER_BIND:-127.0.0.1}:${FLOWER_PUBLISH_PORT:-5555}:5555"]
     env_example = (ROOT / ".env.example").read_text(encoding="utf-8")
     assert re.search(r"^FLOWER_BASIC_AUTH=$", env_example, re.M) and "change-me" not in env_example
+    # compose refuses to start Flower without credentials: no default, and the error says what to set
+    auth = services["flower"]["environment"]["FLOWER_BASIC_AUTH"]
+    with pytest.raises(AssertionError, match="FLOWER_BASIC_AUTH is required: set FLOWER_BASIC_AUTH=user:password"):
+        interpolate(auth, {})
+    assert interpolate(auth, {"FLOWER_BASIC_AUTH": "ops:pw"}) == "ops:pw"
     for name, svc in services.items():
         options = svc["logging"]["options"]
         assert svc["logging"]["driver"] == "json-file" and options["max-size"] and options["max-file"], name
@@ -171,6 +176,8 @@ def test_flower_conf_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert namespace["port"] == 6001 and isinstance(namespace["port"], int)
     assert namespace["persistent"] is True and namespace["db"] == str(tmp_path / "f")
     assert isinstance(namespace["state_save_interval"], int) and namespace["state_save_interval"] > 0
+    # saving pickles every task kept, blocking Flower ("Saving state took 2-4 s" at 50,000 tasks every 5 s)
+    assert namespace["state_save_interval"] >= 60_000 and namespace["max_tasks"] <= 10_000
     assert isinstance(namespace["max_tasks"], int) and isinstance(namespace["purge_offline_workers"], int)
     assert namespace["natural_time"] is True
     columns = namespace["tasks_columns"].split(",")
@@ -205,7 +212,7 @@ class LocalMap:
         self.redis_url = redis_url
 
     def text(self, value: str) -> str:
-        value = interpolate(value, {})
+        value = interpolate(value, {"FLOWER_BASIC_AUTH": "ops:local-test"})  # what .env must set
         value = value.replace("redis://redis:6379/0", self.redis_url)
         value = value.replace("http://simulator:8787", f"http://127.0.0.1:{self.sim_port}")
         value = value.replace("/app/flower.conf", str(ROOT / "flower.conf"))

@@ -7,16 +7,21 @@ Redis transport's ``priority`` strategy), so a single interactive request starts
 
 from __future__ import annotations
 
+import contextlib
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
-from celery import Celery
+import redis
+from celery import Celery, signals
 from celery.app.amqp import AMQP
 from kombu.entity import Exchange, Queue
 
+from worker.logs import celery_setup_logging
 from worker.settings import Settings, get_settings
-from worker.store.connection import celery_transport_options
+from worker.store import workers
+from worker.store.connection import celery_transport_options, redis_client
 
 QUEUES = ("interactive", "track", "batch")  # read in this order (-Q): the order is the priority
 INTERACTIVE, TRACK, BATCH = QUEUES
@@ -135,7 +140,47 @@ def create_app(settings: Settings | None = None) -> Celery:
     return celery_app
 
 
+class _SettingsReport:
+    """Each worker writes ``Settings.fingerprint()`` to Redis at start and with its heartbeat (``-E``), so
+    ``mjq resume`` can tell when running workers hold other settings (an old key) than the command."""
+
+    def __init__(self) -> None:
+        self.last = 0.0
+        self.client: Any = None
+
+    def send(self, hostname: str | None, *, force: bool = False) -> None:
+        if not hostname or (not force and time.monotonic() - self.last < workers.REPORT_EVERY_S):
+            return
+        self.last = time.monotonic()
+        settings = get_settings()
+        try:
+            self.client = self.client or redis_client(settings)
+            workers.report(self.client, hostname, settings.fingerprint())
+        except redis.RedisError:  # the broker is gone too: the worker reconnects, and so do we next time
+            self.client = None
+
+    def on_ready(self, sender: Any = None, **_: Any) -> None:
+        self.send(getattr(sender, "hostname", None), force=True)
+
+    def on_heartbeat(self, sender: Any = None, **_: Any) -> None:
+        self.send(getattr(getattr(sender, "eventer", None), "hostname", None))
+
+    def on_shutdown(self, sender: Any = None, **_: Any) -> None:
+        with contextlib.suppress(redis.RedisError, AttributeError):
+            workers.forget(self.client or redis_client(get_settings()), str(getattr(sender, "hostname", "")))
+
+
+def _setup_logging(**kwargs: Any) -> None:
+    """Worker and beat log in ``MJQ_LOG_FORMAT`` (a receiver of this signal replaces Celery's own setup)."""
+    celery_setup_logging(get_settings(), **kwargs)
+
+
 _survive_broker_loss()
+signals.setup_logging.connect(_setup_logging, weak=False)
+_report = _SettingsReport()
+signals.worker_ready.connect(_report.on_ready, weak=False)
+signals.heartbeat_sent.connect(_report.on_heartbeat, weak=False)
+signals.worker_shutdown.connect(_report.on_shutdown, weak=False)
 app = create_app()
 
 

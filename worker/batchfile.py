@@ -17,10 +17,10 @@ import json
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from worker.jobs.kinds import ID_RULE, JOB_ID_RE, MAX_TAG_LENGTH, MAX_TAGS
 from worker.mjapi import images
@@ -44,7 +44,6 @@ MAX_NESTING = 8
 _DASH_RE = re.compile(r"(?:^|(?<=\s))[\u2012\u2013\u2014\u2015\u2212](?=[A-Za-z])")
 _IMAGINE_RE = re.compile(r"^\s*/imagine\b\s*(?:prompt\b\s*:?)?\s*", re.IGNORECASE)
 _MODE_FLAG_RE = re.compile(r"(?:^|\s)--(fast|relax|turbo)(?=\s|$)", re.IGNORECASE)
-_SPACE_RE = re.compile(r"\s+")
 
 
 class RowError(ValueError):
@@ -123,8 +122,46 @@ class Reject:
     text: str = ""
 
 
+class PlanCounts:
+    """Counts of a plan by mode, follow-up plan and pinned upstream (``plans``), shared by the in-memory and the
+    streamed reading of a file."""
+
+    path: Path
+
+    def plans(self) -> Counter[tuple[str, str | None, str | None]]:
+        raise NotImplementedError
+
+    def mode_plans(self) -> Counter[tuple[str, str | None]]:
+        counts: Counter[tuple[str, str | None]] = Counter()
+        for (mode, then, _), n in self.plans().items():
+            counts[(mode, then)] += n
+        return counts
+
+    def count_by_mode(self) -> dict[str, int]:
+        counts: Counter[str] = Counter()
+        for (mode, _), n in self.mode_plans().items():
+            counts[mode] += n
+        return {mode: counts[mode] for mode in MODES if counts[mode]}
+
+    def followups_by_plan(self) -> dict[str, int]:
+        """How many jobs carry each follow-up plan (the plan text as written)."""
+        counts: Counter[str] = Counter()
+        for (_, then), n in self.mode_plans().items():
+            if then:
+                counts[then] += n
+        return dict(counts)
+
+    def followup_jobs(self) -> int:
+        """Follow-up jobs the plans will create when every step succeeds."""
+        return sum(count_jobs(text) * n for text, n in self.followups_by_plan().items())
+
+    @property
+    def rejected_path(self) -> Path:
+        return rejected_path(self.path)
+
+
 @dataclass
-class BatchPlan:
+class BatchPlan(PlanCounts):
     """The result of reading a prompt file: jobs to run, rows refused, and notes (ignored columns)."""
 
     path: Path
@@ -133,35 +170,84 @@ class BatchPlan:
     warnings: list[str] = field(default_factory=list)
     rows: int = 0
 
-    def count_by_mode(self) -> dict[str, int]:
-        counts = Counter(job.mode for job in self.jobs)
-        return {mode: counts[mode] for mode in MODES if counts[mode]}
-
-    def followups_by_plan(self) -> dict[str, int]:
-        """How many jobs carry each follow-up plan (the plan text as written)."""
-        return dict(Counter(job.then for job in self.jobs if job.then))
-
-    def followup_jobs(self) -> int:
-        """Follow-up jobs the plans will create when every step succeeds."""
-
-        return sum(count_jobs(text) * n for text, n in self.followups_by_plan().items())
+    def plans(self) -> Counter[tuple[str, str | None, str | None]]:
+        return Counter((job.mode, job.then, job.upstream) for job in self.jobs)
 
     @property
-    def rejected_path(self) -> Path:
-        return rejected_path(self.path)
+    def job_count(self) -> int:
+        return len(self.jobs)
+
+    @property
+    def rejected_count(self) -> int:
+        return len(self.rejected)
 
     def write_rejects(self) -> Path | None:
         """Write ``<file>.rejected.csv`` (or remove a stale one when every row is fine)."""
-        target = self.rejected_path
-        if not self.rejected:
-            target.unlink(missing_ok=True)
-            return None
-        with target.open("w", encoding="utf-8", newline="") as out:
-            writer = csv.writer(out)
-            writer.writerow(["row", "field", "reason", "text"])
+        with RejectsFile(self.rejected_path) as out:
             for rej in self.rejected:
-                writer.writerow([rej.row, rej.field, rej.reason, rej.text])
-        return target
+                out.add(rej)
+        return self.rejected_path if self.rejected else None
+
+
+class RejectsFile:
+    """``<file>.rejected.csv`` written row by row as rejects come (created on the first; a stale one from an
+    earlier run is removed when there is none)."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+        self._out: Any = None
+        self._writer: Any = None
+
+    def add(self, rej: Reject) -> None:
+        if self._writer is None:
+            self._out = self.target.open("w", encoding="utf-8", newline="")
+            self._writer = csv.writer(self._out)
+            self._writer.writerow(["row", "field", "reason", "text"])
+        self._writer.writerow([rej.row, rej.field, rej.reason, rej.text])
+
+    def __enter__(self) -> RejectsFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._out is not None:
+            self._out.close()
+        else:
+            self.target.unlink(missing_ok=True)
+
+
+SHOWN_REJECTS = 20  # rejects a streamed reading keeps to print (all go to the .rejected.csv)
+
+
+@dataclass
+class PlanTally(PlanCounts):
+    """A file read as a stream, counted as it goes (no job kept): what a dry run shows, and the summary of an
+    enqueue of any size. ``rejected`` keeps the first ``SHOWN_REJECTS``; ``rejected_count`` counts all."""
+
+    path: Path
+    warnings: list[str] = field(default_factory=list)
+    rows: int = 0
+    job_count: int = 0
+    rejected: list[Reject] = field(default_factory=list)
+    rejected_count: int = 0
+    counts: Counter[tuple[str, str | None, str | None]] = field(default_factory=Counter)
+
+    def plans(self) -> Counter[tuple[str, str | None, str | None]]:
+        return self.counts
+
+    def add(self, item: Reject | list[BatchJob], rejects: RejectsFile | None = None) -> list[BatchJob]:
+        """Count one row of a scan; returns its jobs (none for a reject, which goes to ``rejects``)."""
+        self.rows += 1
+        if isinstance(item, Reject):
+            self.rejected_count += 1
+            if len(self.rejected) < SHOWN_REJECTS:
+                self.rejected.append(item)
+            if rejects is not None:
+                rejects.add(item)
+            return []
+        self.job_count += len(item)
+        for job in item:
+            self.counts[(job.mode, job.then, job.upstream)] += 1
+        return item
 
 
 def rejected_path(path: Path) -> Path:
@@ -172,11 +258,17 @@ def rejected_path(path: Path) -> Path:
 # Prompt text: normalisation and permutations
 
 
+_DASHES = frozenset("\u2012\u2013\u2014\u2015\u2212")
+
+
 def normalise(prompt: str) -> str:
-    """Strip a pasted ``/imagine prompt:``, turn autocorrected long dashes into ``--``, collapse spaces."""
-    text = _IMAGINE_RE.sub("", prompt, count=1)
-    text = _DASH_RE.sub("--", text)
-    return _SPACE_RE.sub(" ", text).strip()
+    """Strip a pasted ``/imagine prompt:``, turn autocorrected long dashes into ``--``, collapse spaces.
+
+    Each step runs only when the text has what it changes (a million rows are read in seconds)."""
+    text = _IMAGINE_RE.sub("", prompt, count=1) if "/" in prompt else prompt
+    if not _DASHES.isdisjoint(text):
+        text = _DASH_RE.sub("--", text)
+    return " ".join(text.split())  # runs of whitespace (str.isspace, as the regex \s) to one space, stripped
 
 
 _Seq = list["str | _Group"]
@@ -254,6 +346,8 @@ def expand_permutations(prompt: str, cap: int = MAX_PERMUTATIONS) -> list[str]:
     The count is computed before expanding, so a prompt that would explode is refused without building it.
     Identical variants are kept once (the same prompt twice would be paid for twice).
     """
+    if "{" not in prompt and "}" not in prompt and "\\" not in prompt:  # no group, no escape: most rows
+        return [normalise(prompt)]
     seq, _ = _parse_seq(prompt, 0, 0)
     total = _count(seq)
     if total > cap:
@@ -272,14 +366,17 @@ class _RawRow:
     text: str
 
 
-def _decode(data: bytes) -> str:
-    """Decode keeping undecodable bytes as lone surrogates, so a bad line rejects only that row."""
-    text = data.decode("utf-8", errors="surrogateescape")
-    return text.removeprefix("\ufeff")
+def _text_lines(stream: BinaryIO, csv_format: bool) -> io.TextIOWrapper:
+    """The file as text lines, read as it goes (a huge file is never in memory whole). Undecodable bytes stay
+    lone surrogates, so a bad line rejects only that row; a BOM is dropped. CSV keeps its own newlines."""
+    return io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="" if csv_format else None)
+
+
+_BAD_BYTES_RE = re.compile("[\udc80-\udcff]")
 
 
 def _has_bad_bytes(value: str) -> bool:
-    return any("\udc80" <= ch <= "\udcff" for ch in value)
+    return _BAD_BYTES_RE.search(value) is not None
 
 
 def _short(text: str, limit: int = 200) -> str:
@@ -288,16 +385,18 @@ def _short(text: str, limit: int = 200) -> str:
     return clean if len(clean) <= limit else clean[: limit - 1] + "…"
 
 
-def _read_txt(text: str) -> Iterator[_RawRow | Reject]:
-    for number, line in enumerate(text.splitlines(), start=1):
+def _read_txt(lines: Iterable[str]) -> Iterator[_RawRow | Reject]:
+    for number, line in enumerate(lines, start=1):
+        line = line.rstrip("\r\n")
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue
         yield _RawRow(number, {"prompt": line}, line)
 
 
-def _read_jsonl(text: str) -> Iterator[_RawRow | Reject]:
-    for number, line in enumerate(text.splitlines(), start=1):
+def _read_jsonl(lines: Iterable[str]) -> Iterator[_RawRow | Reject]:
+    for number, line in enumerate(lines, start=1):
+        line = line.rstrip("\r\n")
         if not line.strip():
             continue
         if len(line) > MAX_ROW_CHARS:
@@ -314,9 +413,9 @@ def _read_jsonl(text: str) -> Iterator[_RawRow | Reject]:
         yield _RawRow(number, value, line)
 
 
-def _read_csv(text: str, warnings: list[str]) -> Iterator[_RawRow | Reject]:
+def _read_csv(lines: Iterable[str], warnings: list[str]) -> Iterator[_RawRow | Reject]:
     csv.field_size_limit(max(MAX_ROW_CHARS * 4, 1 << 20))
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv.reader(lines)
     try:
         header = next(reader)
     except StopIteration:
@@ -383,7 +482,7 @@ def _list_field(values: Mapping[str, Any], name: str, separators: str) -> list[s
 
 def flagged_mode(prompt: str) -> str | None:
     """The speed a prompt asks for with ``--fast``/``--relax``/``--turbo``, if any."""
-    found = _MODE_FLAG_RE.search(prompt)
+    found = _MODE_FLAG_RE.search(prompt) if "--" in prompt else None
     return found.group(1).lower() if found else None
 
 
@@ -511,15 +610,46 @@ class AutoIds:
     def __init__(self, scope: str) -> None:
         self.scope = scope
         self.prefix = _slug(scope, 24) or "batch"
-        self.seen: Counter[str] = Counter()
+        # Contents seen, as 64-bit keys (a million rows stay a few dozen MB): once, and how often beyond once.
+        self.once: set[int] = set()
+        self.more: dict[int, int] = {}
 
     def next(self, prompt: str, mode: str, bot: str, images: tuple[str, ...], then: str | None) -> str:
         """The id of the next job with this content (the first, second, ... of identical ones)."""
         image_keys = [hashlib.sha256(image.encode()).hexdigest() for image in images]
         content = json.dumps([self.scope, prompt, mode, bot, image_keys, then or ""], ensure_ascii=False)
-        self.seen[content] += 1
-        digest = hashlib.sha256(f"{content}\n{self.seen[content]}".encode()).hexdigest()[:16]
+        key = int.from_bytes(hashlib.blake2b(content.encode("utf-8", "surrogatepass"), digest_size=8).digest())
+        if key in self.once:
+            occurrence = self.more[key] = self.more.get(key, 1) + 1
+        else:
+            self.once.add(key)
+            occurrence = 1
+        digest = hashlib.sha256(f"{content}\n{occurrence}".encode("utf-8", "surrogatepass")).hexdigest()[:16]
         return f"{self.prefix}-{digest}"
+
+
+class _NoIds(AutoIds):
+    """A dry run's ids: none (nothing is sent, and counting needs no memory per row)."""
+
+    def next(self, prompt: str, mode: str, bot: str, images: tuple[str, ...], then: str | None) -> str:
+        return ""
+
+
+def _prompt_only_jobs(row: int, text: str, ids: AutoIds, defaults: Defaults, cap: int) -> list[BatchJob]:
+    """``_build_jobs`` of a row with a prompt and nothing else, without reading the cells it does not have."""
+    bot = parse_bot(defaults.bot)
+    prompts = []
+    prompt = normalise(text)
+    plain = "{" not in prompt and "}" not in prompt and "\\" not in prompt  # no permutation to expand
+    for variant in [prompt] if plain else expand_permutations(prompt, cap):  # the row is valid before any id
+        if not variant:
+            raise RowError("prompt", "empty prompt after normalisation")
+        if len(variant) > MAX_PROMPT_CHARS:
+            raise RowError("prompt", f"longer than {MAX_PROMPT_CHARS} characters")
+        prompts.append((variant, flagged_mode(variant) or defaults.mode or "fast"))
+    return [BatchJob(job_id=ids.next(prompt, mode, bot, (), defaults.then), row=row, prompt=prompt, mode=mode,
+                     bot_type=bot, then=defaults.then, priority=defaults.priority, tags=defaults.tags,
+                     split=defaults.split) for prompt, mode in prompts]  # fmt: skip
 
 
 def _build_jobs(
@@ -533,12 +663,15 @@ def _build_jobs(
     if len(raw.text) > MAX_ROW_CHARS:
         raise RowError("line", f"row longer than {MAX_ROW_CHARS} characters")
     for name, value in raw.values.items():
-        cells = value if isinstance(value, list) else [value]
-        if any(isinstance(cell, str) and _has_bad_bytes(cell) for cell in cells):
-            raise RowError(name, "not valid UTF-8")
+        cells = value if isinstance(value, list) else (value,)
+        for cell in cells:
+            if isinstance(cell, str) and _has_bad_bytes(cell):
+                raise RowError(name, "not valid UTF-8")
     prompt_text = _text_field(raw.values, "prompt")
     if prompt_text is None:
         raise RowError("prompt", "empty prompt")
+    if len(raw.values) == 1:  # the row is just its prompt (a .txt line): the defaults, no other cell to read
+        return _prompt_only_jobs(raw.row, prompt_text, ids, defaults, cap)
     row_id = _text_field(raw.values, "id")
     if row_id is not None and not JOB_ID_RE.match(row_id):
         raise RowError("id", f"use {ID_RULE}")
@@ -606,16 +739,19 @@ def read_batch_file(
     """Read a prompt file; never raises for a bad row (see ``BatchPlan.rejected``), only for a bad file.
 
     ``scope`` (the batch id the jobs go to; default the file's own ``default_batch_id``) keeps automatic job
-    ids apart between batches: see :class:`AutoIds`.
+    ids apart between batches: see :class:`AutoIds`. All jobs are kept in memory: ``scan_batch`` streams.
     """
     path = Path(path)
+    with open_batch_file(path) as stream:
+        return collect(scan_batch(stream, path, defaults, max_permutations=max_permutations,
+                                  scope=scope or default_batch_id(path), files=True), path)  # fmt: skip
+
+
+def open_batch_file(path: Path) -> BinaryIO:
     try:
-        data = path.read_bytes()
+        return path.open("rb")
     except OSError as exc:
         raise BatchFileError(f"cannot read {path}: {exc.strerror or exc}") from None
-    return read_batch_data(
-        data, path, defaults, max_permutations=max_permutations, scope=scope or default_batch_id(path), files=True
-    )
 
 
 def read_batch_data(
@@ -632,42 +768,91 @@ def read_batch_data(
     ``files=False`` (a file uploaded to the HTTP API): images and region masks must be data URIs or URLs, since
     local paths would name files of the server, not of the sender.
     """
-    defaults = defaults or Defaults()
-    if defaults.then:  # given on the command line: masks relative to the current directory
-        defaults = replace(defaults, then=validate_plan(defaults.then, files=files))
-    # per row: masks relative to the prompt file; a plan repeated on many rows is checked (and read) once
-    plan_check = functools.lru_cache(maxsize=256)(
-        functools.partial(validate_plan, base_dir=path.parent, files=files)
-    )
-    text = _decode(data)
-    plan = BatchPlan(path=path)
-    suffix = path.suffix.lower()
-    if suffix == ".txt":
-        rows: Iterator[_RawRow | Reject] = _read_txt(text)
-    elif suffix == ".csv":
-        rows = _read_csv(text, plan.warnings)
-    elif suffix in (".jsonl", ".ndjson"):
-        rows = _read_jsonl(text)
-    else:
-        raise BatchFileError(f"unknown prompt file type {suffix or '(none)'!r}: use .txt, .csv or .jsonl")
-    loader = ImageLoader(path.parent if files else None)
-    ids = AutoIds(scope)
-    seen: dict[str, int] = {}
-    for item in rows:
+    scan = scan_batch(io.BytesIO(data), path, defaults, max_permutations=max_permutations, scope=scope, files=files)
+    return collect(scan, path)
+
+
+def collect(scan: BatchScan, path: Path) -> BatchPlan:
+    """Every job and reject of a scan, in memory (small files: the HTTP API, tests, ``read_batch_file``)."""
+    plan = BatchPlan(path=path, warnings=scan.warnings)
+    for item in scan:
         plan.rows += 1
         if isinstance(item, Reject):
             plan.rejected.append(item)
-            continue
-        try:
-            jobs = _build_jobs(item, ids, defaults, loader, max_permutations, plan_check)
-            clash = next((job.job_id for job in jobs if seen.get(job.job_id, item.row) != item.row), None)
-            if clash is not None:
-                raise RowError("id", f"id {clash!r} already used by row {seen[clash]}")
-        except RowError as exc:
-            plan.rejected.append(Reject(item.row, exc.field, exc.reason, _short(item.text)))
-            continue
-        for job in jobs:
-            if job.job_id not in seen:
-                seen[job.job_id] = item.row
-                plan.jobs.append(job)
+        else:
+            plan.jobs.extend(item)
     return plan
+
+
+class BatchScan:
+    """A prompt file read row by row (``for row in scan``: a ``Reject`` or the row's jobs), so memory stays flat
+    however big the file is; ``warnings`` fills as the header is read. ``ids=False`` (a dry run) gives every
+    automatic id as ``""``: no id is sent, and counting needs none (explicit ids are still checked)."""
+
+    def __init__(
+        self,
+        stream: BinaryIO,
+        path: Path,
+        defaults: Defaults | None,
+        *,
+        max_permutations: int,
+        scope: str,
+        files: bool,
+        ids: bool = True,
+    ) -> None:
+        self.defaults = defaults or Defaults()
+        if self.defaults.then:  # given on the command line: masks relative to the current directory
+            self.defaults = replace(self.defaults, then=validate_plan(self.defaults.then, files=files))
+        # per row: masks relative to the prompt file; a plan repeated on many rows is checked (and read) once
+        self.plan_check = functools.lru_cache(maxsize=256)(
+            functools.partial(validate_plan, base_dir=path.parent, files=files)
+        )
+        self.warnings: list[str] = []
+        suffix = path.suffix.lower()
+        if suffix not in (".txt", ".csv", ".jsonl", ".ndjson"):
+            raise BatchFileError(f"unknown prompt file type {suffix or '(none)'!r}: use .txt, .csv or .jsonl")
+        self.stream = stream
+        lines = _text_lines(stream, suffix == ".csv")
+        self.rows: Iterator[_RawRow | Reject] = (
+            _read_txt(lines) if suffix == ".txt" else _read_csv(lines, self.warnings) if suffix == ".csv"
+            else _read_jsonl(lines)
+        )
+        self.loader = ImageLoader(path.parent if files else None)
+        self.ids = AutoIds(scope) if ids else _NoIds(scope)
+        self.cap = max_permutations
+
+    def bytes_read(self) -> int:
+        """How far into the file the reader is (for progress: rows read, rate, ETA)."""
+        return self.stream.tell()
+
+    def __iter__(self) -> Iterator[Reject | list[BatchJob]]:
+        explicit: dict[str, int] = {}  # ids given in the file -> their row (automatic ids never clash)
+        for item in self.rows:
+            if isinstance(item, Reject):
+                yield item
+                continue
+            try:
+                jobs = _build_jobs(item, self.ids, self.defaults, self.loader, self.cap, self.plan_check)
+                if item.values.get("id") is not None:
+                    clash = next((j.job_id for j in jobs if explicit.get(j.job_id, item.row) != item.row), None)
+                    if clash is not None:
+                        raise RowError("id", f"id {clash!r} already used by row {explicit[clash]}")
+                    explicit.update((job.job_id, item.row) for job in jobs)
+            except RowError as exc:
+                yield Reject(item.row, exc.field, exc.reason, _short(item.text))
+                continue
+            yield jobs
+
+
+def scan_batch(
+    stream: BinaryIO,
+    path: Path,
+    defaults: Defaults | None = None,
+    *,
+    max_permutations: int = MAX_PERMUTATIONS,
+    scope: str,
+    files: bool,
+    ids: bool = True,
+) -> BatchScan:
+    """Read an open prompt file row by row (see :class:`BatchScan`)."""
+    return BatchScan(stream, path, defaults, max_permutations=max_permutations, scope=scope, files=files, ids=ids)

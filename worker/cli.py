@@ -8,14 +8,16 @@ stable shape.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
+import signal
 import socket
 import sys
 import time
 import uuid
 import webbrowser
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
@@ -27,7 +29,6 @@ from pydantic import SecretStr
 from rich import box
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Column, Table
 from rich.text import Text
 
@@ -36,17 +37,21 @@ from worker.batchfile import (
     MAX_PERMUTATIONS,
     BatchFileError,
     BatchJob,
-    BatchPlan,
+    BatchScan,
     Defaults,
     ImageLoader,
+    PlanTally,
+    RejectsFile,
     RowError,
     default_batch_id,
     expand_permutations,
     flagged_mode,
     normalise,
+    open_batch_file,
     parse_bot,
     parse_mode,
-    read_batch_file,
+    rejected_path,
+    scan_batch,
     validate_plan,
 )
 from worker.devstack.demo import run_demo
@@ -58,19 +63,22 @@ from worker.mjapi import MidjourneyClient
 from worker.mjapi.doctor import Report, check_submit, diagnose, startup_warnings
 from worker.mjapi.profiles import PROFILES
 from worker.pricing import MICROS, PriceError, fmt_money, to_micros
-from worker.producer import Backend, UnknownBatch, backend, submit_jobs
+from worker.producer import Backend, Enqueued, UnknownBatch, backend, submit_jobs
 from worker.reports.archive import NotArchivable, archive_batch
 from worker.reports.estimate import estimate
 from worker.reports.export import FORMATS, TIME_FIELDS, iso_time, write_manifest
 from worker.reports.gallery import write_gallery
 from worker.reports.money import batch_money, money_line
-from worker.reports.progress import Blocked, RateMeter, Snapshot, blocked_by, render, watch
+from worker.reports.progress import Blocked, Snapshot, blocked_by, queued_line, render, watch
+from worker.reports.reading import ReadProgress
 from worker.reports.upstreams import upstreams_report
 from worker.service.api import serve as serve_api
 from worker.service.webhook import serve
 from worker.settings import Settings, SettingsError, get_settings, settings_table
+from worker.store import workers
 from worker.store.deliveries import batch_callbacks
 from worker.store.observed import Observed
+from worker.store.records import STATES
 from worker.store.runtime import Runtime, runtime
 from worker.upstreams.config import load_pool_file, masked
 
@@ -181,17 +189,17 @@ def print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, ensure_ascii=False, default=str, indent=2) + "\n")
 
 
-def plan_summary(plan: BatchPlan, batch_id: str) -> dict[str, Any]:
+def plan_summary(plan: PlanTally, batch_id: str) -> dict[str, Any]:
     return {
         "batch_id": batch_id,
         "file": str(plan.path),
         "rows": plan.rows,
-        "jobs": len(plan.jobs),
+        "jobs": plan.job_count,
         "by_mode": plan.count_by_mode(),
         "followups": plan.followups_by_plan(),
         "followup_jobs": plan.followup_jobs(),
-        "rejected": len(plan.rejected),
-        "rejected_file": str(plan.rejected_path) if plan.rejected else None,
+        "rejected": plan.rejected_count,
+        "rejected_file": str(plan.rejected_path) if plan.rejected_count else None,
         "warnings": plan.warnings,
     }
 
@@ -216,6 +224,7 @@ def print_plan(summary: Mapping[str, Any]) -> None:
         err_console.print(f"[yellow]{summary['rejected']} row(s) rejected[/] -> {summary['rejected_file']}")
 
 
+INTERACTIVE_PRIORITY = 2  # a single request's default priority (a batch's is 5: worker.jobs.start)
 STUCK_EXIT = 3  # `--wait` ended because nothing of the batch can progress without a person
 
 
@@ -271,6 +280,7 @@ def batch_cmd(
     bot: Annotated[str, typer.Option(help="mj | niji (rows may override)")] = "mj",
     batch_id: Annotated[str | None, typer.Option("--batch-id", "-b", help="default: from the file path")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", "-n", help="show what would run; send nothing")] = False,
+    show: Annotated[bool, typer.Option("--show", help="--dry-run: list every expanded prompt")] = False,
     wait: WaitOpt = False,
     max_permutations: Annotated[int, typer.Option(help="cap of {a,b} expansions per row")] = MAX_PERMUTATIONS,
     as_json: JsonOpt = False,
@@ -281,7 +291,11 @@ def batch_cmd(
         str | None, typer.Option("--callback-url", help="POST the signed batch summary there once it finishes")
     ] = None,
 ) -> None:
-    """Enqueue every prompt of a file (resumable: jobs already known are skipped)."""
+    """Enqueue every prompt of a file (resumable: jobs already known are skipped).
+
+    The file is read as a stream (memory stays flat for millions of rows): big files show rows read, rate and
+    ETA; Ctrl-C says how many jobs were queued, and the same command again queues the rest.
+    """
     if budget is not None:
         parse_budget(budget, "--budget")
     if callback_url is not None:
@@ -290,47 +304,113 @@ def batch_cmd(
                         split=split, upstream=upstream)
     parse_bot(bot, "--bot")
     batch_id = batch_id or default_batch_id(file)
-    plan = read_batch_file(file, defaults, max_permutations=max_permutations, scope=batch_id)
-    plan.write_rejects()
-    summary = plan_summary(plan, batch_id)
-    if dry_run:
-        summary["dry_run"] = True
-        summary["estimate"] = estimate(plan, get_settings())
-        print_json(summary) if as_json else print_plan(summary)
-        return
-    if not plan.jobs:
-        raise CliError(f"no runnable rows in {file}", f"see {plan.rejected_path}" if plan.rejected else None)
-    with backend() as handle:
-        options: dict[str, Any] = {"budget": budget, "callback_url": callback_url}  # on the batch record first
-        if as_json or len(plan.jobs) < 200:
-            submitted, skipped = submit_jobs(handle, plan.jobs, batch_id, **options)
-        else:
-            with Progress(
-                TextColumn("enqueueing"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                console=err_console,
-                transient=True,
-            ) as bar:
-                task = bar.add_task("enqueue", total=len(plan.jobs))
-                submitted, skipped = submit_jobs(
-                    handle, plan.jobs, batch_id, lambda n: bar.update(task, completed=n), **options
-                )
-        summary.update(submitted=submitted, skipped=skipped)
-        if not as_json:
-            print_plan(summary)
-            console.print(
-                f"queued [bold]{submitted}[/] job(s)"
-                + (f", {skipped} already known (resumed)" if skipped else "")
-                + f" -> `mjq status {batch_id}`"
-            )
-        if wait:
+    with open_batch_file(file) as stream, RejectsFile(rejected_path(file)) as rejects:
+        scan = scan_batch(stream, file, defaults, max_permutations=max_permutations, scope=batch_id, files=True,
+                          ids=not dry_run)  # fmt: skip
+        tally = PlanTally(file, warnings=scan.warnings)
+        size = os.fstat(stream.fileno()).st_size
+        if dry_run:
+            dry_run_batch(scan, tally, rejects, batch_id, size, show=show, as_json=as_json)
+            return
+        with ReadProgress(err_console, size, "enqueueing") as reading:
+            jobs = read_jobs(scan, tally, rejects, reading)
+            first = next(jobs, None)  # a file with nothing to run is refused before anything is recorded
+            if first is None:
+                print_rejects(tally)
+                raise CliError(f"no runnable rows in {file}", f"see {tally.rejected_path}" if tally.rejected_count
+                               else None)  # fmt: skip
+            with backend() as handle:
+                enqueue_batch(handle, itertools.chain([first], jobs), tally, batch_id, reading,
+                              {"budget": budget, "callback_url": callback_url})
+    summary = plan_summary(tally, batch_id)
+    summary.update(submitted=reading.queued, skipped=tally.job_count - (reading.queued or 0))
+    print_rejects(tally)
+    if not as_json:
+        print_plan(summary)
+        console.print(
+            f"queued [bold]{summary['submitted']}[/] job(s)"
+            + (f", {summary['skipped']} already known (resumed)" if summary["skipped"] else "")
+            + f" -> `mjq status {batch_id}`"
+        )
+    if wait:
+        with backend() as handle:
             snap = wait_for_batch(handle, batch_id, quiet=as_json)
-            summary["result"] = dict(snap.counts)
-        if as_json:
-            print_json(summary)
-        if wait and snap.failed:
-            raise typer.Exit(1)
+        summary["result"] = dict(snap.counts)
+    if as_json:
+        print_json(summary)
+    if wait and snap.failed:
+        raise typer.Exit(1)
+
+
+def read_jobs(scan: BatchScan, tally: PlanTally, rejects: RejectsFile, reading: ReadProgress) -> Iterator[BatchJob]:
+    """The jobs of a streamed file, counted (and rejects written) as they are read."""
+    for item in scan:
+        yield from tally.add(item, rejects)
+        reading.update(tally.rows, scan.bytes_read(), reading.queued)
+
+
+def enqueue_batch(handle: Backend, jobs: Iterator[BatchJob], tally: PlanTally, batch_id: str,
+                  reading: ReadProgress, options: dict[str, Any]) -> None:  # fmt: skip
+    """Send the jobs as they are read (the batch ``options`` go on its record first); on Ctrl-C say what was
+    queued and that the same command resumes."""
+    sent = Enqueued()
+    reading.queued = 0
+    stop: list[int] = []
+
+    def progress(_: int) -> None:
+        reading.queued = sent.submitted
+        if stop:  # Ctrl-C takes effect between two jobs, so the count printed is exact
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.append(1))
+    try:
+        submit_jobs(handle, jobs, batch_id, progress, tally=sent, **options)
+    except KeyboardInterrupt:
+        reading.enabled = False  # no "read N rows" line after this one
+        err_console.print(
+            f"interrupted: {sent.submitted} job(s) of {batch_id} were queued"
+            + (f" ({sent.skipped} already known)" if sent.skipped else "")
+            + f" after {tally.rows} row(s); run the same command again to resume (jobs already queued are skipped)",
+            markup=False, highlight=False, soft_wrap=True,
+        )
+        raise typer.Exit(130) from None
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    reading.queued = sent.submitted
+
+
+def dry_run_batch(scan: BatchScan, tally: PlanTally, rejects: RejectsFile, batch_id: str, size: int, *,
+                  show: bool, as_json: bool) -> None:  # fmt: skip
+    """Count (and with ``show`` list) what the file would run; nothing is recorded or sent."""
+    shown: list[dict[str, Any]] = []
+    with ReadProgress(err_console, size, "reading") as reading:
+        for item in scan:
+            for job in tally.add(item, rejects):
+                if show and as_json:
+                    shown.append({"row": job.row, "mode": job.mode, "prompt": job.prompt, "then": job.then})
+                elif show:
+                    sys.stdout.write(f"{job.row:>7}  {job.mode:<5}  {job.prompt}"
+                                     + (f"  then {job.then}" if job.then else "") + "\n")  # fmt: skip
+            reading.update(tally.rows, scan.bytes_read())
+    summary = plan_summary(tally, batch_id)
+    summary["dry_run"] = True
+    summary["estimate"] = estimate(tally, get_settings())
+    if show and as_json:
+        summary["prompts"] = shown
+    print_rejects(tally)  # stderr: also under --json
+    if as_json:
+        print_json(summary)
+        return
+    print_plan(summary)
+
+
+def print_rejects(tally: PlanTally) -> None:
+    """The first rejected rows and why, on screen (all of them are in the .rejected.csv)."""
+    for rej in tally.rejected:
+        err_console.print(Text(f"  row {rej.row}: {rej.field}: {rej.reason}", style="yellow"), soft_wrap=True)
+    more = tally.rejected_count - len(tally.rejected)
+    if more > 0:
+        err_console.print(Text(f"  … and {more} more in {tally.rejected_path}", style="yellow"), soft_wrap=True)
 
 
 @cli_command("imagine")
@@ -352,6 +432,11 @@ def imagine_cmd(
     images = tuple(loader.load(str(path)) for path in image or [])
     chosen_mode = parse_mode(mode, "--mode")
     plan_text = validate_plan(then, "--then")
+    # Follow-ups are counted per batch (planned, skipped), so a plan to wait for gets its own small batch; it is
+    # still one interactive request: the interactive queue, and the interactive priority (not a batch's 5).
+    auto_batch = bool(plan_text and wait and not batch_id)
+    if priority is None and auto_batch:
+        priority = INTERACTIVE_PRIORITY
     jobs = [
         BatchJob(
             job_id=uuid.uuid4().hex,
@@ -367,9 +452,7 @@ def imagine_cmd(
         )
         for variant in expand_permutations(normalise(prompt))
     ]
-    # Follow-ups are counted per batch (planned, skipped), so a plan to wait for gets its own small batch;
-    # it still runs on the interactive queue.
-    own_batch = batch_id or (f"imagine-{jobs[0].job_id[:8]}" if plan_text and wait else None)
+    own_batch = batch_id or (f"imagine-{jobs[0].job_id[:8]}" if auto_batch else None)
     with backend() as handle:
         if own_batch:
             submit_jobs(handle, jobs, own_batch, queue=None if batch_id else "interactive")
@@ -485,8 +568,9 @@ def status_cmd(
             )
             return
         print_breaker(breaker)
-        console.print(render(snap, RateMeter()))
-        console.print("  " + "  ".join(f"{state} {n}" for state, n in snap.counts.items() if n))
+        console.print(render(snap))
+        states = [f"{state} {n}" for state, n in snap.counts.items() if n and state != "queued"]
+        console.print("  " + "  ".join([*states, queued_line(snap)]))
         console.print("  " + escape(money_line(batch_money(batch, info, runtime()))))
         if info.get("upstreams"):
             console.print("  upstreams: " + "  ".join(f"{n} {c}" for n, c in sorted(info["upstreams"].items())))
@@ -533,7 +617,10 @@ def snap_dict(snap: Snapshot) -> dict[str, Any]:
         "cancelled": snap.cancelled,
         "running": snap.running,
         "queued": snap.queued,
+        "queued_parts": {"created": snap.created_queued, "pending": snap.pending, "planned": snap.planned},
         "counts": dict(snap.counts),
+        "rate_per_min": round(snap.rate * 60, 2) if snap.rate else None,
+        "eta_s": round(snap.eta_s, 1) if snap.eta_s is not None and not snap.is_over else (0 if snap.is_over else None),
     }
 
 
@@ -601,8 +688,25 @@ def resume_cmd(
         control.resume_submitting(rt, upstream)
         console.print(f"submitting to {upstream} resumed (its stop cleared)" if upstream
                       else "submitting resumed (breaker cleared)")
+    else:
+        _control_batch(batch, control.resume_batch, "resumed")
+    warn_other_settings(runtime())
+
+
+def warn_other_settings(rt: Runtime) -> None:
+    """Running workers that hold other settings than this command (an old key) would trip again at once."""
+    live = workers.live(rt.redis)
+    differ = workers.differing(get_settings().fingerprint(), live)
+    if not differ:
         return
-    _control_batch(batch, control.resume_batch, "resumed")
+    err_console.rule("[bold yellow]warning: workers run with other settings", style="yellow")
+    for host, names in sorted(differ.items()):
+        shown = ", ".join(f"MJQ_{n.upper()}" for n in names[:8]) + (" …" if len(names) > 8 else "")
+        err_console.print(Text(f"{host}: {shown} differ from this command's", style="yellow"), soft_wrap=True)
+    err_console.print(Text(
+        "they keep their settings until restarted: stop and start `mjq worker` / `mjq up`, or"
+        " `docker compose up -d --force-recreate worker beat` after editing .env", style="yellow"), soft_wrap=True)
+    err_console.rule(style="yellow")
 
 
 def parse_budget(value: str, option: str) -> int:
@@ -736,6 +840,77 @@ def job_cmd(
     """One job: its record, lineage, timings, last error and buttons."""
     with backend() as handle:
         show_job(handle, job_id, as_json=as_json)
+
+
+@cli_command("jobs")
+def jobs_cmd(
+    batch: Annotated[str, typer.Option("--batch", "-b", help="the batch whose jobs to list")],
+    status: Annotated[
+        list[str] | None, typer.Option("--status", "-s", help="only jobs in this state (repeat); e.g. failed")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="jobs per page")] = 50,
+    offset: Annotated[int, typer.Option(min=0, help="jobs to skip (the next page: the offset printed)")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """List a batch's jobs, a page at a time, optionally only those in some states."""
+    unknown = sorted(set(status or ()) - set(STATES))
+    if unknown:
+        raise CliError(f"--status: unknown state {unknown[0]!r}", f"states: {', '.join(STATES)}", 2)
+    with backend() as handle:
+        handle.batch(batch)
+        page, next_offset = handle.ledger.jobs_page(batch, status or (), offset, limit)
+    if as_json:
+        print_json({"batch_id": batch, "status": status or [], "offset": offset, "limit": limit,
+                    "next_offset": next_offset, "jobs": page})  # fmt: skip
+        return
+    table = Table(Column("job", overflow="fold"), "status", "mode", "kind", Column("upstream", overflow="fold"),
+                  Column("prompt / reason", overflow="fold"), box=box.SIMPLE_HEAD, pad_edge=False)  # fmt: skip
+    for job in page:
+        kind = job.get("action") or "imagine"
+        if job.get("parent_job"):
+            kind = f"{kind} of {job['parent_job']}"
+        text = job.get("fail_reason") if job.get("status") != "succeeded" and job.get("fail_reason") else job.get(
+            "prompt")
+        table.add_row(Text(str(job["job_id"])), Text(str(job.get("status"))), Text(str(job.get("mode") or "")),
+                      Text(str(kind)), Text(str(job.get("upstream_id") or "-")), Text(_short(str(text or ""), 60)))
+    console.print(table if page else f"no jobs{' in ' + ', '.join(status) if status else ''} in {batch}")
+    if next_offset is not None:
+        more = " ".join(f"--status {s}" for s in status or [])
+        console.print(f"more: `mjq jobs --batch {batch} {more + ' ' if more else ''}--offset {next_offset}`")
+
+
+@cli_command("retry")
+def retry_cmd(
+    job_id: Annotated[str, typer.Argument(help="a failed or timed-out job")],
+    force: Annotated[
+        bool, typer.Option("--force", help="also a needs_review job: its first submit may have run, may pay twice")
+    ] = False,
+) -> None:
+    """Run one failed / timed-out job again: a new submit only when the old one ran nothing upstream."""
+    with backend():
+        try:
+            done = control.retry_job(job_id, runtime(), force=force)
+        except control.RetryRefused as exc:
+            raise CliError(str(exc), "`mjq job ID` shows its record; `mjq logs ID` its transitions") from None
+    console.print(done)
+
+
+@cli_command("logs")
+def logs_cmd(
+    job_id: Annotated[str, typer.Argument(help="a job id")],
+    as_json: JsonOpt = False,
+) -> None:
+    """A job's transitions (state changes with when and why), oldest first."""
+    with backend() as handle:
+        if handle.ledger.get_job(job_id) is None:
+            raise CliError(f"no job {job_id!r}", "`mjq jobs --batch B` lists a batch's jobs")
+        entries = handle.ledger.job_log(job_id)
+    if as_json:
+        print_json([{**e, "at": iso_time(e.get("at"))} for e in entries])
+        return
+    for entry in entries:
+        console.print(Text(f"{iso_time(entry.get('at'))}  {entry.get('from') or 'new'} -> {entry.get('to')}"
+                           + (f"  ({entry['reason']})" if entry.get("reason") else "")), soft_wrap=True)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -11,8 +11,8 @@ from typing import Any
 
 from worker.app import app
 from worker.jobs.admission import admit_parked
+from worker.jobs.dispatch import send_finishes, send_poll
 from worker.jobs.messages import resend
-from worker.jobs.settle import cancel_job
 from worker.mjapi.models import MODES
 from worker.pricing import to_micros
 from worker.store import keys
@@ -46,8 +46,9 @@ def cancel_batch(batch_id: str, rt: Runtime) -> int:
     Jobs already accepted upstream run to their end (they are paid for). Jobs whose task message has not run
     yet are cancelled when it does.
     """
-    ids = rt.ledger.cancel_batch_record(batch_id)
-    return sum(1 for job_id in ids if cancel_job(job_id, "batch cancelled", rt))
+    ids = rt.ledger.cancel_batch_record(batch_id)  # in bulk, in Redis: 16,000 jobs return in seconds
+    send_finishes(ids)
+    return len(ids)
 
 
 def requeue(
@@ -67,8 +68,12 @@ def requeue(
         return 0
     if rt.ledger.batch_status(batch_id) == "cancelled":
         rt.redis.hset(keys.batch(batch_id), "status", "active")
-    ids = [str(j["job_id"]) for j in jobs]
-    count = rt.ledger.requeue_jobs(ids)
+    return requeue_ids([str(j["job_id"]) for j in jobs], rt)
+
+
+def requeue_ids(ids: list[str], rt: Runtime, reason: str = "requeued") -> int:
+    """Reset these terminal jobs to ``queued`` and send their stored task message again (same task id)."""
+    count = rt.ledger.requeue_jobs(ids, reason)
     for job_id in ids:
         job = rt.ledger.get_job(job_id) or {}
         message = job.get("message")
@@ -77,6 +82,50 @@ def requeue(
             rt.slots.expect(job_id, time.time() + rt.settings.slot_lease_s)  # sent again if this one is lost
             resend(message)
     return count
+
+
+class RetryRefused(ValueError):
+    """``mjq retry`` of a job that must not (or need not) be submitted again; the message says why."""
+
+
+def retry_job(job_id: str, rt: Runtime, *, force: bool = False) -> str:
+    """Run one failed / timed-out job again without paying twice; returns what was done.
+
+    - never accepted upstream (no upstream id), or the upstream itself reported it failed: a new submit
+      (requeued: same job id and task message, through admission and submit-once);
+    - timed out while the upstream had it: it may still finish there, so it is tracked again (polled), not
+      submitted again;
+    - ``needs_review`` (the submit's outcome is unknown, it may have run and been paid): only with ``force``.
+    """
+    job = rt.ledger.get_job(job_id)
+    if job is None:
+        raise RetryRefused(f"no job {job_id!r}")
+    status = str(job.get("status"))
+    if status == "needs_review" and not force:
+        raise RetryRefused(f"job {job_id} needs review: its submit may have run upstream (and been paid); check"
+                           " upstream first, then `mjq retry --force` submits it again")  # fmt: skip
+    if status not in ("failed", "timed_out", "needs_review"):
+        raise RetryRefused(f"job {job_id} is {status}: only failed, timed_out (and needs_review with --force)"
+                           " jobs are retried")  # fmt: skip
+    if status == "timed_out" and job.get("upstream_id"):
+        now = time.time()
+        ok, _, _ = rt.ledger.transition(
+            job_id, "submitted", from_states=["timed_out"], inflight=now, reason="retry: tracked again",
+            fields={"deadline_at": now + rt.settings.deadline_s(str(job.get("mode") or "fast"))},
+            delete=["fail_reason"],
+        )
+        if not ok:
+            raise RetryRefused(f"job {job_id} changed meanwhile ({rt.ledger.status(job_id)}); nothing done")
+        send_poll(job_id)
+        return f"tracking {job_id} again: upstream task {job['upstream_id']} may still finish (nothing resubmitted)"
+    if not isinstance(job.get("message"), dict):
+        raise RetryRefused(f"job {job_id} has no stored task message to send again")
+    batch_id = str(job.get("batch_id") or "")
+    if batch_id and rt.ledger.batch_status(batch_id) == "cancelled":
+        rt.redis.hset(keys.batch(batch_id), "status", "active")
+    requeue_ids([job_id], rt, "retry" + (" --force" if force else ""))
+    why = "forced" if force else "the old one was never accepted upstream, or the upstream failed it"
+    return f"queued {job_id} again: a new submit ({why})"
 
 
 def resume_submitting(rt: Runtime, upstream: str | None = None) -> dict[str, Any]:

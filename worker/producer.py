@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 import tasks
@@ -111,12 +113,21 @@ def configure_batch(
         handle.ledger.set_budget(batch_id, micros)
 
 
+@dataclass
+class Enqueued:
+    """Running counts of ``submit_jobs`` (read them after an interrupt: what was queued so far)."""
+
+    submitted: int = 0
+    skipped: int = 0
+
+
 def submit_jobs(
     handle: Backend,
-    jobs: Sequence[BatchJob],
+    jobs: Iterable[BatchJob],
     batch_id: str,
     on_progress: Callable[[int], None] | None = None,
     queue: str | None = None,
+    tally: Enqueued | None = None,
     *,
     budget: float | str | None = None,
     callback_url: str | None = None,
@@ -130,13 +141,15 @@ def submit_jobs(
     Every job sent is announced to the batch first (``Ledger.expect_jobs``), so progress and ETA count it before a
     worker creates its record, and the batch ends once exactly those jobs (and their follow-ups) ended: jobs
     already known, here or in another batch, and rows no longer in the file are never waited for. Jobs are
-    looked up ``CHUNK`` at a time (one round trip), which keeps ``mjq batch`` close to raw ``apply_async``.
+    looked up ``CHUNK`` at a time (one round trip), which keeps ``mjq batch`` close to raw ``apply_async``;
+    ``jobs`` may be a stream (a huge file is read as it is sent).
     """
     configure_batch(handle, batch_id, budget=budget, callback_url=callback_url, callback_signer=callback_signer)
-    submitted = skipped = 0
+    tally = tally if tally is not None else Enqueued()
+    stream = iter(jobs)
+    start = 0
     with handle.producer() as producer:
-        for start in range(0, len(jobs), CHUNK):
-            chunk = jobs[start : start + CHUNK]
+        while chunk := list(islice(stream, CHUNK)):
             known = handle.ledger.existing([job.job_id for job in chunk])
             # announced before they are sent: a worker that creates a record removes it from the set, so the
             # set's size is the pending count (a send that comes first could be created before its announcement)
@@ -146,13 +159,14 @@ def submit_jobs(
             try:
                 for index, job in enumerate(chunk, start=start + 1):
                     if job.job_id in known:
-                        skipped += 1
+                        tally.skipped += 1
                     else:
                         handle.submit(job.task_kwargs(batch_id), queue, producer)
                         sent += 1
-                        submitted += 1
+                        tally.submitted += 1
                     if on_progress is not None:
                         on_progress(index)
             finally:  # also when interrupted: what was sent is expected, nothing else
                 handle.ledger.unexpect_jobs(batch_id, announced[sent:])
-    return submitted, skipped
+            start += len(chunk)
+    return tally.submitted, tally.skipped

@@ -6,6 +6,7 @@ fails with a message that names the variable.  Secrets are ``SecretStr`` so they
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 from enum import StrEnum
@@ -202,6 +203,12 @@ class Settings(BaseSettings):
         " empty = <MJQ_STATE_DIR>/archive.",
     )
     image_ttl_s: PositiveSeconds = Field(86_400.0, description="TTL of input images kept in Redis by hash.")
+
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="Log lines of worker, beat, webhook and `mjq serve`: text, or json (one object a line, with"
+        " job_id, batch_id, upstream, from_state, to_state, reason on job transitions) for log shippers.",
+    )
 
     # Worker internals
     submit_max_attempts: int = Field(
@@ -450,6 +457,24 @@ class Settings(BaseSettings):
         """The Redis URL in use: the configured one, or the default local port of the embedded server."""
         return self.redis_url or "redis://127.0.0.1:6390/0"
 
+    def fingerprint(self) -> dict[str, str]:
+        """A short hash per setting that decides what workers do (``mjq resume`` compares its own with the
+        workers'); where a process listens or keeps files is its own (``PER_PROCESS``). Secrets are hashed."""
+        out: dict[str, str] = {}
+        for name in sorted(type(self).model_fields):
+            if name in PER_PROCESS:
+                continue
+            value = getattr(self, name)
+            shown = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+            out[name] = hashlib.sha256(f"{name}\0{shown}".encode()).hexdigest()[:12]
+        return out
+
+
+# Settings each process may have its own of (addresses, folders, log format): not part of ``fingerprint``.
+PER_PROCESS = frozenset({
+    "redis_url", "redis_sentinel_master", "redis_sentinel_password", "webhook_host", "webhook_port", "serve_host",
+    "serve_port", "serve_keys_file", "flower_port", "state_dir", "media_dir", "archive_url", "log_format",
+})
 
 WEBHOOK_SECRET_MIN_LENGTH = 16
 _PLACEHOLDER_SECRETS = ("change-me",)  # the old default and the .env.example text start with it

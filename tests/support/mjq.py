@@ -75,3 +75,22 @@ def mjq(
 
 def sim_stats(stack: DevStack) -> dict[str, Any]:
     return dict(httpx.get(f"{stack.api_base_url}/admin/stats", timeout=5).json())
+
+
+def ledger(stack: DevStack) -> Any:
+    """The stack's ledger, read and written from the test process."""
+    import redis
+
+    from worker.store.ledger import Ledger
+
+    return Ledger(redis.Redis.from_url(stack.redis_url, decode_responses=True))
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def faults(stack: DevStack, **values: Any) -> None:
+    """Switch the simulator's faults (failure rate, stuck jobs, banned words...)."""
+    httpx.post(f"{stack.api_base_url}/admin/faults", json=values, timeout=5).raise_for_status()

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable
+from typing import Any
+
 from worker.app import FINISH_TASK, POLL_TASK, TRACK, app
+
+log = logging.getLogger("mjqueue.dispatch")
 
 
 def send_poll(job_id: str, countdown: float = 0.0) -> None:
@@ -10,6 +16,25 @@ def send_poll(job_id: str, countdown: float = 0.0) -> None:
     app.send_task(POLL_TASK, args=(job_id,), countdown=countdown, queue=TRACK)
 
 
+def send_finishes(job_ids: Iterable[str]) -> None:
+    """``send_finish`` of many jobs over one broker connection (a cancelled batch of thousands)."""
+    with app.producer_or_acquire() as producer:
+        for job_id in job_ids:
+            app.send_task(FINISH_TASK, args=(job_id,), queue=TRACK, producer=producer)
+
+
 def send_finish(job_id: str, countdown: float = 0.0) -> None:
     """Download, store the result and continue ``job_id`` (``tasks.track.finish``)."""
     app.send_task(FINISH_TASK, args=(job_id,), countdown=countdown, queue=TRACK)
+
+
+def task_event(hostname: str | None, kind: str, **fields: Any) -> None:
+    """A task event for Flower, sent as the worker that runs the step (a name of our own showed up in Flower
+    as a worker that flips online and offline); none without a worker's name."""
+    if not hostname:
+        return
+    try:
+        with app.events.default_dispatcher(hostname=hostname) as dispatcher:
+            dispatcher.send(kind, **fields)
+    except Exception:  # events are for Flower; never fail a job because of them
+        log.warning("could not send %s event", kind, exc_info=True)

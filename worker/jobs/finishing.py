@@ -12,6 +12,7 @@ from celery import Task, signature
 from worker.app import app
 from worker.jobs import alerts
 from worker.jobs.callbacks import start_batch_callback, start_callback
+from worker.jobs.dispatch import task_event
 from worker.jobs.messages import context_from_message
 from worker.media import GRID_ACTIONS, DownloadError, SavedImage, download_image, split_grid
 from worker.plans.canvas import pending_children
@@ -152,7 +153,7 @@ def complete_task(job: Mapping[str, Any], result: dict[str, Any], rt: Runtime, *
     backend = app.backend
     if status == "succeeded":
         backend.store_result(task_id, result, "SUCCESS", request=ctx)
-        _event(hostname, "task-succeeded", uuid=task_id, result=_result_repr(result), runtime=runtime_s)
+        task_event(hostname, "task-succeeded", uuid=task_id, result=_result_repr(result), runtime=runtime_s)
         if first:
             if reviewed:
                 rt.ledger.replan_skipped(job_id)
@@ -170,24 +171,14 @@ def complete_task(job: Mapping[str, Any], result: dict[str, Any], rt: Runtime, *
         else:
             backend.store_result(task_id, exc, "FAILURE", request=ctx)
         if status == "cancelled":
-            _event(hostname, "task-revoked", uuid=task_id, terminated=False, signum=None, expired=False)
+            task_event(hostname, "task-revoked", uuid=task_id, terminated=False, signum=None, expired=False)
         else:
-            _event(hostname, "task-failed", uuid=task_id, exception=repr(exc), traceback="")
+            task_event(hostname, "task-failed", uuid=task_id, exception=repr(exc), traceback="")
 
 
 def _result_repr(result: Mapping[str, Any]) -> str:
     keys = ("status", "upstream", "upstream_id", "image_path", "image_url", "fail_reason")
     return repr({k: result.get(k) for k in keys if result.get(k)})[:400]
-
-
-def _event(hostname: str | None, kind: str, **fields: Any) -> None:
-    """A task event for Flower, sent as the worker that finishes the job (a name of our own showed up in Flower
-    as a worker that flips online and offline)."""
-    try:
-        with app.events.default_dispatcher(hostname=hostname) as dispatcher:
-            dispatcher.send(kind, **fields)
-    except Exception:  # events are for Flower; never fail a job because of them
-        log.warning("could not send %s event", kind, exc_info=True)
 
 
 def _continue(message: Mapping[str, Any], result: dict[str, Any], task_id: str) -> None:

@@ -20,7 +20,7 @@ from celery.exceptions import Ignore
 from worker.app import INTERACTIVE, task
 from worker.jobs.dispatch import send_finish
 from worker.jobs.messages import UNDERWAY_QUEUE, message_from_request
-from worker.jobs.reprs import args_repr, safe_repr
+from worker.jobs.reprs import args_repr, followup_repr
 from worker.jobs.start import JobTask, start_job
 from worker.mjapi.errors import InvalidInput
 from worker.plans.buttons import Want, custom_id, resolve
@@ -53,7 +53,7 @@ class FollowUpTask(JobTask):
         if "queue" not in options and "routing_key" not in options:  # a retry keeps its routing key
             options["queue"] = queue_of(light_args[0] if light_args else None)
         options.setdefault("argsrepr", args_repr(light_args))
-        options.setdefault("kwargsrepr", safe_repr(light_kwargs))
+        options.setdefault("kwargsrepr", followup_repr(light_kwargs, light_args[0] if light_args else None))
         return super().apply_async(light_args, light_kwargs, task_id=task_id, **options)
 
 

@@ -39,8 +39,20 @@ def task_reprs(task: Task[Any, Any], args: Any, kwargs: Mapping[str, Any], rt: R
     every message we publish again passes them.
     """
     spec = KINDS.get(str(getattr(task, "kind", "") or ""))
-    kwargsrepr = short_repr(spec, kwargs, kwargs, rt) if spec is not None else safe_repr(dict(kwargs))
+    parent = args[0] if args and isinstance(args[0], Mapping) else None
+    options = {**kwargs, "batch_id": kwargs.get("batch_id") or (parent or {}).get("batch_id")}
+    kwargsrepr = short_repr(spec, kwargs, options, rt) if spec is not None else followup_repr(kwargs, parent)
     return args_repr(tuple(args or ())), kwargsrepr
+
+
+def followup_repr(kwargs: Mapping[str, Any], parent: Any) -> str:
+    """A follow-up's keyword arguments with its parent's batch (``batch_id=…``), so searching Flower for a
+    batch finds its follow-ups as well as its roots."""
+    text = safe_repr(dict(kwargs))
+    batch = parent.get("batch_id") if isinstance(parent, Mapping) else None
+    if not batch or "batch_id" in kwargs:
+        return text
+    return text[:-1] + (", " if len(text) > 2 else "") + f"batch_id={batch}}}"
 
 
 def short_repr(

@@ -7,7 +7,7 @@ import math
 from collections import Counter
 from typing import Any
 
-from worker.batchfile import BatchPlan
+from worker.batchfile import PlanCounts
 from worker.mjapi.models import MODES
 from worker.plans.grammar import count_by_kind
 from worker.pricing import MICROS, fmt_money, price_of
@@ -30,7 +30,7 @@ def _rate(up: Upstream, mode: str, settings: Settings) -> float:
     return rate * up.window.open_fraction
 
 
-def estimate(plan: BatchPlan, settings: Settings, pool: Pool | None = None) -> dict[str, Any]:
+def estimate(plan: PlanCounts, settings: Settings, pool: Pool | None = None) -> dict[str, Any]:
     """Counts are exact for the file; cost is the sum of the known prices (``unknown`` lists the kinds with
     none); wall time is the longest of each upstream's slot time, pacing and daily cap, inside its work window
     (lower bounds). With a pool, a mode's jobs are shared among the upstreams serving it in proportion to what
@@ -38,14 +38,14 @@ def estimate(plan: BatchPlan, settings: Settings, pool: Pool | None = None) -> d
     pool = pool or Pool.from_settings(settings)
     by_mode: dict[str, Counter[str]] = {}
     pinned: dict[tuple[str, str], Counter[str]] = {}
-    for job in plan.jobs:
-        counts = Counter({"imagine": 1})
-        if job.then:
-            counts.update(count_by_kind(job.then))  # follow-ups run in their parent's mode (and upstream)
-        if job.upstream and job.upstream in pool.by_name:
-            pinned.setdefault((job.upstream, job.mode), Counter()).update(counts)
+    for (mode, then, upstream), n in plan.plans().items():
+        counts = Counter({"imagine": n})
+        if then:  # follow-ups run in their parent's mode (and upstream)
+            counts.update({kind: k * n for kind, k in count_by_kind(then).items()})
+        if upstream and upstream in pool.by_name:
+            pinned.setdefault((upstream, mode), Counter()).update(counts)
         else:
-            by_mode.setdefault(job.mode, Counter()).update(counts)
+            by_mode.setdefault(mode, Counter()).update(counts)
     # jobs[upstream][mode][kind]: the (fractional) share each upstream gets
     shares: dict[str, dict[str, dict[str, float]]] = {u.name: {} for u in pool.upstreams}
     for (name, mode), counts in pinned.items():

@@ -87,13 +87,25 @@ def action_label(action: str | None) -> str:
     return text.lower()
 
 
-def _lineage(job: Mapping[str, Any]) -> str:
-    action = action_label(job.get("custom_id") or job.get("action"))
-    parent = job.get("parent_job")
-    return f"{action} of {parent}" if parent else action
+def _lineage(job: Mapping[str, Any], by_id: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+    """A follow-up named by its lineage, ``U2 of V1 of coast-1``: each ancestor's action, then the root's id
+    (ids of the batch's jobs from ``by_id``; an ancestor outside it ends the chain with its id)."""
+    names = [action_label(job.get("custom_id") or job.get("action"))]
+    parent, seen = job.get("parent_job"), {str(job.get("job_id"))}
+    while parent and str(parent) not in seen:
+        seen.add(str(parent))
+        ancestor = (by_id or {}).get(str(parent))
+        if ancestor is None or not ancestor.get("parent_job"):
+            names.append(str(parent))
+            break
+        names.append(action_label(ancestor.get("custom_id") or ancestor.get("action")))
+        parent = ancestor.get("parent_job")
+    return " of ".join(names)
 
 
-def _card(job: Mapping[str, Any], out_dir: Path, child: bool) -> str:
+def _card(
+    job: Mapping[str, Any], out_dir: Path, child: bool, by_id: Mapping[str, Mapping[str, Any]] | None = None
+) -> str:
     status = str(job.get("status") or "unknown")
     colour = STATUS_COLOURS.get(status, "#57606a")
     job_id = str(job.get("job_id", ""))
@@ -119,7 +131,7 @@ def _card(job: Mapping[str, Any], out_dir: Path, child: bool) -> str:
         f'<div class="card{" child" if child else ""}" data-job="{html.escape(job_id)}" '
         f'data-status="{html.escape(status)}" data-sha256="{html.escape(sha)}">{picture}<div class="body">'
         f'<span class="badge" style="background:{colour}">{html.escape(status)}</span>'
-        f"<b>{html.escape(_lineage(job))}</b>"
+        f"<b>{html.escape(_lineage(job, by_id))}</b>"
         f'<div class="prompt">{html.escape(str(prompt))}</div>{tags}'
         f'<div class="small">{html.escape(job_id)} · upstream {upstream}'
         f"{' · ' + html.escape(timing) if timing else ''}</div></div></div>"
@@ -131,9 +143,10 @@ def render_gallery(
 ) -> str:
     """The HTML page; ``out_dir`` is where it will be written (links to full images are relative to it)."""
     families: list[list[str]] = []
+    by_id = {str(job.get("job_id")): job for job in jobs}
     for job in order_jobs(jobs):
         is_child = bool(job.get("parent_job"))
-        card = _card(job, out_dir, is_child)
+        card = _card(job, out_dir, is_child, by_id)
         if is_child and families:
             families[-1].append(card)
         else:

@@ -39,6 +39,10 @@ class Snapshot:
     running: int
     queued: int
     counts: Mapping[str, int]
+    rate: float | None = None  # jobs ended per second, from the ledger's own timings (ledger_rate)
+    created_queued: int = 0  # of ``queued``: jobs with a record (n:queued)
+    pending: int = 0  # of ``queued``: enqueued, no record yet
+    planned: int = 0  # of ``queued``: follow-ups the plans will create
 
     @classmethod
     def from_batch(cls, batch_id: str, info: Mapping[str, Any]) -> Snapshot:
@@ -53,6 +57,7 @@ class Snapshot:
             return sum(counts.get(s, 0) for s in states)
 
         finished = group(TERMINAL)
+        queued = max(total - finished - group(RUNNING), 0)
         return cls(
             batch_id=batch_id,
             status=str(info.get("status") or "active"),
@@ -61,9 +66,17 @@ class Snapshot:
             failed=group(FAILED),
             ended=group(ENDED),
             running=group(RUNNING),
-            queued=max(total - finished - group(RUNNING), 0),
+            queued=queued,
             counts={k: v for k, v in counts.items() if v},
+            rate=ledger_rate(info, finished >= total),
+            created_queued=counts.get("queued", 0),
+            pending=int(info.get("pending") or 0),
+            planned=int(info.get("planned") or 0),
         )
+
+    @property
+    def eta_s(self) -> float | None:
+        return (self.total - self.finished) / self.rate if self.rate else None
 
     @property
     def cancelled(self) -> int:
@@ -85,6 +98,17 @@ class Snapshot:
         A batch that will get no job at all (everything in it was already known elsewhere) is over at once.
         """
         return self.running == 0 and self.finished >= self.total
+
+
+def ledger_rate(info: Mapping[str, Any], over: bool, now: float | None = None) -> float | None:
+    """Jobs ended per second since the batch's first end (``first_end_at``, ``ended_n`` of the batch record),
+    so ``mjq status`` and ``--wait`` give the same figure; up to the last end once the batch is over."""
+    first, ended = info.get("first_end_at"), int(info.get("ended_n") or 0)
+    if not first or ended < 2:
+        return None
+    until = float(info.get("last_end_at") or 0) if over else (time.time() if now is None else now)
+    span = until - float(first)
+    return (ended - 1) / span if span > 0 else None
 
 
 class RateMeter:
@@ -137,8 +161,7 @@ def render(snap: Snapshot, meter: RateMeter | None = None) -> Group:
         Text(f"{snap.finished}/{snap.total}"),
         Text(snap.status, style="yellow" if snap.status != "active" else "cyan"),
     )
-    rate = meter.rate if meter else None
-    eta = meter.eta_s(snap.total - snap.finished) if meter else None
+    rate, eta = _rate_eta(snap, meter)
     stats = Text.assemble(
         ("done ", "dim"),
         (str(snap.done), "green"),
@@ -158,6 +181,23 @@ def render(snap: Snapshot, meter: RateMeter | None = None) -> Group:
     if snap.skipped:
         stats.append(f"  skipped {snap.skipped}", style="dim")
     return Group(line, stats)
+
+
+def _rate_eta(snap: Snapshot, meter: RateMeter | None) -> tuple[float | None, float | None]:
+    """The ledger's figures when it has them, else the meter's (a reading with no timings)."""
+    if snap.rate is not None or meter is None:
+        return snap.rate, snap.eta_s
+    return meter.rate, meter.eta_s(snap.total - snap.finished)
+
+
+def queued_line(snap: Snapshot) -> str:
+    """What ``queued`` is made of (it adds up to the figure of the progress line: one queued count per screen)."""
+    parts = [f"{snap.created_queued} waiting to submit"]
+    if snap.pending:
+        parts.append(f"{snap.pending} enqueued, not picked up yet")
+    if snap.planned:
+        parts.append(f"{snap.planned} follow-ups planned")
+    return f"queued {snap.queued}: " + ", ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -187,8 +227,7 @@ def blocked_by(snap: Snapshot, breaker: Mapping[str, Any]) -> Blocked | None:
 
 def progress_line(snap: Snapshot, meter: RateMeter | None = None) -> str:
     """The progress block as one plain line, for logs and pipes (no bar, no colour)."""
-    rate = meter.rate if meter else None
-    eta = meter.eta_s(snap.total - snap.finished) if meter else None
+    rate, eta = _rate_eta(snap, meter)
     pct = f"{100 * snap.finished / snap.total:.0f}%" if snap.total else "-"
     return (
         f"{snap.batch_id} {snap.finished}/{snap.total} {pct} {snap.status}: done {snap.done} failed {snap.failed}"
@@ -214,7 +253,7 @@ def watch(
     least every ``line_every_s`` (so a log shows the run is alive). Returns the last snapshot and why it stopped
     early (None when it is over or timed out).
     """
-    meter = RateMeter()
+    meter = RateMeter()  # only for readings without the ledger's timings
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     snap = read()
     meter.add(snap.finished)

@@ -22,6 +22,7 @@ from starlette.routing import Route
 from worker.jobs import hooks_seen
 from worker.jobs import kinds as requests
 from worker.jobs import settle as outcomes
+from worker.logs import configure as configure_logging
 from worker.mjapi.models import Task
 from worker.settings import Settings, get_settings, webhook_secret_problem
 from worker.store import runtime
@@ -111,6 +112,8 @@ def serve(settings: Settings | None = None) -> None:
     import uvicorn
 
     settings = settings or get_settings()
+    configure_logging(settings)  # levels too (log_level=None: uvicorn leaves them; access lines at DEBUG)
     uvicorn.run(
-        create_app(settings), host=settings.webhook_host, port=settings.webhook_port, log_level="info"
+        create_app(settings), host=settings.webhook_host, port=settings.webhook_port, log_level=None,
+        log_config=None,
     )

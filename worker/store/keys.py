@@ -9,6 +9,8 @@ All are prefixed ``mjq:``. The Lua scripts (``worker/store/lua``) build key name
 - ``batch:<id>:expect``  set: jobs enqueued into the batch whose record no worker has created yet
 - ``batch:<id>:failed``  zset: its jobs in a failed end state (failed, timed_out, needs_review), by when
 - ``children:<job>``     zset: follow-up jobs of a job
+- ``joblog:<job>``       list: the job's last 50 transitions (JSON: at, from, to, reason), ``mjq logs JOB``
+- ``workers``            hash: worker hostname -> JSON {settings hash, at}: what settings each live worker runs with
 - ``upstream``           hash: upstream task id -> job id
 - ``inflight``           zset: accepted jobs being tracked, score = next check time
 - ``waiting:<mode>``     zset: parked jobs waiting for a slot on any upstream serving the mode, score =
@@ -75,6 +77,7 @@ IMAGE_JOBS = PREFIX + "imgjobs"
 HOUSEKEEPING_LOCK = PREFIX + "lock:housekeeping"
 IMAGE_SWEEP_LOCK = PREFIX + "lock:imagesweep"
 ARCHIVED = PREFIX + "archived"
+WORKERS = PREFIX + "workers"
 RETENTION_NEXT = PREFIX + "lock:retention"
 
 
@@ -154,6 +157,7 @@ batch_jobs = _Family("batch", ":jobs")
 batch_expect = _Family("batch", ":expect")
 batch_failed = _Family("batch", ":failed")
 children = _Family("children")
+job_log = _Family("joblog")
 waiting = _Family("waiting")
 held = _Family("held")
 slots = _Family("slots")

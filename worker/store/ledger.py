@@ -9,6 +9,7 @@ Keys: ``worker.store.keys``; scripts: ``worker/store/lua``.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, cast
@@ -20,6 +21,8 @@ from worker.store import keys
 from worker.store.deliveries import job_callback
 from worker.store.records import STATES, TERMINAL
 from worker.store.scripts import register
+
+log = logging.getLogger("mjqueue.transitions")
 
 # Fields kept as JSON in the hash; every other field is a plain string.
 SMALL_PENDING = 200  # pending sets up to this size are also checked against the records (pending_jobs)
@@ -128,13 +131,17 @@ class Ledger:
         self._claim = register(client, "claim")
         self._set_budget = register(client, "prelude", "set_budget")
         self._requeue = register(client, "prelude", "replan_fn", "requeue")
+        self._cancel_queued = register(client, "prelude", "cancel_queued")
         self._replan = register(client, "prelude", "replan_fn", "replan")
 
     # ---------------------------------------------------------------- jobs
     def create_job(self, job_id: str, fields: Mapping[str, Any]) -> tuple[bool, str]:
         """Record a new job as ``queued``; idempotent: returns (created, current status)."""
         res = self._create(args=[job_id, _dump(encode_fields(fields)), repr(time.time())])
-        return bool(int(res[0])), str(res[1])
+        created = bool(int(res[0]))
+        if created:
+            log_transition(job_id, str(res[2]), str(res[3]), "", "queued", "created")
+        return created, str(res[1])
 
     def get_job(self, job_id: str) -> dict[str, Any] | None:
         raw = cast(dict[str, str], self.redis.hgetall(keys.job(job_id)))
@@ -172,6 +179,7 @@ class Ledger:
         from_states: Iterable[str] | None = None,
         forward: bool = False,
         reconcile: bool = False,
+        reason: str | None = None,
         progress: int | None = None,
         gate: bool = False,
         require_no_upstream: bool = False,
@@ -191,6 +199,8 @@ class Ledger:
             spec["forward"] = True
         if reconcile:
             spec["reconcile"] = True
+        if reason:
+            spec["reason"] = reason
         if progress is not None:
             spec["progress"] = progress
         if gate:
@@ -215,6 +225,8 @@ class Ledger:
             spec["release"] = True
         res = self._transition(args=[job_id, _dump(spec)])
         applied = bool(int(res[0]))
+        if applied and str(res[1]) != to:
+            log_transition(job_id, str(res[2]), str(res[3]), str(res[1]), to, str(res[4]))
         return applied, str(res[1]), "" if applied else str(res[2] if len(res) > 2 else "")
 
     def job_result(self, job_id: str) -> dict[str, Any]:
@@ -227,6 +239,10 @@ class Ledger:
     def job_by_upstream(self, upstream_id: str) -> dict[str, Any] | None:
         job_id = cast(str | None, self.redis.hget(keys.UPSTREAM, upstream_id))
         return self.get_job(job_id) if job_id else None
+
+    def job_log(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's transitions, oldest first (at most the last 50: ``prelude.lua``'s ``LOG_KEEP``)."""
+        return [json.loads(entry) for entry in cast(list[str], self.redis.lrange(keys.job_log(job_id), 0, -1))]
 
     def children(self, job_id: str) -> list[dict[str, Any]]:
         """Follow-up jobs created from this job, oldest first."""
@@ -427,22 +443,36 @@ class Ledger:
         budget); each reached budget is told once by whoever takes it."""
         return [str(b) for b in cast(list[str], self.redis.spop(keys.BUDGET_HITS, limit) or [])]
 
-    def cancel_batch_record(self, batch_id: str) -> list[str]:
-        """Mark the batch cancelled and return the ids of its jobs still queued (waiting or not)."""
+    def cancel_batch_record(self, batch_id: str, reason: str = "batch cancelled", step: int = 1000) -> list[str]:
+        """Mark the batch cancelled and end its jobs still queued (waiting or not) as ``cancelled``, ``step``
+        jobs per script call (16,000 jobs: 16 calls); returns the ids cancelled (their finishing step is due)."""
         self.ensure_batch(batch_id)
         key = keys.batch(batch_id)
         self.redis.hset(key, "status", "cancelled")
         self.redis.delete(keys.held(batch_id))
-        return [j["job_id"] for j in self.batch_jobs(batch_id) if j.get("status") == "queued"]
+        ids = self.batch_job_ids(batch_id)
+        done: list[str] = []
+        for start in range(0, len(ids), step):
+            pairs = [str(x) for x in self._cancel_queued(args=[repr(time.time()), reason, *ids[start : start + step]])]
+            for job_id, upstream in zip(pairs[::2], pairs[1::2], strict=True):
+                log_transition(job_id, batch_id, upstream, "queued", "cancelled", reason)
+                done.append(job_id)
+        return done
 
     def batch(self, batch_id: str) -> dict[str, Any]:
         """Counts per state, total, planned, pending, meta and status (active | paused | cancelled | finished).
 
-        ``pending`` (enqueued, not created yet) is read before the counters: a job created in between is then
-        counted twice for one reading, never missed (a batch never looks finished early).
+        ``pending`` (enqueued, not created yet) is read with the counters in one MULTI: creating a job moves it
+        from one to the other in one script, so a reading counts it exactly once.
         """
-        pending = self.pending_jobs(batch_id)
-        raw = cast(dict[str, str], self.redis.hgetall(keys.batch(batch_id)))
+        if self.pending_jobs(batch_id):  # heals a small set; the count itself is read with the counters below
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.scard(keys.batch_expect(batch_id))
+            pipe.hgetall(keys.batch(batch_id))
+            pending, raw = pipe.execute()
+        else:
+            pending, raw = 0, self.redis.hgetall(keys.batch(batch_id))
+        raw = cast(dict[str, str], raw)
         if not raw:
             return {}
         counts: dict[str, int] = {str(s): 0 for s in STATES}
@@ -454,9 +484,9 @@ class Ledger:
             elif name.startswith("up:"):  # jobs sent to each upstream (gates.lua take)
                 if int(value):
                     upstreams[name[3:]] = int(value)
-            elif name in ("total", "planned", *MONEY_FIELDS):
+            elif name in ("total", "planned", "ended_n", *MONEY_FIELDS):
                 out[name] = int(value)
-            elif name in ("created_at", "updated_at"):
+            elif name in ("created_at", "updated_at", "first_end_at", "last_end_at"):
                 out[name] = float(value)
             elif name == "meta":
                 out[name] = json.loads(value)
@@ -496,6 +526,31 @@ class Ledger:
         """A slice of the batch's job ids in creation order (to walk a huge batch in bounded steps)."""
         return cast(list[str], self.redis.zrange(keys.batch_jobs(batch_id), start, start + count - 1))
 
+    def jobs_page(
+        self, batch_id: str, statuses: Iterable[str] = (), offset: int = 0, limit: int = 50, step: int = 500
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """One page of a batch's job results in creation order, only those in ``statuses`` (all when empty),
+        read ``step`` ids at a time; returns (page, offset of the next page or None)."""
+        wanted = set(statuses)
+        page: list[dict[str, Any]] = []
+        skipped = 0
+        start = 0
+        while True:
+            ids = self.batch_job_ids_page(batch_id, start, step)
+            if not ids:
+                return page, None
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.hget(keys.job(job_id), "status")
+            chosen = [i for i, st in zip(ids, pipe.execute(), strict=True) if st and (not wanted or st in wanted)]
+            take = chosen[max(0, offset - skipped):]
+            skipped += len(chosen) - len(take)
+            for job in self.get_jobs(take[: limit + 1 - len(page)]):
+                page.append(result_of(job))
+            if len(page) > limit:
+                return page[:limit], offset + limit
+            start += step
+
     def get_jobs(self, job_ids: Sequence[str]) -> list[dict[str, Any]]:
         """Decoded records of these jobs (one round trip), skipping those that do not exist."""
         pipe = self.redis.pipeline(transaction=False)
@@ -508,7 +563,8 @@ class Ledger:
         pipe = self.redis.pipeline(transaction=False)
         for job in jobs:
             job_id = str(job["job_id"])
-            pipe.unlink(keys.job(job_id), keys.children(job_id), keys.celery_result(str(job.get("task_id") or job_id)))
+            pipe.unlink(keys.job(job_id), keys.children(job_id), keys.job_log(job_id),
+                        keys.celery_result(str(job.get("task_id") or job_id)))
             if job.get("upstream_id"):
                 pipe.hdel(keys.UPSTREAM, str(job["upstream_id"]))
             pipe.zrem(keys.IMAGE_JOBS, job_id)
@@ -519,6 +575,7 @@ class Ledger:
         pipe = self.redis.pipeline(transaction=False)
         pipe.expire(keys.job(job_id), int(seconds))
         pipe.expire(keys.children(job_id), int(seconds))
+        pipe.expire(keys.job_log(job_id), int(seconds))
         pipe.execute()
 
     def purge_batch(self, batch_id: str, summary: Mapping[str, Any]) -> None:
@@ -542,7 +599,7 @@ class Ledger:
             return "active"
         return cast(str | None, self.redis.hget(keys.batch(batch_id), "status")) or "active"
 
-    def requeue_jobs(self, job_ids: list[str]) -> int:
+    def requeue_jobs(self, job_ids: list[str], reason: str = "requeued") -> int:
         """Put terminal jobs back to ``queued`` with their result fields cleared."""
         if not job_ids:
             return 0
@@ -568,7 +625,12 @@ class Ledger:
             "settled_by",
             "extra",
         ]
-        return int(self._requeue(args=[repr(time.time()), _dump(drop), *job_ids]))
+        ids = [job_id for job_id in job_ids if self.status(job_id) in TERMINAL]
+        count = int(self._requeue(args=[repr(time.time()), _dump(drop), reason, *job_ids]))
+        for job_id in ids:
+            job = self.redis.hmget(keys.job(job_id), ["batch_id", "upstream"])
+            log_transition(job_id, str(job[0] or ""), str(job[1] or keys.DEFAULT_UPSTREAM), "", "queued", reason)
+        return count
 
     # ---------------------------------------------------------------- breakers (one per upstream)
     def trip_breaker(
@@ -638,6 +700,16 @@ class Ledger:
     def reached(self, upstream: str) -> None:
         """An answer came from the upstream: it is not down."""
         self.redis.delete(keys.down_since(upstream))
+
+
+def log_transition(job_id: str, batch_id: str, upstream: str, before: str, after: str, reason: str) -> None:
+    """The one log line per job transition (a log shipper reads the fields with ``MJQ_LOG_FORMAT=json``)."""
+    log.info(
+        "job %s batch %s upstream %s: %s -> %s%s", job_id, batch_id or "-", upstream or keys.DEFAULT_UPSTREAM,
+        before or "new", after, f" ({reason})" if reason else "",
+        extra={"job_id": job_id, "batch_id": batch_id or None, "upstream": upstream or keys.DEFAULT_UPSTREAM,
+               "from_state": before or None, "to_state": after, "reason": reason or None},
+    )
 
 
 def result_of(job: Mapping[str, Any]) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from worker.batchfile import (
 )
 from worker.jobs.kinds import ID_RULE, JOB_ID_RE
 from worker.keyfile import KeyFileError, KeyRing, ServiceKey
+from worker.logs import configure as configure_logging
 from worker.mjapi.errors import InvalidInput
 from worker.producer import Backend, configure_batch, submit_jobs
 from worker.reports.export import FORMATS, write_manifest
@@ -646,4 +647,6 @@ def serve(settings: Settings | None = None) -> None:
     import uvicorn
 
     settings = settings or get_settings()
-    uvicorn.run(create_app(settings), host=settings.serve_host, port=settings.serve_port, log_level="info")
+    configure_logging(settings)  # levels too (log_level=None: uvicorn leaves them; access lines at DEBUG)
+    uvicorn.run(create_app(settings), host=settings.serve_host, port=settings.serve_port, log_level=None,
+                log_config=None)

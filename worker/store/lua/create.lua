@@ -25,7 +25,8 @@ if b and b ~= '' then
   redis.call('ZADD', bk .. ':jobs', now, jid)
   count_move(jkey, nil, 'queued', now)
 end
+log_move(jid, nil, 'queued', f['parent_job'] and ('follow-up of ' .. f['parent_job']) or 'created', now)
 if f['parent_job'] and f['parent_job'] ~= '' then
   redis.call('ZADD', P .. 'children:' .. f['parent_job'], now, jid)
 end
-return {1, 'queued'}
+return {1, 'queued', b or '', redis.call('HGET', jkey, 'upstream') or 'default'}

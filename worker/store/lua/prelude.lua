@@ -29,6 +29,11 @@ local function count_move(jkey, from, to, now)
     if from then redis.call('HINCRBY', bk, 'n:' .. from, -1) end
     redis.call('HINCRBY', bk, 'n:' .. to, 1)
     redis.call('HSET', bk, 'updated_at', now)
+    if TERMINAL[to] and not (from and TERMINAL[from]) then  -- the batch's own pace (rate, ETA)
+      redis.call('HSETNX', bk, 'first_end_at', now)
+      redis.call('HSET', bk, 'last_end_at', now)
+      redis.call('HINCRBY', bk, 'ended_n', 1)
+    end
     local jid = redis.call('HGET', jkey, 'job_id')
     if FAILED[to] then
       redis.call('ZADD', bk .. ':failed', now, jid)
@@ -36,6 +41,13 @@ local function count_move(jkey, from, to, now)
       redis.call('ZREM', bk .. ':failed', jid)
     end
   end
+end
+-- A job's transitions (``mjq logs JOB``): a capped list per job (``joblog:<id>``), newest last.
+local LOG_KEEP = 50
+local function log_move(jid, from, to, reason, now)
+  local key = P .. 'joblog:' .. jid
+  redis.call('RPUSH', key, cjson.encode({at=tonumber(now), from=from or '', to=to, reason=reason or ''}))
+  redis.call('LTRIM', key, -LOG_KEEP, -1)
 end
 -- The spend ledger (micros): an accepted job's price is spent once, on the batch and on its UTC day (keys of
 -- the job's upstream); a job that fails after acceptance is refunded once, or counted apart when the

@@ -1,8 +1,9 @@
--- Reset jobs for a requeue. ARGV: now, reset-fields JSON list, job ids...
+-- Reset jobs for a requeue. ARGV: now, reset-fields JSON list, reason, job ids...
 local now = ARGV[1]
 local drop = cjson.decode(ARGV[2])
+local reason = ARGV[3]
 local n = 0
-for i = 3, #ARGV do
+for i = 4, #ARGV do
   local jid = ARGV[i]
   local jkey = P .. 'job:' .. jid
   local cur = redis.call('HGET', jkey, 'status')
@@ -14,6 +15,7 @@ for i = 3, #ARGV do
     redis.call('HSET', jkey, 'status', 'queued', 'updated_at', now)
     redis.call('ZREM', P .. 'finishing', jid)
     count_move(jkey, cur, 'queued', now)
+    log_move(jid, cur, 'queued', reason, now)
     n = n + 1
   end
 end

@@ -3,8 +3,9 @@
 --   is final), reconcile (needs_review may move on), progress (number), gate (refuse when the breaker is
 --   tripped or the batch paused/cancelled), require_no_upstream, fields {k: v}, delete [k], incr {k: n},
 --   upstream (id to record and index), inflight (absolute next-check score), lease_until (slot lease kept
---   until), release (free the slot), day (UTC day of the spend recorded with the first upstream id).
--- Returns {1, previous_state} when applied, {0, current_state, why} when refused.
+--   until), release (free the slot), day (UTC day of the spend recorded with the first upstream id),
+--   reason (why, for the job's log; default its fail_reason or who settled it).
+-- Returns {1, previous_state, batch, upstream name, reason} when applied, {0, current_state, why} when refused.
 local jid = ARGV[1]
 local s = cjson.decode(ARGV[2])
 local jkey = P .. 'job:' .. jid
@@ -45,6 +46,8 @@ if s['incr'] then for k, v in pairs(s['incr']) do redis.call('HINCRBY', jkey, k,
 if s['progress'] then redis.call('HSET', jkey, 'progress_pct', s['progress']) end
 redis.call('HSET', jkey, 'status', to, 'updated_at', now)
 count_move(jkey, cur, to, now)
+local reason = s['reason'] or (s['fields'] and (s['fields']['fail_reason'] or s['fields']['settled_by'])) or ''
+if cur ~= to then log_move(jid, cur, to, reason, now) end
 local mode = redis.call('HGET', jkey, 'mode') or 'fast'
 if s['upstream'] then
   if redis.call('HEXISTS', jkey, 'upstream_id') == 0 then record_spend(jkey, s['day']) end
@@ -63,7 +66,8 @@ if TERMINAL[to] then
 elseif s['inflight'] then
   redis.call('ZADD', P .. 'inflight', s['inflight'], jid)
 end
-local skey = slots_key(upstream_of(jkey), mode)
+local up = upstream_of(jkey)
+local skey = slots_key(up, mode)
 if s['release'] then redis.call('ZREM', skey, jid) end
 if s['lease_until'] then redis.call('ZADD', skey, 'XX', s['lease_until'], jid) end
-return {1, cur}
+return {1, cur, redis.call('HGET', jkey, 'batch_id') or '', up, reason}
