@@ -26,6 +26,7 @@ FIELDS: tuple[str, ...] = (
     "final_prompt",
     "upstream_id",
     *IMAGE_FIELDS,
+    "upload",  # the copy at MJQ_MEDIA_URL: ok | retrying | failed (empty: stored locally only)
     "parent_job",
     "root_job",
     "fail_reason",

@@ -22,7 +22,7 @@ from worker.store.scripts import register
 
 # Fields kept as JSON in the hash; every other field is a plain string.
 SMALL_PENDING = 200  # pending sets up to this size are also checked against the records (pending_jobs)
-JSON_FIELDS = frozenset({"buttons", "extra", "request", "message", "modal", "meta", "image_paths"})
+JSON_FIELDS = frozenset({"buttons", "extra", "request", "message", "modal", "meta", "image_paths", "thumb_paths"})
 FLOAT_FIELDS = frozenset(
     {
         "created_at",
@@ -38,11 +38,26 @@ FLOAT_FIELDS = frozenset(
 )
 INT_FIELDS = frozenset(
     {"image_bytes", "image_width", "image_height", "attempts", "polls", "priority", "busy_answers", "redelivered",
-     "price_micros", "cost_micros", "refunded_micros"}
+     "price_micros", "cost_micros", "refunded_micros", "upload_attempts"}
 )
 
-# The image of a finished job: the upstream URL and the downloaded copy.
-IMAGE_FIELDS = ("image_url", "image_path", "image_sha256", "image_bytes", "image_width", "image_height")
+# The image of a finished job: the upstream URL, the downloaded copy (image_sha256 is of the stored file, its
+# metadata included), its thumbnail, and where both are stored at MJQ_MEDIA_URL (worker.media.storage).
+IMAGE_FIELDS = (
+    "image_url",
+    "image_path",
+    "image_sha256",
+    "image_bytes",
+    "image_width",
+    "image_height",
+    "image_uri",
+    "image_public_url",
+    "thumb_path",
+    "thumb_uri",
+    "thumb_public_url",
+)
+# The upload of a job's files to MJQ_MEDIA_URL: ok | retrying | failed (absent: stored locally only).
+UPLOAD_FIELDS = ("upload", "upload_error", "upload_attempts")
 
 RESULT_KEYS = (
     "job_id",
@@ -57,6 +72,7 @@ RESULT_KEYS = (
     "final_prompt",
     *IMAGE_FIELDS,
     "download",
+    *UPLOAD_FIELDS,
     "buttons",
     "progress",
     "fail_reason",
@@ -512,6 +528,8 @@ class Ledger:
             "final_prompt",
             *IMAGE_FIELDS,
             "download",
+            *UPLOAD_FIELDS,
+            "thumb_paths",
             "buttons",
             "progress",
             "progress_pct",
@@ -582,6 +600,7 @@ def result_of(job: Mapping[str, Any]) -> dict[str, Any]:
     if job.get("callback"):  # only jobs with a callback_url: delivered | retrying | gave up
         out["callback"] = {"state": job["callback"], "attempts": int(job.get("callback_attempts") or 0)}
     out["image_paths"] = list(job.get("image_paths") or [])  # split_grid: the four images of the grid
+    out["thumb_paths"] = list(job.get("thumb_paths") or [])  # and their thumbnails
     cost = job.get("cost_micros")
     out["cost"] = cost / MICROS if cost is not None else None  # what this job was charged
     if out["duration_s"] is None and job.get("finished_at") and job.get("created_at"):
