@@ -10,7 +10,6 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from xml.etree import ElementTree
 
 import boto3
 import httpx
@@ -65,11 +64,10 @@ class S3Server:
 def s3() -> Iterator[S3Server]:
     server = S3Server()
     server.start()
-    client = boto3.client("s3", endpoint_url=ENDPOINT, region_name="us-east-1",
-                          aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET)
+    client = s3_client()
     client.create_bucket(Bucket=BUCKET)
-    public_read = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject",
-                                                           "Resource": f"arn:aws:s3:::{BUCKET}/*"}]}
+    public_read = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{BUCKET}/*"}]}
     client.put_bucket_policy(Bucket=BUCKET, Policy=json.dumps(public_read))  # what a CDN origin is given
     yield server
     server.stop()
