@@ -210,7 +210,7 @@ class Settings(BaseSettings):
         " account_key); overrides the MJQ_MEDIA_S3_* ones. Never logged.",
     )
     upload_attempts: int = Field(
-        6, ge=1, description="Tries to store a job's files at MJQ_MEDIA_URL before its upload is marked failed."
+        8, ge=1, description="Tries to store a job's files at MJQ_MEDIA_URL before its upload is marked failed."
     )
     upload_retry_max_s: PositiveSeconds = Field(
         10.0, description="Cap of the delay between upload tries (0.5 s, doubling); keep the sum under"

@@ -165,12 +165,17 @@ def _upload(task: Task[Any, Any], job: Mapping[str, Any], rt: Runtime) -> None:
     files = [image, *(Path(p) for p in job.get("image_paths") or []), thumb,
              *(Path(p) for p in job.get("thumb_paths") or [] if p)]
     files += [sidecar_path(f) for f in list(files) if f is not None and sidecar_path(f).is_file()]
+    tries = int(job.get("upload_attempts") or 0) + 1
+    if not image.is_file() and tries < rt.settings.upload_attempts:
+        # a retry picked up by another host: the local copy is made again here (same bytes, same sha256)
+        note = "the local copy is on another host: downloading it here"
+        rt.ledger.update(job_id, {"download": "", "upload": "retrying", "upload_attempts": tries, "upload_error": note})
+        raise task.retry(countdown=0, max_retries=None)
     try:
         for path in files:
             if path is not None:
                 store.put(path)
     except UploadError as exc:
-        tries = int(job.get("upload_attempts") or 0) + 1
         again = exc.transient and tries < rt.settings.upload_attempts
         state = "retrying" if again else "failed"
         rt.ledger.update(job_id, {"upload": state, "upload_error": str(exc), "upload_attempts": tries})
@@ -178,7 +183,6 @@ def _upload(task: Task[Any, Any], job: Mapping[str, Any], rt: Runtime) -> None:
         if again:
             raise task.retry(countdown=rt.settings.upload_retry_delay(tries), max_retries=None) from None
         return
-    tries = int(job.get("upload_attempts") or 0) + 1
     rt.ledger.update(job_id, {"upload": "ok", "upload_attempts": tries, **_locations(store, image, thumb)})
 
 
