@@ -325,6 +325,7 @@ def test_job_and_status_of_a_job_id(stack: DevStack) -> None:
     text = mjq(stack, "job", job_id).out
     assert job_id in text and "buttons" in text and "U1" in text and "finished_at" in text, text
     assert re.search(r"finished_at\s+\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", text), text
+    assert job["image_uri"].startswith("file://") and re.search(r"stored\s+file://", text), text  # MJQ_MEDIA_URL
     assert mjq(stack, "status", job_id, "--json").json()["job_id"] == job_id
     missing = mjq(stack, "job", "no-such-job")
     assert missing.code == 1 and "no job 'no-such-job'" in missing.err, missing

@@ -646,6 +646,10 @@ def show_job(handle: Backend, job_id: str, *, as_json: bool) -> None:
         table.add_row("duration", Text(f"{out['duration_s']} s"))
     if out.get("image_path") or out.get("image_url"):
         table.add_row("image", Text(str(out.get("image_path") or out.get("image_url"))))
+    if out.get("image_public_url") or out.get("image_uri"):
+        table.add_row("stored", Text(str(out.get("image_public_url") or out.get("image_uri"))))
+    if out.get("upload") and out["upload"] != "ok":
+        table.add_row("upload", Text(f"{out['upload']}: {out.get('upload_error') or ''}", style="red"))
     if out.get("fail_reason"):
         table.add_row("last error", Text(str(out["fail_reason"]), style="red"))
     buttons = [str(b.get("label") or b.get("emoji") or b.get("custom_id")) for b in out.get("buttons") or []]
