@@ -39,6 +39,9 @@ stack_support.CONFIGS["s3"] = {
     "MJQ_UPLOAD_RETRY_MAX_S": "0.25",
 }
 
+# a bucket that does not exist: a permanent failure, not retried
+stack_support.CONFIGS["s3_nobucket"] = {**stack_support.CONFIGS["s3"], "MJQ_MEDIA_URL": "s3://no-such-bucket/night"}
+
 
 class S3Server:
     """moto's threaded server, stoppable (its socket closed: connections are refused) and startable again on the
@@ -167,3 +170,17 @@ def test_an_upload_outage_is_retried_until_the_image_is_stored(s3_stack: Stack, 
     assert result["status"] == "succeeded" and result["upload"] == "ok" and result["upload_attempts"] >= 3
     assert hashlib.sha256(fetch(result["image_public_url"])).hexdigest() == result["image_sha256"]
     assert Path(result["image_path"]).is_file()
+
+
+def test_a_missing_bucket_fails_the_upload_at_once_and_the_job_still_succeeds(
+    stack_manager: StackManager, sim: Any, s3: S3Server
+) -> None:
+    import tasks
+
+    stack = use_config(stack_manager, "s3_nobucket", sim)
+    result = tasks.imagine.delay("no bucket for it", batch_id="nobucket", job_id="s3-nob").get(timeout=60)
+    assert result["status"] == "succeeded" and result["download"] == "ok" and Path(result["image_path"]).is_file()
+    assert result["upload"] == "failed" and result["upload_attempts"] == 1, result  # permanent: tried once
+    assert "no-such-bucket" in result["upload_error"] and SECRET not in result["upload_error"]
+    assert result["image_uri"] is None and result["image_public_url"] is None
+    assert stack.ledger.job_result("s3-nob")["upload"] == "failed"
