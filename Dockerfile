@@ -7,7 +7,7 @@ COPY worker worker
 COPY tasks tasks
 COPY simulator simulator
 COPY bench bench
-RUN pip install . && useradd --create-home --uid 1000 mjq && mkdir -p /state /media && chown mjq /state /media
+RUN pip install '.[s3]' && useradd --create-home --uid 1000 mjq && mkdir -p /state /media && chown mjq /state /media
 COPY flower.conf ./
 USER mjq
 ENV MJQ_STATE_DIR=/state MJQ_MEDIA_DIR=/media

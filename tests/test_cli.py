@@ -4,7 +4,6 @@ embedded Valkey, the simulator over HTTP, a real Celery worker, the webhook serv
 
 from __future__ import annotations
 
-import base64
 import csv
 import hashlib
 import io
@@ -166,6 +165,8 @@ def test_batch_wait_resume_status_export_gallery(tmp_path: Path, stack: DevStack
             "image_url",
             "image_path",
             "image_sha256",
+            "image_uri",
+            "thumb_path",
             "parent_job",
             "duration_s",
         ):
@@ -199,13 +200,17 @@ def test_batch_wait_resume_status_export_gallery(tmp_path: Path, stack: DevStack
         shown = job["final_prompt"] or job["prompt"] or ""  # an upscale shows the prompt upstream rendered
         assert f'<div class="prompt">{escape(shown)}</div>' in card
         assert job["parent_job"] or escape(job["prompt"]) in card, card
-        # its own image: an embedded thumbnail of the downloaded file, linked to that file
-        link = re.search(r'<a href="([^"]+)"><img src="data:image/jpeg;base64,([^"]+)"', card)
+        # its own image: the thumbnail made at download (WebP, 256 px), linked to the downloaded file
+        link = re.search(r'<a href="([^"]+)"><img src="([^"]+)"', card)
         assert link, card[:300]
         assert (page.parent / link.group(1)).resolve() == Path(job["image_path"]).resolve()
-        with Image.open(io.BytesIO(base64.b64decode(link.group(2)))) as thumb, Image.open(job["image_path"]) as full:
-            assert max(thumb.size) <= 384 and abs(thumb.width / thumb.height - full.width / full.height) < 0.02
-    assert html.count('<img src="data:image/jpeg;base64,') == len(jobs)
+        assert (page.parent / link.group(2)).resolve() == Path(job["thumb_path"]).resolve()
+        with Image.open(job["thumb_path"]) as thumb, Image.open(job["image_path"]) as full:
+            assert thumb.format == "WEBP" and thumb.size == (min(256, full.width), min(256, full.height))
+        # stored locally only (the default MJQ_MEDIA_URL): where it is, no public URL, no upload step
+        assert job["image_uri"] == Path(job["image_path"]).resolve().as_uri() and not job.get("image_public_url")
+        assert not job.get("upload")
+    assert html.count('.webp" alt=') == len(jobs)
     assert "U1 of f1" in cards[upscale["job_id"]]
     assert '<span class="tag">client:acme</span>' in cards["f3"]
 
@@ -305,6 +310,7 @@ def test_job_and_status_of_a_job_id(stack: DevStack) -> None:
     text = mjq(stack, "job", job_id).out
     assert job_id in text and "buttons" in text and "U1" in text and "finished_at" in text, text
     assert re.search(r"finished_at\s+\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", text), text
+    assert job["image_uri"].startswith("file://") and re.search(r"stored\s+file://", text), text  # MJQ_MEDIA_URL
     assert mjq(stack, "status", job_id, "--json").json()["job_id"] == job_id
     missing = mjq(stack, "job", "no-such-job")
     assert missing.code == 1 and "no job 'no-such-job'" in missing.err, missing

@@ -137,10 +137,10 @@ def test_new_user_demo_finishes_with_a_gallery(tmp_path: Path) -> None:
     assert str(gallery) in done.stdout.replace("\n", "")
     html = gallery.read_text()
     manifest = [json.loads(line) for line in (tmp_path / ".mjq" / "demo" / "manifest.jsonl").read_text().splitlines()]
-    # 20 prompts + U1-4 (4) + U1-4 (4) + U2>zoom (2) + V1 (1) + U3 (1) = 32 jobs, each with an embedded image.
+    # 20 prompts + U1-4 (4) + U1-4 (4) + U2>zoom (2) + V1 (1) + U3 (1) = 32 jobs, each shown by its thumbnail.
     assert len(manifest) == 32 and {row["status"] for row in manifest} == {"succeeded"}
     assert sum(1 for row in manifest if not row["parent_job"]) == 20
-    assert html.count('<img src="data:image/jpeg;base64,') == 32
+    assert html.count('.webp" alt=') == 32 and all(row["thumb_path"] for row in manifest)
     assert "demo finished" in done.stdout and "finished with problems" not in done.stdout
     assert "jobs: 32 succeeded, 0 failed, 32 total" in done.stdout
 

@@ -67,7 +67,7 @@ from worker.producer import Backend, Enqueued, UnknownBatch, backend, submit_job
 from worker.reports.archive import NotArchivable, archive_batch
 from worker.reports.estimate import estimate
 from worker.reports.export import FORMATS, TIME_FIELDS, iso_time, write_manifest
-from worker.reports.gallery import write_gallery
+from worker.reports.gallery import paginate, write_gallery
 from worker.reports.money import batch_money, money_line
 from worker.reports.progress import Blocked, Snapshot, blocked_by, queued_line, render, watch
 from worker.reports.reading import ReadProgress
@@ -816,6 +816,10 @@ def show_job(handle: Backend, job_id: str, *, as_json: bool) -> None:
         table.add_row("duration", Text(f"{out['duration_s']} s"))
     if out.get("image_path") or out.get("image_url"):
         table.add_row("image", Text(str(out.get("image_path") or out.get("image_url"))))
+    if out.get("image_public_url") or out.get("image_uri"):
+        table.add_row("stored", Text(str(out.get("image_public_url") or out.get("image_uri"))))
+    if out.get("upload") and out["upload"] != "ok":
+        table.add_row("upload", Text(f"{out['upload']}: {out.get('upload_error') or ''}", style="red"))
     if out.get("fail_reason"):
         table.add_row("last error", Text(str(out["fail_reason"]), style="red"))
     callback = out.get("callback") or {}
@@ -948,13 +952,18 @@ def gallery_cmd(
         Path | None, typer.Option("--output", "-o", help="default: gallery.html next to the batch's images")
     ] = None,
     open_browser: Annotated[bool, typer.Option("--open/--no-open", help="open it in a browser")] = True,
+    per_page: Annotated[
+        int | None, typer.Option("--per-page", min=1, help="cards per page (default MJQ_GALLERY_PAGE_SIZE)")
+    ] = None,
 ) -> None:
-    """Write a self-contained HTML contact sheet of the batch (images embedded) and open it."""
+    """Write the batch's HTML contact sheet (thumbnails, paged) and open its first page."""
     with backend() as handle:
         snap = Snapshot.from_batch(batch, handle.batch(batch))
         jobs = handle.ledger.batch_jobs(batch)
-    path = write_gallery(batch, jobs, output or default_gallery_path(batch, jobs, handle.settings), snap.counts)
-    console.print(f"gallery: {path.resolve()}")
+    size = per_page or handle.settings.gallery_page_size
+    path = write_gallery(batch, jobs, output or default_gallery_path(batch, jobs, handle.settings), snap.counts, size)
+    pages = max(1, len(paginate(jobs, size)))
+    console.print(f"gallery: {path.resolve()}" + (f" ({pages} pages)" if pages > 1 else ""))
     if open_browser:
         webbrowser.open(path.resolve().as_uri())
 

@@ -7,6 +7,7 @@ fails with a message that names the variable.  Secrets are ``SecretStr`` so they
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
 from enum import StrEnum
@@ -14,6 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
+import fsspec
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -203,6 +205,41 @@ class Settings(BaseSettings):
         " empty = <MJQ_STATE_DIR>/archive.",
     )
     image_ttl_s: PositiveSeconds = Field(86_400.0, description="TTL of input images kept in Redis by hash.")
+    # Object storage for output images (worker/media/storage.py): the local copy is always written first
+    media_url: str = Field(
+        "",
+        description="Where every image, thumbnail and sidecar is stored: an fsspec URL (s3://bucket/prefix with"
+        " the [s3] extra, gs://, az://, file:///...); empty = file:// + MJQ_MEDIA_DIR (local only).",
+    )
+    media_public_url: str = Field(
+        "",
+        description="Template of the URL services get for a stored file, with {key} its path under MJQ_MEDIA_URL"
+        " (https://cdn.example.com/{key}); empty = no public URL.",
+    )
+    media_s3_endpoint_url: str = Field(
+        "", description="S3 endpoint of a non-AWS server (MinIO, R2, Ceph...); empty = AWS."
+    )
+    media_s3_region: str = Field("", description="S3 region; empty = the AWS default chain.")
+    media_s3_access_key_id: SecretStr = Field(
+        SecretStr(""), description="S3 access key id; empty = the AWS default chain (env, ~/.aws, role). Never logged."
+    )
+    media_s3_secret_access_key: SecretStr = Field(
+        SecretStr(""), description="S3 secret access key; never logged, never in results or errors."
+    )
+    media_storage_options: SecretStr = Field(
+        SecretStr(""),
+        description="JSON object of extra fsspec storage options for MJQ_MEDIA_URL (e.g. gs:// token, az://"
+        " account_key); overrides the MJQ_MEDIA_S3_* ones. Never logged.",
+    )
+    upload_attempts: int = Field(
+        8, ge=1, description="Tries to store a job's files at MJQ_MEDIA_URL before its upload is marked failed."
+    )
+    upload_retry_max_s: PositiveSeconds = Field(
+        10.0, description="Cap of the delay between upload tries (0.5 s, doubling); keep the sum under"
+        " MJQ_FINISH_STALE_S."
+    )
+    sidecars: bool = Field(False, description="Write a JSON sidecar (<image>.json) of its metadata beside each image.")
+    gallery_page_size: int = Field(200, ge=1, description="Cards per page of the static gallery (`mjq gallery`).")
 
     log_format: Literal["text", "json"] = Field(
         "text",
@@ -316,6 +353,42 @@ class Settings(BaseSettings):
         return {"": parse_prices(self.prices), "relax": parse_prices(self.prices_relax),
                 "turbo": parse_prices(self.prices_turbo)}
 
+    @field_validator("media_url")
+    @classmethod
+    def _media_url(cls, value: str) -> str:
+        """An unknown scheme or a missing backend (s3fs, gcsfs, adlfs) is a start-up error, not a failed upload."""
+        if not value:
+            return value
+        protocol = value.split("://", 1)[0] if "://" in value else "file"
+        try:
+            fsspec.get_filesystem_class(protocol)
+        except ImportError as exc:
+            extra = " (pip install 'mjqueue[s3]')" if protocol in ("s3", "s3a") else ""
+            raise ValueError(f"needs the fsspec backend of {protocol}://{extra}: {exc}") from None
+        except ValueError:
+            raise ValueError(f"unknown storage scheme {protocol}://") from None
+        return value.rstrip("/")
+
+    @field_validator("media_public_url")
+    @classmethod
+    def _media_public_url(cls, value: str) -> str:
+        if value and "{key}" not in value:
+            raise ValueError("must contain {key} (the file's path under MJQ_MEDIA_URL)")
+        return value
+
+    @field_validator("media_storage_options")
+    @classmethod
+    def _media_storage_options(cls, value: SecretStr) -> SecretStr:
+        text = value.get_secret_value()
+        if text:
+            try:
+                parsed = json.loads(text)
+            except ValueError:
+                raise ValueError("must be a JSON object") from None  # the text may hold keys: never echoed
+            if not isinstance(parsed, dict):
+                raise ValueError("must be a JSON object")
+        return value
+
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, value: str | None) -> str | None:
@@ -398,6 +471,10 @@ class Settings(BaseSettings):
         timeout, one second more)."""
         return max(self.http_timeout_s, self.http_submit_timeout_s) + self.http_connect_timeout_s + 1.0
 
+    def upload_retry_delay(self, tries: int) -> float:
+        """Countdown before upload try ``tries + 1`` (after ``tries`` failed ones)."""
+        return min(self.upload_retry_max_s, 0.5 * 2.0 ** max(0, tries - 1))
+
     @staticmethod
     def download_retry_delay(retries: int) -> float:
         """Countdown before download attempt ``retries + 2`` (after a transient error of attempt ``retries + 1``)."""
@@ -419,6 +496,7 @@ class Settings(BaseSettings):
                 self.submit_answer_window_s + 0.2
             ),
             "download retry (MJQ_DOWNLOAD_ATTEMPTS)": self.download_retry_delay(self.download_attempts - 2),
+            "upload retry (MJQ_UPLOAD_RETRY_MAX_S)": self.upload_retry_delay(self.upload_attempts - 1),
             # only when callbacks can be asked for at all (without a secret they are refused)
             **({"callback retry (MJQ_CALLBACK_RETRY_MAX_DELAY_S)": self.callback_retry_max_delay_s}
                if self.callback_secret.get_secret_value() else {}),

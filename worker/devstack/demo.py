@@ -92,7 +92,7 @@ def run_demo(
             jobs = handle.ledger.batch_jobs(batch_id)
         finally:
             handle.close()
-    gallery = write_gallery(batch_id, jobs, root / "gallery.html", snap.counts)
+    gallery = write_gallery(batch_id, jobs, root / "gallery.html", snap.counts, get_settings().gallery_page_size)
     manifest = root / "manifest.jsonl"
     with manifest.open("w", encoding="utf-8") as out:
         write_manifest(jobs, "jsonl", out)

@@ -1,4 +1,5 @@
-"""Finishing a terminal job once: download, result under the original task id, Flower events, continuation."""
+"""Finishing a terminal job once: download (metadata, thumbnail, sidecar), upload to MJQ_MEDIA_URL, result under
+the original task id, Flower events, continuation."""
 
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ from worker.jobs import alerts
 from worker.jobs.callbacks import start_batch_callback, start_callback
 from worker.jobs.dispatch import task_event
 from worker.jobs.messages import context_from_message
-from worker.media import GRID_ACTIONS, DownloadError, SavedImage, download_image, split_grid
+from worker.media import GRID_ACTIONS, DownloadError, SavedImage, download_image, split_grid, write_atomic
+from worker.media.metadata import image_metadata, sidecar_json, sidecar_path
+from worker.media.storage import MediaStore, UploadError, media_store
+from worker.media.thumbs import make_thumbnail
 from worker.plans.canvas import pending_children
 from worker.plans.runner import start_plan
 from worker.store.records import TERMINAL
@@ -41,6 +45,10 @@ def finish_job(task: Task[Any, Any], job_id: str, rt: Runtime) -> dict[str, Any]
     wants_image = job.get("status") == "succeeded" and rt.settings.download_images and job.get("image_url")
     if wants_image and job.get("download") not in ("ok", "failed"):
         _download(task, job, rt)
+        job = rt.ledger.get_job(job_id) or job
+    if job.get("download") == "ok" and job.get("upload") not in ("ok", "failed") and media_store(rt.settings).remote:
+        _upload(task, job, rt)
+        job = rt.ledger.get_job(job_id) or job
     result = rt.ledger.job_result(job_id)
     complete_task(job, result, rt, hostname=task.request.hostname)
     if result.get("status") == "succeeded":
@@ -76,7 +84,10 @@ def _batch_end(batch_id: str, rt: Runtime) -> None:
 
 
 def _download(task: Task[Any, Any], job: Mapping[str, Any], rt: Runtime) -> None:
+    """The local copy: the image with its metadata written in, its thumbnail, the sidecar (MJQ_SIDECARS), and
+    for a split grid the same for each tile."""
     job_id = str(job["job_id"])
+    meta = image_metadata(job)
     try:
         saved = download_image(
             str(job["image_url"]),
@@ -84,6 +95,7 @@ def _download(task: Task[Any, Any], job: Mapping[str, Any], rt: Runtime) -> None
             job_id,
             timeout=rt.settings.http_timeout_s,
             upstream_base_url=rt.settings.api_base_url,
+            metadata=meta,
         )
     except DownloadError as exc:
         retries = int(task.request.retries or 0)
@@ -93,22 +105,36 @@ def _download(task: Task[Any, Any], job: Mapping[str, Any], rt: Runtime) -> None
         return
     fields: dict[str, Any] = {}
     if job.get("split_grid") and str(job.get("action") or "").upper() in GRID_ACTIONS:
-        fields = _split(task, job, saved.path, rt)
+        fields = _split(job, saved.path, meta, rt)
+    thumb = _keep(saved, meta, rt)
+    store = media_store(rt.settings)
+    local = {} if store.remote else _locations(store, saved.path, thumb)  # a remote copy: after its upload
     rt.ledger.update(
         job_id,
         {
             **fields,
+            **local,
             "download": "ok",
             "image_path": str(saved.path),
             "image_sha256": saved.sha256,
             "image_bytes": saved.size,
             "image_width": saved.width,
             "image_height": saved.height,
+            "thumb_path": str(thumb) if thumb else None,
         },
     )
 
 
-def _split(task: Task[Any, Any], job: Mapping[str, Any], grid: Path, rt: Runtime) -> dict[str, Any]:
+def _keep(saved: SavedImage, meta: Mapping[str, str], rt: Runtime) -> Path | None:
+    """The thumbnail and (MJQ_SIDECARS) the JSON sidecar of one stored image; the thumbnail's path."""
+    if rt.settings.sidecars:
+        described = {"image": saved.path.name, "sha256": saved.sha256, "bytes": saved.size, "width": saved.width,
+                     "height": saved.height, "mime": saved.mime}
+        write_atomic(sidecar_path(saved.path), sidecar_json(meta, described))
+    return make_thumbnail(saved.path)
+
+
+def _split(job: Mapping[str, Any], grid: Path, meta: Mapping[str, str], rt: Runtime) -> dict[str, Any]:
     """``split_grid``: the four images as files, from the upstream's own ``imageUrls`` when it gave four (same
     CDN, no upstream request), else cut from the grid; a failed tile download falls back to cutting."""
     job_id = str(job["job_id"])
@@ -117,16 +143,62 @@ def _split(task: Task[Any, Any], job: Mapping[str, Any], grid: Path, rt: Runtime
     if len(urls) == 4:
         try:
             saved = [download_image(url, grid.parent, f"{job_id}_{i}", timeout=rt.settings.http_timeout_s,
-                                    upstream_base_url=rt.settings.api_base_url) for i, url in enumerate(urls, 1)]
+                                    upstream_base_url=rt.settings.api_base_url, metadata={**meta, "tile": str(i)})
+                     for i, url in enumerate(urls, 1)]
         except DownloadError as exc:
             log.warning("job %s: grid image download failed (%s); cutting the grid instead", job_id, exc)
     source = "image_urls" if saved else "cut"
     if not saved:
         try:
-            saved = split_grid(grid, grid.parent, job_id)
+            saved = split_grid(grid, grid.parent, job_id, metadata=meta)
         except OSError as exc:
             return {"split_error": f"could not cut the grid: {exc}"}
-    return {"image_paths": [str(s.path) for s in saved], "split_from": source}
+    tile_meta = [{**meta, "tile": str(i)} for i in range(1, len(saved) + 1)]
+    thumbs = [_keep(tile, m, rt) for tile, m in zip(saved, tile_meta, strict=True)]
+    return {"image_paths": [str(s.path) for s in saved], "thumb_paths": [str(t) if t else None for t in thumbs],
+            "split_from": source}
+
+
+def _locations(store: MediaStore, image: Path, thumb: Path | None) -> dict[str, Any]:
+    """``image_uri`` / ``image_public_url`` (and the thumbnail's) of files stored under ``store``."""
+    key = store.key(image)
+    out: dict[str, Any] = {"image_uri": store.uri(key), "image_public_url": store.public_url(key)}
+    if thumb is not None:
+        thumb_key = store.key(thumb)
+        out.update(thumb_uri=store.uri(thumb_key), thumb_public_url=store.public_url(thumb_key))
+    return out
+
+
+def _upload(task: Task[Any, Any], job: Mapping[str, Any], rt: Runtime) -> None:
+    """Copy the job's files (image, tiles, thumbnails, sidecars) to MJQ_MEDIA_URL. The local copy stays; a
+    transient failure is tried again (MJQ_UPLOAD_ATTEMPTS, growing delays) without holding the worker, and the
+    upload state is in the result: ``upload`` retrying -> ok | failed, with ``upload_error``."""
+    job_id = str(job["job_id"])
+    store = media_store(rt.settings)
+    image = Path(str(job["image_path"]))
+    thumb = Path(str(job["thumb_path"])) if job.get("thumb_path") else None
+    files = [image, *(Path(p) for p in job.get("image_paths") or []), thumb,
+             *(Path(p) for p in job.get("thumb_paths") or [] if p)]
+    files += [sidecar_path(f) for f in list(files) if f is not None and sidecar_path(f).is_file()]
+    tries = int(job.get("upload_attempts") or 0) + 1
+    if not image.is_file() and tries < rt.settings.upload_attempts:
+        # a retry picked up by another host: the local copy is made again here (same bytes, same sha256)
+        note = "the local copy is on another host: downloading it here"
+        rt.ledger.update(job_id, {"download": "", "upload": "retrying", "upload_attempts": tries, "upload_error": note})
+        raise task.retry(countdown=0, max_retries=None)
+    try:
+        for path in files:
+            if path is not None:
+                store.put(path)
+    except UploadError as exc:
+        again = exc.transient and tries < rt.settings.upload_attempts
+        state = "retrying" if again else "failed"
+        rt.ledger.update(job_id, {"upload": state, "upload_error": str(exc), "upload_attempts": tries})
+        log.warning("job %s: %s (try %d of %d)", job_id, exc, tries, rt.settings.upload_attempts)
+        if again:
+            raise task.retry(countdown=rt.settings.upload_retry_delay(tries), max_retries=None) from None
+        return
+    rt.ledger.update(job_id, {"upload": "ok", "upload_attempts": tries, **_locations(store, image, thumb)})
 
 
 def complete_task(job: Mapping[str, Any], result: dict[str, Any], rt: Runtime, *, hostname: str | None) -> None:

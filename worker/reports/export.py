@@ -27,6 +27,7 @@ FIELDS: tuple[str, ...] = (
     "upstream",  # the upstream of the pool the job ran on (``default`` without a pool file)
     "upstream_id",
     *IMAGE_FIELDS,
+    "upload",  # the copy at MJQ_MEDIA_URL: ok | retrying | failed (empty: stored locally only)
     "parent_job",
     "root_job",
     "fail_reason",

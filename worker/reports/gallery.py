@@ -1,26 +1,25 @@
-"""A self-contained HTML contact sheet of a batch: every image with its prompt, status and lineage.
+"""A static HTML contact sheet of a batch, in pages: every image with its prompt, status and lineage.
 
-Images are embedded as data URIs (thumbnails made with Pillow, so a sheet of hundreds of upscales stays a
-few MB and opens anywhere, even mailed); each thumbnail links to the full downloaded file by a path relative
-to the sheet.  Jobs that failed, or whose image was not downloaded, still get a card saying why.
+Each card shows the image's thumbnail (WebP, 256 px, made at download by ``worker.media.thumbs``; made here
+for an image downloaded before thumbnails existed) lazily, by a path relative to the page, and links to the full
+downloaded file. Pages hold ``MJQ_GALLERY_PAGE_SIZE`` cards (``gallery.html``, ``gallery-2.html``, ...; a
+family — a prompt and its follow-ups — is never split), so a batch of 10,000 images opens as fast as one of
+100. Jobs that failed, or whose image was not downloaded, still get a card saying why.
 """
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
+from worker.media.thumbs import make_thumbnail
 from worker.reports.export import format_time, order_jobs
 
-THUMB_PX = 384
+PAGE_SIZE = 200
 STATUS_COLOURS = {
     "succeeded": "#1a7f37",
     "failed": "#cf222e",
@@ -46,20 +45,24 @@ h1{font-size:20px;margin:0 0 4px} .meta{color:#57606a;margin-bottom:16px}
 .card .body{padding:8px 10px;font-size:12px;line-height:1.4}
 .badge{display:inline-block;color:#fff;border-radius:10px;padding:0 8px;font-size:11px;margin-right:6px}
 .prompt{margin:6px 0;word-wrap:break-word} .small{color:#57606a;font-size:11px;word-break:break-all}
+.pages{margin:12px 0;font-size:14px} .pages a,.pages b{margin:0 3px}
 .tag{display:inline-block;background:#eaeef2;border-radius:8px;padding:0 6px;margin:0 4px 4px 0;font-size:11px}
 """
 
 
-def thumbnail_data_uri(path: Path, size: int = THUMB_PX) -> str | None:
-    """A JPEG thumbnail of the image file as a data URI; None when the file is missing or unreadable."""
-    try:
-        with Image.open(path) as img:
-            img.thumbnail((size, size))
-            out = io.BytesIO()
-            img.convert("RGB").save(out, format="JPEG", quality=82)
-    except (OSError, ValueError):
-        return None
-    return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode("ascii")
+def thumbnail_src(job: Mapping[str, Any], out_dir: Path) -> str | None:
+    """The ``src`` of the job's thumbnail relative to ``out_dir``: its local file (made now when missing),
+    else its public URL; None when there is no picture to show."""
+    thumb = Path(str(job["thumb_path"])) if job.get("thumb_path") else None
+    if (thumb is None or not thumb.is_file()) and job.get("image_path") and Path(str(job["image_path"])).is_file():
+        thumb = make_thumbnail(Path(str(job["image_path"])))
+    if thumb is not None and thumb.is_file():
+        return _relative(thumb, out_dir)
+    return str(job["thumb_public_url"]) if job.get("thumb_public_url") else None
+
+
+def _relative(path: Path, out_dir: Path) -> str:
+    return Path(os.path.relpath(path.resolve(), out_dir.resolve())).as_posix()
 
 
 _ACTION_LABELS: tuple[tuple[str, str], ...] = (
@@ -111,11 +114,11 @@ def _card(
     job_id = str(job.get("job_id", ""))
     sha = str(job.get("image_sha256") or "")
     image_path = job.get("image_path")
-    thumb = thumbnail_data_uri(Path(image_path)) if image_path else None
+    thumb = thumbnail_src(job, out_dir)
     if thumb is not None:
-        assert image_path is not None
-        link = html.escape(Path(os.path.relpath(Path(image_path).resolve(), out_dir.resolve())).as_posix())
-        picture = f'<a href="{link}"><img src="{thumb}" alt="{html.escape(job_id)}" loading="lazy"></a>'
+        full = _relative(Path(str(image_path)), out_dir) if image_path else job.get("image_public_url") or thumb
+        picture = (f'<a href="{html.escape(str(full))}"><img src="{html.escape(thumb)}" alt="{html.escape(job_id)}"'
+                   ' loading="lazy" decoding="async"></a>')
     else:
         reason = job.get("fail_reason") or ("image not downloaded" if job.get("image_url") else status)
         picture = f'<div class="noimg">{html.escape(str(reason))}</div>'
@@ -138,32 +141,90 @@ def _card(
     )
 
 
-def render_gallery(
-    batch_id: str, jobs: Sequence[Mapping[str, Any]], out_dir: Path, counts: Mapping[str, int] | None = None
-) -> str:
-    """The HTML page; ``out_dir`` is where it will be written (links to full images are relative to it)."""
-    families: list[list[str]] = []
-    by_id = {str(job.get("job_id")): job for job in jobs}
+def page_name(stem: str, number: int) -> str:
+    """``gallery.html`` for page 1, ``gallery-2.html`` for page 2..."""
+    return f"{stem}.html" if number == 1 else f"{stem}-{number}.html"
+
+
+def paginate(jobs: Sequence[Mapping[str, Any]], per_page: int) -> list[list[list[Mapping[str, Any]]]]:
+    """Pages of families (a root job and its descendants, in lineage order), at most ``per_page`` cards a page
+    unless one family alone is larger; never an empty page."""
+    families: list[list[Mapping[str, Any]]] = []
     for job in order_jobs(jobs):
-        is_child = bool(job.get("parent_job"))
-        card = _card(job, out_dir, is_child, by_id)
-        if is_child and families:
-            families[-1].append(card)
+        if job.get("parent_job") and families:
+            families[-1].append(job)
         else:
-            families.append([card])
+            families.append([job])
+    pages: list[list[list[Mapping[str, Any]]]] = [[]]
+    count = 0
+    for family in families:
+        if pages[-1] and count + len(family) > per_page:
+            pages.append([])
+            count = 0
+        pages[-1].append(family)
+        count += len(family)
+    return pages
+
+
+def _nav(stem: str, number: int, total: int) -> str:
+    if total == 1:
+        return ""
+    links = []
+    if number > 1:
+        links.append(f'<a rel="prev" href="{page_name(stem, number - 1)}">‹ prev</a>')
+    for n in range(1, total + 1):
+        links.append(f"<b>{n}</b>" if n == number else f'<a href="{page_name(stem, n)}">{n}</a>')
+    if number < total:
+        links.append(f'<a rel="next" href="{page_name(stem, number + 1)}">next ›</a>')
+    return f'<nav class="pages">page {number} of {total}: {" ".join(links)}</nav>'
+
+
+def render_gallery(
+    batch_id: str,
+    jobs: Sequence[Mapping[str, Any]],
+    out_dir: Path,
+    counts: Mapping[str, int] | None = None,
+    per_page: int = PAGE_SIZE,
+    stem: str = "gallery",
+) -> list[str]:
+    """The HTML pages; ``out_dir`` is where they will be written (links are relative to it)."""
     summary = ", ".join(f"{n} {state}" for state, n in (counts or {}).items() if n) or f"{len(jobs)} jobs"
-    body = "\n".join(f'<div class="family">{"".join(cards)}</div>' for cards in families)
     title = html.escape(f"mjqueue · {batch_id}")
-    return (
-        f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
-        f"<style>{_CSS}</style></head><body><h1>{title}</h1>"
-        f'<div class="meta">{html.escape(summary)}</div>{body}</body></html>\n'
-    )
+    pages = paginate(jobs, per_page)
+    by_id = {str(job.get("job_id")): job for job in jobs}  # a follow-up is labelled by its lineage
+    out = []
+    for number, families in enumerate(pages, start=1):
+        body = "\n".join(
+            '<div class="family">'
+            + "".join(_card(job, out_dir, bool(job.get("parent_job")), by_id) for job in family)
+            + "</div>"
+            for family in families
+        )
+        nav = _nav(stem, number, len(pages))
+        out.append(
+            f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+            f"<style>{_CSS}</style></head><body><h1>{title}</h1>"
+            f'<div class="meta">{html.escape(summary)}</div>{nav}{body}{nav}</body></html>\n'
+        )
+    return out
 
 
 def write_gallery(
-    batch_id: str, jobs: Sequence[Mapping[str, Any]], path: Path, counts: Mapping[str, int] | None = None
+    batch_id: str,
+    jobs: Sequence[Mapping[str, Any]],
+    path: Path,
+    counts: Mapping[str, int] | None = None,
+    per_page: int = PAGE_SIZE,
 ) -> Path:
+    """Write the pages as ``path`` (page 1), ``<stem>-2.html``...; pages left from a larger earlier run are
+    removed. Returns ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_gallery(batch_id, jobs, path.parent, counts), encoding="utf-8")
+    stem = path.stem
+    pages = render_gallery(batch_id, jobs, path.parent, counts, per_page, stem)
+    for number, text in enumerate(pages, start=1):
+        (path.parent / page_name(stem, number)).write_text(text, encoding="utf-8")
+    for old in path.parent.glob(f"{stem}-*.html"):
+        tail = old.stem.removeprefix(f"{stem}-")
+        if tail.isdigit() and int(tail) > len(pages):
+            old.unlink()
     return path

@@ -26,7 +26,7 @@ log = logging.getLogger("mjqueue.transitions")
 
 # Fields kept as JSON in the hash; every other field is a plain string.
 SMALL_PENDING = 200  # pending sets up to this size are also checked against the records (pending_jobs)
-JSON_FIELDS = frozenset({"buttons", "extra", "request", "message", "modal", "meta", "image_paths"})
+JSON_FIELDS = frozenset({"buttons", "extra", "request", "message", "modal", "meta", "image_paths", "thumb_paths"})
 FLOAT_FIELDS = frozenset(
     {
         "created_at",
@@ -42,11 +42,26 @@ FLOAT_FIELDS = frozenset(
 )
 INT_FIELDS = frozenset(
     {"image_bytes", "image_width", "image_height", "attempts", "polls", "priority", "busy_answers", "redelivered",
-     "price_micros", "cost_micros", "refunded_micros"}
+     "price_micros", "cost_micros", "refunded_micros", "upload_attempts"}
 )
 
-# The image of a finished job: the upstream URL and the downloaded copy.
-IMAGE_FIELDS = ("image_url", "image_path", "image_sha256", "image_bytes", "image_width", "image_height")
+# The image of a finished job: the upstream URL, the downloaded copy (image_sha256 is of the stored file, its
+# metadata included), its thumbnail, and where both are stored at MJQ_MEDIA_URL (worker.media.storage).
+IMAGE_FIELDS = (
+    "image_url",
+    "image_path",
+    "image_sha256",
+    "image_bytes",
+    "image_width",
+    "image_height",
+    "image_uri",
+    "image_public_url",
+    "thumb_path",
+    "thumb_uri",
+    "thumb_public_url",
+)
+# The upload of a job's files to MJQ_MEDIA_URL: ok | retrying | failed (absent: stored locally only).
+UPLOAD_FIELDS = ("upload", "upload_error", "upload_attempts")
 
 RESULT_KEYS = (
     "job_id",
@@ -61,6 +76,7 @@ RESULT_KEYS = (
     "final_prompt",
     *IMAGE_FIELDS,
     "download",
+    *UPLOAD_FIELDS,
     "buttons",
     "progress",
     "fail_reason",
@@ -609,6 +625,8 @@ class Ledger:
             "final_prompt",
             *IMAGE_FIELDS,
             "download",
+            *UPLOAD_FIELDS,
+            "thumb_paths",
             "buttons",
             "progress",
             "progress_pct",
@@ -726,6 +744,7 @@ def result_of(job: Mapping[str, Any]) -> dict[str, Any]:
     if callback is not None:
         out["callback"] = callback
     out["image_paths"] = list(job.get("image_paths") or [])  # split_grid: the four images of the grid
+    out["thumb_paths"] = list(job.get("thumb_paths") or [])  # and their thumbnails
     cost = job.get("cost_micros")
     out["cost"] = cost / MICROS if cost is not None else None  # what this job was charged
     out["upstream"] = job.get("upstream") or job.get("upstream_pin") or None  # the upstream it ran on

@@ -1,4 +1,8 @@
-"""Images coming back: downloading final images into ``<media>/<batch>/<job>.<ext>`` (CDN links expire in a day)."""
+"""Images coming back: downloading final images into ``<media>/<batch>/<job>.<ext>`` (CDN links expire in a day).
+
+What made the image is written into the file on its way to disk (``worker.media.metadata``), so the sha256
+recorded is that of the stored file: ``sha256sum`` of the file (local or in object storage) matches the manifest.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import io
 import ipaddress
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -15,6 +20,7 @@ from urllib.parse import urlsplit
 import httpx
 from PIL import Image
 
+from worker.media.metadata import embed
 from worker.mjapi.images import sniff_kind
 
 
@@ -68,8 +74,10 @@ def download_image(
     timeout: float = 30.0,
     client: httpx.Client | None = None,
     upstream_base_url: str | None = None,
+    metadata: Mapping[str, str] | None = None,
 ) -> SavedImage:
-    """GET ``url`` and write it atomically (temp file + rename) as ``directory/name.<ext>``.
+    """GET ``url`` and write it atomically (temp file + rename) as ``directory/name.<ext>``, with ``metadata``
+    written into the file (``worker.media.metadata.embed``).
 
     The extension comes from the bytes (magic numbers), not the URL. Connect errors, timeouts, 5xx and 429
     are transient; other HTTP errors and non-images are not; a loopback image URL from a remote upstream is
@@ -99,14 +107,22 @@ def download_image(
     # dimensions are a nicety; the bytes are what matter
     with contextlib.suppress(Exception), Image.open(io.BytesIO(data)) as img:
         width, height = img.size
+    if metadata:
+        data = embed(data, mime, metadata, (width, height))
     return _write(data, directory, name, mime, (width, height))
 
 
 def _write(data: bytes, directory: Path, name: str, mime: str, size: tuple[int | None, int | None]) -> SavedImage:
-    """Write image bytes atomically (temp file + fsync + rename) as ``directory/name.<ext>``."""
+    """Write image bytes as ``directory/name.<ext>``; the sha256 is of exactly these bytes."""
+    final = write_atomic(directory / f"{name}.{_EXT.get(mime, 'bin')}", data)
+    return SavedImage(final, hashlib.sha256(data).hexdigest(), len(data), size[0], size[1], mime)
+
+
+def write_atomic(final: Path, data: bytes) -> Path:
+    """Write a file atomically (temp file + fsync + rename): a reader never sees half of it."""
+    directory = final.parent
     directory.mkdir(parents=True, exist_ok=True)
-    final = directory / f"{name}.{_EXT.get(mime, 'bin')}"
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".part")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{final.name}.", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -117,15 +133,18 @@ def _write(data: bytes, directory: Path, name: str, mime: str, size: tuple[int |
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    return SavedImage(final, hashlib.sha256(data).hexdigest(), len(data), size[0], size[1], mime)
+    return final
 
 
 GRID_ACTIONS = frozenset({"IMAGINE", "VARIATION", "REROLL", "ZOOM", "PAN", "BLEND"})
 
 
-def split_grid(grid: Path, directory: Path, name: str) -> list[SavedImage]:
+def split_grid(
+    grid: Path, directory: Path, name: str, metadata: Mapping[str, str] | None = None
+) -> list[SavedImage]:
     """The four images of a 2x2 grid as ``directory/name_<1-4>.png`` (top-left, top-right, bottom-left,
-    bottom-right, Midjourney's U1-U4 order): the same pixels U1-U4 would fetch at grid size, at no cost."""
+    bottom-right, Midjourney's U1-U4 order): the same pixels U1-U4 would fetch at grid size, at no cost.
+    Each tile carries ``metadata`` and its ``tile`` number."""
     out: list[SavedImage] = []
     with Image.open(grid) as img:
         width, height = img.size
@@ -135,5 +154,8 @@ def split_grid(grid: Path, directory: Path, name: str) -> list[SavedImage]:
             tile = img.crop((left, top, left + half_w, top + half_h))
             buffer = io.BytesIO()
             tile.save(buffer, format="PNG")
-            out.append(_write(buffer.getvalue(), directory, f"{name}_{index}", "image/png", tile.size))
+            data = buffer.getvalue()
+            if metadata:
+                data = embed(data, "image/png", {**metadata, "tile": str(index)}, tile.size)
+            out.append(_write(data, directory, f"{name}_{index}", "image/png", tile.size))
     return out
