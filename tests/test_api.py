@@ -684,9 +684,9 @@ def test_the_daily_budget_is_alerted_once_a_day(api: Api, stack: Stack, alert_re
     from worker.store.slots import Slots
 
     # the Lua gate of MJQ_BUDGET_DAILY notes the hit (a probe job priced over a 0.05 daily budget) ...
-    settings = Settings(_env_file=None, redis_url=stack.redis_url, budget_daily=0.05)
-    probe = keys.job("daily-probe")
-    stack.redis.hset(probe, mapping={"status": "queued", "mode": "fast", "price_micros": "100000"})
+    settings = Settings(_env_file=None, redis_url=stack.redis_url, budget_daily=0.05, prices="imagine=0.1")
+    probe = keys.job("daily-probe")  # priced on the upstream it would be admitted to, by its price key
+    stack.redis.hset(probe, mapping={"status": "queued", "mode": "fast", "price_key": "imagine"})
     try:
         assert Slots(stack.redis, settings).try_admit("fast", "daily-probe", 1.0).reason == "budget_daily"
     finally:

@@ -37,6 +37,7 @@ from worker.batchfile import (
     validate_plan,
 )
 from worker.jobs.kinds import ID_RULE, JOB_ID_RE
+from worker.jobs.start import check_upstream
 from worker.keyfile import KeyFileError, KeyRing, ServiceKey
 from worker.logs import configure as configure_logging
 from worker.mjapi.errors import InvalidInput
@@ -201,6 +202,8 @@ def _create_jobs(
     for i, (job, job_id) in enumerate(zip(jobs, ids, strict=True)):
         try:
             name, kwargs = task_call(job, job_id)
+            if job.upstream is not None:
+                check_upstream(job.upstream, svc.rt)  # before anything of the request is queued
         except InvalidInput as exc:
             raise ApiError.invalid(exc, field_prefix=where(i)) from None
         if kwargs.get("callback_url") and key.callback_secret:

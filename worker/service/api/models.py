@@ -126,7 +126,7 @@ def task_call(job: JobIn, job_id: str) -> tuple[str, dict[str, Any]]:
     optional = {
         "mode": job.mode, "priority": job.priority, "tags": job.tags, "batch_id": job.batch,
         "callback_url": job.callback_url, "callback_events": job.callback_events, "budget": job.budget,
-        "split_grid": job.split_grid or None,
+        "split_grid": job.split_grid or None, "upstream": job.upstream,
     }
     kw.update({k: v for k, v in optional.items() if v is not None})
     return TASKS[job.kind], {k: v for k, v in kw.items() if v is not None}
