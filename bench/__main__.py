@@ -22,7 +22,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bench import enqueue, fanout, latency, scale, series, utilisation
+from bench import dashboard, enqueue, fanout, latency, scale, series, utilisation
 from bench.report import print_table, update_readme
 from bench.runner import Phase, Recorder, Stopped, default_signals, stop_on_signals
 from bench.stack import CAPACITY, QUEUE, hermetic_environment, running
@@ -42,15 +42,16 @@ class Sizes:
     window_s: float
     fanout_roots: int
     series: tuple[int, ...]
+    dashboard: int
 
 
 # full: about 12 min on an idle 2-core machine (README); quick: about 3 min; smoke: what `make test` runs
 SIZES = {
-    "full": Sizes(1000, 200, 30, 150, 10_000, 4_000, 60.0, 200, (1_000, 10_000, 100_000)),
-    "quick": Sizes(150, 40, 6, 20, 2_000, 600, 15.0, 15, (1_000, 10_000)),
-    "smoke": Sizes(24, 30, 2, 6, 300, 150, 5.0, 3, (100, 300)),
+    "full": Sizes(1000, 200, 30, 150, 10_000, 4_000, 60.0, 200, (1_000, 10_000, 100_000), 10_000),
+    "quick": Sizes(150, 40, 6, 20, 2_000, 600, 15.0, 15, (1_000, 10_000), 2_000),
+    "smoke": Sizes(24, 30, 2, 6, 300, 150, 5.0, 3, (100, 300), 300),
 }
-BENCHMARKS = ("utilisation", "requests", "enqueue", "latency", "scale", "fanout", "series")
+BENCHMARKS = ("utilisation", "requests", "enqueue", "latency", "scale", "fanout", "series", "dashboard")
 WEBHOOK_PHASES = ("utilisation", "continuation", "fanout")
 
 
@@ -68,6 +69,8 @@ def phases(sizes: Sizes, chosen: set[str]) -> list[Phase]:
         Phase("scale", f"5 scale: {sizes.waiting:,} waiting jobs, {sizes.window_s:g} s windows, ours and naive",
               ("scale",)),
         Phase("series", "7 scale series: " + ", ".join(f"{n:,}" for n in sizes.series) + " prompts", ("series",)),
+        Phase("dashboard", f"8 dashboard: a {sizes.dashboard:,}-job batch's pages, and its static gallery",
+              ("dashboard",)),
     ]
     return [p for p in every if set(p.benchmarks) & chosen]
 
@@ -121,6 +124,9 @@ def run(sizes: Sizes, work: Path, rec: Recorder) -> None:
                 point = series.measure(work, tf, n)
                 first = first or point
                 rec.add(series.figures(point, first, largest=n == sizes.series[-1]))
+    if "dashboard" in todo:
+        with rec.phase("dashboard"):
+            rec.add(dashboard.measure(work, sizes.dashboard))
 
 
 def _chosen(only: list[str] | None) -> set[str]:
