@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,8 +22,8 @@ import httpx
 import pytest
 
 from bench.dashboard import seed_batch
+from tests.support.serve import serving
 from tests.support.stack import ROOT, Stack, StackManager, reset_state
-from worker.devstack.processes import stop_process
 from worker.devstack.redisserver import free_port
 from worker.service.api.keyfile import add_key
 
@@ -58,21 +56,8 @@ def served(stack_manager: StackManager, sim_server: Any, tmp_path_factory: pytes
     env.update({"MJQ_SERVE_PORT": str(port), "MJQ_SERVE_KEYS_FILE": str(keys_file),
                 "MJQ_DASHBOARD_AUTH": ":".join(BASIC), "MJQ_DASHBOARD_PAGE_SIZE": str(PAGE_SIZE)})
     log_path = tmp / "serve.log"
-    proc = subprocess.Popen([sys.executable, "-m", "worker.cli", "serve"], env=env, cwd=ROOT,
-                            stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        assert proc.poll() is None, log_path.read_text()
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "mjq serve did not start"
-        time.sleep(0.2)
-    yield Served(url, admin_key, shop_key, log_path)
-    stop_process(proc, 15.0)
+    with serving(env, ROOT, log_path) as url:
+        yield Served(url, admin_key, shop_key, log_path)
 
 
 @pytest.fixture
@@ -176,6 +161,27 @@ def test_sign_in_rules_and_no_secrets(dash: Stack, served: Served) -> None:
             assert os.environ["MJQ_API_KEY"] not in text and os.environ["MJQ_WEBHOOK_SECRET"] not in text
         assert "/v1/jobs" in http.get("/openapi.json").json()["paths"]  # the API is still there, pages are not
         assert "/" not in http.get("/openapi.json").json()["paths"]
+
+
+def test_failure_groups_and_requeue_of_one_group(dash: Stack, served: Served, tmp_path: Path) -> None:
+    """Failures group by reason from the failures index; requeueing one group (the control the button calls)
+    puts back only its jobs, and the page then lists the other groups."""
+    from bench.dashboard import FAIL_EVERY, REASONS
+    from worker import control
+    from worker.reports.dashboard import failure_groups
+    from worker.store.runtime import runtime
+
+    seed_batch(dash.ledger, "groups", 6 * FAIL_EVERY, tmp_path / "media", FAIL_EVERY)
+    groups, failed = failure_groups(runtime(), "groups")
+    assert failed == 6 and [(g.reason, g.count) for g in groups] == sorted(
+        [(r, 2) for r in REASONS], key=lambda item: item[0]
+    )
+    assert control.requeue("groups", ["failed", "timed_out"], rt=runtime(), reason=REASONS[1]) == 2
+    assert dash.ledger.batch("groups")["counts"]["queued"] == 2
+    left, failed = failure_groups(runtime(), "groups")
+    assert failed == 4 and {g.reason for g in left} == {REASONS[0], REASONS[2]}
+    page = httpx.get(f"{served.url}/batches/groups", auth=BASIC, timeout=30).text
+    assert page.count('class="group"') == 2 and REASONS[1] not in page
 
 
 # ------------------------------------------------------------------------------------------ in the browser
