@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: install demo up test lint typecheck pytest test-full reliability bench clean
+.PHONY: install browser demo up test lint typecheck pytest test-full reliability bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,6 +13,16 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Headless Chromium for the dashboard's browser tests (tests/test_dashboard.py, driven by Playwright through the
+# system browser: no browser download). Debian's package; installed when missing (needs root and apt).
+CHROMIUM ?= $(shell command -v chromium || command -v chromium-browser)
+
+browser:
+	@if [ -z "$(CHROMIUM)" ]; then \
+		echo "installing Debian's chromium for the browser tests"; \
+		(apt-get install -y --no-install-recommends chromium || (apt-get update && apt-get install -y --no-install-recommends chromium)); \
+	fi
 
 demo: install
 	$(BIN)/mjq demo
@@ -31,16 +41,16 @@ typecheck: install
 # a test module is one unit of work, the reliability scenarios are one unit (tests/conftest.py).
 XDIST ?= -n 2 --dist loadfile
 
-pytest: install
+pytest: install browser
 	$(BIN)/pytest -q $(XDIST) --durations=15
 
-test: install
+test: install browser
 	$(BIN)/ruff check .
 	$(BIN)/mypy worker tasks simulator bench tests
 	$(BIN)/lint-imports
 	$(BIN)/pytest -q $(XDIST) --durations=15
 
-test-full: install
+test-full: install browser
 	$(BIN)/pytest -q --full
 
 reliability: install

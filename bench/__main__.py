@@ -24,7 +24,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bench import api, enqueue, fanout, latency, pool, scale, series, utilisation
+from bench import api, dashboard, enqueue, fanout, latency, pool, scale, series, utilisation
 from bench.report import print_table, update_readme
 from bench.runner import Phase, Recorder, Stopped, default_signals, stop_on_signals
 from bench.stack import CAPACITY, QUEUE, hermetic_environment, running
@@ -45,17 +45,18 @@ class Sizes:
     fanout_roots: int
     series: tuple[int, ...]
     api: int  # rows of the one POST /v1/batches (and of the `mjq batch` file it is compared with)
+    dashboard: int  # jobs of the batch whose dashboard pages are timed
     pool: int = 2000  # the pool batch over 3 upstreams (issue 12: 2,000 jobs)
     pool_failover: int = 120
 
 
 # full: about 12 min on an idle 2-core machine (README); quick: about 3 min; smoke: what `make test` runs
 SIZES = {
-    "full": Sizes(1000, 200, 30, 150, 10_000, 4_000, 60.0, 200, (1_000, 10_000, 100_000), 10_000, 2000, 120),
-    "quick": Sizes(150, 40, 6, 20, 2_000, 600, 15.0, 15, (1_000, 10_000), 2_000, 300, 60),
-    "smoke": Sizes(24, 30, 2, 6, 300, 150, 5.0, 3, (100, 300), 300, 18, 12),
+    "full": Sizes(1000, 200, 30, 150, 10_000, 4_000, 60.0, 200, (1_000, 10_000, 100_000), 10_000, 10_000, 2000, 120),
+    "quick": Sizes(150, 40, 6, 20, 2_000, 600, 15.0, 15, (1_000, 10_000), 2_000, 2_000, 300, 60),
+    "smoke": Sizes(24, 30, 2, 6, 300, 150, 5.0, 3, (100, 300), 300, 300, 18, 12),
 }
-BENCHMARKS = ("utilisation", "requests", "enqueue", "latency", "scale", "fanout", "series", "pool", "api")
+BENCHMARKS = ("utilisation", "requests", "enqueue", "latency", "scale", "fanout", "series", "pool", "api", "dashboard")
 WEBHOOK_PHASES = ("utilisation", "continuation", "fanout")
 
 
@@ -77,6 +78,8 @@ def phases(sizes: Sizes, chosen: set[str]) -> list[Phase]:
               f"{sizes.pool_failover}, round-robin baseline", ("pool",)),
         Phase("api", f"9 http api: POST /v1/batches of {sizes.api:,} rows, then `mjq batch` of the same file",
               ("api",)),
+        Phase("dashboard", f"10 dashboard: a {sizes.dashboard:,}-job batch's pages, and its static gallery",
+              ("dashboard",)),
     ]
     return [p for p in every if set(p.benchmarks) & chosen]
 
@@ -136,6 +139,9 @@ def run(sizes: Sizes, work: Path, rec: Recorder) -> None:
     if "api" in todo:
         with rec.phase("api"):
             rec.add(api.run(work / "api", sizes.api))
+    if "dashboard" in todo:
+        with rec.phase("dashboard"):
+            rec.add(dashboard.measure(work, sizes.dashboard))
 
 
 def _chosen(only: list[str] | None) -> set[str]:

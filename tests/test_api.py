@@ -24,8 +24,8 @@ import pytest
 from pydantic import SecretStr
 
 from tests.support.images import png_data_uri
+from tests.support.serve import serving
 from tests.support.stack import CONFIGS, ROOT, Stack, StackManager, use_config
-from worker.devstack.processes import stop_process
 from worker.devstack.redisserver import free_port
 from worker.mjapi.errors import InvalidInput
 
@@ -98,23 +98,8 @@ def api(stack_manager: StackManager, tmp_path_factory: pytest.TempPathFactory) -
     text = KEYS_FILE.read_text()
     assert not any(v in text for k, v in keys.items() if k != "signed-secret")  # only hashes are stored
     log_path = tmp / "serve.log"
-    log = log_path.open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", "serve"], env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        assert proc.poll() is None, log_path.read_text()
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "mjq serve did not start"
-        time.sleep(0.2)
-    yield Api(url, keys, log_path, KEYS_FILE, env)
-    stop_process(proc, 15.0)
+    with serving(env, tmp, log_path) as url:
+        yield Api(url, keys, log_path, KEYS_FILE, env)
 
 
 def wait_for(check: Callable[[], Any], timeout_s: float = 60.0, what: str = "condition") -> Any:

@@ -175,8 +175,9 @@ def test_only_takes_numbers_names_and_lists_and_every_benchmark_has_its_phases()
     assert _chosen(None) == set(BENCHMARKS)
     assert _chosen(["8"]) == {"pool"}
     with pytest.raises(SystemExit, match="unknown benchmark"):
-        _chosen(["10"])
+        _chosen(["11"])
     assert _chosen(["9"]) == _chosen(["api"]) == _chosen(["http"]) == {"api"}
+    assert _chosen(["10"]) == _chosen(["dashboard"]) == {"dashboard"}
     for name in BENCHMARKS:
         planned = phases(SIZES["smoke"], {name})
         assert planned and all(name in p.benchmarks for p in planned)
@@ -207,7 +208,7 @@ def test_smoke_run_measures_every_benchmark_against_its_baseline(tmp_path: Path)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     doc = json.loads(out.read_text(encoding="utf-8"))
     figures = doc["figures"]
-    assert {f["benchmark"].split()[0] for f in figures} == {"1", "2", "3", "4", "5", "6", "7", "8", "9"}
+    assert {f["benchmark"].split()[0] for f in figures} == {"1", "2", "3", "4", "5", "6", "7", "8", "9", "10"}
     # a side that hit its time bound (a busy machine) gives a partial figure, never a lost run
     assert all(f["partial"] or math.isfinite(f["value"]) for f in figures), figures
     assert doc["complete"] is True and doc["not_run"] == [] and doc["interrupted"] is None

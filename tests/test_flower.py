@@ -201,3 +201,33 @@ def test_flower_tasks_page_shows_our_job_fields(flower: str, stack: DevStack) ->
     for text in ("prompt='a koi for the tasks page'", "mode=turbo", "batch_id=flower-page", "job_id=fp-1"):
         assert text in shown["kwargs"], shown["kwargs"]
     assert "'status': 'succeeded'" in shown["result"] and "'upstream_id': " in shown["result"], shown["result"]
+
+
+def test_flower_task_list_is_jobs_not_housekeeping(flower: str, stack: DevStack) -> None:
+    """While the beat runs housekeeping several times over, Flower's task list holds the job and its follow-up
+    (with their results) and not one plumbing task (housekeeping, polls, finishing, callbacks, alerts)."""
+    from worker.app import HOUSEKEEPING_TASK, PLUMBING_TASKS
+
+    log = stack.log_dir / "worker.log"
+
+    def housekeeping_runs() -> int:
+        return log.read_text(errors="replace").count(f"Task {HOUSEKEEPING_TASK}[")
+
+    before = housekeeping_runs()
+    job = {"prompt": "a harbour crane at dawn for the task list", "mode": "turbo", "then": "U1", "job_id": "fl-hk-1"}
+    answer = httpx.post(f"{flower}/api/task/async-apply/tasks.imagine", auth=AUTH, timeout=10, json={"kwargs": job})
+    assert answer.status_code == 200, answer.text
+
+    def followup_listed() -> dict[str, Any] | None:
+        listed: dict[str, Any] = httpx.get(f"{flower}/api/tasks", auth=AUTH, timeout=10).json()
+        done = [t for t in listed.values() if str(t.get("name", "")).startswith("tasks.followups.")
+                and t.get("state") == "SUCCESS"]
+        return listed if done and housekeeping_runs() >= before + 5 else None
+
+    listed = wait_for(followup_listed, 120)
+    names = {str(t.get("name")) for t in listed.values()}
+    assert HOUSEKEEPING_TASK not in names and not names & PLUMBING_TASKS, sorted(names)
+    root = listed["fl-hk-1"]
+    assert root["name"] == "tasks.imagine" and root["state"] == "SUCCESS" and "fl-hk-1" in str(root["result"])
+    [child] = [t for t in listed.values() if str(t.get("name", "")).startswith("tasks.followups.")]
+    assert "succeeded" in str(child["result"]), child

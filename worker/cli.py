@@ -1136,6 +1136,7 @@ def print_stack(stack: Any) -> None:
         table.add_row("flower", stack.flower_url)
     if getattr(stack, "serve_url", None):
         table.add_row("http api", f"{stack.serve_url}/docs  (keys: `mjq serve-key add NAME`)")
+        table.add_row("dashboard", f"{stack.serve_url}/  (sign in with a key, or MJQ_DASHBOARD_AUTH)")
     table.add_row("state", str(stack.state))
     console.rule("[bold green]mjqueue is up")
     console.print(table)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 from worker.app import app
 from worker.jobs.admission import admit_parked
@@ -15,10 +15,14 @@ from worker.jobs.dispatch import send_finishes, send_poll
 from worker.jobs.messages import resend
 from worker.mjapi.models import MODES
 from worker.pricing import to_micros
+from worker.reports.dashboard import failure_reason
+from worker.reports.progress import FAILED
 from worker.store import keys
+from worker.store.ledger import result_of
 from worker.store.runtime import Runtime
 
 REQUEUABLE = frozenset({"failed", "timed_out", "cancelled", "needs_review"})
+IN_FAILED_INDEX = frozenset(FAILED)  # end states kept in ``batch:<id>:failed`` (prelude.lua)
 
 
 def pause_batch(batch_id: str, rt: Runtime) -> int:
@@ -52,18 +56,28 @@ def cancel_batch(batch_id: str, rt: Runtime) -> int:
 
 
 def requeue(
-    batch_id: str, statuses: Iterable[str] = ("failed", "timed_out"), *, rt: Runtime
+    batch_id: str, statuses: Iterable[str] = ("failed", "timed_out"), *, rt: Runtime, reason: str | None = None
 ) -> int:
     """Run again the jobs of a batch in ``statuses`` (failed, timed_out, cancelled, needs_review).
 
     Each job goes back to ``queued`` with its result cleared and its original task message is sent again
-    (same task id, same chain), so it passes admission and submit-once like a new job. Returns how many.
+    (same task id, same chain), so it passes admission and submit-once like a new job. ``reason`` keeps only
+    the jobs of one failure group (their fail reason, or their end state when they have none: the grouping of
+    ``worker.reports.dashboard.failure_reason``). Failed end states are read from the batch's ``:failed``
+    index, so a large batch is not read whole. Returns how many.
     """
     wanted = set(statuses)
     bad = wanted - REQUEUABLE
     if bad:
         raise ValueError(f"cannot requeue jobs in {sorted(bad)}; allowed: {sorted(REQUEUABLE)}")
-    jobs = [j for j in rt.ledger.batch_jobs(batch_id) if j.get("status") in wanted]
+    if wanted <= IN_FAILED_INDEX:
+        ids = cast(list[str], rt.redis.zrange(keys.batch_failed(batch_id), 0, -1))
+        jobs = [result_of(j) for j in rt.ledger.get_jobs(ids)]
+    else:
+        jobs = rt.ledger.batch_jobs(batch_id)
+    jobs = [j for j in jobs if j.get("status") in wanted]
+    if reason is not None:
+        jobs = [j for j in jobs if failure_reason(j) == reason]
     if not jobs:
         return 0
     if rt.ledger.batch_status(batch_id) == "cancelled":

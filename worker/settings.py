@@ -297,6 +297,14 @@ class Settings(BaseSettings):
         64 * 1024 * 1024, gt=0, description="Largest request body the HTTP API accepts (413 above it)."
     )
     serve_page_size: int = Field(100, ge=1, le=1000, description="Jobs per page of `GET /v1/jobs`.")
+    dashboard_auth: SecretStr = Field(
+        SecretStr(""),
+        description="user:password of HTTP basic auth for the dashboard (`mjq serve` at /), seeing every batch;"
+        " empty: sign in with a service key only.",
+    )
+    dashboard_page_size: int = Field(
+        100, ge=1, le=1000, description="Images per page of a batch's gallery on the dashboard."
+    )
     # Outgoing callbacks to the producer (job option callback_url), signed as Standard Webhooks specify
     callback_secret: SecretStr = Field(
         SecretStr(""),
@@ -405,6 +413,14 @@ class Settings(BaseSettings):
         if value and not value.startswith("/"):
             raise ValueError("must start with '/'")
         return value.rstrip("/")
+
+    @field_validator("dashboard_auth")
+    @classmethod
+    def _dashboard_auth(cls, value: SecretStr) -> SecretStr:
+        user, sep, password = value.get_secret_value().partition(":")
+        if value.get_secret_value() and not (sep and user and password):
+            raise ValueError("must be user:password (both non-empty), or empty for no basic auth")
+        return value
 
     @model_validator(mode="after")
     def _sentinel_master(self) -> Settings:

@@ -38,21 +38,20 @@ from worker.batchfile import (
 )
 from worker.jobs.kinds import ID_RULE, JOB_ID_RE
 from worker.jobs.start import check_upstream
-from worker.keyfile import KeyFileError, KeyRing, ServiceKey
+from worker.keyfile import KeyFileError, ServiceKey
 from worker.logs import configure as configure_logging
 from worker.mjapi.errors import InvalidInput
-from worker.producer import Backend, configure_batch, submit_jobs
+from worker.producer import configure_batch, submit_jobs
 from worker.reports.export import FORMATS, write_manifest
 from worker.reports.money import batch_money
 from worker.reports.progress import FAILED, Snapshot
 from worker.reports.upstreams import upstreams_report
 from worker.service.api.errors import REQUEST_ID, ApiError, Guard, install, request_id
-from worker.service.api.metrics import ApiMetrics
 from worker.service.api.models import JobIn, task_call
+from worker.service.api.service import Service, may_see_batch, may_see_job
+from worker.service.dashboard import mount as mount_dashboard
 from worker.settings import Settings, get_settings
-from worker.store.clients import ClientRecords
 from worker.store.deliveries import batch_callbacks
-from worker.store.runtime import Runtime, runtime
 
 log = logging.getLogger("mjqueue.api")
 
@@ -67,36 +66,6 @@ BATCH_TYPES = {
 ACTIONS = ("pause", "resume", "cancel", "requeue")
 
 
-class Service:
-    """What the routes share: settings, the ledger backend, controls' runtime, keys, records and metrics."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.keys = KeyRing(settings.serve_keys_file)
-        self._backend: Backend | None = None
-        self._metrics: ApiMetrics | None = None
-
-    @property
-    def backend(self) -> Backend:
-        if self._backend is None:
-            self._backend = Backend(self.settings)
-        return self._backend
-
-    @property
-    def rt(self) -> Runtime:
-        return runtime()
-
-    @property
-    def records(self) -> ClientRecords:
-        return ClientRecords(self.backend.redis)
-
-    @property
-    def metrics(self) -> ApiMetrics:
-        if self._metrics is None:
-            self._metrics = ApiMetrics(self.rt)
-        return self._metrics
-
-
 # ---------------------------------------------------------------------------------------------------- helpers
 
 
@@ -106,24 +75,9 @@ def _batch_visible(svc: Service, key: ServiceKey, batch_id: str) -> dict[str, An
         info = svc.backend.batch(batch_id)
     except LookupError:
         raise ApiError(404, f"no batch {batch_id!r}", field="batch_id") from None
-    if not key.admin and svc.records.owner("batch", batch_id) != key.name:
+    if not may_see_batch(svc, key, batch_id):
         raise ApiError(404, f"no batch {batch_id!r}", field="batch_id")
     return info
-
-
-def _may_see_job(svc: Service, key: ServiceKey, job_id: str, job: Mapping[str, Any] | None) -> bool:
-    if key.admin:
-        return job is not None or svc.records.owner("job", job_id) is not None
-    records = svc.records
-    if records.owner("job", job_id) == key.name:
-        return True
-    if job is None:
-        return False
-    root = job.get("root_job")
-    if root and records.owner("job", str(root)) == key.name:
-        return True
-    batch = job.get("batch_id")
-    return bool(batch) and records.owner("batch", str(batch)) == key.name
 
 
 def _job_view(svc: Service, job_id: str) -> dict[str, Any]:
@@ -230,7 +184,7 @@ def _create_jobs(
             replay = True
     ledger = svc.backend.ledger
     known = ledger.existing(ids)
-    foreign = [j for j in known if not _may_see_job(svc, key, j, ledger.get_job(j))]
+    foreign = [j for j in known if not may_see_job(svc, key, j, ledger.get_job(j))]
     if foreign:
         for claim_key in claims:
             svc.records.forget_request(key.name, claim_key)
@@ -546,7 +500,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def get_job(key: Caller, job_id: str) -> dict[str, Any]:
         """The job result (the dict `.get()` returns in Python)."""
         job = svc.backend.ledger.get_job(job_id) if JOB_ID_RE.match(job_id) else None
-        if not JOB_ID_RE.match(job_id) or not _may_see_job(svc, key, job_id, job):
+        if not JOB_ID_RE.match(job_id) or not may_see_job(svc, key, job_id, job):
             raise ApiError(404, f"no job {job_id!r}", field="job_id")
         return _job_view(svc, job_id)
 
@@ -642,6 +596,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             description=CONTROL_DOCS[action],
         )(_steer_route(svc, action))
 
+    mount_dashboard(app, svc)  # the pages at / (signed in with a key or MJQ_DASHBOARD_AUTH)
     return app
 
 
