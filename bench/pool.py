@@ -144,10 +144,13 @@ def figures(ours: PoolRun, baseline: PoolRun, failover: tuple[float, int, Reache
                        "round-robin, no slot accounting", b, target=f"≥ {UTILISATION_TARGET}",
                        met=u >= UTILISATION_TARGET, notes=notes)], ours.reached, baseline.reached)
     seconds, refused, reached = failover
+    # no baseline figure: round-robin never moves the refused jobs (they fail on the account out of credit)
     out += mark([Figure("8 pool", "failover: out of credit -> its work running elsewhere", seconds, "s",
-                        "round-robin (never moves it)", None, target=f"≤ {job_s:.2g} s (one job)",
+                        target=f"≤ {job_s:.2g} s (one job)",
                         met=seconds <= job_s if not math.isnan(seconds) else False,
-                        notes={"refused_jobs": refused, "job_s": job_s})], reached)
+                        partial=math.isnan(seconds),  # not every refused job was seen running elsewhere in time
+                        notes={"refused_jobs": refused, "job_s": job_s,
+                               "baseline": "round-robin never moves them: they fail"})], reached)
     return out
 
 

@@ -175,8 +175,8 @@ def test_unauthorized_trips_the_breaker_until_resume(stack: Stack, sim: Any) -> 
 
     sim.faults(api_key="a-key-we-do-not-have")
     first = tasks.imagine.delay("refused key", batch_id="ua")
-    stack.wait(lambda: control.breaker_status(runtime())["tripped"], 20, "the breaker")
-    assert "Unauthorized" in control.breaker_status(runtime())["reason"]
+    stack.wait(lambda: "Unauthorized" in str(control.breaker_status(runtime()).get("reason") or ""), 20,
+               "the breaker tripped by the 401")
     rest = [tasks.imagine.delay(f"after the 401 {i}", batch_id="ua") for i in range(4)]
     stack.wait(lambda: stack.ledger.waiting_count("fast") == 5, 20, "every job parked")
     time.sleep(1.0)
@@ -204,7 +204,8 @@ def test_a_reconciled_needs_review_job_continues_its_chain_and_plan_once(hook_st
     parent = last.parent.id
     stack.wait_status(parent, {"needs_review"}, timeout=15)
     stack.wait(lambda: AsyncResult(parent).state == "FAILURE", 10, "the task completed as failed for now")
-    assert stack.ledger.batch("review")["counts"]["skipped"] == 2  # its chained and planned children, for now
+    stack.wait(lambda: stack.ledger.batch("review")["counts"]["skipped"] == 2, 20,  # its chained and planned
+               "its children counted skipped, for now")  # children: counted by its finishing step
     sim.faults(read_delay_rate=0.0, drop_callback_rate=0.0, duration_s={"FAST": 60.0})  # children run fast
     job = stack.wait_status(parent, {"succeeded"}, timeout=20)
     assert job["settled_by"] == "webhook"

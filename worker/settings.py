@@ -512,7 +512,9 @@ class Settings(BaseSettings):
                 self.submit_answer_window_s + 0.2
             ),
             "download retry (MJQ_DOWNLOAD_ATTEMPTS)": self.download_retry_delay(self.download_attempts - 2),
-            "upload retry (MJQ_UPLOAD_RETRY_MAX_S)": self.upload_retry_delay(self.upload_attempts - 1),
+            # only when images go to object storage (a local folder needs no upload)
+            **({"upload retry (MJQ_UPLOAD_RETRY_MAX_S)": self.upload_retry_delay(self.upload_attempts - 1)}
+               if self.media_url else {}),
             # only when callbacks can be asked for at all (without a secret they are refused)
             **({"callback retry (MJQ_CALLBACK_RETRY_MAX_DELAY_S)": self.callback_retry_max_delay_s}
                if self.callback_secret.get_secret_value() else {}),
