@@ -37,9 +37,9 @@ lint: install
 typecheck: install
 	$(BIN)/mypy worker tasks simulator bench tests
 
-# The suite in 2 pytest-xdist workers (each with its own Redis, simulator, worker stack, ports and temp dirs);
+# The suite in 3 pytest-xdist workers (most of a test waits on processes: 3 keep 2 cores busy) (each with its own Redis, simulator, worker stack, ports and temp dirs);
 # a test module is one unit of work, the reliability scenarios are one unit (tests/conftest.py).
-XDIST ?= -n 2 --dist loadfile
+XDIST ?= -n 3 --dist loadfile
 
 pytest: install browser
 	$(BIN)/pytest -q $(XDIST) --durations=15

@@ -65,12 +65,30 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
             terminalreporter.write_line(line)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _module_environment() -> Iterator[None]:
+    """Each test module gets back the ``MJQ_*`` environment it started with: a module's stack fixtures point
+    the process at their stack, and the next module (on the same xdist worker) must not inherit that."""
+    saved = _our_environment()
+    yield
+    _restore(saved)
+
+
 @pytest.fixture(autouse=True)
 def _own_environment() -> Iterator[None]:
     """Each test gets back the ``MJQ_*`` environment it started with (stack fixtures point the producer at
     their worker by setting it), so a unit test never reads the settings of an earlier test's stack."""
-    saved = {k: v for k, v in os.environ.items() if k.startswith(("MJQ_", "FLOWER_"))}
+    saved = _our_environment()
     yield
+    _restore(saved)
+
+
+def _our_environment() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith(("MJQ_", "FLOWER_"))}
+
+
+def _restore(saved: dict[str, str]) -> None:
+    """Put the saved ``MJQ_*``/``FLOWER_*`` variables back and forget settings and runtime built from others."""
     for key in [k for k in os.environ if k.startswith(("MJQ_", "FLOWER_"))]:
         del os.environ[key]
     os.environ.update(saved)
