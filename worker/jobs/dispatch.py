@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from worker.app import FINISH_TASK, POLL_TASK, TRACK, app
@@ -26,6 +27,23 @@ def send_finishes(job_ids: Iterable[str]) -> None:
 def send_finish(job_id: str, countdown: float = 0.0) -> None:
     """Download, store the result and continue ``job_id`` (``tasks.track.finish``)."""
     app.send_task(FINISH_TASK, args=(job_id,), countdown=countdown, queue=TRACK)
+
+
+def task_event_again(delay_s: float, still: Callable[[], bool], hostname: str | None, kind: str,
+                     **fields: Any) -> None:  # fmt: skip
+    """The event once more, ``delay_s`` later if ``still()`` holds: the worker's own ``task-started`` travels on
+    another connection and, arriving after ours on a busy machine, would put Flower's state back to STARTED."""
+
+    def again() -> None:
+        try:
+            if still():
+                task_event(hostname, kind, **fields)
+        except Exception:  # events are for Flower; a failed look never matters to the job
+            log.debug("no second %s event", kind, exc_info=True)
+
+    timer = threading.Timer(delay_s, again)
+    timer.daemon = True
+    timer.start()
 
 
 def task_event(hostname: str | None, kind: str, **fields: Any) -> None:

@@ -27,7 +27,7 @@ from worker.app import BATCH, INTERACTIVE
 from worker.jobs.admission import admit_parked, waiting_score
 from worker.jobs.alerts import breaker_tripped, budget_reached
 from worker.jobs.callbacks import check_callback, job_started
-from worker.jobs.dispatch import send_finish, send_poll, task_event
+from worker.jobs.dispatch import send_finish, send_poll, task_event, task_event_again
 from worker.jobs.finishing import JobFailed
 from worker.jobs.hooks_seen import callbacks_missing
 from worker.jobs.kinds import (
@@ -86,8 +86,11 @@ def park(task: Task[Any, Any], kind: Kind | None, job: Mapping[str, Any], rt: Ru
         admit_parked([Job(job).mode], rt)
     if where in ("parked", "held"):  # Flower: its task ends as RETRY "parked: …", not STARTED for hours
         why = "its batch is paused" if where == "held" else f"waiting for a {Job(job).mode} slot"
-        task_event(task.request.hostname, "task-retried", uuid=task.request.id, exception=f"parked: {why}",
-                   traceback="")  # fmt: skip
+        event = {"uuid": task.request.id, "exception": f"parked: {why}", "traceback": ""}
+        task_event(task.request.hostname, "task-retried", **event)
+        job_id = str(job["job_id"])
+        task_event_again(2.0, lambda: rt.ledger.status(job_id) == "queued", task.request.hostname, "task-retried",
+                         **event)  # fmt: skip
     raise Ignore()
 
 
