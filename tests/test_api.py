@@ -14,7 +14,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ import pytest
 from pydantic import SecretStr
 
 from tests.support.images import png_data_uri
-from tests.support.serve import serving
+from tests.support.serve import serving, wait_for
 from tests.support.stack import CONFIGS, ROOT, Stack, StackManager, use_config
 from worker.devstack.redisserver import free_port
 from worker.mjapi.errors import InvalidInput
@@ -100,16 +100,6 @@ def api(stack_manager: StackManager, tmp_path_factory: pytest.TempPathFactory) -
     log_path = tmp / "serve.log"
     with serving(env, tmp, log_path) as url:
         yield Api(url, keys, log_path, KEYS_FILE, env)
-
-
-def wait_for(check: Callable[[], Any], timeout_s: float = 60.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def error(answer: httpx.Response, status: int) -> dict[str, Any]:

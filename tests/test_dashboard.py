@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,14 +19,13 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright.sync_api import sync_playwright
 
 from bench.dashboard import seed_batch
-from tests.support.serve import serving
+from tests.support.serve import serving, wait_for
 from tests.support.stack import ROOT, Stack, StackManager, reset_state
 from worker.devstack.redisserver import free_port
 from worker.keyfile import add_key
-
-playwright_api = pytest.importorskip("playwright.sync_api")
 
 CONFIG = "poll"
 BASIC = ("ops", "dashboard-pass-123")
@@ -70,7 +68,7 @@ def dash(stack_manager: StackManager, served: Served) -> Stack:
 def browser() -> Iterator[Any]:
     if CHROMIUM is None:
         pytest.fail("no chromium: `make browser` installs Debian's chromium package")
-    with playwright_api.sync_playwright() as pw:
+    with sync_playwright() as pw:
         chromium = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
         yield chromium
         chromium.close()
@@ -100,16 +98,6 @@ def screenshot_on_failure(page: Any, path: Path) -> Iterator[None]:
         page.screenshot(path=str(path), full_page=True)
         print(f"screenshot: {path}")
         raise
-
-
-def wait_for(check: Callable[[], Any], timeout_s: float = 60.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def enqueue(dash: Stack, batch_id: str, prompts: list[str], **options: Any) -> list[str]:

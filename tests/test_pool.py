@@ -265,11 +265,13 @@ def test_a_work_window_keeps_its_upstream_idle_outside_its_hours(pool: PoolStack
 
 def test_an_unreachable_upstream_resumes_by_itself_once_it_answers(pool: PoolStack) -> None:
     from worker.mjapi.errors import NotSent
+    from worker.reports.upstreams import stopped_note
     from worker.store.runtime import runtime
 
     assert pool.report()["dead"]["state"] == "unreachable"
     blocked = runtime().ledger.breaker("dead")
     assert blocked["kind"] == "unreachable" and blocked["probe_at"]
+    assert "upstream dead unreachable" in stopped_note(runtime())  # what `mjq batch --wait` prints beside the counts
     with pytest.raises(NotSent):
         runtime().client_for("dead").fetch("x")
     revived = sim_process("dead", pool.log_dir, key=KEYS["dead"], slots=1, queue_size=0, port=pool.dead_port).start()
@@ -313,3 +315,20 @@ def test_mjq_upstreams_json_lists_the_pool(pool: PoolStack) -> None:
     assert table.exit_code == 0 and "acct-b" in table.stdout and "outside" in table.stdout, table.output
     resumed = CliRunner().invoke(app, ["resume", "--upstream", "nope"])
     assert resumed.exit_code != 0 and "unknown upstream" in resumed.output
+
+
+def test_doctor_probes_every_upstream_of_the_pool(pool: PoolStack) -> None:
+    """`mjq doctor` checks each upstream with its own address and key; `--upstream` picks one."""
+    from typer.testing import CliRunner
+
+    from worker.cli import app
+
+    out = CliRunner().invoke(app, ["doctor", "--json"])
+    report = json.loads(out.stdout)
+    assert list(report["upstreams"]) == [*FAST, "paced", "night", "dead"], out.output
+    assert all(KEYS[name] not in out.stdout for name in report["upstreams"])  # no key in it
+    checks = {c["name"]: c["status"] for c in report["upstreams"]["acct-a"]["checks"]}
+    assert checks.get("reach") == "ok", report["upstreams"]["acct-a"]
+    one = CliRunner().invoke(app, ["doctor", "--upstream", "acct-b", "--json"])
+    assert json.loads(one.stdout)["upstream"] == report["upstreams"]["acct-b"]["upstream"], one.output
+    assert CliRunner().invoke(app, ["doctor", "--upstream", "nope"]).exit_code != 0

@@ -109,6 +109,20 @@ def test_watch_to_a_pipe_prints_a_line_while_nothing_changes() -> None:
     assert lines[-1].startswith("night 2/2 100%"), lines
 
 
+def test_watch_says_which_upstream_is_not_submitting() -> None:
+    """``--wait``'s line names an upstream that is unreachable (it resumes by itself), and stops naming it."""
+    from worker.reports.progress import watch
+
+    out = io.StringIO()
+    reads = iter([batch_info(total=1, queued=1)] * 3 + [batch_info(total=1, succeeded=1)])
+    notes = iter(["upstream default unreachable: refused (probed; resumes by itself)"] * 2 + [""] * 5)
+    watch(lambda: Snapshot.from_batch("night", next(reads)), Console(file=out, width=80, color_system=None),
+          interval_s=0.01, line_every_s=0.0, note=lambda: next(notes))
+    lines = out.getvalue().splitlines()
+    assert lines[0].endswith("| upstream default unreachable: refused (probed; resumes by itself)"), lines
+    assert lines[-1].startswith("night 1/1 100%") and "unreachable" not in lines[-1], lines
+
+
 def test_blocked_by_a_pause_or_a_permanent_stop_only_when_nothing_is_upstream() -> None:
     from worker.reports.progress import blocked_by
 

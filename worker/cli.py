@@ -71,7 +71,7 @@ from worker.reports.gallery import paginate, write_gallery
 from worker.reports.money import batch_money, money_line
 from worker.reports.progress import Blocked, Snapshot, blocked_by, queued_line, render, watch
 from worker.reports.reading import ReadProgress
-from worker.reports.upstreams import upstreams_report
+from worker.reports.upstreams import stopped_note, upstreams_report
 from worker.service.api import serve as serve_api
 from worker.service.webhook import serve
 from worker.settings import Settings, SettingsError, get_settings, settings_table
@@ -81,6 +81,7 @@ from worker.store.observed import Observed
 from worker.store.records import STATES
 from worker.store.runtime import Runtime, runtime
 from worker.upstreams.config import load_pool_file, masked
+from worker.upstreams.pool import Pool
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -246,7 +247,8 @@ def wait_for_batch(handle: Backend, batch_id: str, *, quiet: bool = False) -> Sn
             snap = handle.snapshot(batch_id)
             why = stuck(snap)
     else:
-        snap, why = watch(lambda: handle.snapshot(batch_id), console, stuck=stuck)
+        snap, why = watch(lambda: handle.snapshot(batch_id), console, stuck=stuck,
+                          note=lambda: stopped_note(runtime()))
     if why is not None:
         raise CliError(
             f"{why.reason}; {snap.finished}/{snap.total} finished, nothing more can run",
@@ -1273,12 +1275,12 @@ def upstreams_cmd(
             pass
 
 
-def observed_state(settings: Settings) -> dict[str, Any] | None:
-    """What the workers learnt about the upstream (callbacks, 429s), or None when Redis is not reachable."""
+def observed_state(settings: Settings, base_url: str | None = None) -> dict[str, Any] | None:
+    """What the workers learnt about an upstream (callbacks, 429s), or None when Redis is not reachable."""
     client = redis.Redis.from_url(settings.effective_redis_url, decode_responses=True, socket_connect_timeout=1.0,
                                   socket_timeout=2.0)  # fmt: skip
     try:
-        return Observed(client, settings.api_base_url, settings.callbacks_missing_after).state()
+        return Observed(client, base_url or settings.api_base_url, settings.callbacks_missing_after).state()
     except redis.RedisError:
         return None
     finally:
@@ -1338,12 +1340,15 @@ def print_profile(profile: Mapping[str, Any]) -> None:
 
 
 def warn_upstream(settings: Settings, base_url: str | None = None) -> None:
-    """The check at start of `mjq up` / `mjq worker`: reachable, key accepted; a loud warning, never a stop."""
-    overrides: dict[str, Any] = {"get_retries": 0, "connect_timeout": min(5.0, settings.http_connect_timeout_s)}
-    if base_url:
-        overrides["base_url"] = base_url
-    with MidjourneyClient.from_settings(settings, **overrides) as client:
-        lines = startup_warnings(client)
+    """The check at start of `mjq up` / `mjq worker`: each upstream of the pool reachable, its key accepted; a
+    loud warning, never a stop."""
+    quick: dict[str, Any] = {"get_retries": 0, "connect_timeout": min(5.0, settings.http_connect_timeout_s)}
+    lines: list[str] = []
+    for up in Pool.from_settings(settings).upstreams:
+        options = {**up.client_options(settings), **quick, **({"base_url": base_url} if base_url else {})}
+        with MidjourneyClient(**options) as client:
+            found = startup_warnings(client)
+        lines += [f"{up.name}: {line}" for line in found] if settings.upstreams_file else found
     if not lines:
         return
     err_console.rule("[bold yellow]warning: the upstream", style="yellow")
@@ -1362,24 +1367,36 @@ def doctor_cmd(
     ] = False,
     wait_s: Annotated[float, typer.Option("--wait-s", help="--submit: how long to watch the test job")] = 300.0,
     as_json: JsonOpt = False,
+    upstream: Annotated[str | None, typer.Option("--upstream", help="only this upstream of the pool")] = None,
 ) -> None:
-    """Probe the configured upstream without spending anything: reach, key, unknown ids, webhook, profile.
+    """Probe each upstream of the pool without spending anything: reach, key, unknown ids, webhook, profile.
 
     Exit 0 when everything mjqueue needs works, 1 otherwise; prints what to set.
     """
     settings = get_settings()
-    with MidjourneyClient.from_settings(settings, get_retries=0) as client:
-        report = diagnose(client, webhook_base_url=settings.webhook_base_url, mode_paths=settings.api_mode_paths,
-                          timeout_s=settings.http_connect_timeout_s)  # fmt: skip
-        observed = observed_state(settings)
-        learnt(report, settings, observed)
-        if submit:
-            doctor_submit(client, report, settings, wait_s)
+    pool = Pool.from_settings(settings)
+    if upstream and upstream not in pool.by_name:
+        raise CliError(f"--upstream: unknown upstream {upstream!r}", f"the pool has {', '.join(pool.names)}")
+    chosen = [pool.get(upstream)] if upstream else pool.upstreams
+    reports: dict[str, dict[str, Any]] = {}
+    ok = True
+    for up in chosen:  # every upstream of the pool (MJQ_UPSTREAMS_FILE), or the one asked for
+        with MidjourneyClient(**{**up.client_options(settings), "get_retries": 0}) as client:
+            report = diagnose(client, webhook_base_url=settings.webhook_base_url if up.webhooks else None,
+                              mode_paths=dict(up.mode_paths), timeout_s=settings.http_connect_timeout_s)  # fmt: skip
+            observed = observed_state(settings, up.base_url)
+            learnt(report, settings, observed)
+            if submit:
+                doctor_submit(client, report, settings, wait_s)
+        ok = ok and report.ok
+        reports[up.name] = {**report.as_dict(), "observed": observed}
+        if not as_json:
+            if len(chosen) > 1:
+                console.rule(f"[bold]{escape(up.name)}")
+            print_report(report)
     if as_json:
-        print_json({**report.as_dict(), "observed": observed})
-    else:
-        print_report(report)
-    raise typer.Exit(0 if report.ok else 1)
+        print_json(next(iter(reports.values())) if len(reports) == 1 else {"upstreams": reports, "ok": ok})
+    raise typer.Exit(0 if ok else 1)
 
 
 def learnt(report: Report, settings: Settings, observed: Mapping[str, Any] | None) -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -36,3 +37,14 @@ def serving(env: dict[str, str], cwd: Path, log_path: Path, timeout_s: float = 6
         yield url
     finally:
         stop_process(proc, 15.0)
+
+
+def wait_for(check: Callable[[], Any], timeout_s: float = 60.0, what: str = "condition") -> Any:
+    """``check()``'s first truthy value, polled until a generous deadline."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -246,8 +246,12 @@ def watch(
     timeout_s: float | None = None,
     stuck: Callable[[Snapshot], Blocked | None] | None = None,
     line_every_s: float = 5.0,
+    note: Callable[[], str] | None = None,
 ) -> tuple[Snapshot, Blocked | None]:
     """Redraw until the batch is over, ``stuck`` says it waits for a person, or ``timeout_s``.
+
+    ``note`` adds what is not in the counts but explains them (an upstream unreachable or stopped) under the
+    display, or at the end of the plain line.
 
     On a terminal the display is live; to a file or pipe it is one plain line when the counts change and at
     least every ``line_every_s`` (so a log shows the run is alive). Returns the last snapshot and why it stopped
@@ -258,17 +262,23 @@ def watch(
     snap = read()
     meter.add(snap.finished)
     why = stuck(snap) if stuck else None
-    live = Live(render(snap, meter), console=console, refresh_per_second=4) if console.is_terminal else None
+    said = note() if note else ""
+
+    def shown() -> Any:
+        return Group(render(snap, meter), Text(said, style="yellow")) if said else render(snap, meter)
+
+    live = Live(shown(), console=console, refresh_per_second=4) if console.is_terminal else None
     last_key: tuple[Any, ...] = ()
     last_at = 0.0
     with live or nullcontext():
         while True:
             if live is not None:
-                live.update(render(snap, meter))
+                live.update(shown())
             else:
-                key = (snap.status, snap.total, tuple(sorted(snap.counts.items())))
+                key = (snap.status, snap.total, tuple(sorted(snap.counts.items())), said)
                 if key != last_key or time.monotonic() - last_at >= line_every_s:
-                    console.print(progress_line(snap, meter), soft_wrap=True, markup=False, highlight=False)
+                    line = progress_line(snap, meter) + (f" | {said}" if said else "")
+                    console.print(line, soft_wrap=True, markup=False, highlight=False)
                     last_key, last_at = key, time.monotonic()
             if snap.is_over or why is not None or (deadline is not None and time.monotonic() >= deadline):
                 break
@@ -276,4 +286,5 @@ def watch(
             snap = read()
             meter.add(snap.finished)
             why = stuck(snap) if stuck else None
+            said = note() if note else ""
     return snap, why

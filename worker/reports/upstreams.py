@@ -80,3 +80,16 @@ def upstreams_report(rt: Runtime, now: float | None = None) -> list[dict[str, An
             "currency": up.currency,
         })
     return out
+
+
+def stopped_note(rt: Runtime) -> str:
+    """One line naming every upstream that is not submitting and why ("" when all run): what ``--wait`` shows
+    beside the counts, so a batch that stalls says where."""
+    now = time.time()
+    parts = []
+    for up in rt.pool.upstreams:
+        state, why = state_of(up, rt.ledger.breaker(up.name), now)
+        if state != "running":
+            resumes = " (probed; resumes by itself)" if state in ("unreachable", "paused") else ""
+            parts.append(f"upstream {up.name} {state}" + (f": {why}" if why else "") + resumes)
+    return "; ".join(parts)
