@@ -22,6 +22,7 @@ from typing import Any, NoReturn, TypedDict
 from celery import Task
 from celery.exceptions import Ignore
 from celery.result import AsyncResult
+from celery.worker import state as worker_state
 
 from worker.app import BATCH, INTERACTIVE
 from worker.jobs.admission import admit_parked, waiting_score
@@ -88,10 +89,15 @@ def park(task: Task[Any, Any], kind: Kind | None, job: Mapping[str, Any], rt: Ru
         why = "its batch is paused" if where == "held" else f"waiting for a {Job(job).mode} slot"
         event = {"uuid": task.request.id, "exception": f"parked: {why}", "traceback": ""}
         task_event(task.request.hostname, "task-retried", **event)
-        job_id = str(job["job_id"])
-        task_event_again(2.0, lambda: rt.ledger.status(job_id) == "queued", task.request.hostname, "task-retried",
-                         **event)  # fmt: skip
+        task_event_again(2.0, lambda: not _running_here(str(task.request.id)), task.request.hostname,
+                         "task-retried", **event)  # fmt: skip
     raise Ignore()
+
+
+def _running_here(task_id: str) -> bool:
+    """Whether this worker holds the task again (admitted meanwhile): asked of the process, not of Redis, so
+    parked jobs cost no command while they wait."""
+    return any(r.id == task_id for r in [*worker_state.active_requests, *worker_state.reserved_requests])
 
 
 def pin_of(option: str | None, parent: Mapping[str, Any] | None, rt: Runtime) -> str | None:
