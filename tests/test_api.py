@@ -292,6 +292,7 @@ def test_batches_jsonl_csv_multipart_manifest_and_controls(api: Api, stack: Stac
     rejected = {(r["row"], r["field"]) for r in summary["rejected"]}
     assert rejected == {(2, "prompt"), (4, "images"), (5, "line")}, summary["rejected"]
     wait_for(lambda: shop.get("/v1/batches/coast").json()["status"] == "finished", 60, "batch coast")
+    stack.wait_batch("coast", 3, timeout=60)  # and through its finishing step: the images are in the manifest
     view = shop.get("/v1/batches/coast").json()
     assert view["total"] == 3 and view["counts"]["succeeded"] == 3 and view["progress"] == 1.0
     assert view["eta_s"] == 0.0 and view["failures_by_reason"] == {}

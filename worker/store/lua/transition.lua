@@ -62,6 +62,7 @@ if TERMINAL[to] then
   local b = redis.call('HGET', jkey, 'batch_id')
   if b and b ~= '' then redis.call('ZREM', P .. 'held:' .. b, jid) end
   redis.call('ZADD', P .. 'finishing', now, jid)
+  redis.call('ZREM', P .. 'expected', jid)  -- an ended job waits for no message (the finishing set watches it)
   redis.call('HSET', jkey, 'finished_at', now)
 elseif s['inflight'] then
   redis.call('ZADD', P .. 'inflight', s['inflight'], jid)
