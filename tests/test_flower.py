@@ -20,6 +20,7 @@ import pytest
 
 from tests.support.images import png_data_uri
 from tests.support.mjq import shared_stack
+from tests.support.serve import wait_for
 from worker.devstack.redisserver import free_port
 from worker.devstack.stack import DevStack, flower_conf_path
 
@@ -61,16 +62,6 @@ def flower(stack: DevStack, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=15)
     assert any(p.name.startswith("flower.db") for p in db.parent.iterdir()), "persistent state was not saved"
-
-
-def wait_for(check: Any, timeout_s: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError("timed out")
 
 
 def test_flower_requires_the_configured_auth_and_lists_our_tasks(flower: str) -> None:
