@@ -185,11 +185,15 @@ class Rel:
         self.stack.wait(lambda: self.finished_share(batch_id) >= share, timeout, f"{share:.0%} of {batch_id} done")
 
     def wait_finished(self, batch_id: str, timeout: float = 60.0) -> dict[str, Any]:
-        """Until the batch says finished (every job, including planned follow-ups, terminal)."""
+        """Until the batch says finished (every job, including planned follow-ups, terminal) and every job is
+        through its finishing step (result written, images in)."""
 
         def finished() -> bool:
             try:
-                return bool(self.stack.ledger.batch(batch_id).get("status") == "finished")
+                ledger = self.stack.ledger
+                if ledger.batch(batch_id).get("status") != "finished":
+                    return False
+                return ledger.unfinished(ledger.batch_job_ids(batch_id)) == 0  # results and images are in
             except Exception:  # Redis restarting: look again
                 return False
 
