@@ -193,7 +193,7 @@ class Rel:
                 ledger = self.stack.ledger
                 if ledger.batch(batch_id).get("status") != "finished":
                     return False
-                return ledger.unfinished(ledger.batch_job_ids(batch_id)) == 0  # results and images are in
+                return bool(ledger.unfinished(ledger.batch_job_ids(batch_id)) == 0)  # results and images are in
             except Exception:  # Redis restarting: look again
                 return False
 
