@@ -256,6 +256,7 @@ class SimulatorApp:
         if config.user_limit:
             raise Answer(answers.user_limit(config.user_limit))
         if config.system_error:
+            self.engine.faults["system_error"] += 1
             raise Answer(answers.system_error(config.dialect))
         if config.group_saturated:
             raise Answer(answers.newapi_error(429, 30, answers.NEWAPI_SATURATED))
