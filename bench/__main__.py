@@ -104,8 +104,7 @@ def run(sizes: Sizes, work: Path, rec: Recorder) -> None:
             if "continuation" in todo:
                 with rec.phase("continuation"):
                     hooked = latency.measure(bench, sizes.latency_roots, "hooked")
-                    if "polling" not in todo:
-                        rec.add(latency.figures(hooked, None))
+                    rec.add(latency.figures(hooked, None))  # kept if the run stops before its baseline
             if "fanout" in todo:
                 with rec.phase("fanout"):
                     rec.add(fanout.measure(bench, sizes.fanout_roots))
@@ -117,8 +116,8 @@ def run(sizes: Sizes, work: Path, rec: Recorder) -> None:
             polled = latency.measure(bench, sizes.latency_roots, "polled")
             polled_side = utilisation.Side(polled.upstream, polled.reached)
             rec.add(utilisation.polling_figure(polled_side, serial))
-            if hooked is not None:
-                rec.add(latency.figures(hooked, polled))
+            if hooked is not None:  # now against its baseline
+                rec.add(latency.figures(hooked, polled), replacing="latency")
     if "enqueue" in todo:
         with rec.phase("enqueue"):
             rec.add(enqueue.run(work / "enqueue", sizes.enqueue))

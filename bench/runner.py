@@ -130,10 +130,14 @@ class Recorder:
     def number(self, benchmark: str) -> str:
         return str(self.benchmarks.index(benchmark) + 1)
 
-    def add(self, figures: Sequence[Figure]) -> None:
-        """Figures of the running phase (those of benchmarks not chosen are left out)."""
+    def add(self, figures: Sequence[Figure], *, replacing: str | None = None) -> None:
+        """Figures of the running phase (those of benchmarks not chosen are left out). ``replacing`` a
+        benchmark drops the figures an earlier phase recorded for it: a benchmark whose baseline comes in a
+        later phase records its own figures first, so a stop in between keeps them."""
         wanted = {self.number(b) for b in self.chosen}
         kept = [f for f in figures if f.benchmark.split()[0] in wanted]
+        if replacing is not None:
+            self.figures = [f for f in self.figures if f.benchmark.split()[0] != self.number(replacing)]
         self.figures += kept
         if self.current is not None:
             self.phases[self.current].figures += len(kept)
