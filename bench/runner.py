@@ -153,6 +153,7 @@ class Recorder:
         before = len(self.figures)
         started = time.monotonic()
         self.console.print(f"[bold]{phase.title}[/] …")
+        self.write()  # the file says which phase runs (``running``)
         try:
             yield
         except KeyboardInterrupt as exc:
@@ -246,7 +247,12 @@ class Recorder:
             self.console.print(f"[yellow]not run:[/] benchmarks {', '.join(document['not_run']) or 'none'}; "
                                f"phases {'; '.join(titles)}{why}")
         partial = [b for b, s in document["benchmarks"].items() if s == PARTIAL]
-        if partial:
-            self.console.print(f"[yellow]partial:[/] {', '.join(partial)} (a side stopped at its time bound)")
+        bounded = [b for b in partial
+                   if any(f.partial for f in self.figures if f.benchmark.split()[0] == self.number(b))]
+        if bounded:
+            self.console.print(f"[yellow]partial:[/] {', '.join(bounded)} (a side stopped at its time bound)")
+        if cut := [b for b in partial if b not in bounded]:
+            self.console.print(f"[yellow]partial:[/] {', '.join(cut)} (a phase of it did not run: figures without "
+                               "that phase's side)")
         self.console.print(describe_load(document["load"]))
         return document

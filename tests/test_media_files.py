@@ -17,12 +17,12 @@ from xml.etree import ElementTree
 import pytest
 from PIL import Image
 
+from tests.support.mjq import mjq
 from worker.media.metadata import XMP_NS, embed, image_metadata
 from worker.media.storage import MediaStore, UploadError, media_store
 from worker.media.thumbs import make_thumbnail
 from worker.reports.gallery import write_gallery
 from worker.settings import SettingsError, load_settings
-from tests.support.mjq import mjq
 
 META = {"prompt": 'a café ☕ "quoted" <b> & more', "job_id": "j-1", "batch_id": "night", "mjqueue_version": "0.1.0"}
 
