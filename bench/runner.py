@@ -142,6 +142,7 @@ class Recorder:
         if self.current is not None:
             self.phases[self.current].figures += len(kept)
         if kept:
+            self.write()  # a phase of several measurements (the scale series) keeps each as it is made
             title = self.phases[self.current].title if self.current else "figures"
             print_table(kept, self.console, title=f"{title}: written to {self.out.name}")
 
