@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rich.console import Console
@@ -189,12 +190,15 @@ def test_ctrl_c_mid_phase_leaves_every_figure_on_disk_and_what_did_not_run(tmp_p
 def test_a_phase_of_several_measurements_writes_each_as_it_is_made(tmp_path: Path) -> None:
     """The scale series adds one size at a time: a stop at its 100,000 keeps the smaller sizes on disk."""
     rec = _recorder(tmp_path, ["scale"])
-    with rec.phase("third"):
-        doc = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))
-        assert doc["running"] == "third" and doc["figures"] == []  # the file says which phase runs
+    out = tmp_path / "results.json"
+    seen: list[dict[str, Any]] = []
+    with rec.phase("third"):  # (it records what the block raises: the checks come after it)
+        seen.append(json.loads(out.read_text(encoding="utf-8")))
         rec.add([Figure("5 scale", "1,000", 1.0)])
-        doc = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))
-        assert [f["measure"] for f in doc["figures"]] == ["1,000"]  # before the phase ends
+        seen.append(json.loads(out.read_text(encoding="utf-8")))
+    assert rec.errors == [] and len(seen) == 2
+    assert seen[0]["running"] == "third" and seen[0]["figures"] == []  # the file says which phase runs
+    assert [f["measure"] for f in seen[1]["figures"]] == ["1,000"]  # written before the phase ended
 
 
 def test_a_baseline_from_a_later_phase_replaces_the_figures_recorded_without_it(tmp_path: Path) -> None:
