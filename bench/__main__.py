@@ -1,10 +1,10 @@
 """``python -m bench`` (``make bench``): every benchmark on its own stack, a table, ``bench/results.json``.
 
-Sizes: ``full`` (the published figures, about 12 min: 1,000-prompt utilisation batch, 10,000 enqueued,
-4,000 waiting, 200 fan-outs, the pool's 2,000 prompts over 3 upstreams, a
-10,000-row ``POST /v1/batches``), ``quick`` (about 3 min, for a
-look) and ``smoke`` (what CI runs to prove it still works). ``--only`` picks benchmarks by number or name;
-``--readme`` writes the table into README.md.
+Sizes: ``full`` (the published figures: 1,000-prompt utilisation batch, 10,000 enqueued, 4,000 waiting,
+200 fan-outs, a 1,000 / 10,000 / 100,000 scale series, the pool's 2,000 prompts over 3 upstreams, a
+10,000-row ``POST /v1/batches``, a 10,000-job dashboard; the README estimates its duration per phase),
+``quick`` (a few minutes, for a look) and ``smoke`` (what CI runs to prove it still works). ``--only`` picks
+benchmarks by number or name; ``--readme`` writes the table into README.md.
 
 Each phase's figures are printed and written to the results file as soon as it ends; every phase has a time
 bound derived from its size, and a side that hits it gives the figure it reached, marked partial. Ctrl-C,
@@ -48,13 +48,16 @@ class Sizes:
     dashboard: int  # jobs of the batch whose dashboard pages are timed
     pool: int = 2000  # the pool batch over 3 upstreams (issue 12: 2,000 jobs)
     pool_failover: int = 120
+    pool_baseline: int = 500  # round-robin's batch: a rate, so a quarter of the pool's compares (saves ~80 s)
+    series_finish: int = 1_000  # series batches up to this size are also run to the end (10,000: ~5 min more)
 
 
-# full: about 12 min on an idle 2-core machine (README); quick: about 3 min; smoke: what `make test` runs
+# full: the README's estimate per phase on an idle 2-core machine; quick: a few minutes; smoke: `make test`'s
 SIZES = {
-    "full": Sizes(1000, 200, 30, 150, 10_000, 4_000, 60.0, 200, (1_000, 10_000, 100_000), 10_000, 10_000, 2000, 120),
-    "quick": Sizes(150, 40, 6, 20, 2_000, 600, 15.0, 15, (1_000, 10_000), 2_000, 2_000, 300, 60),
-    "smoke": Sizes(24, 30, 2, 6, 300, 150, 5.0, 3, (100, 300), 300, 300, 18, 12),
+    "full": Sizes(1000, 200, 30, 150, 10_000, 4_000, 30.0, 200, (1_000, 10_000, 100_000), 10_000, 10_000, 2000, 120,
+                  500, 1_000),
+    "quick": Sizes(150, 40, 6, 20, 2_000, 600, 15.0, 15, (1_000, 10_000), 2_000, 2_000, 300, 60, 150, 1_000),
+    "smoke": Sizes(24, 30, 2, 6, 300, 150, 5.0, 3, (100, 300), 300, 300, 18, 12, 18, 300),
 }
 BENCHMARKS = ("utilisation", "requests", "enqueue", "latency", "scale", "fanout", "series", "pool", "api", "dashboard")
 WEBHOOK_PHASES = ("utilisation", "continuation", "fanout")
@@ -75,7 +78,7 @@ def phases(sizes: Sizes, chosen: set[str]) -> list[Phase]:
               ("scale",)),
         Phase("series", "7 scale series: " + ", ".join(f"{n:,}" for n in sizes.series) + " prompts", ("series",)),
         Phase("pool", f"8 pool: {sizes.pool:,} prompts over 3 upstreams (3/2/1), failover of "
-              f"{sizes.pool_failover}, round-robin baseline", ("pool",)),
+              f"{sizes.pool_failover}, round-robin baseline of {sizes.pool_baseline:,}", ("pool",)),
         Phase("api", f"9 http api: POST /v1/batches of {sizes.api:,} rows, then `mjq batch` of the same file",
               ("api",)),
         Phase("dashboard", f"10 dashboard: a {sizes.dashboard:,}-job batch's pages, and its static gallery",
@@ -104,8 +107,7 @@ def run(sizes: Sizes, work: Path, rec: Recorder) -> None:
             if "continuation" in todo:
                 with rec.phase("continuation"):
                     hooked = latency.measure(bench, sizes.latency_roots, "hooked")
-                    if "polling" not in todo:
-                        rec.add(latency.figures(hooked, None))
+                    rec.add(latency.figures(hooked, None))  # kept if the run stops before its baseline
             if "fanout" in todo:
                 with rec.phase("fanout"):
                     rec.add(fanout.measure(bench, sizes.fanout_roots))
@@ -117,8 +119,8 @@ def run(sizes: Sizes, work: Path, rec: Recorder) -> None:
             polled = latency.measure(bench, sizes.latency_roots, "polled")
             polled_side = utilisation.Side(polled.upstream, polled.reached)
             rec.add(utilisation.polling_figure(polled_side, serial))
-            if hooked is not None:
-                rec.add(latency.figures(hooked, polled))
+            if hooked is not None:  # now against its baseline
+                rec.add(latency.figures(hooked, polled), replacing="latency")
     if "enqueue" in todo:
         with rec.phase("enqueue"):
             rec.add(enqueue.run(work / "enqueue", sizes.enqueue))
@@ -130,12 +132,12 @@ def run(sizes: Sizes, work: Path, rec: Recorder) -> None:
         with rec.phase("series"):
             first: series.Point | None = None
             for n in sizes.series:
-                point = series.measure(work, tf, n)
+                point = series.measure(work, tf, n, sizes.series_finish)
                 first = first or point
                 rec.add(series.figures(point, first, largest=n == sizes.series[-1]))
     if "pool" in todo:
         with rec.phase("pool"):
-            rec.add(pool.run(work, tf, sizes.pool, sizes.pool_failover))
+            rec.add(pool.run(work, tf, sizes.pool, sizes.pool_failover, sizes.pool_baseline))
     if "api" in todo:
         with rec.phase("api"):
             rec.add(api.run(work / "api", sizes.api))

@@ -130,14 +130,19 @@ class Recorder:
     def number(self, benchmark: str) -> str:
         return str(self.benchmarks.index(benchmark) + 1)
 
-    def add(self, figures: Sequence[Figure]) -> None:
-        """Figures of the running phase (those of benchmarks not chosen are left out)."""
+    def add(self, figures: Sequence[Figure], *, replacing: str | None = None) -> None:
+        """Figures of the running phase (those of benchmarks not chosen are left out). ``replacing`` a
+        benchmark drops the figures an earlier phase recorded for it: a benchmark whose baseline comes in a
+        later phase records its own figures first, so a stop in between keeps them."""
         wanted = {self.number(b) for b in self.chosen}
         kept = [f for f in figures if f.benchmark.split()[0] in wanted]
+        if replacing is not None:
+            self.figures = [f for f in self.figures if f.benchmark.split()[0] != self.number(replacing)]
         self.figures += kept
         if self.current is not None:
             self.phases[self.current].figures += len(kept)
         if kept:
+            self.write()  # a phase of several measurements (the scale series) keeps each as it is made
             title = self.phases[self.current].title if self.current else "figures"
             print_table(kept, self.console, title=f"{title}: written to {self.out.name}")
 
@@ -149,6 +154,7 @@ class Recorder:
         before = len(self.figures)
         started = time.monotonic()
         self.console.print(f"[bold]{phase.title}[/] …")
+        self.write()  # the file says which phase runs (``running``)
         try:
             yield
         except KeyboardInterrupt as exc:
@@ -242,7 +248,12 @@ class Recorder:
             self.console.print(f"[yellow]not run:[/] benchmarks {', '.join(document['not_run']) or 'none'}; "
                                f"phases {'; '.join(titles)}{why}")
         partial = [b for b, s in document["benchmarks"].items() if s == PARTIAL]
-        if partial:
-            self.console.print(f"[yellow]partial:[/] {', '.join(partial)} (a side stopped at its time bound)")
+        bounded = [b for b in partial
+                   if any(f.partial for f in self.figures if f.benchmark.split()[0] == self.number(b))]
+        if bounded:
+            self.console.print(f"[yellow]partial:[/] {', '.join(bounded)} (a side stopped at its time bound)")
+        if cut := [b for b in partial if b not in bounded]:
+            self.console.print(f"[yellow]partial:[/] {', '.join(cut)} (a phase of it did not run: figures without "
+                               "that phase's side)")
         self.console.print(describe_load(document["load"]))
         return document

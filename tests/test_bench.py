@@ -1,4 +1,4 @@
-"""The benchmark still works (a smoke-size run of all six, real stacks), and its report is right.
+"""The benchmark still works (a smoke-size run of all ten, real stacks), and its report is right.
 
 Nothing here times anything: the figures are published by ``make bench``, never asserted. What is checked is
 behaviour: figures written as each phase ends, a phase at its time bound giving a partial figure rather than
@@ -11,10 +11,12 @@ import io
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rich.console import Console
@@ -160,6 +162,55 @@ def test_a_stopped_run_keeps_every_figure_and_says_what_did_not_run(tmp_path: Pa
     assert "Not run: enqueue, scale (the run was stopped by SIGTERM during second)." in markdown(doc)
 
 
+def test_ctrl_c_mid_phase_leaves_every_figure_on_disk_and_what_did_not_run(tmp_path: Path) -> None:
+    """A real SIGINT to this process while a phase runs, as Ctrl-C on ``python -m bench`` sends it: the file
+    on disk already holds the figures of the phases before it (a benchmark whose baseline was still to come
+    included), and the run's last write says where it stopped and what did not run."""
+    rec = _recorder(tmp_path, ["utilisation", "requests", "enqueue", "scale"])
+    out = tmp_path / "results.json"
+    with rec.phase("first"):
+        rec.add([Figure("1 utilisation", "own", 0.99)])  # its baseline comes in the next phase
+    stop_on_signals(None)
+    try:
+        with pytest.raises(Stopped, match="SIGINT"), rec.phase("second"):
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(400):
+                time.sleep(0.05)  # the handler raises here
+    finally:
+        default_signals()
+    on_disk = json.loads(out.read_text(encoding="utf-8"))  # written by the phase's end, before finish()
+    assert [f["measure"] for f in on_disk["figures"]] == ["own"]
+    assert on_disk["interrupted"] == {"by": "SIGINT (Ctrl-C)", "phase": "second"}
+    rec.finish()
+    doc = json.loads(out.read_text(encoding="utf-8"))
+    assert doc["complete"] is False and doc["not_run"] == ["enqueue", "scale"]
+    assert doc["benchmarks"]["utilisation"] == "done" and doc["phases_not_run"] == ["second", "third"]
+
+
+def test_a_phase_of_several_measurements_writes_each_as_it_is_made(tmp_path: Path) -> None:
+    """The scale series adds one size at a time: a stop at its 100,000 keeps the smaller sizes on disk."""
+    rec = _recorder(tmp_path, ["scale"])
+    out = tmp_path / "results.json"
+    seen: list[dict[str, Any]] = []
+    with rec.phase("third"):  # (it records what the block raises: the checks come after it)
+        seen.append(json.loads(out.read_text(encoding="utf-8")))
+        rec.add([Figure("5 scale", "1,000", 1.0)])
+        seen.append(json.loads(out.read_text(encoding="utf-8")))
+    assert rec.errors == [] and len(seen) == 2
+    assert seen[0]["running"] == "third" and seen[0]["figures"] == []  # the file says which phase runs
+    assert [f["measure"] for f in seen[1]["figures"]] == ["1,000"]  # written before the phase ended
+
+
+def test_a_baseline_from_a_later_phase_replaces_the_figures_recorded_without_it(tmp_path: Path) -> None:
+    rec = _recorder(tmp_path, ["utilisation", "enqueue"])
+    with rec.phase("first"):
+        rec.add([Figure("1 utilisation", "p95", 120.0), Figure("3 enqueue", "rate", 900.0)])
+    with rec.phase("second"):
+        rec.add([Figure("1 utilisation", "p95", 120.0, "ms", "polling only", 190.0)], replacing="utilisation")
+    doc = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))
+    assert [(f["measure"], f["baseline_value"]) for f in doc["figures"]] == [("rate", None), ("p95", 190.0)]
+
+
 def test_load_is_the_machine_busy_time_less_our_own() -> None:
     assert busy_cpu_s("cpu  100 0 50 1000 30 5 5 10 0 0\ncpu0 1 2 3\n") * os.sysconf("SC_CLK_TCK") == 170
     load = LoadMeter.start().read()
@@ -173,7 +224,10 @@ def test_only_takes_numbers_names_and_lists_and_every_benchmark_has_its_phases()
     assert _chosen(["1", "scale"]) == {"utilisation", "scale"}
     assert _chosen(["3,fanout", "continuation"]) == {"enqueue", "fanout", "latency"}
     assert _chosen(None) == set(BENCHMARKS)
-    assert _chosen(["8"]) == {"pool"}
+    assert _chosen(["7"]) == _chosen(["series"]) == {"series"}
+    assert _chosen(["8"]) == _chosen(["pool"]) == {"pool"}
+    assert _chosen(["7,8", "9", "dashboard"]) == {"series", "pool", "api", "dashboard"}
+    assert [_chosen([str(i)]) for i in range(1, 11)] == [{name} for name in BENCHMARKS]
     with pytest.raises(SystemExit, match="unknown benchmark"):
         _chosen(["11"])
     assert _chosen(["9"]) == _chosen(["api"]) == _chosen(["http"]) == {"api"}

@@ -4,8 +4,11 @@ Pure logic on real files made by Pillow; the worker and a real S3 server are in 
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import io
 import re
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,6 +17,7 @@ from xml.etree import ElementTree
 import pytest
 from PIL import Image
 
+from tests.support.mjq import mjq
 from worker.media.metadata import XMP_NS, embed, image_metadata
 from worker.media.storage import MediaStore, UploadError, media_store
 from worker.media.thumbs import make_thumbnail
@@ -192,3 +196,35 @@ def test_media_settings_name_the_variable_and_never_echo_options(monkeypatch: py
     assert store.url == "s3://bucket/prefix" and store.remote
     assert store.options["endpoint_url"] == "http://127.0.0.1:9000" and store.options["anon"] is False
     assert "sekrit-value" not in repr(store) and "sekrit-value" in store.secrets
+
+
+def test_an_object_store_without_its_backend_stops_every_command_at_start(tmp_path: Path) -> None:
+    """gs:// and az:// on this install (gcsfs and adlfs are not installed: the project's extras add them): the
+    CLI and `mjq serve` stop at once with one line naming the variable, the scheme and what to install, exit 2,
+    no traceback, before anything is queued (the Redis it would queue into is not even reachable)."""
+    assert importlib.util.find_spec("gcsfs") is None and importlib.util.find_spec("adlfs") is None
+    prompts = tmp_path / "night.txt"
+    prompts.write_text("a lighthouse at dawn\n", encoding="utf-8")
+    unreachable = {"MJQ_REDIS_URL": "redis://127.0.0.1:9/0"}  # a refused connection, were it reached
+    for url, package, extra, args in [
+        ("gs://bucket/night", "gcsfs", "gcs", ("batch", str(prompts))),
+        ("az://container/night", "adlfs", "azure", ("serve",)),
+    ]:
+        run = mjq(None, *args, env={**unreachable, "MJQ_MEDIA_URL": url}, timeout=120)
+        scheme = url.split("://")[0]
+        assert run.code == 2, run.out + run.err
+        assert (f"MJQ_MEDIA_URL: {scheme}:// needs the fsspec backend {package}, which is not installed: "
+                f"pip install 'mjqueue[{extra}]' (or pip install {package})") in run.err + run.out
+        assert "Traceback" not in run.err + run.out and "Redis" not in run.err + run.out
+
+
+def test_s3_without_s3fs_is_the_same_start_up_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """s3fs is installed here (the dev extra): hidden from imports, s3:// gets the gs:// answer, with its extra."""
+    monkeypatch.setitem(sys.modules, "s3fs", None)  # `import s3fs` now raises ImportError
+    cached = importlib.import_module("fsspec.registry")._registry  # backends fsspec has imported already
+    monkeypatch.delitem(cached, "s3", raising=False)
+    monkeypatch.setenv("MJQ_MEDIA_URL", "s3://bucket/night")
+    with pytest.raises(SettingsError) as failure:
+        load_settings()
+    assert ("MJQ_MEDIA_URL: s3:// needs the fsspec backend s3fs, which is not installed: "
+            "pip install 'mjqueue[s3]' (or pip install s3fs)") in str(failure.value)

@@ -209,7 +209,8 @@ class Settings(BaseSettings):
     media_url: str = Field(
         "",
         description="Where every image, thumbnail and sidecar is stored: an fsspec URL (s3://bucket/prefix with"
-        " the [s3] extra, gs://, az://, file:///...); empty = file:// + MJQ_MEDIA_DIR (local only).",
+        " the [s3] extra, gs:// with [gcs], az:// with [azure], file:///...); empty = file:// + MJQ_MEDIA_DIR"
+        " (local only).",
     )
     media_public_url: str = Field(
         "",
@@ -370,9 +371,8 @@ class Settings(BaseSettings):
         protocol = value.split("://", 1)[0] if "://" in value else "file"
         try:
             fsspec.get_filesystem_class(protocol)
-        except ImportError as exc:
-            extra = " (pip install 'mjqueue[s3]')" if protocol in ("s3", "s3a") else ""
-            raise ValueError(f"needs the fsspec backend of {protocol}://{extra}: {exc}") from None
+        except ImportError:
+            raise ValueError(missing_backend(protocol)) from None
         except ValueError:
             raise ValueError(f"unknown storage scheme {protocol}://") from None
         return value.rstrip("/")
@@ -596,6 +596,21 @@ def dev_webhook_secret(state_dir: Path) -> str:
         with os.fdopen(fd, "w") as handle:
             handle.write(secrets.token_urlsafe(32))
     return path.read_text().strip()
+
+
+# fsspec backends of the object stores MJQ_MEDIA_URL names, and the project extra that installs each
+STORAGE_BACKENDS = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs",
+                    "abfss": "adlfs", "adl": "adlfs"}
+STORAGE_EXTRAS = {"s3fs": "s3", "gcsfs": "gcs", "adlfs": "azure"}
+
+
+def missing_backend(protocol: str) -> str:
+    """What to install for a storage scheme whose fsspec backend is missing (said at start, not at upload)."""
+    package = STORAGE_BACKENDS.get(protocol)
+    if package is None:
+        return f"{protocol}:// needs an fsspec backend that is not installed"
+    return (f"{protocol}:// needs the fsspec backend {package}, which is not installed: "
+            f"pip install 'mjqueue[{STORAGE_EXTRAS[package]}]' (or pip install {package})")
 
 
 class SettingsError(RuntimeError):
