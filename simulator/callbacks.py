@@ -22,7 +22,6 @@ from simulator.engine import TERMINAL, Engine, SimTask
 TICK_S = 0.01
 SENDERS = 8
 SEND_TIMEOUT_S = 5.0
-REORDER_DELAY_S = 0.05
 log = logging.getLogger(__name__)
 
 
@@ -45,7 +44,8 @@ class CallbackDispatcher:
     def __init__(self, engine: Engine, base_url: str) -> None:
         self.engine = engine
         self.base_url = base_url
-        self.queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        # (hook, body, an older body to send once this one is delivered: a reordered event)
+        self.queue: asyncio.Queue[tuple[str, dict[str, Any], dict[str, Any] | None]] = asyncio.Queue()
         self.tracks: dict[str, Track] = {}
         self.workers: list[asyncio.Task[None]] = []
         self.client: httpx.AsyncClient | None = None
@@ -102,12 +102,11 @@ class CallbackDispatcher:
         if config.drop_callback_rate and self.engine.rng.random() < config.drop_callback_rate:
             self.engine.callbacks_dropped += 1
             return
-        for _ in range(2 if config.duplicate_callbacks else 1):
-            self.queue.put_nowait((hook, body))
-        if config.reorder_callbacks and previous is not None and body["status"] in TERMINAL:
-            # an older event arriving after the final one, as lossy relays deliver them
-            loop = asyncio.get_running_loop()
-            loop.call_later(REORDER_DELAY_S, self.queue.put_nowait, (hook, previous))
+        # an older event arriving after the final one, as lossy relays deliver them: queued once the final one
+        # is delivered, so it comes after it whatever the senders' timing
+        stale = previous if config.reorder_callbacks and body["status"] in TERMINAL else None
+        for copy in range(2 if config.duplicate_callbacks else 1):
+            self.queue.put_nowait((hook, body, stale if copy == 0 else None))
 
     async def _tick(self) -> None:
         while True:
@@ -120,7 +119,7 @@ class CallbackDispatcher:
     async def _send_loop(self) -> None:
         assert self.client is not None
         while True:
-            hook, body = await self.queue.get()
+            hook, body, stale = await self.queue.get()
             if body.get("status") in TERMINAL:  # benchmarks measure from here to what the receiver does next
                 self.engine.final_callback_at.setdefault(str(body.get("id")), time.time())
             try:
@@ -128,3 +127,5 @@ class CallbackDispatcher:
                 self.engine.callbacks_sent += 1
             except httpx.HTTPError:
                 self.engine.callbacks_dropped += 1
+            if stale is not None:
+                self.queue.put_nowait((hook, stale, None))

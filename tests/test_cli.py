@@ -23,6 +23,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from simulator.server import SimulatorAdmin
+from tests.support import patience
 from tests.support.mjq import BIN, faults, ledger, mjq, shared_stack, sim_stats, write_jsonl
 from tests.support.stack import Stack, StackManager, reset_state
 from worker.devstack.redisserver import free_port
@@ -253,7 +254,7 @@ def test_failures_status_and_requeue(tmp_path: Path, stack: DevStack) -> None:
 
 
 def _wait_status(stack: DevStack, batch: str, ok: Any, timeout_s: float = 60) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
+    deadline = patience.deadline(timeout_s)
     while True:
         status: dict[str, Any] = mjq(stack, "status", batch, "--json").json()
         if ok(status):
@@ -455,7 +456,7 @@ def test_export_to_a_missing_folder_is_one_readable_line(tmp_path: Path, stack: 
 
 
 def _wait_until(check: Any, what: str, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
+    deadline = patience.deadline(timeout_s)
     while not check():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.2)

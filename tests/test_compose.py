@@ -24,6 +24,7 @@ from typing import Any, cast
 import pytest
 import yaml
 
+from tests.support import patience
 from worker.devstack.redisserver import free_port
 from worker.settings import Settings
 
@@ -283,7 +284,7 @@ def test_each_service_command_starts_and_turns_healthy(
             )
         )
     pending = set(RUN_ORDER)
-    deadline = time.monotonic() + 60
+    deadline = patience.deadline(60)
     while pending and time.monotonic() < deadline:
         for name in sorted(pending):
             if healthy(services[name]["healthcheck"]["test"], envs[name], local):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import redis
 
+from tests.support import patience
 from tests.support.mjq import BIN, mjq
 from worker.app import QUEUES
 from worker.devstack.redisserver import free_port
@@ -76,7 +77,7 @@ def test_mjq_up_runs_the_tree_and_stops_on_ctrl_c(tmp_path: Path) -> None:
             lines.put(line)
 
     threading.Thread(target=pump, daemon=True).start()
-    deadline = time.monotonic() + 60
+    deadline = patience.deadline(60)
     while not any("mjqueue is up" in line for line in output):
         assert proc.poll() is None, "".join(output)
         assert time.monotonic() < deadline, "".join(output)
@@ -171,7 +172,7 @@ def test_mjq_up_reports_a_service_dying_mid_run_without_blaming_another_mjq_up(t
             text=True,
         )
         try:
-            deadline = time.monotonic() + 60
+            deadline = patience.deadline(60)
             while "mjqueue is up" not in out.read_text():
                 assert proc.poll() is None and time.monotonic() < deadline, out.read_text() + err.read_text()
                 time.sleep(0.2)

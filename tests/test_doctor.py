@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from simulator.server import SimulatorAdmin
+from tests.support import patience
 from tests.support.mjq import BIN, mjq
 from tests.support.sim import SIM_KEY
 from tests.support.stack import Stack
@@ -142,7 +143,7 @@ def test_mjq_worker_warns_loudly_at_start_and_keeps_going(redis_url: str, sim: S
     seen: list[str] = []
     try:
         assert process.stdout is not None
-        deadline = time.monotonic() + 60
+        deadline = patience.deadline(60)
         while time.monotonic() < deadline:
             line = process.stdout.readline()
             seen.append(line)

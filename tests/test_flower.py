@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support import patience
 from tests.support.images import png_data_uri
 from tests.support.mjq import shared_stack
 from tests.support.serve import wait_for
@@ -48,7 +49,7 @@ def flower(stack: DevStack, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
+    deadline = patience.deadline(30)
     while True:
         try:
             if httpx.get(f"{url}/healthcheck", timeout=1).status_code == 200:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from tests.support import patience
 from tests.support.images import png_data_uri
 from worker.mjapi import (
     AccountUnavailable,
@@ -46,7 +47,7 @@ def client(sim: Any) -> Iterator[MidjourneyClient]:
 
 def wait_done(client: MidjourneyClient, task_id: str, timeout: float = 10.0) -> Task:
     """Poll until the task is finished (the simulator runs 100x faster than real time)."""
-    deadline = time.monotonic() + timeout
+    deadline = patience.deadline(timeout)
     while time.monotonic() < deadline:
         task = client.fetch(task_id)
         assert task is not None

@@ -17,6 +17,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from tests.support import patience
 from tests.support.mjq import BIN, Run, faults, ledger, mjq, shared_stack, write_jsonl
 from worker.devstack.redisserver import free_port
 from worker.devstack.stack import DevStack
@@ -37,7 +38,7 @@ def cli(stack: DevStack, *args: str) -> Run:
 
 
 def wait_for(check: Any, timeout_s: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout_s
+    deadline = patience.deadline(timeout_s)
     while True:
         value = check()
         if value:

@@ -9,13 +9,14 @@ import httpx
 import pytest
 
 from simulator.server import SimulatorAdmin
+from tests.support import patience
 from tests.support.sim import SIM_KEY, SimApi, wait_for_task
 
 
 def _held(seen: Callable[[], bool], *, answered: Callable[[], bool], timeout: float = 60.0) -> bool:
     """Whether ``seen()`` was true at a look taken while ``answered()`` was still false (looks every 10 ms):
     the order of two events, not a duration."""
-    deadline = time.monotonic() + timeout
+    deadline = patience.deadline(timeout)
     while time.monotonic() < deadline and not answered():
         if seen():
             return True

@@ -15,6 +15,7 @@ from PIL import Image
 from simulator.__main__ import build_parser, config_from_args
 from simulator.config import SimConfig
 from simulator.server import SimulatorAdmin
+from tests.support import patience
 from tests.support.sim import SIM_KEY, png_data_uri
 
 SECRET = {"mj-api-secret": SIM_KEY}
@@ -42,7 +43,7 @@ class Api:
         return dict(response.json())
 
     def wait(self, task_id: str, until: tuple[str, ...] = TERMINAL, timeout: float = 20.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
+        deadline = patience.deadline(timeout)
         while True:
             task = self.fetch(task_id)
             if task["status"] in until:
@@ -200,7 +201,7 @@ def test_trueai_rate_limit_then_ban(sim: SimulatorAdmin, api: Api) -> None:
     banned = api.post("/mj/submit/imagine", {"prompt": "x"})
     assert (banned.status_code, banned.content) == (403, b"")
     assert api.http.get("/mj/task/1/fetch").status_code == 403, "the ban covers every call"
-    deadline = time.monotonic() + 20
+    deadline = patience.deadline(20)
     while api.post("/mj/submit/imagine", {"prompt": "x"}).status_code == 403:
         assert time.monotonic() < deadline, "the ban clears itself"
         time.sleep(0.05)

@@ -13,6 +13,7 @@ import httpx
 from simulator.__main__ import build_parser, config_from_args
 from simulator.config import SimConfig
 from simulator.server import SimulatorServer
+from tests.support import patience
 
 
 def test_background_server_picks_a_free_port_and_stops() -> None:
@@ -51,7 +52,7 @@ def test_python_m_simulator_serves_until_stopped() -> None:
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 15
+        deadline = patience.deadline(15)
         while True:
             try:
                 httpx.get(f"{url}/admin/stats")

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from tests.support import patience
 from tests.support.stack import Stack
 from worker.app import celery_config
 from worker.jobs.start import retry_delay
@@ -55,7 +56,7 @@ def test_every_job_task_acks_late() -> None:
 def test_a_running_worker_uses_these_options(stack: Stack) -> None:
     from worker.app import app
 
-    deadline = time.monotonic() + 30
+    deadline = patience.deadline(30)
     replies: dict[str, Any] = {}
     while not replies and time.monotonic() < deadline:  # a worker started just now may not answer yet
         replies = app.control.inspect(timeout=2.0).conf(with_defaults=True) or {}

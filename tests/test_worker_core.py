@@ -19,6 +19,7 @@ import pytest
 from celery import chain
 from celery.result import AsyncResult
 
+from tests.support import patience
 from tests.support import stack as stack_support
 from tests.support.events import TaskEvents
 from tests.support.images import png_data_uri
@@ -268,12 +269,14 @@ def test_a_batch_job_refused_by_the_worker_is_counted_failed_and_the_batch_ends(
 def test_a_long_parked_job_keeps_its_images(lean_stack: Stack, sim: Any) -> None:
     import tasks
     from worker import control
+    from worker.store import keys
     from worker.store.runtime import runtime
 
     stack = lean_stack
     stack.ledger.trip_breaker("test: hold the job longer than its images live")
     result = tasks.imagine.delay("parked with an image prompt", base64_array=[png_data_uri("purple")])
-    stack.wait(lambda: stack.ledger.waiting_count("fast") == 1, 60, "the job parked")
+    parked = keys.waiting("fast")  # this job (an earlier test's may wait beside it)
+    stack.wait(lambda: stack.redis.zscore(parked, result.id) is not None, 60, "the job parked")
     (ref,) = stack.job(result.id)["request"]["base64_array"]
     key = f"mjq:img:{ref[4:]}"
     time.sleep(15.0)  # 2.5 times MJQ_IMAGE_TTL_S
@@ -294,7 +297,7 @@ def test_every_submit_attempt_is_paced_and_counted(paced_stack: Stack, sim: Any)
     sim.faults(http_500_rate=1.0, fault_scope="submit")
     job_id = tasks.imagine.delay("refused three times").id
     lease_kept: list[bool] = []
-    deadline = time.monotonic() + 60  # three paced attempts take about 2 s
+    deadline = patience.deadline(60)  # three paced attempts take about 2 s
     while stack.job(job_id).get("status") not in ("failed", "succeeded"):
         job = stack.job(job_id)
         if job.get("status") == "queued" and int(job.get("attempts") or 0) >= 1:  # waiting for its retry

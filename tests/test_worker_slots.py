@@ -9,6 +9,7 @@ from typing import Any, cast
 
 import pytest
 
+from tests.support import patience
 from tests.support.events import TaskEvents
 from tests.support.stack import Stack, StackManager
 
@@ -69,7 +70,7 @@ def test_parked_jobs_cost_no_broker_traffic(stack: Stack, sim: Any) -> None:
 def monitor_until(stack: Stack, enough: Callable[[list[str]], bool], timeout: float = 120.0) -> list[str]:
     """Every command Redis runs (MONITOR, one line each) from now until ``enough(lines)``."""
     seen: list[str] = []
-    deadline = time.monotonic() + timeout
+    deadline = patience.deadline(timeout)
     with cast(Any, stack.redis).monitor() as monitor:  # redis-py leaves monitor() untyped
         while not enough(seen):
             assert time.monotonic() < deadline, f"only {len(seen)} commands seen: {seen[-5:]}"

@@ -135,7 +135,8 @@ def test_connect_errors_and_system_errors(rel_faults: Rel, fault_proxy: FaultPro
     cut = fault_proxy.idle_closed - closed
     fig = rel.audit(
         "3b connect errors + system errors", ["connect"], ids, started=started,
-        extra={"down_windows": fault_proxy.down_windows - windows, "system_error_answers": stats["queue_full"] + stats["faults"].get("system_error", 0),
+        extra={"down_windows": fault_proxy.down_windows - windows,
+               "system_error_answers": stats["queue_full"] + stats["faults"].get("system_error", 0),
                "connect_errors_logged": refused, "idle_connections_cut": cut, "faults": stats["faults"]},
     )
     assert fig.ok, fig.line()

@@ -34,6 +34,7 @@ import pytest
 import redis
 
 from tests.reliability.conftest import SECRET_API_KEY, SECRET_WEBHOOK, Rel
+from tests.support import patience
 from tests.support.stack import ROOT
 from worker.devstack.redisserver import free_port
 
@@ -161,7 +162,7 @@ def flower(rel_debug: Rel, tmp_path: Path) -> Iterator[tuple[str, Path]]:
     url = f"http://127.0.0.1:{port}"
     from worker.app import app
 
-    deadline = time.monotonic() + 60
+    deadline = patience.deadline(60)
     while time.monotonic() < deadline:  # until Flower receives events (a probe event: plumbing sends none):
         try:  # answering HTTP comes earlier, and a task whose first events it missed shows no arguments
             with app.events.default_dispatcher(hostname="flower-probe") as dispatcher:

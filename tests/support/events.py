@@ -10,6 +10,8 @@ from typing import Any
 
 from celery import Celery
 
+from tests.support import patience
+
 
 class TaskEvents:
     """Record every event sent while the block runs (``with TaskEvents(app) as events: ...``).
@@ -39,7 +41,7 @@ class TaskEvents:
     def __enter__(self) -> TaskEvents:
         self._thread = threading.Thread(target=self._run, name="task-events", daemon=True)
         self._thread.start()
-        deadline = time.monotonic() + self._ready_timeout_s
+        deadline = patience.deadline(self._ready_timeout_s)
         while not any(e.get("marker") == self._marker for e in self.snapshot()):
             if time.monotonic() > deadline:
                 raise RuntimeError("the event receiver did not start")
@@ -65,7 +67,7 @@ class TaskEvents:
         return [e for e in self.snapshot() if e.get("uuid") == task_id and (kind is None or e.get("type") == kind)]
 
     def wait_for(self, task_id: str, kind: str, timeout_s: float = 20.0) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout_s
+        deadline = patience.deadline(timeout_s)
         while time.monotonic() < deadline:
             found = self.for_task(task_id, kind)
             if found:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import redis
 
+from tests.support import patience
 from worker.devstack.processes import stop_process
 from worker.devstack.redisserver import RedisServer, free_port, server_binary
 
@@ -78,7 +79,7 @@ class SentinelSet:
 
     @staticmethod
     def wait(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-        deadline = time.monotonic() + timeout_s
+        deadline = patience.deadline(timeout_s)
         while time.monotonic() < deadline:
             if predicate():
                 return

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from tests.support import patience
 from worker.devstack.processes import stop_process
 
 
@@ -24,7 +25,7 @@ def serving(env: dict[str, str], cwd: Path, log_path: Path, timeout_s: float = 6
         )
     url = f"http://127.0.0.1:{env['MJQ_SERVE_PORT']}"
     try:
-        deadline = time.monotonic() + timeout_s
+        deadline = patience.deadline(timeout_s)
         while True:
             assert proc.poll() is None, log_path.read_text()
             try:
@@ -41,7 +42,7 @@ def serving(env: dict[str, str], cwd: Path, log_path: Path, timeout_s: float = 6
 
 def wait_for(check: Callable[[], Any], timeout_s: float = 60.0, what: str = "condition") -> Any:
     """``check()``'s first truthy value, polled until a generous deadline."""
-    deadline = time.monotonic() + timeout_s
+    deadline = patience.deadline(timeout_s)
     while time.monotonic() < deadline:
         value = check()
         if value:

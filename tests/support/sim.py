@@ -20,6 +20,7 @@ import pytest
 
 from simulator.config import SimConfig
 from simulator.server import SimulatorAdmin, SimulatorServer
+from tests.support import patience
 
 SIM_KEY = "test-key"
 SIM_TIME_FACTOR = 0.01
@@ -37,7 +38,7 @@ def png_data_uri(colour: tuple[int, int, int] = (200, 30, 30), size: int = 16) -
 
 def wait_for_task(admin: SimulatorAdmin, prompt: str, timeout: float = 5.0) -> dict[str, Any]:
     """Block until the simulator holds a task for ``prompt`` (e.g. one whose answer was delayed or lost)."""
-    deadline = time.monotonic() + timeout
+    deadline = patience.deadline(timeout)
     while time.monotonic() < deadline:
         for task in admin.tasks():
             if task.get("prompt") == prompt:
@@ -73,7 +74,7 @@ class SimApi:
 
     def wait(self, task_id: str, until: tuple[str, ...] = TERMINAL, timeout: float = 10.0) -> dict[str, Any]:
         """Poll until the task's status is one of ``until``."""
-        deadline = time.monotonic() + timeout
+        deadline = patience.deadline(timeout)
         while True:
             task = self.fetch(task_id)
             if task["status"] in until:

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import redis
 
+from tests.support import patience
 from worker.devstack.processes import stop_process
 from worker.devstack.redisserver import RedisServer, free_port
 from worker.devstack.stack import worker_argv
@@ -96,7 +97,7 @@ class WorkerProcess:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         client = redis.Redis.from_url(redis_url)
-        deadline = time.monotonic() + timeout_s
+        deadline = patience.deadline(timeout_s)
         try:
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
@@ -121,7 +122,7 @@ def wait_healthy(
     import httpx
 
     where = f"; see {log_path}" if log_path else ""
-    deadline = time.monotonic() + timeout_s
+    deadline = patience.deadline(timeout_s)
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"webhook server exited early{where}")
@@ -240,7 +241,7 @@ class Stack:
         return self.ledger.get_job(job_id) or {}
 
     def wait(self, predicate: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
-        deadline = time.monotonic() + timeout
+        deadline = patience.deadline(timeout)
         while time.monotonic() < deadline:
             if predicate():
                 return
