@@ -15,6 +15,8 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -83,7 +85,8 @@ class PoolStack:
         from worker.batchfile import BatchJob
         from worker.producer import backend, submit_jobs
 
-        jobs = [BatchJob(job_id=f"{batch_id}-{i}", row=i + 1, prompt=p, mode=options.get("mode", "fast"),
+        modes = options.get("modes") or [options.get("mode", "fast")] * len(prompts)
+        jobs = [BatchJob(job_id=f"{batch_id}-{i}", row=i + 1, prompt=p, mode=modes[i],
                          bot_type="MID_JOURNEY", then=options.get("then"), upstream=options.get("upstream"))
                 for i, p in enumerate(prompts)]
         with backend() as handle:
@@ -332,3 +335,39 @@ def test_doctor_probes_every_upstream_of_the_pool(pool: PoolStack) -> None:
     one = CliRunner().invoke(app, ["doctor", "--upstream", "acct-b", "--json"])
     assert json.loads(one.stdout)["upstream"] == report["upstreams"]["acct-b"]["upstream"], one.output
     assert CliRunner().invoke(app, ["doctor", "--upstream", "nope"]).exit_code != 0
+
+
+def _mjq(pool: PoolStack, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """The installed ``mjq`` in a subprocess pointed at the pool stack (``--wait`` must end by itself)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MJQ_")} | pool.stack.env | {"COLUMNS": "200"}
+    return subprocess.run([str(Path(sys.executable).parent / "mjq"), *args], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_wait_ends_with_exit_3_only_when_no_upstream_of_the_waiting_jobs_modes_runs(pool: PoolStack) -> None:
+    """Per mode: the only relax upstream stopped, the fast ones running: ``--wait`` waits for the fast jobs, then
+    ends with exit 3 naming the stopped upstream and ``mjq resume --upstream paced``. A batch pinned to a stopped
+    upstream ends so too, although other upstreams serve its mode."""
+    from worker import control
+    from worker.store.runtime import runtime
+
+    rt = runtime()
+    assert rt.ledger.trip_breaker("test: paced out of credit", upstream="paced")
+    assert rt.ledger.trip_breaker("test: acct-c out of credit", upstream="acct-c")
+    try:
+        ids = pool.submit("p-stuck", [f"pool stuck {i}" for i in range(4)], modes=["fast", "fast", "fast", "relax"])
+        done = _mjq(pool, "status", "p-stuck", "--wait")
+        assert done.returncode == 3, (done.returncode, done.stdout[-2000:], done.stderr[-2000:])
+        assert [pool.stack.job(i)["status"] for i in ids] == ["succeeded"] * 3 + ["queued"]  # fast ones first
+        assert "mjq resume --upstream paced" in done.stderr and "paced out of credit" in done.stderr, done.stderr
+        assert "acct-c" not in done.stderr, done.stderr  # it serves no relax: not the reason
+        pinned = pool.submit("p-stuck-pin", ["pool stuck pinned 0", "pool stuck pinned 1"], upstream="acct-c")
+        done = _mjq(pool, "status", "p-stuck-pin", "--wait")
+        assert done.returncode == 3, (done.returncode, done.stdout[-2000:], done.stderr[-2000:])
+        assert "mjq resume --upstream acct-c" in done.stderr and "pinned to acct-c" in done.stderr, done.stderr
+        assert all(pool.stack.job(i)["status"] == "queued" for i in pinned)
+    finally:
+        control.resume_submitting(rt, "paced")
+        control.resume_submitting(rt, "acct-c")
+    pool.stack.wait_batch("p-stuck", 4, timeout=120)
+    assert pool.stack.wait_batch("p-stuck-pin", 2, timeout=120)["counts"]["succeeded"] == 2
