@@ -371,3 +371,26 @@ def test_wait_ends_with_exit_3_only_when_no_upstream_of_the_waiting_jobs_modes_r
         control.resume_submitting(rt, "acct-c")
     pool.stack.wait_batch("p-stuck", 4, timeout=120)
     assert pool.stack.wait_batch("p-stuck-pin", 2, timeout=120)["counts"]["succeeded"] == 2
+
+
+def test_direct_reads_go_to_the_upstream_that_made_the_task(pool: PoolStack) -> None:
+    """``tasks.fetch_task`` / ``list_tasks`` / ``image_seed`` of a task made on acct-b ask acct-b (the pool's first,
+    acct-a, does not know the id); ``upstream=`` picks one, checked against the pool."""
+    import tasks
+    from worker.mjapi.errors import InvalidInput
+
+    (on_b,) = pool.submit("p-read-b", ["pool read b"], upstream="acct-b")
+    (on_a,) = pool.submit("p-read-a", ["pool read a"], upstream="acct-a")
+    pool.stack.wait_batch("p-read-b", 1, timeout=60)
+    pool.stack.wait_batch("p-read-a", 1, timeout=60)
+    b_id, a_id = pool.stack.job(on_b)["upstream_id"], pool.stack.job(on_a)["upstream_id"]
+    assert pool.sims["acct-b"].admin.stats()["accepted_by_state"].get(on_b) == 1
+    fetched = tasks.fetch_task.delay(b_id).get(timeout=30)
+    assert fetched is not None and str(fetched["id"]) == b_id and fetched["status"] == "SUCCESS", fetched
+    listed = tasks.list_tasks.delay([b_id, a_id, "404404"]).get(timeout=30)
+    assert sorted(str(t["id"]) for t in listed) == sorted([b_id, a_id]), listed
+    assert tasks.image_seed.delay(b_id).get(timeout=30).isdigit()
+    assert tasks.fetch_task.delay(b_id, upstream="acct-c").get(timeout=30) is None  # asked where it is not
+    assert str(tasks.fetch_task.delay(b_id, upstream="acct-b").get(timeout=30)["id"]) == b_id
+    with pytest.raises(InvalidInput, match="upstream.*unknown upstream 'nope'"):
+        tasks.fetch_task.delay(b_id, upstream="nope").get(timeout=30)
