@@ -392,5 +392,5 @@ def test_direct_reads_go_to_the_upstream_that_made_the_task(pool: PoolStack) -> 
     assert tasks.image_seed.delay(b_id).get(timeout=30).isdigit()
     assert tasks.fetch_task.delay(b_id, upstream="acct-c").get(timeout=30) is None  # asked where it is not
     assert str(tasks.fetch_task.delay(b_id, upstream="acct-b").get(timeout=30)["id"]) == b_id
-    with pytest.raises(InvalidInput, match="upstream.*unknown upstream 'nope'"):
+    with pytest.raises(InvalidInput, match=r"upstream.*unknown upstream 'nope'"):
         tasks.fetch_task.delay(b_id, upstream="nope").get(timeout=30)
