@@ -394,3 +394,41 @@ def test_direct_reads_go_to_the_upstream_that_made_the_task(pool: PoolStack) -> 
     assert str(tasks.fetch_task.delay(b_id, upstream="acct-b").get(timeout=30)["id"]) == b_id
     with pytest.raises(InvalidInput, match=r"upstream.*unknown upstream 'nope'"):
         tasks.fetch_task.delay(b_id, upstream="nope").get(timeout=30)
+
+
+def test_metrics_are_labelled_per_upstream(pool: PoolStack) -> None:
+    """``mjq serve``'s ``/metrics`` (scraped) has each upstream's slots, submits today, last hour's outcomes and
+    stop under an ``upstream`` label."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.support.serve import serving
+    from worker import control
+    from worker.store.runtime import runtime
+
+    (job,) = pool.submit("p-metrics", ["pool metrics b"], upstream="acct-b")
+    assert pool.stack.wait_batch("p-metrics", 1, timeout=60)["counts"]["succeeded"] == 1
+    assert runtime().ledger.trip_breaker("test: acct-c out of credit", upstream="acct-c")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MJQ_")} | pool.stack.env
+    env["MJQ_SERVE_PORT"] = str(free_port())
+    try:
+        with serving(env, pool.log_dir, pool.log_dir / "serve.log") as url:
+            text = httpx.get(f"{url}/metrics", timeout=30).text
+    finally:
+        control.resume_submitting(runtime(), "acct-c")
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+
+    def value(name: str, **labels: str) -> float:
+        return samples[(name, tuple(sorted(labels.items())))]
+
+    assert value("mjq_slots", upstream="acct-a", mode="fast") == 3
+    assert value("mjq_slots", upstream="acct-b", mode="fast") == 2
+    assert value("mjq_slots", upstream="paced", mode="relax") == 3
+    assert value("mjq_slots_in_use", upstream="acct-b", mode="fast") == 0
+    assert value("mjq_submits_today", upstream="acct-b") >= 1
+    assert value("mjq_jobs_last_hour", upstream="acct-b", outcome="succeeded") >= 1
+    assert value("mjq_jobs_last_hour", upstream="acct-b", outcome="failed") == 0
+    assert value("mjq_breaker_tripped", upstream="acct-c") == 1 and value("mjq_breaker_tripped", upstream="acct-a") == 0
+    assert ("mjq_slots", (("mode", "relax"), ("upstream", "acct-a"))) not in samples  # acct-a serves no relax
+    assert pool.stack.job(job)["upstream"] == "acct-b"
