@@ -349,6 +349,7 @@ def test_wait_ends_with_exit_3_only_when_no_upstream_of_the_waiting_jobs_modes_r
     ends with exit 3 naming the stopped upstream and ``mjq resume --upstream paced``. A batch pinned to a stopped
     upstream ends so too, although other upstreams serve its mode."""
     from worker import control
+    from worker.store import keys
     from worker.store.runtime import runtime
 
     rt = runtime()
@@ -366,11 +367,16 @@ def test_wait_ends_with_exit_3_only_when_no_upstream_of_the_waiting_jobs_modes_r
         assert done.returncode == 3, (done.returncode, done.stdout[-2000:], done.stderr[-2000:])
         assert "mjq resume --upstream acct-c" in done.stderr and "pinned to acct-c" in done.stderr, done.stderr
         assert all(pool.stack.job(i)["status"] == "queued" for i in pinned)
+        # pinned jobs of a stopped upstream wait in its own set, not in the mode's (they never move elsewhere)
+        assert all(rt.redis.zscore(keys.pinned("acct-c", "fast"), i) is not None for i in pinned)
+        assert not any(rt.redis.zscore(keys.waiting("fast"), i) is not None for i in pinned)
+        assert control.cancel_batch("p-stuck-pin", rt) == 2
+        assert not any(rt.redis.zscore(keys.pinned("acct-c", "fast"), i) is not None for i in pinned)  # no leftover
     finally:
         control.resume_submitting(rt, "paced")
         control.resume_submitting(rt, "acct-c")
     pool.stack.wait_batch("p-stuck", 4, timeout=120)
-    assert pool.stack.wait_batch("p-stuck-pin", 2, timeout=120)["counts"]["succeeded"] == 2
+    assert pool.stack.wait_batch("p-stuck-pin", 2, timeout=60)["counts"]["cancelled"] == 2
 
 
 def test_direct_reads_go_to_the_upstream_that_made_the_task(pool: PoolStack) -> None:
