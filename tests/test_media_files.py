@@ -192,3 +192,14 @@ def test_media_settings_name_the_variable_and_never_echo_options(monkeypatch: py
     assert store.url == "s3://bucket/prefix" and store.remote
     assert store.options["endpoint_url"] == "http://127.0.0.1:9000" and store.options["anon"] is False
     assert "sekrit-value" not in repr(store) and "sekrit-value" in store.secrets
+
+
+def test_downloads_share_one_http_client_per_process() -> None:
+    """One client for every image download of a process (a client per download built a TLS context each time:
+    over a third of a busy worker's CPU)."""
+    from worker.settings import Settings
+    from worker.store.runtime import Runtime
+
+    rt = Runtime(Settings(_env_file=None))
+    assert rt.download_http() is rt.download_http()
+    assert not rt.download_http().is_closed
