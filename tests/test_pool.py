@@ -400,6 +400,14 @@ def test_direct_reads_go_to_the_upstream_that_made_the_task(pool: PoolStack) -> 
     assert str(tasks.fetch_task.delay(b_id, upstream="acct-b").get(timeout=30)["id"]) == b_id
     with pytest.raises(InvalidInput, match=r"upstream.*unknown upstream 'nope'"):
         tasks.fetch_task.delay(b_id, upstream="nope").get(timeout=30)
+    # an action pressed on the raw upstream task id (no parent job) goes where the task was made, too
+    buttons = [b["custom_id"] for b in pool.stack.job(on_b)["buttons"] if b.get("label") in ("U1", "U2", "U3", "U4")]
+    assert len(buttons) == 4, pool.stack.job(on_b)["buttons"]
+    pressed = [tasks.action.delay(b_id, custom_id, job_id=f"p-read-b-u{i}") for i, custom_id in enumerate(buttons)]
+    results = [r.get(timeout=60) for r in pressed]
+    assert [r["status"] for r in results] == ["succeeded"] * 4, results
+    accepted = pool.accepted()
+    assert all(accepted["acct-b"].get(r["job_id"]) == 1 for r in results), {r["job_id"]: r["upstream"] for r in results}
 
 
 def test_metrics_are_labelled_per_upstream(pool: PoolStack) -> None:
