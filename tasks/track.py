@@ -8,7 +8,7 @@ from typing import Any
 from celery import Task
 
 from worker.app import ALERT_TASK, CALLBACK_TASK, FINISH_TASK, HOUSEKEEPING_TASK, POLL_TASK, task
-from worker.jobs import alerts, callbacks, finishing, tracking
+from worker.jobs import alerts, callbacks, finishing, reads, tracking
 from worker.store.runtime import runtime
 
 
@@ -44,19 +44,26 @@ def housekeeping() -> dict[str, int]:
 
 
 @task(name="tasks.fetch_task")
-def fetch_task(task_id: str) -> dict[str, Any] | None:
-    """The upstream task as JSON (snake_case keys), or None when unknown."""
-    task = runtime().client.fetch(str(task_id))
+def fetch_task(task_id: str, upstream: str | None = None) -> dict[str, Any] | None:
+    """The upstream task as JSON (snake_case keys), or None when unknown; asked of ``upstream`` (a pool name),
+    by default the upstream that made it."""
+    rt = runtime()
+    task = rt.client_for(reads.upstream_for(str(task_id), upstream, rt)).fetch(str(task_id))
     return None if task is None else task.model_dump(mode="json")
 
 
 @task(name="tasks.list_tasks")
-def list_tasks(ids: list[str]) -> list[dict[str, Any]]:
-    """Upstream tasks by ids (unknown ids are missing from the answer)."""
-    return [t.model_dump(mode="json") for t in runtime().client.list_by_condition([str(i) for i in ids])]
+def list_tasks(ids: list[str], upstream: str | None = None) -> list[dict[str, Any]]:
+    """Upstream tasks by ids (unknown ids are missing from the answer); each id asked of ``upstream``, by default
+    of the upstream that made it."""
+    rt = runtime()
+    groups = reads.by_upstream([str(i) for i in ids], upstream, rt)
+    return [t.model_dump(mode="json") for name, group in groups.items()
+            for t in rt.client_for(name).list_by_condition(group)]
 
 
 @task(name="tasks.image_seed")
-def image_seed(task_id: str) -> str:
-    """The seed of a finished image task."""
-    return str(runtime().client.image_seed(str(task_id)))
+def image_seed(task_id: str, upstream: str | None = None) -> str:
+    """The seed of a finished image task, asked of ``upstream``, by default the upstream that made it."""
+    rt = runtime()
+    return str(rt.client_for(reads.upstream_for(str(task_id), upstream, rt)).image_seed(str(task_id)))

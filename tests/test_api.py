@@ -134,7 +134,7 @@ def test_service_routes_docs_metrics_and_auth(api: Api, stack: Stack) -> None:
     assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
     for name in ("mjq_slots_in_use", "mjq_slots", "mjq_jobs_waiting", "mjq_submits_today", "mjq_api_requests_total"):
         assert f"\n{name}" in metrics.text or metrics.text.startswith(name), name
-    assert 'mjq_slots{mode="fast"} 3.0' in metrics.text
+    assert 'mjq_slots{mode="fast",upstream="default"} 3.0' in metrics.text
     error(anonymous.get("/v1/upstreams"), 401)
     pool = api.client("shop").get("/v1/upstreams").json()["upstreams"]  # the `mjq upstreams` table
     assert [u["name"] for u in pool] == ["default"] and pool[0]["state"] == "running", pool

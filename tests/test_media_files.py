@@ -228,3 +228,14 @@ def test_s3_without_s3fs_is_the_same_start_up_error(monkeypatch: pytest.MonkeyPa
         load_settings()
     assert ("MJQ_MEDIA_URL: s3:// needs the fsspec backend s3fs, which is not installed: "
             "pip install 'mjqueue[s3]' (or pip install s3fs)") in str(failure.value)
+
+
+def test_downloads_share_one_http_client_per_process() -> None:
+    """One client for every image download of a process (a client per download built a TLS context each time:
+    over a third of a busy worker's CPU)."""
+    from worker.settings import Settings
+    from worker.store.runtime import Runtime
+
+    rt = Runtime(Settings(_env_file=None))
+    assert rt.download_http() is rt.download_http()
+    assert not rt.download_http().is_closed

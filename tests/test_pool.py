@@ -15,6 +15,8 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -83,7 +85,8 @@ class PoolStack:
         from worker.batchfile import BatchJob
         from worker.producer import backend, submit_jobs
 
-        jobs = [BatchJob(job_id=f"{batch_id}-{i}", row=i + 1, prompt=p, mode=options.get("mode", "fast"),
+        modes = options.get("modes") or [options.get("mode", "fast")] * len(prompts)
+        jobs = [BatchJob(job_id=f"{batch_id}-{i}", row=i + 1, prompt=p, mode=modes[i],
                          bot_type="MID_JOURNEY", then=options.get("then"), upstream=options.get("upstream"))
                 for i, p in enumerate(prompts)]
         with backend() as handle:
@@ -332,3 +335,114 @@ def test_doctor_probes_every_upstream_of_the_pool(pool: PoolStack) -> None:
     one = CliRunner().invoke(app, ["doctor", "--upstream", "acct-b", "--json"])
     assert json.loads(one.stdout)["upstream"] == report["upstreams"]["acct-b"]["upstream"], one.output
     assert CliRunner().invoke(app, ["doctor", "--upstream", "nope"]).exit_code != 0
+
+
+def _mjq(pool: PoolStack, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """The installed ``mjq`` in a subprocess pointed at the pool stack (``--wait`` must end by itself)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MJQ_")} | pool.stack.env | {"COLUMNS": "200"}
+    return subprocess.run([str(Path(sys.executable).parent / "mjq"), *args], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_wait_ends_with_exit_3_only_when_no_upstream_of_the_waiting_jobs_modes_runs(pool: PoolStack) -> None:
+    """Per mode: the only relax upstream stopped, the fast ones running: ``--wait`` waits for the fast jobs, then
+    ends with exit 3 naming the stopped upstream and ``mjq resume --upstream paced``. A batch pinned to a stopped
+    upstream ends so too, although other upstreams serve its mode."""
+    from worker import control
+    from worker.store import keys
+    from worker.store.runtime import runtime
+
+    rt = runtime()
+    assert rt.ledger.trip_breaker("test: paced out of credit", upstream="paced")
+    assert rt.ledger.trip_breaker("test: acct-c out of credit", upstream="acct-c")
+    try:
+        ids = pool.submit("p-stuck", [f"pool stuck {i}" for i in range(4)], modes=["fast", "fast", "fast", "relax"])
+        done = _mjq(pool, "status", "p-stuck", "--wait")
+        assert done.returncode == 3, (done.returncode, done.stdout[-2000:], done.stderr[-2000:])
+        assert [pool.stack.job(i)["status"] for i in ids] == ["succeeded"] * 3 + ["queued"]  # fast ones first
+        assert "mjq resume --upstream paced" in done.stderr and "paced out of credit" in done.stderr, done.stderr
+        assert "acct-c" not in done.stderr, done.stderr  # it serves no relax: not the reason
+        pinned = pool.submit("p-stuck-pin", ["pool stuck pinned 0", "pool stuck pinned 1"], upstream="acct-c")
+        done = _mjq(pool, "status", "p-stuck-pin", "--wait")
+        assert done.returncode == 3, (done.returncode, done.stdout[-2000:], done.stderr[-2000:])
+        assert "mjq resume --upstream acct-c" in done.stderr and "pinned to acct-c" in done.stderr, done.stderr
+        assert all(pool.stack.job(i)["status"] == "queued" for i in pinned)
+        # pinned jobs of a stopped upstream wait in its own set, not in the mode's (they never move elsewhere)
+        assert all(rt.redis.zscore(keys.pinned("acct-c", "fast"), i) is not None for i in pinned)
+        assert not any(rt.redis.zscore(keys.waiting("fast"), i) is not None for i in pinned)
+        assert control.cancel_batch("p-stuck-pin", rt) == 2
+        assert not any(rt.redis.zscore(keys.pinned("acct-c", "fast"), i) is not None for i in pinned)  # no leftover
+    finally:
+        control.resume_submitting(rt, "paced")
+        control.resume_submitting(rt, "acct-c")
+    pool.stack.wait_batch("p-stuck", 4, timeout=120)
+    assert pool.stack.wait_batch("p-stuck-pin", 2, timeout=60)["counts"]["cancelled"] == 2
+
+
+def test_direct_reads_go_to_the_upstream_that_made_the_task(pool: PoolStack) -> None:
+    """``tasks.fetch_task`` / ``list_tasks`` / ``image_seed`` of a task made on acct-b ask acct-b (the pool's first,
+    acct-a, does not know the id); ``upstream=`` picks one, checked against the pool."""
+    import tasks
+    from worker.mjapi.errors import InvalidInput
+
+    (on_b,) = pool.submit("p-read-b", ["pool read b"], upstream="acct-b")
+    (on_a,) = pool.submit("p-read-a", ["pool read a"], upstream="acct-a")
+    pool.stack.wait_batch("p-read-b", 1, timeout=60)
+    pool.stack.wait_batch("p-read-a", 1, timeout=60)
+    b_id, a_id = pool.stack.job(on_b)["upstream_id"], pool.stack.job(on_a)["upstream_id"]
+    assert pool.sims["acct-b"].admin.stats()["accepted_by_state"].get(on_b) == 1
+    fetched = tasks.fetch_task.delay(b_id).get(timeout=30)
+    assert fetched is not None and str(fetched["id"]) == b_id and fetched["status"] == "SUCCESS", fetched
+    listed = tasks.list_tasks.delay([b_id, a_id, "404404"]).get(timeout=30)
+    assert sorted(str(t["id"]) for t in listed) == sorted([b_id, a_id]), listed
+    assert tasks.image_seed.delay(b_id).get(timeout=30).isdigit()
+    assert tasks.fetch_task.delay(b_id, upstream="acct-c").get(timeout=30) is None  # asked where it is not
+    assert str(tasks.fetch_task.delay(b_id, upstream="acct-b").get(timeout=30)["id"]) == b_id
+    with pytest.raises(InvalidInput, match=r"upstream.*unknown upstream 'nope'"):
+        tasks.fetch_task.delay(b_id, upstream="nope").get(timeout=30)
+    # an action pressed on the raw upstream task id (no parent job) goes where the task was made, too
+    buttons = [b["custom_id"] for b in pool.stack.job(on_b)["buttons"] if b.get("label") in ("U1", "U2", "U3", "U4")]
+    assert len(buttons) == 4, pool.stack.job(on_b)["buttons"]
+    pressed = [tasks.action.delay(b_id, custom_id, job_id=f"p-read-b-u{i}") for i, custom_id in enumerate(buttons)]
+    results = [r.get(timeout=60) for r in pressed]
+    assert [r["status"] for r in results] == ["succeeded"] * 4, results
+    accepted = pool.accepted()
+    assert all(accepted["acct-b"].get(r["job_id"]) == 1 for r in results), {r["job_id"]: r["upstream"] for r in results}
+
+
+def test_metrics_are_labelled_per_upstream(pool: PoolStack) -> None:
+    """``mjq serve``'s ``/metrics`` (scraped) has each upstream's slots, submits today, last hour's outcomes and
+    stop under an ``upstream`` label."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.support.serve import serving
+    from worker import control
+    from worker.store.runtime import runtime
+
+    (job,) = pool.submit("p-metrics", ["pool metrics b"], upstream="acct-b")
+    assert pool.stack.wait_batch("p-metrics", 1, timeout=60)["counts"]["succeeded"] == 1
+    assert runtime().ledger.trip_breaker("test: acct-c out of credit", upstream="acct-c")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MJQ_")} | pool.stack.env
+    env["MJQ_SERVE_PORT"] = str(free_port())
+    try:
+        with serving(env, pool.log_dir, pool.log_dir / "serve.log") as url:
+            text = httpx.get(f"{url}/metrics", timeout=30).text
+    finally:
+        control.resume_submitting(runtime(), "acct-c")
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+
+    def value(name: str, **labels: str) -> float:
+        return samples[(name, tuple(sorted(labels.items())))]
+
+    assert value("mjq_slots", upstream="acct-a", mode="fast") == 3
+    assert value("mjq_slots", upstream="acct-b", mode="fast") == 2
+    assert value("mjq_slots", upstream="paced", mode="relax") == 3
+    assert value("mjq_slots_in_use", upstream="acct-b", mode="fast") == 0
+    assert value("mjq_submits_today", upstream="acct-b") >= 1
+    assert value("mjq_jobs_last_hour", upstream="acct-b", outcome="succeeded") >= 1
+    assert value("mjq_jobs_last_hour", upstream="acct-b", outcome="failed") == 0
+    assert value("mjq_breaker_tripped", upstream="acct-c") == 1 and value("mjq_breaker_tripped", upstream="acct-a") == 0
+    assert ("mjq_slots", (("mode", "relax"), ("upstream", "acct-a"))) not in samples  # acct-a serves no relax
+    assert pool.stack.job(job)["upstream"] == "acct-b"

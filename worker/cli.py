@@ -69,9 +69,9 @@ from worker.reports.estimate import estimate
 from worker.reports.export import FORMATS, TIME_FIELDS, iso_time, write_manifest
 from worker.reports.gallery import paginate, write_gallery
 from worker.reports.money import batch_money, money_line
-from worker.reports.progress import Blocked, Snapshot, blocked_by, queued_line, render, watch
+from worker.reports.progress import Blocked, Snapshot, queued_line, render, watch
 from worker.reports.reading import ReadProgress
-from worker.reports.upstreams import stopped_note, upstreams_report
+from worker.reports.upstreams import batch_blocked, stopped_note, upstreams_report
 from worker.service.api import serve as serve_api
 from worker.service.webhook import serve
 from worker.settings import Settings, SettingsError, get_settings, settings_table
@@ -233,11 +233,11 @@ def wait_for_batch(handle: Backend, batch_id: str, *, quiet: bool = False) -> Sn
     """Until every job of the batch ended and went through its finishing step (image downloaded).
 
     Ends with exit 3, the reason and the command that clears it, as soon as the batch waits for a person
-    (paused, or submitting stopped by the breaker) with nothing of it upstream.
+    (paused, or every upstream its waiting jobs could go to stopped for good) with nothing of it upstream.
     """
 
     def stuck(snap: Snapshot) -> Blocked | None:
-        return blocked_by(snap, control.breaker_status(runtime()))  # with a pool: every upstream stopped
+        return batch_blocked(runtime(), snap)  # per mode: the upstreams its waiting jobs could go to
 
     if quiet:
         snap = handle.snapshot(batch_id)
@@ -514,9 +514,16 @@ def status_cmd(
     batch: Annotated[str | None, typer.Argument(help="a batch id; none = all batches")] = None,
     as_json: JsonOpt = False,
     failures: Annotated[int, typer.Option(help="failures to list")] = 20,
+    wait: Annotated[bool, typer.Option("--wait", "-w", help="watch the batch until it is over (exit 3: stuck)")]
+    = False,
 ) -> None:
     """A table of batches, or one batch's counts with its failures and reasons."""
+    if wait and batch is None:
+        raise CliError("--wait needs a batch id", "mjq status BATCH --wait", 2)
     with backend() as handle:
+        if wait:
+            handle.batch(str(batch))  # UnknownBatch first: an unknown id is not waited for
+            wait_for_batch(handle, str(batch), quiet=as_json)
         breaker = control.breaker_status(runtime())
         if batch is None:
             rows = [Snapshot.from_batch(str(b.get("batch_id") or b.get("id")), b) for b in handle.ledger.batches()]

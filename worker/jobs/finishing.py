@@ -94,7 +94,8 @@ def _download(task: Task[Any, Any], job: Mapping[str, Any], rt: Runtime) -> None
             rt.settings.media_dir / (str(job.get("batch_id") or "") or "_single"),
             job_id,
             timeout=rt.settings.http_timeout_s,
-            upstream_base_url=rt.settings.api_base_url,
+            client=rt.download_http(),
+            upstream_base_url=rt.upstream(job.get("upstream")).base_url,
             metadata=meta,
         )
     except DownloadError as exc:
@@ -141,9 +142,11 @@ def _split(job: Mapping[str, Any], grid: Path, meta: Mapping[str, str], rt: Runt
     urls = list((job.get("extra") or {}).get("image_urls") or [])
     saved: list[SavedImage] = []
     if len(urls) == 4:
+        base_url = rt.upstream(job.get("upstream")).base_url
         try:
             saved = [download_image(url, grid.parent, f"{job_id}_{i}", timeout=rt.settings.http_timeout_s,
-                                    upstream_base_url=rt.settings.api_base_url, metadata={**meta, "tile": str(i)})
+                                    client=rt.download_http(), upstream_base_url=base_url,
+                                    metadata={**meta, "tile": str(i)})
                      for i, url in enumerate(urls, 1)]
         except DownloadError as exc:
             log.warning("job %s: grid image download failed (%s); cutting the grid instead", job_id, exc)

@@ -100,9 +100,12 @@ def _running_here(task_id: str) -> bool:
     return any(r.id == task_id for r in [*worker_state.active_requests, *worker_state.reserved_requests])
 
 
-def pin_of(option: str | None, parent: Mapping[str, Any] | None, rt: Runtime) -> str | None:
-    """The upstream a job must run on: the ``upstream`` option, or a follow-up's parent's (the parent's task
-    id exists only there); None = routed at admission. ``InvalidInput`` for a name the pool does not have."""
+def pin_of(
+    option: str | None, parent: Mapping[str, Any] | None, rt: Runtime, task_id: Any = None
+) -> str | None:
+    """The upstream a job must run on: a follow-up's parent's (the parent's task id exists only there), the
+    ``upstream`` option, or for an action or modal step on an upstream task (``task_id``) the upstream recorded
+    for that task; None = routed at admission. ``InvalidInput`` for a name the pool does not have."""
     if parent is not None:
         recorded = rt.ledger.get_job(str(parent.get("job_id"))) or {}
         inherited = recorded.get("upstream") or parent.get("upstream")
@@ -111,6 +114,10 @@ def pin_of(option: str | None, parent: Mapping[str, Any] | None, rt: Runtime) ->
     if option:
         check_upstream(option, rt)
         return option
+    if task_id and len(rt.pool.upstreams) > 1:
+        owner = str((rt.ledger.job_by_upstream(str(task_id)) or {}).get("upstream") or "")
+        if owner in rt.pool.by_name:
+            return owner
     return None
 
 
@@ -192,7 +199,7 @@ def _create(
         mode = mode or parent.get("mode")
     resolved_mode = job_mode(spec, payload, mode)
     try:
-        pin = pin_of(upstream, parent, rt)
+        pin = pin_of(upstream, parent, rt, payload.get("task_id") if spec.name in ("action", "modal") else None)
         build_request(spec, payload, None, resolved_mode, rt)  # validation (worker side, for send_task users)
         if modal:
             build_request(KINDS["modal"], {"task_id": "0", **modal}, None, resolved_mode, rt)

@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from worker.jobs.alerts import last_hour_outcomes
+from worker.reports.progress import Blocked, Snapshot, blocked_by
 from worker.store import keys
 from worker.store.runtime import Runtime
 from worker.upstreams.pool import Upstream
@@ -93,3 +94,49 @@ def stopped_note(rt: Runtime) -> str:
             resumes = " (probed; resumes by itself)" if state in ("unreachable", "paused") else ""
             parts.append(f"upstream {up.name} {state}" + (f": {why}" if why else "") + resumes)
     return "; ".join(parts)
+
+
+def stopped_for_good(stop: dict[str, Any]) -> bool:
+    """Stopped until a person acts (``mjq resume``): not a timed stop, not unreachable (both resume by
+    themselves)."""
+    return bool(stop.get("tripped")) and not stop.get("until") and stop.get("kind") != "unreachable"
+
+
+def batch_blocked(rt: Runtime, snap: Snapshot) -> Blocked | None:
+    """Why nothing of the batch can progress without a person, judged per mode (None: it can, or may).
+
+    The batch is paused; or nothing of it is upstream and every upstream that could take one of its waiting jobs
+    is stopped for good: for each job's mode, those serving it, or only its pinned upstream (``upstream=``, and
+    a follow-up's parent's). One fast upstream running keeps a batch of fast jobs going even when the relax
+    upstream is stopped. Jobs not created yet (enqueued, planned follow-ups) are judged once they are, unless
+    every upstream is stopped.
+    """
+    if snap.is_over or snap.running or snap.status == "paused":
+        return blocked_by(snap, {"tripped": False})  # paused: `mjq resume BATCH`
+    stops = {up.name: stop for up in rt.pool.upstreams if stopped_for_good(stop := rt.ledger.breaker(up.name))}
+    if not stops:
+        return None
+    if len(rt.pool.upstreams) == 1:
+        return blocked_by(snap, next(iter(stops.values())))  # one upstream: `mjq resume`
+    if len(stops) == len(rt.pool.upstreams):
+        return _blocked(list(stops), stops, "every upstream is stopped")
+    if snap.pending or snap.planned:
+        return None
+    needs = rt.ledger.queued_needs(snap.batch_id)
+    if not needs:
+        return None
+    culprits: list[str] = []
+    for mode, pin in sorted(needs):
+        able = [u.name for u in rt.pool.serving(mode) if not pin or u.name == pin]
+        if not able or any(name not in stops for name in able):
+            return None  # some upstream can take these (or none ever could: not a person's stop)
+        culprits.extend(name for name in able if name not in culprits)
+    modes = sorted({mode + (f" pinned to {pin}" if pin else "") for mode, pin in needs})
+    return _blocked(culprits, stops, f"no upstream can take its waiting jobs ({', '.join(modes)})")
+
+
+def _blocked(names: list[str], stops: dict[str, dict[str, Any]], lead: str) -> Blocked:
+    """The reason (each stopped upstream and why) and the command that clears them."""
+    why = "; ".join(f"upstream {name} stopped: {stops[name].get('reason') or 'breaker tripped'}" for name in names)
+    command = " && ".join(f"mjq resume --upstream {name}" for name in names)
+    return Blocked(f"{lead}: {why}", command)

@@ -19,7 +19,7 @@ import redis
 from worker.pricing import MICROS
 from worker.store import keys
 from worker.store.deliveries import job_callback
-from worker.store.records import STATES, TERMINAL
+from worker.store.records import DEFAULT_MODE, STATES, TERMINAL
 from worker.store.scripts import register
 
 log = logging.getLogger("mjqueue.transitions")
@@ -541,6 +541,21 @@ class Ledger:
     def batch_job_ids_page(self, batch_id: str, start: int, count: int) -> list[str]:
         """A slice of the batch's job ids in creation order (to walk a huge batch in bounded steps)."""
         return cast(list[str], self.redis.zrange(keys.batch_jobs(batch_id), start, start + count - 1))
+
+    def queued_needs(self, batch_id: str, step: int = 1000) -> set[tuple[str, str]]:
+        """What the batch's jobs waiting to submit need: (mode, pinned upstream or "") of each ``queued`` record,
+        read ``step`` ids at a time (``--wait`` asks it only while nothing of the batch is upstream)."""
+        needs: set[tuple[str, str]] = set()
+        start = 0
+        while ids := self.batch_job_ids_page(batch_id, start, step):
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.hmget(keys.job(job_id), ["status", "mode", "upstream_pin"])
+            for status, mode, pin in pipe.execute():
+                if status == "queued":
+                    needs.add((str(mode or DEFAULT_MODE), str(pin or "")))
+            start += step
+        return needs
 
     def jobs_page(
         self, batch_id: str, statuses: Iterable[str] = (), offset: int = 0, limit: int = 50, step: int = 500

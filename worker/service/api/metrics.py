@@ -14,13 +14,15 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from worker.jobs.alerts import last_hour_outcomes
 from worker.mjapi.models import MODES
 from worker.store import keys
 from worker.store.runtime import Runtime
 
 
 class LedgerCollector(Collector):
-    """Jobs by state (over batches), batches by status, slots in use and waiting, today's submits, breaker."""
+    """Jobs by state (over batches), batches by status; per upstream: slots in use and waiting, today's submits,
+    the last hour's outcomes, its stop."""
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
@@ -43,24 +45,42 @@ class LedgerCollector(Collector):
         for status, n in sorted(by_status.items()):
             status_family.add_metric([status], n)
         yield status_family
-        slots = GaugeMetricFamily("mjq_slots_in_use", "Upstream slots held, by speed mode", labels=["mode"])
-        size = GaugeMetricFamily("mjq_slots", "Upstream slots configured, by speed mode", labels=["mode"])
-        waiting = GaugeMetricFamily("mjq_jobs_waiting", "Jobs parked for a slot, by speed mode", labels=["mode"])
-        for mode in MODES:
-            slots.add_metric([mode], self.rt.slots.in_use(mode))
-            size.add_metric([mode], int(getattr(self.rt.settings, f"slots_{mode}")))
-            waiting.add_metric([mode], ledger.waiting_count(mode))
-        yield from (slots, size, waiting)
-        day = time.strftime("%Y%m%d", time.gmtime())
-        submits = cast(str | None, redis.get(keys.daily(day)))
-        yield GaugeMetricFamily("mjq_submits_today", "Submits upstream this UTC day", value=int(submits or 0))
+        yield from self.per_upstream()
         yield GaugeMetricFamily(
             "mjq_jobs_in_flight", "Jobs accepted upstream and being tracked", value=int(redis.zcard(keys.INFLIGHT))
         )
-        yield GaugeMetricFamily(
-            "mjq_breaker_tripped", "1 while submitting is stopped (401/403/out of credit)",
-            value=1 if ledger.breaker_tripped() else 0,
-        )
+
+    def per_upstream(self) -> Iterator[Metric]:
+        """Slots, parked jobs, today's submits, the last hour's outcomes and the stop of each upstream of the pool
+        (label ``upstream``; one upstream: ``default``). ``sum by (mode)`` gives the pool's figures."""
+        rt, ledger = self.rt, self.rt.ledger
+        labels = ["upstream", "mode"]
+        slots = GaugeMetricFamily("mjq_slots_in_use", "Upstream slots held, by upstream and speed mode", labels=labels)
+        size = GaugeMetricFamily("mjq_slots", "Upstream slots configured, by upstream and speed mode", labels=labels)
+        waiting = GaugeMetricFamily(
+            "mjq_jobs_waiting", "Jobs parked for a slot, by speed mode (upstream \"\": any upstream of the mode;"
+            " a name: pinned to it)", labels=labels)
+        for mode in MODES:
+            waiting.add_metric(["", mode], ledger.waiting_count(mode))
+        day = keys.utc_day(time.time())
+        submits = GaugeMetricFamily("mjq_submits_today", "Submits this UTC day, by upstream", labels=["upstream"])
+        outcomes = GaugeMetricFamily("mjq_jobs_last_hour", "Jobs ended in the last hour, by upstream and outcome",
+                                     labels=["upstream", "outcome"])
+        stopped = GaugeMetricFamily(
+            "mjq_breaker_tripped", "1 while submitting to the upstream is stopped (401/403/out of credit, timed"
+            " stops and unreachable too)", labels=["upstream"])
+        last_hour = last_hour_outcomes(rt)
+        for up in rt.pool.upstreams:
+            for mode in up.modes:
+                slots.add_metric([up.name, mode], rt.slots.in_use(mode, up.name))
+                size.add_metric([up.name, mode], up.slots.get(mode, 0))
+                waiting.add_metric([up.name, mode], int(rt.redis.zcard(keys.pinned(up.name, mode))))
+            submits.add_metric([up.name], int(cast(str | None, rt.redis.get(keys.daily_of(up.name, day))) or 0))
+            seen = last_hour.get(up.name, {})
+            outcomes.add_metric([up.name, "succeeded"], seen.get("ok", 0))
+            outcomes.add_metric([up.name, "failed"], seen.get("failed", 0))
+            stopped.add_metric([up.name], 1 if ledger.breaker_tripped(up.name) else 0)
+        yield from (slots, size, waiting, submits, outcomes, stopped)
 
 
 class ApiMetrics:

@@ -14,7 +14,8 @@ for i = 3, #ARGV do
     local mode = redis.call('HGET', jkey, 'mode') or 'fast'
     redis.call('ZREM', P .. 'inflight', jid)
     redis.call('ZREM', P .. 'waiting:' .. mode, jid)
-    redis.call('ZREM', P .. 'slots:' .. mode, jid)
+    redis.call('ZREM', wait_key(jkey, mode), jid)  -- a pinned job waits in its upstream's own set
+    redis.call('ZREM', slots_key(upstream_of(jkey), mode), jid)  -- a lease it held on its upstream (any one)
     local b = redis.call('HGET', jkey, 'batch_id')
     if b and b ~= '' then redis.call('ZREM', P .. 'held:' .. b, jid) end
     redis.call('ZADD', P .. 'finishing', now, jid)
