@@ -58,6 +58,8 @@ def finish_job(task: Task[Any, Any], job_id: str, rt: Runtime) -> dict[str, Any]
             log.exception("job %s: its plan could not be started; finishing runs again", job_id)  # re-sends it
             return result
     rt.ledger.finished(job_id)
+    if result.get("status") == "succeeded":
+        rt.ledger.shed_spent(job_id)
     if not job.get("batch_id") and rt.settings.retention_s:  # no batch to archive it with: it expires alone
         rt.ledger.expire_job(job_id, rt.settings.retention_s)
     if job.get("status") != "needs_review":  # final for now only: the real outcome is called back
