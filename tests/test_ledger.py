@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from typing import cast
 
 import redis
 
@@ -189,7 +190,7 @@ def test_a_record_is_written_compactly_and_reads_back_whole(redis_client: redis.
     ledger.create_job("jc", {"batch_id": "bc", "mode": "fast", "task_id": "jc", "prompt": "a fox"})
     ledger.update("jc", {"buttons": buttons, "image_path": "/m/jc.png", "image_uri": "file:///m/jc.png",
                          "thumb_path": "/m/t/jc.webp", "thumb_uri": "s3://bucket/t/jc.webp"})
-    raw = redis_client.hgetall("mjq:job:jc")
+    raw = cast(dict[str, str], redis_client.hgetall("mjq:job:jc"))
     assert raw["task_id"] == "=" and raw["image_uri"] == "=" and raw["buttons"].startswith("z:")
     assert raw["thumb_uri"] == "s3://bucket/t/jc.webp"  # not implied by the path: kept as it is
     assert len(raw["buttons"]) < len(json.dumps(buttons)) / 2
