@@ -122,4 +122,6 @@ def test_a_finished_job_leaves_at_most_3_kb_in_redis(stack: Stack) -> None:
         assert stack.job(job_id)["task_id"] == job_id and "message" not in stack.job(job_id)  # sent for good
         assert [e["to"] for e in stack.ledger.job_log(job_id)][-1] == "succeeded"
         assert stack.redis.object("encoding", f"mjq:job:{job_id}") == "listpack"
+        # Celery's result expires after the retention (MJQ_RETENTION_DAYS, 30 by default) like the record
+        assert 29 * 86_400 < int(stack.redis.ttl(f"celery-task-meta-{job_id}")) <= 30 * 86_400
 
