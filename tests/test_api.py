@@ -305,6 +305,15 @@ def test_batches_jsonl_csv_multipart_manifest_and_controls(api: Api, stack: Stac
     assert {line["row"] for line in lines} == {1, 3}
     csv_text = shop.get("/v1/batches/coast/manifest", params={"format": "csv"}).text
     assert csv_text.splitlines()[0].startswith("job_id,row,batch_id") and len(csv_text.splitlines()) == 4
+    # archived (retention, `mjq archive`): the API still finds it, from the archive, and says so
+    from worker.reports.archive import archive_batch
+    from worker.store.runtime import runtime
+
+    archive_batch("coast", runtime())
+    gone = shop.get("/v1/batches/coast")
+    assert gone.status_code == 200 and gone.json()["archived"] is True, gone.text
+    assert gone.json()["counts"] == {"succeeded": 3} and gone.json()["manifest"].endswith("coast.jsonl")
+    error(api.client("other").get("/v1/batches/coast"), 404)  # still only its owner's
     # a multipart CSV upload into a paused batch, then resumed, cancelled, requeued
     csv_file = "prompt,priority\na lantern,6\na river,6\n"
     up = shop.post("/v1/batches", files={"file": ("lanterns.csv", csv_file, "text/csv")},

@@ -70,7 +70,8 @@ def test_three_deep_sequence_and_every_kind(stack: Stack, sim: Any) -> None:
     assert results[5]["final_prompt"].endswith("--zoom 1.8")
     assert "a red hat" in results[6]["final_prompt"]
     assert _modal_requests(sim) - modal_before == 2
-    assert "base64" not in repr(stack.job(results[6]["job_id"]).get("message"))  # the mask travelled by reference
+    region = repr(stack.job(results[6]["job_id"]))  # the mask travelled by reference (its message: shed by now)
+    assert "data:image" not in region and "img:" in region, region
     grid = (imagine.s("again") | reroll.s() | vary.s(3, strength="strong") | upscale.s(1)).apply_async()
     final = grid.get(timeout=40)
     assert final["status"] == "succeeded" and final["custom_id"].startswith("MJ::JOB::upsample::1::")
@@ -324,7 +325,7 @@ def test_strength_on_a_grid_is_recorded_not_pressed(stack: Stack, sim: Any) -> N
 def test_follow_ups_run_on_the_queue_of_their_parent(stack: Stack, sim: Any) -> None:
     """Follow-ups of a batch job go to ``track``, the queue of work under way, read before the batch's own
     roots (plans and chain links alike); of a single job to ``interactive``: the queue each message arrived on
-    is kept in the job's stored message."""
+    is kept with the job (its stored message's, kept as ``queue`` once it succeeded)."""
     import tasks
     from tasks.followups import upscale, zoom
 
@@ -336,14 +337,14 @@ def test_follow_ups_run_on_the_queue_of_their_parent(stack: Stack, sim: Any) -> 
     assert batch["counts"]["succeeded"] == 6, batch
     for job in stack.ledger.batch_jobs("queues"):
         record = stack.job(job["job_id"])
-        assert record["message"]["queue"] == ("track" if job["parent_job"] else "batch"), job
+        assert record["queue"] == ("track" if job["parent_job"] else "batch"), job
         if job["parent_job"]:  # waits for a slot by its root's age (depth first), grandchildren included
             assert record["root_created_at"] == stack.job(record["root_job"])["created_at"], record
     lineage = [single]
     while lineage[-1].get("parent_job"):
         lineage.append(stack.job(lineage[-1]["parent_job"]))
     assert len(lineage) == 3
-    assert all(stack.job(j["job_id"])["message"]["queue"] == "interactive" for j in lineage)
+    assert all(stack.job(j["job_id"])["queue"] == "interactive" for j in lineage)
 
 
 def _png_bytes() -> bytes:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import threading
+from typing import cast
 
 import redis
 
@@ -176,3 +178,24 @@ def test_failures_are_indexed_per_batch(redis_client: redis.Redis) -> None:
     assert [j["job_id"] for j in ledger.batch_failures("fx", 1)] == ["lost"]  # newest first
     assert ledger.requeue_jobs(["bad"]) == 1
     assert [j["job_id"] for j in ledger.batch_failures("fx", 10)] == ["lost"]
+
+
+def test_a_record_is_written_compactly_and_reads_back_whole(redis_client: redis.Redis) -> None:
+    """Long buttons are stored deflated, the task id that is the job id and local file URIs as ``=`` (a
+    finished job's record stays small, issue 17); the decoded record is what was written, and a record
+    written before (plain JSON, full values) reads the same."""
+    buttons = [{"custom_id": f"MJ::JOB::upsample::{i}::7516ffec-aa6b-46c2-9a12-c2114ae2eaa4", "emoji": "",
+                "label": f"U{i}", "style": 2, "type": 2} for i in range(1, 5)]
+    ledger = Ledger(redis_client)
+    ledger.create_job("jc", {"batch_id": "bc", "mode": "fast", "task_id": "jc", "prompt": "a fox"})
+    ledger.update("jc", {"buttons": buttons, "image_path": "/m/jc.png", "image_uri": "file:///m/jc.png",
+                         "thumb_path": "/m/t/jc.webp", "thumb_uri": "s3://bucket/t/jc.webp"})
+    raw = cast(dict[str, str], redis_client.hgetall("mjq:job:jc"))
+    assert raw["task_id"] == "=" and raw["image_uri"] == "=" and raw["buttons"].startswith("z:")
+    assert raw["thumb_uri"] == "s3://bucket/t/jc.webp"  # not implied by the path: kept as it is
+    assert len(raw["buttons"]) < len(json.dumps(buttons)) / 2
+    job = ledger.get_job("jc") or {}
+    assert job["task_id"] == "jc" and job["image_uri"] == "file:///m/jc.png" and job["buttons"] == buttons
+    assert job["thumb_uri"] == "s3://bucket/t/jc.webp"
+    redis_client.hset("mjq:job:jc", mapping={"buttons": json.dumps(buttons), "image_uri": "file:///m/jc.png"})
+    assert ledger.get_job("jc") == job

@@ -172,7 +172,7 @@ def test_imagine_with_a_plan_and_wait_runs_at_interactive_priority(stack: DevSta
     assert run.code == 0, run
     root, child = run.json()
     assert root["priority"] == child["priority"] == 2  # a single request's priority, not a batch's 5
-    assert ledger(stack).get_job(root["job_id"])["message"]["queue"] == "interactive"
+    assert ledger(stack).get_job(root["job_id"])["queue"] == "interactive"
 
 
 def test_resume_tells_when_workers_run_with_other_settings(stack: DevStack) -> None:

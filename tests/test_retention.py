@@ -28,6 +28,12 @@ def _run_batch(batch_id: str, n: int) -> list[str]:
                                 **({"then": "U1"} if i == 0 else {})).id for i in range(n)]
 
 
+def _imagine(prompt: str, batch_id: str) -> str:
+    import tasks
+
+    return str(tasks.imagine.delay(prompt, batch_id=batch_id).id)
+
+
 def _keys_of(stack: Stack, job_ids: list[str]) -> list[str]:
     found = []
     for job_id in job_ids:
@@ -85,3 +91,37 @@ def test_mjq_archive_moves_a_finished_batch_now(stack: Stack, tmp_path: Path) ->
     assert not _keys_of(stack, ids)
     again = mjq(None, "archive", "done-now", env=env)
     assert again.code != 0 and "already archived" in again.err, again
+
+
+def test_a_finished_job_leaves_at_most_3_kb_in_redis(stack: Stack) -> None:
+    """Issue 17's target, measured as Redis counts it (MEMORY USAGE): a finished job's record, its transitions,
+    its Celery result and its entry in the batch's index stay under 3 KB, and nothing users read is lost."""
+    from celery.result import AsyncResult
+
+    from worker.app import app
+    from worker.store.ledger import RESULT_KEYS
+
+    n = 6
+    ids = [_imagine(f"small #{i}, a lighthouse at dawn --ar 3:2", "mem-small") for i in range(n)]
+    stack.wait_batch("mem-small", n, timeout=90)
+
+    def usage(key: str) -> int:
+        return int(stack.redis.memory_usage(key, samples=0) or 0)
+
+    index = usage("mjq:batch:mem-small:jobs") / n  # the batch's own record is a cost per batch, not per job
+    parts = [(usage(f"mjq:job:{j}"), usage(f"mjq:joblog:{j}"), usage(f"celery-task-meta-{j}"), index) for j in ids]
+    per_job = [sum(p) for p in parts]
+    assert max(per_job) <= 3 * 1024, f"bytes per finished job (record, log, result, index): {parts}"
+    # still all there: the full result from the record, from Celery (what .get() and Flower return), the log
+    for job_id in ids:
+        result = stack.ledger.job_result(job_id)
+        assert result["status"] == "succeeded" and set(RESULT_KEYS) <= set(result) and len(result["buttons"]) >= 8
+        stored = AsyncResult(job_id, app=app).get(timeout=10)
+        assert stored["buttons"] == result["buttons"] and stored["image_sha256"] == result["image_sha256"]
+        assert stored["image_uri"] == result["image_uri"] == "file://" + str(result["image_path"])
+        assert stack.job(job_id)["task_id"] == job_id and "message" not in stack.job(job_id)  # sent for good
+        assert [e["to"] for e in stack.ledger.job_log(job_id)][-1] == "succeeded"
+        assert stack.redis.object("encoding", f"mjq:job:{job_id}") == "listpack"
+        # Celery's result expires after the retention (MJQ_RETENTION_DAYS, 30 by default) like the record
+        assert 29 * 86_400 < int(stack.redis.ttl(f"celery-task-meta-{job_id}")) <= 30 * 86_400
+

@@ -97,6 +97,7 @@ def test_a_retried_job_keeps_its_short_repr_in_flower(stack: Stack, sim: Any) ->
     with TaskEvents(app) as events:
         result = tasks.imagine.delay(prompt, base64_array=[png_data_uri("red"), png_data_uri("blue")])
         stack.wait(lambda: sim.stats()["faults"].get("http_500", 0) >= 1, 20, "a refused first submit")
+        stored = stack.job(result.id)["message"]  # what admission re-sends for a parked job (gone once it succeeded)
         sim.faults(http_500_rate=0.0)
         assert result.get(timeout=20)["status"] == "succeeded"
         stack.wait(lambda: any(e.get("retries") for e in events.for_task(result.id, "task-received")))
@@ -106,7 +107,6 @@ def test_a_retried_job_keeps_its_short_repr_in_flower(stack: Stack, sim: Any) ->
         assert "img:" not in text and "base64" not in text and "data:image" not in text, text
         assert prompt not in text and "a red fox crossing a frozen river" in text, text  # cut at 40 characters
         assert "images=2×PNG " in text, text
-    stored = stack.job(result.id)["message"]  # what admission re-sends for a parked job
     assert "images=2×PNG " in stored["kwargsrepr"] and "img:" not in stored["kwargsrepr"]
     assert all(v.startswith("img:") for v in stored["kwargs"]["base64_array"])
 
@@ -196,6 +196,7 @@ def test_unauthorized_trips_the_breaker_until_resume(stack: Stack, sim: Any) -> 
 def test_a_reconciled_needs_review_job_continues_its_chain_and_plan_once(hook_stack: Stack, sim: Any) -> None:
     import tasks
     from tasks.followups import upscale
+    from worker.app import app
 
     stack = hook_stack
     # the submit answer is lost (read timeout 1.5 s) and so are the callbacks, until the job is needs_review
@@ -218,8 +219,10 @@ def test_a_reconciled_needs_review_job_continues_its_chain_and_plan_once(hook_st
     stack.wait(children_done, 30, "the chained U2 and the planned U1")
 
     def stored(task_id: str) -> dict[str, Any]:
-        """The result in the backend itself (this process's AsyncResult caches the first final state it read)."""
-        return dict(json.loads(stack.redis.get(f"celery-task-meta-{task_id}") or "{}"))
+        """The result in the backend itself (this process's AsyncResult caches the first final state it read),
+        as Celery stores it (zlib-compressed)."""
+        raw = app.backend.get(app.backend.get_key_for_task(task_id))
+        return dict(app.backend.decode(raw) or {})
 
     assert stored(parent).get("status") == "SUCCESS" and stored(parent)["result"]["status"] == "succeeded"
     # the chain's last link was failed along with its parent at needs_review; it now ran and succeeded

@@ -30,6 +30,9 @@ AIMED_RATE = 1000
 TIME_FACTOR = 0.01
 
 
+SHA1_OF = "return redis.sha1hex(redis.call('GET', KEYS[1]) or '')"
+
+
 def target_snapshot(client: redis.Redis, ids: list[str], batch_id: str) -> dict[str, Any]:
     """Everything the ledger and the result backend hold about these (finished) jobs and their batch."""
     out: dict[str, Any] = {"batch": client.hgetall(f"mjq:batch:{batch_id}"),
@@ -42,7 +45,7 @@ def target_snapshot(client: redis.Redis, ids: list[str], batch_id: str) -> dict[
         out[job_id] = {
             "job": job,
             "children": client.zrange(f"mjq:children:{job_id}", 0, -1),
-            "result": client.get(f"celery-task-meta-{job_id}"),
+            "result": client.eval(SHA1_OF, 1, f"celery-task-meta-{job_id}"),  # compressed bytes: compared by hash
             "upstream index": client.hget("mjq:upstream", job.get("upstream_id") or "-"),
             "in sets": {s: client.zscore(f"mjq:{s}", job_id) for s in sets},
         }

@@ -12,6 +12,11 @@ import redis
 
 from worker.devstack.processes import stop_process
 
+# A job record is a hash of ~45 fields, a few of them longer than Valkey's default 64-byte limit for the compact
+# (listpack) encoding; above it the hash becomes a hashtable that costs ~1 KB more per job. 1024 keeps a
+# finished job's record compact (README "Redis memory"; docker-compose.yml passes the same).
+LISTPACK_ARGS = ("--hash-max-listpack-value", "1024")
+
 
 def free_port() -> int:
     """A TCP port that is free on 127.0.0.1 right now."""
@@ -53,6 +58,7 @@ class RedisServer:
             "--appendfsync", "everysec",
             "--save", "",
             "--maxmemory-policy", "noeviction",
+            *LISTPACK_ARGS,
             "--logfile", "valkey.log",
             "--protected-mode", "no",
             *self.extra_args,

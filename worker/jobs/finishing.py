@@ -57,6 +57,8 @@ def finish_job(task: Task[Any, Any], job_id: str, rt: Runtime) -> dict[str, Any]
         except Exception:  # e.g. Redis went away mid-send: the job stays in `finishing`, so housekeeping
             log.exception("job %s: its plan could not be started; finishing runs again", job_id)  # re-sends it
             return result
+    if result.get("status") == "succeeded":
+        rt.ledger.shed_spent(job_id)  # before it leaves `finishing`: a job through that step is compact
     rt.ledger.finished(job_id)
     if not job.get("batch_id") and rt.settings.retention_s:  # no batch to archive it with: it expires alone
         rt.ledger.expire_job(job_id, rt.settings.retention_s)

@@ -3,7 +3,8 @@
 All are prefixed ``mjq:``. The Lua scripts (``worker/store/lua``) build key names from the same prefix, which
 ``worker.store.scripts`` gives them as ``P``, so this needs one Redis (or a Sentinel-kept primary), not a cluster.
 
-- ``job:<id>``           hash: the job record (result fields, request, stored task message, attempts, ...)
+- ``job:<id>``           hash: the job record (result fields, request, stored task message, attempts, ...); once
+  it succeeded and finished: no message, request nor deadline, and the message's ``queue`` (``Ledger.shed_spent``)
 - ``batch:<id>``         hash: status (active|paused|cancelled), total, planned, ``n:<state>`` counters, meta
 - ``batch:<id>:jobs``    zset: job ids by creation time;  ``batches``: zset of batch ids by creation time
 - ``batch:<id>:expect``  set: jobs enqueued into the batch whose record no worker has created yet

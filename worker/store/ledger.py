@@ -19,6 +19,7 @@ import redis
 from worker.pricing import MICROS
 from worker.store import keys
 from worker.store.deliveries import job_callback
+from worker.store.packing import PACKED_FIELDS, implied, imply, pack, unpack
 from worker.store.records import DEFAULT_MODE, STATES, TERMINAL
 from worker.store.scripts import register
 
@@ -95,28 +96,33 @@ def _dump(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
 
 
-def encode_fields(fields: Mapping[str, Any]) -> dict[str, str]:
-    """Hash field values as strings: JSON for structured fields, ``str`` for scalars, None dropped."""
+def encode_fields(fields: Mapping[str, Any], job_id: str | None = None) -> dict[str, str]:
+    """Hash field values as strings: JSON for structured fields, ``str`` for scalars, None dropped; compact
+    (``worker.store.packing``: implied values, long JSON deflated)."""
     out: dict[str, str] = {}
     for name, value in fields.items():
         if value is None:
             continue
-        if name in JSON_FIELDS or isinstance(value, dict | list):
+        if name in PACKED_FIELDS:
+            out[name] = pack(_dump(value))
+        elif name in JSON_FIELDS or isinstance(value, dict | list):
             out[name] = _dump(value)
         elif isinstance(value, bool):
             out[name] = "1" if value else "0"
         else:
             out[name] = str(value)
+    imply(out, {**out, "job_id": job_id} if job_id else out)
     return out
 
 
 def decode_job(raw: Mapping[str, str]) -> dict[str, Any]:
     """A job hash turned back into typed values."""
     job: dict[str, Any] = {}
-    for name, value in raw.items():
+    for name, stored in raw.items():
+        value = implied(name, stored, raw)
         if name in JSON_FIELDS:
             try:
-                job[name] = json.loads(value)
+                job[name] = json.loads(unpack(value))
             except ValueError:
                 job[name] = value
         elif name in FLOAT_FIELDS:
@@ -130,6 +136,9 @@ def decode_job(raw: Mapping[str, str]) -> dict[str, Any]:
             job[name] = value
     return job
 
+
+# What a succeeded, finished job drops (Ledger.shed_spent): read only to submit, resend or time out a job.
+SPENT_FIELDS = ("message", "request", "deadline_at")
 
 # Money on a batch record (micros and counts; worker.pricing, gates.lua, prelude.lua)
 MONEY_FIELDS = ("spent_micros", "budget_micros", "charged_failed_n", "charged_failed_micros")
@@ -153,7 +162,7 @@ class Ledger:
     # ---------------------------------------------------------------- jobs
     def create_job(self, job_id: str, fields: Mapping[str, Any]) -> tuple[bool, str]:
         """Record a new job as ``queued``; idempotent: returns (created, current status)."""
-        res = self._create(args=[job_id, _dump(encode_fields(fields)), repr(time.time())])
+        res = self._create(args=[job_id, _dump(encode_fields(fields, job_id)), repr(time.time())])
         created = bool(int(res[0]))
         if created:
             log_transition(job_id, str(res[2]), str(res[3]), "", "queued", "created")
@@ -258,7 +267,8 @@ class Ledger:
 
     def job_log(self, job_id: str) -> list[dict[str, Any]]:
         """The job's transitions, oldest first (at most the last 50: ``prelude.lua``'s ``LOG_KEEP``)."""
-        return [json.loads(entry) for entry in cast(list[str], self.redis.lrange(keys.job_log(job_id), 0, -1))]
+        entries = cast(list[str], self.redis.lrange(keys.job_log(job_id), 0, -1))
+        return [{"from": "", "reason": "", **json.loads(entry)} for entry in entries]  # empty ones are not stored
 
     def children(self, job_id: str) -> list[dict[str, Any]]:
         """Follow-up jobs created from this job, oldest first."""
@@ -313,6 +323,20 @@ class Ledger:
 
     def finished(self, job_id: str) -> None:
         self.redis.zrem(keys.FINISHING, job_id)
+
+    def shed_spent(self, job_id: str) -> None:
+        """Forget what a job that succeeded and went through its finishing step no longer needs: its result is
+        stored and its continuation fired, and a succeeded job is never requeued nor resubmitted, so nothing
+        reads its stored task message, its request body or its deadline again (~650 of every finished job's
+        bytes; ``SPENT_FIELDS``). The queue its message arrived on is kept (``queue``: where it ran)."""
+        key = keys.job(job_id)
+        raw = cast(str | None, self.redis.hget(key, "message"))
+        queue = json.loads(raw).get("queue") if raw else None
+        pipe = self.redis.pipeline(transaction=True)
+        if queue:
+            pipe.hset(key, "queue", str(queue))
+        pipe.hdel(key, *SPENT_FIELDS)
+        pipe.execute()
 
     def finishing_in(self, batch_id: str) -> bool:
         """Whether a job of the batch is still between its terminal state and the end of its finishing step

@@ -577,7 +577,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/v1/batches/{batch_id}", tags=["batches"])
     def get_batch(key: Caller, batch_id: str) -> dict[str, Any]:
-        """Counts, progress, ETA, failures by reason, spend (``money``) and callback delivery (``callbacks``)."""
+        """Counts, progress, ETA, failures by reason, spend (``money``) and callback delivery (``callbacks``);
+        of a batch archived by retention, its summary with ``archived: true`` (where its manifest went)."""
+        archived = svc.backend.ledger.archived(batch_id) if JOB_ID_RE.match(batch_id) else None
+        if archived is not None and not svc.backend.ledger.batch(batch_id) and may_see_batch(svc, key, batch_id):
+            return {**archived, "archived": True}
         return _batch_view(svc, batch_id, _batch_visible(svc, key, batch_id))
 
     @app.get("/v1/batches/{batch_id}/manifest", tags=["batches"], response_class=PlainTextResponse)

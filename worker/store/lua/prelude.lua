@@ -46,7 +46,10 @@ end
 local LOG_KEEP = 50
 local function log_move(jid, from, to, reason, now)
   local key = P .. 'joblog:' .. jid
-  redis.call('RPUSH', key, cjson.encode({at=tonumber(now), from=from or '', to=to, reason=reason or ''}))
+  local entry = {at=tonumber(now), to=to}  -- an empty from / reason is left out (Ledger.job_log puts it back)
+  if from and from ~= '' then entry['from'] = from end
+  if reason and reason ~= '' then entry['reason'] = reason end
+  redis.call('RPUSH', key, cjson.encode(entry))
   redis.call('LTRIM', key, -LOG_KEEP, -1)
 end
 -- The spend ledger (micros): an accepted job's price is spent once, on the batch and on its UTC day (keys of
