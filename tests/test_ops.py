@@ -116,6 +116,25 @@ def test_status_gives_one_queued_figure(stack: DevStack) -> None:
     book.unexpect_jobs("onequeue", ["oq-a", "oq-b", "oq-c"])
 
 
+def test_ids_and_urls_are_whole_at_80_columns(stack: DevStack) -> None:
+    """At 80 columns ids and URLs are never cut with an ellipsis (`night-217f…`, `http://127.0.0.1:87…`)."""
+    book = ledger(stack)
+    batch = "night-217f3c9a2b1e"  # the shape of an automatic batch id
+    job = f"{batch}-row-000123-v1"
+    book.create_job(job, {"batch_id": batch, "mode": "fast", "prompt": "a lighthouse at dawn, waves on rocks " * 3})
+    reason = "gave up after 8 failed attempts: the upstream refused the connection; nothing was sent at all"
+    assert book.transition(job, "failed", fields={"fail_reason": reason})[0]
+    narrow = {"COLUMNS": "80"}
+    listing = mjq(stack, "status", env=narrow)
+    assert listing.code == 0 and re.search(rf"^ ?{batch} ", listing.out, re.M), listing.out
+    one = mjq(stack, "status", batch, env=narrow)
+    assert one.code == 0 and re.search(rf"│ {job} │", one.out), one.out
+    url = "http://127.0.0.1:8765/a-long-proxy-path/mj"
+    config = mjq(None, "config", env={**narrow, "MJQ_API_BASE_URL": url})
+    assert config.code == 0 and url in config.out and "…" not in config.out, config.out
+    assert "[[upstream]]" in config.out  # the meaning's own brackets are text, not markup
+
+
 def test_jobs_retry_and_logs(tmp_path: Path, stack: DevStack) -> None:
     rows = [{"id": f"rt{i}", "prompt": f"a retried job {i}", "mode": "turbo"} for i in range(3)]
     faults(stack, failure_rate=1.0)
