@@ -4,11 +4,15 @@ big files. Real stack (embedded Valkey, simulator over HTTP, Celery worker), the
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import json
 import os
+import queue
 import re
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +24,7 @@ from typer.testing import CliRunner
 from tests.support.mjq import BIN, Run, faults, ledger, mjq, shared_stack, write_jsonl
 from worker.devstack.redisserver import free_port
 from worker.devstack.stack import DevStack
+from worker.reports.progress import watch
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +138,37 @@ def test_ids_and_urls_are_whole_at_80_columns(stack: DevStack) -> None:
     config = mjq(None, "config", env={**narrow, "MJQ_API_BASE_URL": url})
     assert config.code == 0 and url in config.out and "…" not in config.out, config.out
     assert "[[upstream]]" in config.out  # the meaning's own brackets are text, not markup
+
+
+def test_wait_to_a_pipe_prints_a_progress_line_while_nothing_moves(tmp_path: Path, stack: DevStack) -> None:
+    """`mjq batch --wait | cat`: with nothing moving (a timed stop: it resumes by itself, so `--wait` waits) the
+    same progress line comes again and again while the process runs, not only at the end."""
+    book = ledger(stack)
+    path = write_jsonl(tmp_path / "quiet.jsonl", [{"id": f"quiet{i}", "prompt": f"a quiet job {i}"} for i in range(2)])
+    assert book.trip_breaker("test: a temporary block", time.time() + 600)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MJQ_")} | stack.env
+    proc = subprocess.Popen([str(BIN / "mjq"), "batch", str(path), "-b", "quiet", "--wait"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line.rstrip("\n"))
+
+    threading.Thread(target=pump, daemon=True).start()
+    seen: list[str] = []
+    try:
+        deadline = time.monotonic() + 90
+        while not (len(seen) >= 3 and seen[-1] == seen[-2] == seen[-3] and seen[-1].startswith("quiet 0/2")):
+            assert proc.poll() is None and time.monotonic() < deadline, seen
+            with contextlib.suppress(queue.Empty):
+                seen.append(lines.get(timeout=1))
+    finally:
+        assert cli(stack, "resume").code == 0
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, (seen, err)
+    assert inspect.signature(watch).parameters["line_every_s"].default <= 10  # the promise: at least every 10 s
 
 
 def test_jobs_retry_and_logs(tmp_path: Path, stack: DevStack) -> None:
