@@ -77,6 +77,12 @@ def test_status_rate_eta_match_wait_and_log_one_line_per_transition(tmp_path: Pa
     assert all(re.match(r"\d{4}-\d\d-\d\dT", e["at"]) for e in entries)
     text = cli(stack, "logs", "pace0").out
     assert "new -> queued  (created)" in text and "-> succeeded" in text, text
+    # `mjq job`: the lineage both ways (the root lists its follow-up, the follow-up names its parent)
+    root = cli(stack, "job", "pace0", "--json").json()
+    [child] = root["children"]
+    shown = cli(stack, "job", "pace0").out
+    assert child["status"] == "succeeded" and re.search(rf"follow-up\s+{child['job_id']} ", shown), shown
+    assert re.search(r"parent_job\s+pace0", cli(stack, "job", child["job_id"]).out)
     # Flower: searching the batch id finds its follow-up too (the parent's batch is in its kwargs repr)
     def found() -> set[str]:
         tasks = httpx.get(f"{stack.flower_url}/api/tasks", params={"search": "batch_id=pace"}, timeout=10).json()
@@ -190,6 +196,9 @@ def test_jobs_retry_and_logs(tmp_path: Path, stack: DevStack) -> None:
     bad = cli(stack, "jobs", "--batch", "rt", "--status", "broken")
     assert bad.code == 2 and "--status" in bad.err
     assert "-> failed" in cli(stack, "logs", "rt0").out
+    record = cli(stack, "job", "rt1")  # still failed: its last error is part of the record
+    reason = ledger(stack).get_job("rt1")["fail_reason"]
+    assert reason and re.search(r"last error\s+" + re.escape(reason[:30]), record.out), record.out
     # the upstream failed it: a new submit, same job id, through admission and submit-once
     again = cli(stack, "retry", "rt0")
     assert again.code == 0 and "queued rt0 again" in again.out, again
