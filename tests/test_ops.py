@@ -22,8 +22,10 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.support.mjq import BIN, Run, faults, ledger, mjq, shared_stack, write_jsonl
+from worker.app import FINISH_MANY_TASK
 from worker.devstack.redisserver import free_port
 from worker.devstack.stack import DevStack
+from worker.jobs.dispatch import FINISH_CHUNK
 from worker.reports.progress import watch
 
 
@@ -320,11 +322,20 @@ def test_ctrl_c_says_what_was_queued_and_cancel_is_bulk(tmp_path: Path, stack: D
     queued = int(found.group(1))
     assert 0 < queued < 2500
     wait_for(lambda: book.pending_jobs("big") == 0, timeout_s=90)  # every job sent has its record
+    log = stack.log_dir / "worker.log"
+
+    def received(name: str) -> int:
+        return len(re.findall(rf"Task {re.escape(name)}\[\S+\] received", log.read_text(errors="replace")))
+
+    before = received(FINISH_MANY_TASK)
     cancel = cli(stack, "cancel", "big")
     assert cancel.code == 0 and "cancelled big" in cancel.out, cancel
     info = book.batch("big")
     assert info["counts"]["cancelled"] == info["total"] == queued, info
     assert book.job_log(book.batch_job_ids("big")[0])[-1]["to"] == "cancelled"
+    # their finishing step runs in chunks (one message per FINISH_CHUNK jobs, not a round trip per job)
+    wait_for(lambda: not book.finishing_in("big") and received(FINISH_MANY_TASK) > before, timeout_s=90)
+    assert received(FINISH_MANY_TASK) - before == -(-queued // FINISH_CHUNK)
 
 
 def test_gallery_names_a_follow_up_by_its_lineage(tmp_path: Path) -> None:
