@@ -152,7 +152,8 @@ def test_wait_to_a_pipe_prints_a_progress_line_while_nothing_moves(tmp_path: Pat
     """`mjq batch --wait | cat`: with nothing moving (a timed stop: it resumes by itself, so `--wait` waits) the
     same progress line comes again and again while the process runs, not only at the end."""
     book = ledger(stack)
-    path = write_jsonl(tmp_path / "quiet.jsonl", [{"id": f"quiet{i}", "prompt": f"a quiet job {i}"} for i in range(2)])
+    rows = [{"id": f"quiet{i}", "prompt": f"a quiet job {i}"} for i in range(2)] + [{"id": "quiet-bad", "prompt": ""}]
+    path = write_jsonl(tmp_path / "quiet.jsonl", rows)  # the bad row's reason is on screen, not only in a file
     assert book.trip_breaker("test: a temporary block", time.time() + 600)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MJQ_")} | stack.env
     proc = subprocess.Popen([str(BIN / "mjq"), "batch", str(path), "-b", "quiet", "--wait"], env=env,
@@ -176,6 +177,7 @@ def test_wait_to_a_pipe_prints_a_progress_line_while_nothing_moves(tmp_path: Pat
         assert cli(stack, "resume").code == 0
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, (seen, err)
+    assert re.search(r"^  row 3: prompt: ", err, re.M), err
     assert inspect.signature(watch).parameters["line_every_s"].default <= 10  # the promise: at least every 10 s
 
 
@@ -336,6 +338,8 @@ def test_ctrl_c_says_what_was_queued_and_cancel_is_bulk(tmp_path: Path, stack: D
     # their finishing step runs in chunks (one message per FINISH_CHUNK jobs, not a round trip per job)
     wait_for(lambda: not book.finishing_in("big") and received(FINISH_MANY_TASK) > before, timeout_s=90)
     assert received(FINISH_MANY_TASK) - before == -(-queued // FINISH_CHUNK)
+    shown = " ".join(cli(stack, "status", "big").out.split())  # the batch reads cancelled, with its count
+    assert f"{queued}/{queued} cancelled" in shown and f"cancelled {queued}" in shown, shown
 
 
 def test_gallery_names_a_follow_up_by_its_lineage(tmp_path: Path) -> None:
