@@ -123,6 +123,44 @@ def test_flower_is_local_by_default_without_a_default_password_and_logs_rotate()
         assert svc["logging"]["driver"] == "json-file" and options["max-size"] and options["max-file"], name
 
 
+def test_the_readme_tells_how_to_submit_a_file_and_reach_images_and_logs() -> None:
+    """The compose section of the README: every command in it names a service of the file and parses as the mjq
+    command it calls; the prompt file goes in through a mount, images come out of the media volume."""
+    from typer.main import get_command
+
+    from worker.cli import app
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("#### Submitting a prompt file to the compose stack\n", 1)[1].split("\n### ", 1)[0]
+    services = load_compose()["services"]
+    commands = get_command(app).commands  # type: ignore[attr-defined]
+    runs = re.findall(r"docker compose run [^`\n#]+", section)
+    assert len(runs) >= 5, runs
+    used = set()
+    for run in runs:
+        words, mounts = shlex.split(run)[3:], []
+        while words[0].startswith("-"):
+            if words.pop(0) == "-v":
+                mounts.append(words.pop(0))
+        service, program, name, *args = words
+        assert service in services and program == "mjq", run
+        params = commands[name].make_context(name, list(args)).params  # an unknown option fails here
+        used.add(name)
+        if name == "batch":
+            assert any(m.split(":")[1] == str(params["file"]) for m in mounts), run  # the file is mounted in
+    assert {"batch", "status", "jobs", "export"} <= used, used
+    for inline in ("mjq gallery BATCH --no-open", "mjq logs JOB"):
+        assert inline in section
+        name, *args = inline.split()[1:]
+        commands[name].make_context(name, args)
+    media = services["worker"]["environment"]["MJQ_MEDIA_DIR"]
+    assert f"docker compose cp worker:{media} " in section
+    assert "media:" + media in services["worker"]["volumes"]
+    logs = re.search(r"docker compose logs -f ([a-z ]+)`", section)
+    assert logs and set(logs.group(1).split()) <= set(services), section
+    assert "MJQ_LOG_FORMAT=json" in section and "FLOWER_BASIC_AUTH" in section and "127.0.0.1:5555" in section
+
+
 @pytest.mark.parametrize("profiles", [set(), {"sim"}])
 def test_every_required_dependency_is_part_of_the_project(profiles: set[str]) -> None:
     """Compose refuses a project where a service depends on one that is off (compose-spec: `required` defaults

@@ -214,3 +214,27 @@ def test_mjq_up_blames_another_mjq_up_for_a_taken_port_at_start_up(tmp_path: Pat
     assert "mjq: Flower exited during start-up" in done.stderr, done.stderr
     assert f"port {port} is in use: another `mjq up` may be running" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_mjq_up_warns_loudly_when_its_upstream_is_not_reachable(tmp_path: Path) -> None:
+    """`mjq up` against an upstream on a closed port: it runs (a warning, not a stop) and says so loudly, with
+    the setting to check, instead of only "mjqueue is up"."""
+    env = clean_env(MJQ_STATE_DIR=str(tmp_path / "state"), MJQ_MEDIA_DIR=str(tmp_path / "media"),
+                    MJQ_API_BASE_URL=f"http://127.0.0.1:{free_port()}", MJQ_API_KEY="a-key-of-ours")  # fmt: skip
+    out, err = tmp_path / "out.txt", tmp_path / "err.txt"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        proc = subprocess.Popen([str(BIN / "mjq"), "up", "--ephemeral", "--no-flower", "--concurrency", "1"],
+                                env=env, cwd=tmp_path, stdout=stdout, stderr=stderr, text=True)  # fmt: skip
+        try:
+            deadline = time.monotonic() + 90
+            while "not reachable" not in err.read_text():
+                assert proc.poll() is None and time.monotonic() < deadline, out.read_text() + err.read_text()
+                time.sleep(0.2)
+            assert proc.poll() is None, "a warning, not a stop"
+        finally:
+            proc.send_signal(signal.SIGINT)
+            code = proc.wait(timeout=40)
+    warning = err.read_text()
+    assert code == 0, warning
+    assert "mjqueue is up" in out.read_text() and "warning: the upstream" in warning, warning
+    assert "MJQ_API_BASE_URL" in warning and "a-key-of-ours" not in warning + out.read_text(), warning

@@ -4,11 +4,15 @@ big files. Real stack (embedded Valkey, simulator over HTTP, Celery worker), the
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import json
 import os
+import queue
 import re
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -19,8 +23,11 @@ from typer.testing import CliRunner
 
 from tests.support import patience
 from tests.support.mjq import BIN, Run, faults, ledger, mjq, shared_stack, write_jsonl
+from worker.app import FINISH_MANY_TASK
 from worker.devstack.redisserver import free_port
 from worker.devstack.stack import DevStack
+from worker.jobs.dispatch import FINISH_CHUNK
+from worker.reports.progress import watch
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +80,12 @@ def test_status_rate_eta_match_wait_and_log_one_line_per_transition(tmp_path: Pa
     assert all(re.match(r"\d{4}-\d\d-\d\dT", e["at"]) for e in entries)
     text = cli(stack, "logs", "pace0").out
     assert "new -> queued  (created)" in text and "-> succeeded" in text, text
+    # `mjq job`: the lineage both ways (the root lists its follow-up, the follow-up names its parent)
+    root = cli(stack, "job", "pace0", "--json").json()
+    [child] = root["children"]
+    shown = cli(stack, "job", "pace0").out
+    assert child["status"] == "succeeded" and re.search(rf"follow-up\s+{child['job_id']} ", shown), shown
+    assert re.search(r"parent_job\s+pace0", cli(stack, "job", child["job_id"]).out)
     # Flower: searching the batch id finds its follow-up too (the parent's batch is in its kwargs repr)
     def found() -> set[str]:
         tasks = httpx.get(f"{stack.flower_url}/api/tasks", params={"search": "batch_id=pace"}, timeout=10).json()
@@ -117,6 +130,58 @@ def test_status_gives_one_queued_figure(stack: DevStack) -> None:
     book.unexpect_jobs("onequeue", ["oq-a", "oq-b", "oq-c"])
 
 
+def test_ids_and_urls_are_whole_at_80_columns(stack: DevStack) -> None:
+    """At 80 columns ids and URLs are never cut with an ellipsis (`night-217f…`, `http://127.0.0.1:87…`)."""
+    book = ledger(stack)
+    batch = "night-217f3c9a2b1e"  # the shape of an automatic batch id
+    job = f"{batch}-row-000123-v1"
+    book.create_job(job, {"batch_id": batch, "mode": "fast", "prompt": "a lighthouse at dawn, waves on rocks " * 3})
+    reason = "gave up after 8 failed attempts: the upstream refused the connection; nothing was sent at all"
+    assert book.transition(job, "failed", fields={"fail_reason": reason})[0]
+    narrow = {"COLUMNS": "80"}
+    listing = mjq(stack, "status", env=narrow)
+    assert listing.code == 0 and re.search(rf"^ ?{batch} ", listing.out, re.M), listing.out
+    one = mjq(stack, "status", batch, env=narrow)
+    assert one.code == 0 and re.search(rf"│ {job} │", one.out), one.out
+    url = "http://127.0.0.1:8765/a-long-proxy-path/mj"
+    config = mjq(None, "config", env={**narrow, "MJQ_API_BASE_URL": url})
+    assert config.code == 0 and url in config.out and "…" not in config.out, config.out
+    assert "[[upstream]]" in config.out  # the meaning's own brackets are text, not markup
+
+
+def test_wait_to_a_pipe_prints_a_progress_line_while_nothing_moves(tmp_path: Path, stack: DevStack) -> None:
+    """`mjq batch --wait | cat`: with nothing moving (a timed stop: it resumes by itself, so `--wait` waits) the
+    same progress line comes again and again while the process runs, not only at the end."""
+    book = ledger(stack)
+    rows = [{"id": f"quiet{i}", "prompt": f"a quiet job {i}"} for i in range(2)] + [{"id": "quiet-bad", "prompt": ""}]
+    path = write_jsonl(tmp_path / "quiet.jsonl", rows)  # the bad row's reason is on screen, not only in a file
+    assert book.trip_breaker("test: a temporary block", time.time() + 600)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MJQ_")} | stack.env
+    proc = subprocess.Popen([str(BIN / "mjq"), "batch", str(path), "-b", "quiet", "--wait"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line.rstrip("\n"))
+
+    threading.Thread(target=pump, daemon=True).start()
+    seen: list[str] = []
+    try:
+        deadline = time.monotonic() + 90
+        while not (len(seen) >= 3 and seen[-1] == seen[-2] == seen[-3] and seen[-1].startswith("quiet 0/2")):
+            assert proc.poll() is None and time.monotonic() < deadline, seen
+            with contextlib.suppress(queue.Empty):
+                seen.append(lines.get(timeout=1))
+    finally:
+        assert cli(stack, "resume").code == 0
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, (seen, err)
+    assert re.search(r"^  row 3: prompt: ", err, re.M), err
+    assert inspect.signature(watch).parameters["line_every_s"].default <= 10  # the promise: at least every 10 s
+
+
 def test_jobs_retry_and_logs(tmp_path: Path, stack: DevStack) -> None:
     rows = [{"id": f"rt{i}", "prompt": f"a retried job {i}", "mode": "turbo"} for i in range(3)]
     faults(stack, failure_rate=1.0)
@@ -136,6 +201,9 @@ def test_jobs_retry_and_logs(tmp_path: Path, stack: DevStack) -> None:
     bad = cli(stack, "jobs", "--batch", "rt", "--status", "broken")
     assert bad.code == 2 and "--status" in bad.err
     assert "-> failed" in cli(stack, "logs", "rt0").out
+    record = cli(stack, "job", "rt1")  # still failed: its last error is part of the record
+    reason = ledger(stack).get_job("rt1")["fail_reason"]
+    assert reason and re.search(r"last error\s+" + re.escape(reason[:30]), record.out), record.out
     # the upstream failed it: a new submit, same job id, through admission and submit-once
     again = cli(stack, "retry", "rt0")
     assert again.code == 0 and "queued rt0 again" in again.out, again
@@ -257,11 +325,22 @@ def test_ctrl_c_says_what_was_queued_and_cancel_is_bulk(tmp_path: Path, stack: D
     queued = int(found.group(1))
     assert 0 < queued < 2500
     wait_for(lambda: book.pending_jobs("big") == 0, timeout_s=90)  # every job sent has its record
+    log = stack.log_dir / "worker.log"
+
+    def received(name: str) -> int:
+        return len(re.findall(rf"Task {re.escape(name)}\[\S+\] received", log.read_text(errors="replace")))
+
+    before = received(FINISH_MANY_TASK)
     cancel = cli(stack, "cancel", "big")
     assert cancel.code == 0 and "cancelled big" in cancel.out, cancel
     info = book.batch("big")
     assert info["counts"]["cancelled"] == info["total"] == queued, info
     assert book.job_log(book.batch_job_ids("big")[0])[-1]["to"] == "cancelled"
+    # their finishing step runs in chunks (one message per FINISH_CHUNK jobs, not a round trip per job)
+    wait_for(lambda: not book.finishing_in("big") and received(FINISH_MANY_TASK) > before, timeout_s=90)
+    assert received(FINISH_MANY_TASK) - before == -(-queued // FINISH_CHUNK)
+    shown = " ".join(cli(stack, "status", "big").out.split())  # the batch reads cancelled, with its count
+    assert f"{queued}/{queued} cancelled" in shown and f"cancelled {queued}" in shown, shown
 
 
 def test_gallery_names_a_follow_up_by_its_lineage(tmp_path: Path) -> None:

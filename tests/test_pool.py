@@ -266,6 +266,34 @@ def test_a_work_window_keeps_its_upstream_idle_outside_its_hours(pool: PoolStack
     control.cancel_batch("p-night", runtime())
 
 
+def test_refused_connections_use_no_attempts_and_status_says_unreachable(pool: PoolStack) -> None:
+    """The dead upstream as if it had just gone down: its job's submits meet refused connections, it is marked
+    unreachable again, the job waits queued with no attempt used up, and `mjq status` says why."""
+    from typer.testing import CliRunner
+
+    from worker import control
+    from worker.cli import app
+    from worker.store import keys
+    from worker.store.runtime import runtime
+
+    rt = runtime()
+    rt.ledger.clear_breaker("dead")
+    ids = pool.submit("p-down", ["pool down 0"], upstream="dead")
+
+    def parked_unreachable() -> bool:
+        refused = int(rt.redis.hget(keys.job(ids[0]), "connect_failures") or 0)
+        return refused >= 1 and rt.ledger.breaker("dead")["kind"] == "unreachable" and (
+            pool.stack.job(ids[0]).get("status") == "queued")
+
+    pool.stack.wait(parked_unreachable, 60, "the job refused, the upstream marked unreachable again")
+    job = pool.stack.job(ids[0])
+    assert int(job.get("attempts") or 0) == 0 and not job.get("fail_reason"), job
+    shown = CliRunner().invoke(app, ["status"], env={"COLUMNS": "160"})
+    assert shown.exit_code == 0, shown.output
+    assert "upstream dead is unreachable" in shown.output and "resumes by itself" in shown.output, shown.output
+    control.cancel_batch("p-down", rt)
+
+
 def test_an_unreachable_upstream_resumes_by_itself_once_it_answers(pool: PoolStack) -> None:
     from worker.mjapi.errors import NotSent
     from worker.reports.upstreams import stopped_note

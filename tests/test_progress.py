@@ -137,3 +137,29 @@ def test_blocked_by_a_pause_or_a_permanent_stop_only_when_nothing_is_upstream() 
     assert why is not None and why.command == "mjq resume" and "401 unauthorized" in why.reason
     why = blocked_by(paused, {"tripped": False})
     assert why is not None and why.command == "mjq resume b"
+
+
+def test_reading_a_big_file_to_a_pipe_shows_rows_rate_eta_and_queued() -> None:
+    """Enqueueing a big file, not on a terminal: plain lines with rows read, the share of the file, rows per
+    second, the time left and how many were queued, then one closing line; a small file shows nothing."""
+    import re
+    import time
+
+    from worker.reports.reading import BIG_FILE_BYTES, EVERY_ROWS, ReadProgress
+
+    out = io.StringIO()
+    size = 4 * BIG_FILE_BYTES
+    with ReadProgress(Console(file=out, width=80, color_system=None), size, "enqueueing", line_every_s=0.0) as reading:
+        time.sleep(0.01)  # a clock that moved: a rate to show
+        reading.update(EVERY_ROWS, size // 4, 1500)
+        reading.update(EVERY_ROWS + 1, size // 4, 1501)  # between two looks at the clock: no line
+        reading.update(2 * EVERY_ROWS, size // 2, 3000)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3, lines
+    assert re.fullmatch(r"enqueueing: 2,000 rows read \(25%\), [\d,]+ rows/s, ETA \S+, queued 1,500", lines[0]), lines
+    assert "ETA --" not in lines[0] and "(50%)" in lines[1]
+    assert re.fullmatch(r"enqueueing: read 4,000 rows in \S+ \([\d,]+ rows/s\), queued 3,000", lines[2]), lines
+    small = io.StringIO()
+    with ReadProgress(Console(file=small, width=80), BIG_FILE_BYTES - 1, "reading", line_every_s=0.0) as quiet:
+        quiet.update(EVERY_ROWS, 10)
+    assert small.getvalue() == ""

@@ -38,3 +38,13 @@ def test_benchmark_and_reliability_results_are_published() -> None:
     for section in ("## Benchmarks", "## Reliability"):
         body = README.split(section, 1)[1].split("\n## ", 1)[0]
         assert "|" in body and re.search(r"\d", body), f"{section} has no result table"
+
+
+def test_the_flower_section_says_how_parked_and_running_jobs_read() -> None:
+    """Parked jobs end their task as RETRY "parked: ..." (tests/test_ops.py checks it through Flower); a job the
+    upstream renders reads STARTED and holds no worker, so a worker's Active count is 0 meanwhile."""
+    section = README.split("### Queues and Flower", 1)[1].split("\n## ", 1)[0]
+    flat = " ".join(section.split())
+    assert "*started -> ignored*" not in flat and "*Started* then *ignored*" not in flat
+    assert "shows as *retry* with `parked: waiting for a fast slot`" in flat
+    assert "reads 0 while jobs run" in flat

@@ -218,3 +218,49 @@ def test_prices_and_daily_budgets_are_per_upstream(redis_client: redis.Redis) ->
     assert redis_client.hget(keys.job("j2"), "price_micros") == "300000"
     capped = Slots(redis_client, Settings(budget_daily=0.5), Pool([a, b]))
     assert capped.try_admit("fast", "j3", 3.0, [a, b]).reason == "budget_daily"  # 0.42 + 0.3 > 0.5 over the pool
+
+
+def test_an_unreachable_upstream_is_probed_with_a_growing_gap_then_resumes(redis_url: str) -> None:
+    """Housekeeping's probe of an upstream marked unreachable: no answer (a closed port, real HTTP) doubles the gap
+    up to ``MJQ_UNREACHABLE_PROBE_MAX_S``; an answer (any HTTP status) clears the stop by itself."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from worker.devstack.redisserver import free_port
+    from worker.jobs.tracking import probe_unreachable
+    from worker.store.runtime import Runtime
+
+    port = free_port()
+    settings = Settings(_env_file=None, redis_url=redis_url, api_base_url=f"http://127.0.0.1:{port}", api_key="k",
+                        unreachable_probe_max_s=8.0, http_connect_timeout_s=2.0)  # fmt: skip
+    rt = Runtime(settings)
+    assert rt.ledger.trip_breaker("unreachable for 60s: refused", kind="unreachable")
+    rt.ledger.set_probe(keys.DEFAULT_UPSTREAM, 0.0, 1.0)
+    gaps = []
+    for _ in range(4):
+        assert probe_unreachable(rt) == 1
+        stop = rt.ledger.breaker()
+        assert stop["tripped"] and stop["kind"] == "unreachable" and stop["probe_at"] > time.time()
+        gaps.append(stop["probe_s"])
+        rt.ledger.set_probe(keys.DEFAULT_UPSTREAM, 0.0, stop["probe_s"])  # due now, the gap kept
+    assert gaps == [2.0, 4.0, 8.0, 8.0]
+    rt.ledger.set_probe(keys.DEFAULT_UPSTREAM, time.time() + 3600, 8.0)
+    assert probe_unreachable(rt) == 0 and rt.ledger.breaker()["tripped"]  # not due: not probed
+
+    class Answer(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.send_response(401)  # any answer: it is reachable again (a wrong key is another stop's business)
+            self.end_headers()
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        rt.ledger.set_probe(keys.DEFAULT_UPSTREAM, 0.0, 8.0)
+        assert probe_unreachable(rt) == 1
+        assert not rt.ledger.breaker()["tripped"]
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -30,7 +30,8 @@ INTERACTIVE, TRACK, BATCH = QUEUES
 POLL_TASK, FINISH_TASK, HOUSEKEEPING_TASK = "tasks.track.poll", "tasks.track.finish", "tasks.track.housekeeping"
 CALLBACK_TASK = "tasks.track.callback"  # outgoing callbacks to the producer (worker.jobs.callbacks)
 ALERT_TASK = "tasks.track.alert"  # alerts to the operator (worker.jobs.alerts)
-PLUMBING_TASKS = frozenset({POLL_TASK, FINISH_TASK, HOUSEKEEPING_TASK, CALLBACK_TASK, ALERT_TASK})
+FINISH_MANY_TASK = "tasks.track.finish_many"  # the finishing step of a chunk of cancelled jobs: one message each
+PLUMBING_TASKS = frozenset({POLL_TASK, FINISH_TASK, FINISH_MANY_TASK, HOUSEKEEPING_TASK, CALLBACK_TASK, ALERT_TASK})
 TASK_MODULES = ("tasks.submit", "tasks.track", "tasks.followups")  # by name: tasks/ sits above this module
 
 

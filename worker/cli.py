@@ -29,6 +29,8 @@ from pydantic import SecretStr
 from rich import box
 from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
+from rich.padding import Padding
 from rich.table import Column, Table
 from rich.text import Text
 
@@ -509,6 +511,21 @@ def status_table() -> Table:
                  *numbers, box=box.SIMPLE_HEAD, pad_edge=False)
 
 
+def status_cells(snap: Snapshot) -> list[str]:
+    """One row of the batches table: id, status, done, failed, cancelled, running, queued, total, %."""
+    pct = f"{100 * snap.finished / snap.total:.0f}%" if snap.total else "-"
+    counts = (snap.done, snap.failed, snap.cancelled, snap.running, snap.queued, snap.total)
+    return [snap.batch_id, snap.status, *map(str, counts), pct]
+
+
+def status_table_width(cells: list[list[str]]) -> int:
+    """What the batches table needs to show every cell whole (rich's own measure of it, unwrapped)."""
+    table = status_table()
+    for row in cells:
+        table.add_row(*row)
+    return Measurement.get(console, console.options.update(width=10_000), table).maximum
+
+
 @cli_command("status")
 def status_cmd(
     batch: Annotated[str | None, typer.Argument(help="a batch id; none = all batches")] = None,
@@ -532,21 +549,19 @@ def status_cmd(
                             "spent_today": handle.ledger.spent_today(upstreams=runtime().pool.names) / MICROS})
                 return
             print_breaker(breaker)
-            table = status_table()
-            for snap in rows:
-                pct = f"{100 * snap.finished / snap.total:.0f}%" if snap.total else "-"
-                table.add_row(
-                    snap.batch_id,
-                    snap.status,
-                    str(snap.done),
-                    str(snap.failed),
-                    str(snap.cancelled),
-                    str(snap.running),
-                    str(snap.queued),
-                    str(snap.total),
-                    pct,
-                )
-            console.print(table if rows else "no batches yet: `mjq batch FILE` starts one")
+            cells = [status_cells(snap) for snap in rows]
+            if not cells:
+                console.print("no batches yet: `mjq batch FILE` starts one")
+            elif status_table_width(cells) <= console.width:
+                table = status_table()
+                for row in cells:
+                    table.add_row(*row)
+                console.print(table)
+            else:  # too narrow for the table without cutting ids or counts: two lines a batch
+                for batch_id, state, *counts, pct in cells:
+                    console.print(Text(f"{batch_id}  {state}  {pct}"), soft_wrap=True)
+                    names = ("done", "failed", "cancelled", "running", "queued", "total")
+                    console.print("  " + "  ".join(f"{n} {c}" for n, c in zip(names, counts, strict=True)))
             today = fmt_money(handle.ledger.spent_today(upstreams=runtime().pool.names), get_settings().currency)
             console.print(f"spent today (UTC): {today}; `mjq status BATCH` for a batch's spend and budget")
             return
@@ -587,7 +602,8 @@ def status_cmd(
         if callbacks_line:
             console.print("  " + escape(callbacks_line))
         if failed:
-            table = Table("job", "status", "reason", "prompt", title="failures", title_justify="left")
+            table = Table(Column("job", no_wrap=True, overflow="fold"), Column("status", no_wrap=True), "reason",
+                          "prompt", title="failures", title_justify="left")  # ids whole at 80 columns
             for job in failed:
                 table.add_row(
                     Text(str(job.get("job_id"))),
@@ -1195,7 +1211,8 @@ def config_cmd(
         return
     print_profile(profile)
     if settings.upstreams_file is not None:
-        table = Table("upstream", "base URL", "key", "modes", "slots", "pacing", "hours", "weight",
+        table = Table(Column("upstream", no_wrap=True), Column("base URL", no_wrap=True, overflow="fold"), "key",
+                      "modes", "slots", "pacing", "hours", "weight",
                       title=f"the pool ({settings.upstreams_file})", title_justify="left")
         for up in pool:
             pacing = f"{up['submit_interval_s']:g}" + (f"-{up['submit_interval_max_s']:g}"
@@ -1204,6 +1221,13 @@ def config_cmd(
                           ",".join(up["modes"]), " ".join(f"{m} {n}" for m, n in up["slots"].items()), pacing,
                           f"{up['hours']} {up['timezone']}" if up["hours"] else "always", f"{up['weight']:g}")
         console.print(table)
+    if console.width < 120:  # a table would cut names and URLs: one line each, the meaning under it
+        for row in rows:
+            value = "" if row["value"] is None else str(row["value"])
+            source = "[bold]set[/]" if row["source"] == "set" else "[dim]default[/]"
+            console.print(f"[bold]{row['name']}[/] = {escape(value)}  {source}", soft_wrap=True)
+            console.print(Padding(Text(row["description"], style="dim"), (0, 0, 0, 4)))
+        return
     table = Table("variable", "value", "", "meaning")
     for row in rows:
         table.add_row(

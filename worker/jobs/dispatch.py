@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from worker.app import FINISH_TASK, POLL_TASK, TRACK, app
+from worker.app import FINISH_MANY_TASK, FINISH_TASK, POLL_TASK, TRACK, app
 
 log = logging.getLogger("mjqueue.dispatch")
 
@@ -17,11 +17,18 @@ def send_poll(job_id: str, countdown: float = 0.0) -> None:
     app.send_task(POLL_TASK, args=(job_id,), countdown=countdown, queue=TRACK)
 
 
-def send_finishes(job_ids: Iterable[str]) -> None:
-    """``send_finish`` of many jobs over one broker connection (a cancelled batch of thousands)."""
+FINISH_CHUNK = 500  # jobs per ``tasks.track.finish_many`` message
+
+
+def send_finishes(job_ids: Iterable[str]) -> int:
+    """The finishing step of many ended jobs (a cancelled batch of thousands): one message per ``FINISH_CHUNK``
+    jobs, since one message per job made `mjq cancel` of 16,000 jobs take half a minute. Returns the messages."""
+    ids = list(job_ids)
+    chunks = [ids[start : start + FINISH_CHUNK] for start in range(0, len(ids), FINISH_CHUNK)]
     with app.producer_or_acquire() as producer:
-        for job_id in job_ids:
-            app.send_task(FINISH_TASK, args=(job_id,), queue=TRACK, producer=producer)
+        for chunk in chunks:
+            app.send_task(FINISH_MANY_TASK, args=(chunk,), queue=TRACK, producer=producer)
+    return len(chunks)
 
 
 def send_finish(job_id: str, countdown: float = 0.0) -> None:

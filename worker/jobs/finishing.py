@@ -13,7 +13,7 @@ from celery import Task, signature
 from worker.app import app
 from worker.jobs import alerts
 from worker.jobs.callbacks import start_batch_callback, start_callback
-from worker.jobs.dispatch import task_event
+from worker.jobs.dispatch import send_finish, task_event
 from worker.jobs.messages import context_from_message
 from worker.media import GRID_ACTIONS, DownloadError, SavedImage, download_image, split_grid, write_atomic
 from worker.media.metadata import image_metadata, sidecar_json, sidecar_path
@@ -71,6 +71,21 @@ def finish_job(task: Task[Any, Any], job_id: str, rt: Runtime) -> dict[str, Any]
     if job.get("batch_id"):
         _batch_end(str(job["batch_id"]), rt)
     return result
+
+
+def finish_jobs(task: Task[Any, Any], job_ids: list[str], rt: Runtime) -> int:
+    """The finishing step of a chunk of ended jobs in one task (`mjq cancel`); a job with an image to fetch gets
+    its own finish task (its download retries are its own). A crash midway leaves the rest in ``finishing``:
+    housekeeping finishes them. Returns how many were finished here."""
+    done = 0
+    for job_id in job_ids:
+        job = rt.ledger.get_job(job_id)
+        if job is not None and job.get("status") == "succeeded":
+            send_finish(job_id)
+            continue
+        finish_job(task, job_id, rt)
+        done += 1
+    return done
 
 
 def _batch_end(batch_id: str, rt: Runtime) -> None:
