@@ -118,6 +118,7 @@ class Rel:
     crash: bool = False
     rng: random.Random = field(default_factory=random.Random)
     restarts: int = 0
+    enqueued: dict[str, list[str]] = field(default_factory=dict)  # job ids sent, by batch
 
     def __post_init__(self) -> None:
         self.rng.seed(f"{SEED}:{self.name}")  # per scenario, so one scenario's draws do not shift another's
@@ -161,6 +162,7 @@ class Rel:
             if follow_ups and i % FOLLOW_UP_EVERY == 0:
                 options["then"] = PLAN
             ids.append(tasks.imagine.delay(text, **options).id)
+        self.enqueued.setdefault(batch_id, []).extend(ids)
         return ids
 
     def timeout(self, reduced: float) -> float:
@@ -193,6 +195,8 @@ class Rel:
                 ledger = self.stack.ledger
                 if ledger.batch(batch_id).get("status") != "finished":
                     return False
+                if not self._all_recorded(self.enqueued.get(batch_id, [])):  # a message a killed worker held
+                    return False  # is delivered again later: the batch cannot count it before its record exists
                 return bool(ledger.unfinished(ledger.batch_job_ids(batch_id)) == 0)  # results and images are in
             except Exception:  # Redis restarting: look again
                 return False
@@ -202,6 +206,14 @@ class Rel:
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n--- batch ---\n{self.describe(batch_id)}") from None
         return dict(self.stack.ledger.batch(batch_id))
+
+    def _all_recorded(self, job_ids: list[str]) -> bool:
+        from worker.store import keys
+
+        pipe = self.stack.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.exists(keys.job(job_id))
+        return all(pipe.execute())
 
     def describe(self, batch_id: str) -> str:
         """The batch record and its jobs that are not through (for a failure message)."""

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from tests.support import patience
 from worker.devstack.stack import DevStack
 from worker.settings import load_settings
 
@@ -68,7 +69,8 @@ def mjq(
     full_env.update(env or {})
     full_env.setdefault("COLUMNS", "160")
     done = subprocess.run(
-        [str(BIN / "mjq"), *args], env=full_env, cwd=cwd, capture_output=True, text=True, timeout=timeout
+        [str(BIN / "mjq"), *args], env=full_env, cwd=cwd, capture_output=True, text=True,
+        timeout=timeout * patience.PATIENCE,
     )
     return Run(done.returncode, done.stdout, done.stderr)
 
