@@ -23,6 +23,7 @@ from playwright.sync_api import sync_playwright
 
 from bench.dashboard import seed_batch
 from tests.support.serve import serving, wait_for
+from tests.support.sim import SIM_KEY
 from tests.support.stack import ROOT, Stack, StackManager, reset_state
 from worker.devstack.redisserver import free_port
 from worker.keyfile import add_key
@@ -43,7 +44,12 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(stack_manager: StackManager, sim_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """`mjq serve` (API and dashboard) on the polling stack's Redis and settings."""
+    """`mjq serve` (API and dashboard) on the polling stack's Redis and settings, and the session simulator as
+    it started (an earlier module's faults, e.g. a new-api do_request_failed rate, must not reach these jobs)."""
+    from simulator.server import SimulatorAdmin
+
+    with SimulatorAdmin(str(sim_server.url), SIM_KEY) as admin:
+        admin.reset(config=True)
     stack_manager.use(CONFIG)
     reset_state(stack_manager.redis_url)
     tmp = tmp_path_factory.mktemp("dashboard")
@@ -215,7 +221,7 @@ def test_requeue_a_failure_group_with_a_click(dash: Stack, page: Any, sim_server
     """Banned prompts fail as one group; after the word is allowed, its requeue button runs them again."""
     from simulator.server import SimulatorAdmin
 
-    admin = SimulatorAdmin(str(sim_server.url), "test-key")
+    admin = SimulatorAdmin(str(sim_server.url), SIM_KEY)
     batch = "requeue-group"
     prompts = ["a quiet forbidden garden", "a plain garden", "a forbidden gate at night", "a plain gate"]
     admin.faults(banned_words=["forbidden"])

@@ -199,12 +199,18 @@ def _decoded(value: str) -> str:
 
 
 def redis_text(client: redis.Redis) -> Iterator[tuple[str, str]]:
-    """Every key of the broker/backend/ledger with its value as text (messages decoded)."""
+    """Every key of the broker/backend/ledger with its value as text (messages decoded, Celery's compressed
+    results decompressed: a secret inside them would be as leaked)."""
+    from celery.backends.base import decompress_payload
+
+    pool = client.connection_pool
+    raw = redis.Redis(connection_pool=pool.__class__(connection_class=pool.connection_class,
+                                                     **{**pool.connection_kwargs, "decode_responses": False}))
     for key in client.scan_iter("*", count=1000):
         kind = client.type(key)
         values: list[Any]
         if kind == "string":
-            values = [client.get(key)]
+            values = [bytes(decompress_payload(raw.get(key) or b"")).decode("utf-8", "replace")]
         elif kind == "hash":
             values = [x for pair in client.hgetall(key).items() for x in pair]
         elif kind == "list":
