@@ -210,7 +210,10 @@ def test_a_reconciled_needs_review_job_continues_its_chain_and_plan_once(hook_st
                "its children counted skipped, for now")  # children: counted by its finishing step
     sim.faults(read_delay_rate=0.0, drop_callback_rate=0.0, duration_s={"FAST": 60.0})  # children run fast
     job = stack.wait_status(parent, {"succeeded"}, timeout=20)
-    assert job["settled_by"] == "webhook"
+    # found again by a callback carrying its `state` (no poll asks for a needs_review job); once it is tracked
+    # again its end may come by the final callback or by a poll, whichever a busy machine delivers first
+    assert any(e["from"] == "needs_review" for e in stack.ledger.job_log(parent)), stack.ledger.job_log(parent)
+    assert job["settled_by"] in ("webhook", "poll")
 
     def children_done() -> bool:
         kids = stack.ledger.children(parent)
