@@ -43,6 +43,14 @@ def test_visibility_timeout_is_longer_than_every_countdown(values: dict[str, Any
     assert max(scheduled) < visibility
 
 
+def test_a_short_visibility_timeout_gets_a_short_restore_lock() -> None:
+    """A worker killed while holding the redelivery sweep's lock must not stop redelivery for kombu's 300 s."""
+    settings = Settings(_env_file=None, visibility_timeout_s=7200.0)
+    assert celery_config(settings)["broker_transport_options"]["unacked_mutex_expire"] == 300
+    shorter = settings.model_copy(update={"visibility_timeout_s": 4.0})  # as the reliability stacks run
+    assert celery_config(shorter)["broker_transport_options"]["unacked_mutex_expire"] == 10
+
+
 def test_every_job_task_acks_late() -> None:
     import tasks  # noqa: F401  (registers the tasks)
     from worker.app import app

@@ -58,6 +58,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # a short timeout is only useful if the sweep that redelivers expired messages runs as often
         transport["unacked_restore_interval"] = max(1, int(settings.visibility_timeout_s / 4))
         transport["unacked_restore_throttle"] = 1
+        # the sweep's lock: a worker killed while holding it (likelier the more often it sweeps) would stop every
+        # redelivery for kombu's default 300 s, far beyond a short timeout; a sweep takes milliseconds
+        transport["unacked_mutex_expire"] = min(300, max(10, math.ceil(2 * settings.visibility_timeout_s)))
     return {
         "broker_url": url,
         "result_backend": url,
