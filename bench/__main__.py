@@ -46,7 +46,7 @@ class Sizes:
     series: tuple[int, ...]
     api: int  # rows of the one POST /v1/batches (and of the `mjq batch` file it is compared with)
     dashboard: int  # jobs of the batch whose dashboard pages are timed
-    pool: int = 2000  # the pool batch over 3 upstreams (issue 12: 2,000 jobs)
+    pool: int = 2000  # the pool batch over 3 upstreams (2,000 jobs: long enough that ramp-up does not count)
     pool_failover: int = 120
     pool_baseline: int = 500  # round-robin's batch: a rate, so a quarter of the pool's compares (saves ~80 s)
     series_finish: int = 1_000  # series batches up to this size are also run to the end (10,000: ~5 min more)

@@ -811,7 +811,7 @@ def requeue_cmd(
 
 
 # --------------------------------------------------------------------------------------------------------
-# Job-level tools (issue 13): one job's record, lineage, timings, last error and buttons
+# Job-level tools: one job's record, lineage, timings, last error and buttons
 
 
 def show_job(handle: Backend, job_id: str, *, as_json: bool) -> None:

@@ -1,4 +1,4 @@
-"""A job hash written compactly, so a finished job's record stays small in Redis (issue 17: <= 3 KB a job).
+"""A job hash written compactly, so a finished job's record stays small in Redis (about 3 KB a job with its result).
 
 Two tricks, both undone by ``worker.store.ledger.decode_job`` (the one reader of whole records):
 
