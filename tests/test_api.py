@@ -254,6 +254,31 @@ def test_idempotency_never_makes_a_second_job(api: Api, stack: Stack, sim: Any) 
     assert submissions[first.json()["job_id"]] == 1 and submissions["shop-job-1"] == 1
 
 
+def test_two_keys_sending_one_job_id_at_once_one_gets_it(api: Api, stack: Stack, sim: Any) -> None:
+    """The owner of a job id is claimed atomically when it is sent, not read back from the worker's record:
+    two keys racing for an id (the worker not having recorded it yet) get one 201 and one 409, and the loser
+    can never read the winner's job."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    shop, other = api.client("shop"), api.client("other")
+    ids = [f"race-{i}" for i in range(12)]
+
+    def send(pair: tuple[str, httpx.Client]) -> int:
+        job_id, client = pair
+        return client.post("/v1/jobs", json={"prompt": f"a racing fox {job_id}", "job_id": job_id}).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(send, [(job_id, c) for job_id in ids for c in (shop, other)]))
+    for i, job_id in enumerate(ids):
+        got = answers[2 * i : 2 * i + 2]
+        assert sorted(got) == [201, 409], (job_id, got)
+        winner, loser = (shop, other) if got[0] == 201 else (other, shop)
+        assert wait_job(winner, job_id)["status"] == "succeeded"
+        assert loser.get(f"/v1/jobs/{job_id}").status_code == 404
+    submissions = sim.stats()["submissions_by_state"]
+    assert all(submissions[job_id] == 1 for job_id in ids)
+
+
 def test_quota_priority_and_batch_ownership(api: Api, stack: Stack) -> None:
     small, shop, other, ops = api.client("small"), api.client("shop"), api.client("other"), api.client("ops")
     urgent = error(small.post("/v1/jobs", json={"prompt": "a fox", "priority": 1}), 403)

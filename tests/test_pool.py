@@ -438,6 +438,34 @@ def test_direct_reads_go_to_the_upstream_that_made_the_task(pool: PoolStack) -> 
     assert all(accepted["acct-b"].get(r["job_id"]) == 1 for r in results), {r["job_id"]: r["upstream"] for r in results}
 
 
+def test_pins_that_cannot_serve_a_job_are_refused_before_anything_is_sent(pool: PoolStack) -> None:
+    """A pin to an upstream that does not serve the job's mode, or an action on a task no upstream is known for
+    (several serve its mode), would wait for ever or go to an upstream that never made the task: refused in the
+    producer, naming the field; a prompt file's rows are refused with the row, the rest is queued."""
+    from typer.testing import CliRunner
+
+    import tasks
+    from worker.cli import app
+    from worker.mjapi.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match=r"field 'upstream': acct-a does not serve relax jobs \(it serves fast"):
+        tasks.imagine.delay("pool pin relax", mode="relax", upstream="acct-a", job_id="p-refused-relax")
+    with pytest.raises(InvalidInput, match=r"field 'upstream': task 987654 was not made through mjqueue"):
+        tasks.action.delay("987654", "MJ::JOB::upsample::1::0000", job_id="p-refused-action")
+    assert pool.stack.ledger.existing(["p-refused-relax", "p-refused-action"]) == set()
+    prompts = pool.log_dir / "pins.csv"
+    prompts.write_text("prompt,mode,upstream\npin ok,fast,acct-c\npin relax,relax,acct-a\npin nope,fast,nope\n",
+                       encoding="utf-8")
+    out = CliRunner().invoke(app, ["batch", str(prompts), "--batch-id", "p-pins"])
+    assert out.exit_code == 0, out.output
+    rejected = (pool.log_dir / "pins.csv.rejected.csv").read_text(encoding="utf-8")
+    assert "acct-a does not serve relax jobs" in rejected and "unknown upstream 'nope'" in rejected, rejected
+    batch = pool.stack.wait_batch("p-pins", 1, timeout=60)
+    assert batch["counts"]["succeeded"] == 1 and batch["upstreams"] == {"acct-c": 1}, batch
+    refused = ("p-refused-relax", "p-refused-action")
+    assert not any(accepted.get(job_id) for accepted in pool.accepted().values() for job_id in refused)
+
+
 def test_metrics_are_labelled_per_upstream(pool: PoolStack) -> None:
     """``mjq serve``'s ``/metrics`` (scraped) has each upstream's slots, submits today, last hour's outcomes and
     stop under an ``upstream`` label."""

@@ -123,6 +123,26 @@ def test_a_retry_holding_its_lease_still_passes_pacing_and_the_daily_cap(redis_c
     assert slots.holders("fast") == [], "capped for the day: the slot goes back"
 
 
+def test_a_park_says_whether_a_slot_is_free_so_only_then_an_admission_round_runs(redis_client: redis.Redis) -> None:
+    """A job refused for full slots parks; if a slot was freed between its gates and its park (the freer's
+    admission found nobody waiting), the park says so and the parker admits; with none free it says only
+    'parked' and nobody spends an admission round on it."""
+    ledger = Ledger(redis_client)
+    slots = Slots(redis_client, Settings(slots_fast=2, slot_lease_s=30.0))
+    room = slots.room_tables("fast", None)
+    assert room == [{"name": "default", "limit": 2}]
+    assert slots.try_admit("fast", "a", 1.0).admitted and slots.try_admit("fast", "b", 2.0).admitted
+    ledger.create_job("c", {"mode": "fast"})
+    assert slots.try_admit("fast", "c", 3.0).reason == "slots"
+    assert ledger.park("c", {"task": "t", "id": "c"}, 3.0, room) == "parked"
+    slots.release("fast", "a")
+    ledger.create_job("d", {"mode": "fast"})
+    assert ledger.park("d", {"task": "t", "id": "d"}, 4.0, room) == "parked_room"
+    assert slots.admit_next("fast") == ["c"], "the best waiting job takes the freed slot"
+    assert ledger.park("d", {"task": "t", "id": "d"}, 4.0) == "parked", "without room tables: as before"
+    assert slots.room_tables("relax", None) == [{"name": "default", "limit": 3}]
+
+
 def test_the_first_submit_of_a_job_admitted_for_it_is_not_paced_twice(redis_client: redis.Redis) -> None:
     ledger = Ledger(redis_client)
     slots = Slots(redis_client, Settings(slots_fast=3, slot_lease_s=30.0, submit_interval_s=5.0))

@@ -729,6 +729,20 @@ def _build_jobs(
     return jobs
 
 
+def _check_pins(jobs: list[BatchJob], upstreams: Mapping[str, tuple[str, ...]]) -> None:
+    """A row pinned (``upstream``) to a name the pool lacks, or to an upstream not serving the row's mode, is
+    refused with the row: its jobs could only wait for ever."""
+    for job in jobs:
+        if not job.upstream:
+            continue
+        modes = upstreams.get(job.upstream)
+        if modes is None:
+            raise RowError("upstream", f"unknown upstream {job.upstream!r}; the pool has {', '.join(upstreams)}")
+        if job.mode not in modes:
+            raise RowError("upstream", f"{job.upstream} does not serve {job.mode} jobs (it serves "
+                                       f"{', '.join(modes) or 'none'})")
+
+
 def read_batch_file(
     path: Path | str,
     defaults: Defaults | None = None,
@@ -762,13 +776,15 @@ def read_batch_data(
     max_permutations: int = MAX_PERMUTATIONS,
     scope: str,
     files: bool,
+    upstreams: Mapping[str, tuple[str, ...]] | None = None,
 ) -> BatchPlan:
     """Read prompt-file bytes named ``path`` (its suffix gives the format) with the rules of ``mjq batch``.
 
     ``files=False`` (a file uploaded to the HTTP API): images and region masks must be data URIs or URLs, since
     local paths would name files of the server, not of the sender.
     """
-    scan = scan_batch(io.BytesIO(data), path, defaults, max_permutations=max_permutations, scope=scope, files=files)
+    scan = scan_batch(io.BytesIO(data), path, defaults, max_permutations=max_permutations, scope=scope, files=files,
+                      upstreams=upstreams)
     return collect(scan, path)
 
 
@@ -799,8 +815,10 @@ class BatchScan:
         scope: str,
         files: bool,
         ids: bool = True,
+        upstreams: Mapping[str, tuple[str, ...]] | None = None,
     ) -> None:
         self.defaults = defaults or Defaults()
+        self.upstreams = upstreams  # name -> modes served (``Pool.served_modes``); None: names not checked
         if self.defaults.then:  # given on the command line: masks relative to the current directory
             self.defaults = replace(self.defaults, then=validate_plan(self.defaults.then, files=files))
         # per row: masks relative to the prompt file; a plan repeated on many rows is checked (and read) once
@@ -833,6 +851,8 @@ class BatchScan:
                 continue
             try:
                 jobs = _build_jobs(item, self.ids, self.defaults, self.loader, self.cap, self.plan_check)
+                if self.upstreams is not None:
+                    _check_pins(jobs, self.upstreams)
                 if item.values.get("id") is not None:
                     clash = next((j.job_id for j in jobs if explicit.get(j.job_id, item.row) != item.row), None)
                     if clash is not None:
@@ -853,6 +873,8 @@ def scan_batch(
     scope: str,
     files: bool,
     ids: bool = True,
+    upstreams: Mapping[str, tuple[str, ...]] | None = None,
 ) -> BatchScan:
     """Read an open prompt file row by row (see :class:`BatchScan`)."""
-    return BatchScan(stream, path, defaults, max_permutations=max_permutations, scope=scope, files=files, ids=ids)
+    return BatchScan(stream, path, defaults, max_permutations=max_permutations, scope=scope, files=files, ids=ids,
+                     upstreams=upstreams)

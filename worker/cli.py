@@ -151,6 +151,12 @@ def explain(exc: BaseException) -> CliError | None:
 PLAN_HINT = 'plans: "U1-4" (upscale all), "U2>zoom:2x" (then), "U1, V3:strong" (branches); see the README'
 
 
+def check_upstream_option(upstream: str | None, pool: Pool) -> None:
+    """``--upstream NAME`` must name an upstream of the pool."""
+    if upstream and upstream not in pool.by_name:
+        raise CliError(f"--upstream: unknown upstream {upstream!r}", f"the pool has {', '.join(pool.names)}")
+
+
 def _settings_ok() -> bool:
     try:
         get_settings()
@@ -307,10 +313,12 @@ def batch_cmd(
     defaults = Defaults(mode=parse_mode(mode, "--mode"), bot=bot, then=validate_plan(then, "--then"), priority=priority,
                         split=split, upstream=upstream)
     parse_bot(bot, "--bot")
+    pool = Pool.from_settings(get_settings())
+    check_upstream_option(upstream, pool)
     batch_id = batch_id or default_batch_id(file)
     with open_batch_file(file) as stream, RejectsFile(rejected_path(file)) as rejects:
         scan = scan_batch(stream, file, defaults, max_permutations=max_permutations, scope=batch_id, files=True,
-                          ids=not dry_run)  # fmt: skip
+                          ids=not dry_run, upstreams=pool.served_modes())  # fmt: skip
         tally = PlanTally(file, warnings=scan.warnings)
         size = os.fstat(stream.fileno()).st_size
         if dry_run:
@@ -708,8 +716,7 @@ def resume_cmd(
     upstream, or of one (``--upstream NAME``)."""
     if batch is None:
         rt = runtime()
-        if upstream is not None and upstream not in rt.pool.by_name:
-            raise CliError(f"--upstream: unknown upstream {upstream!r}", f"the pool has {', '.join(rt.pool.names)}")
+        check_upstream_option(upstream, rt.pool)
         control.resume_submitting(rt, upstream)
         console.print(f"submitting to {upstream} resumed (its stop cleared)" if upstream
                       else "submitting resumed (breaker cleared)")
@@ -1406,8 +1413,7 @@ def doctor_cmd(
     """
     settings = get_settings()
     pool = Pool.from_settings(settings)
-    if upstream and upstream not in pool.by_name:
-        raise CliError(f"--upstream: unknown upstream {upstream!r}", f"the pool has {', '.join(pool.names)}")
+    check_upstream_option(upstream, pool)
     chosen = [pool.get(upstream)] if upstream else pool.upstreams
     reports: dict[str, dict[str, Any]] = {}
     ok = True

@@ -16,26 +16,44 @@ from tests.support import patience
 from worker.devstack.processes import stop_process
 
 
-@contextmanager
-def serving(env: dict[str, str], cwd: Path, log_path: Path, timeout_s: float = 60.0) -> Iterator[str]:
-    """Run ``mjq serve`` with ``env`` until the block ends; yields its URL once ``/healthz`` answers 200."""
+def _start(env: dict[str, str], cwd: Path, log_path: Path, timeout_s: float) -> subprocess.Popen[bytes] | None:
+    """``mjq serve`` answering on its port; None when the port was taken meanwhile (another test process's)."""
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "worker.cli", "serve"], env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT
         )
-    url = f"http://127.0.0.1:{env['MJQ_SERVE_PORT']}"
+    deadline = patience.deadline(timeout_s)
+    while True:
+        if proc.poll() is not None:
+            text = log_path.read_text(errors="replace")
+            assert "address already in use" in text, text
+            return None
+        try:
+            if httpx.get(f"http://127.0.0.1:{env['MJQ_SERVE_PORT']}/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() >= deadline:
+            stop_process(proc, 15.0)
+            raise AssertionError("mjq serve did not start")
+        time.sleep(0.2)
+
+
+@contextmanager
+def serving(env: dict[str, str], cwd: Path, log_path: Path, timeout_s: float = 60.0) -> Iterator[str]:
+    """Run ``mjq serve`` with ``env`` until the block ends; yields its URL once ``/healthz`` answers 200. A port
+    taken between choosing it and binding it (parallel test processes) is chosen again (``env`` is updated)."""
+    from worker.devstack.redisserver import free_port
+
+    proc = None
+    for _ in range(5):
+        proc = _start(env, cwd, log_path, timeout_s)
+        if proc is not None:
+            break
+        env["MJQ_SERVE_PORT"] = str(free_port())
+    assert proc is not None, "no free port for mjq serve"
     try:
-        deadline = patience.deadline(timeout_s)
-        while True:
-            assert proc.poll() is None, log_path.read_text()
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "mjq serve did not start"
-            time.sleep(0.2)
-        yield url
+        yield f"http://127.0.0.1:{env['MJQ_SERVE_PORT']}"
     finally:
         stop_process(proc, 15.0)
 

@@ -67,6 +67,7 @@ from worker.plans.canvas import pending_children
 from worker.plans.grammar import store_masks
 from worker.pricing import price_key, price_of, to_micros
 from worker.store.images import keep_images
+from worker.store.keys import DEFAULT_UPSTREAM
 from worker.store.ledger import result_of
 from worker.store.records import TERMINAL, Job
 from worker.store.runtime import Runtime, reset_runtime, runtime
@@ -77,16 +78,19 @@ log = logging.getLogger("mjqueue.jobs")
 
 
 def park(task: Task[Any, Any], kind: Kind | None, job: Mapping[str, Any], rt: Runtime) -> None:
-    """Store the message, add the job to its waiting set, then let the best parked job take any free slot."""
+    """Store the message and add the job to its waiting set; if a slot is free by then, let the best parked job
+    take it (with none free, the next job to end admits: a park costs no admission round)."""
     score = waiting_score(job)
-    where = rt.ledger.park(str(job["job_id"]), message_from_request(task, rt, kind), score)
+    mode = Job(job).mode
+    room = rt.slots.room_tables(mode, job.get("upstream_pin"))
+    where = rt.ledger.park(str(job["job_id"]), message_from_request(task, rt, kind), score, room)
     keep_images(job, rt)  # a parked job may wait long: its images must outlive the wait (also swept)
     if where == "cancelled":
         cancel_job(str(job["job_id"]), "batch cancelled", rt)
-    elif where in ("parked",):
-        admit_parked([Job(job).mode], rt)
-    if where in ("parked", "held"):  # Flower: its task ends as RETRY "parked: …", not STARTED for hours
-        why = "its batch is paused" if where == "held" else f"waiting for a {Job(job).mode} slot"
+    elif where == "parked_room":  # a slot freed meanwhile: its admission round ran before this job waited
+        admit_parked([mode], rt)
+    if where in ("parked", "parked_room", "held"):  # Flower: RETRY "parked: …", not STARTED for hours
+        why = "its batch is paused" if where == "held" else f"waiting for a {mode} slot"
         event = {"uuid": task.request.id, "exception": f"parked: {why}", "traceback": ""}
         task_event(task.request.hostname, "task-retried", **event)
         task_event_again(2.0, lambda: not _running_here(str(task.request.id)), task.request.hostname,
@@ -100,31 +104,58 @@ def _running_here(task_id: str) -> bool:
     return any(r.id == task_id for r in [*worker_state.active_requests, *worker_state.reserved_requests])
 
 
+KNOWN_TASK_KINDS = ("action", "modal")  # jobs that continue an upstream task given by its id
+
+
 def pin_of(
-    option: str | None, parent: Mapping[str, Any] | None, rt: Runtime, task_id: Any = None
+    option: str | None, parent: Mapping[str, Any] | None, rt: Runtime, mode: str, task_id: Any = None
 ) -> str | None:
     """The upstream a job must run on: a follow-up's parent's (the parent's task id exists only there), the
     ``upstream`` option, or for an action or modal step on an upstream task (``task_id``) the upstream recorded
-    for that task; None = routed at admission. ``InvalidInput`` for a name the pool does not have."""
+    for that task; None = routed at admission. ``InvalidInput`` when the pin cannot serve the job (an unknown
+    name, a mode it does not serve), or when a pool of several upstreams for the mode cannot tell which one made
+    the task the job continues."""
     if parent is not None:
         recorded = rt.ledger.get_job(str(parent.get("job_id"))) or {}
         inherited = recorded.get("upstream") or parent.get("upstream")
         if inherited:
+            problem = rt.pool.pin_problem(str(inherited), mode)
+            if problem:
+                raise InvalidInput("upstream", f"the parent job ran on {inherited}: {problem}")
             return str(inherited)
     if option:
-        check_upstream(option, rt)
+        check_upstream(option, rt, mode)
         return option
-    if task_id and len(rt.pool.upstreams) > 1:
+    if (parent is None and not task_id) or len(rt.pool.serving(mode)) <= 1:
+        return None  # routed; with one upstream for the mode there is no wrong one
+    if parent is None:
         owner = str((rt.ledger.job_by_upstream(str(task_id)) or {}).get("upstream") or "")
-        if owner in rt.pool.by_name:
+        if owner:
+            check_upstream(owner, rt, mode)
             return owner
-    return None
+        what = f"task {task_id} was not made through mjqueue"
+    else:  # recorded before the pool (no upstream field): the one upstream of those days
+        if DEFAULT_UPSTREAM in rt.pool.by_name:
+            return DEFAULT_UPSTREAM
+        what = f"the parent job {parent.get('job_id')} records no upstream"
+    names = ", ".join(u.name for u in rt.pool.serving(mode))
+    raise InvalidInput("upstream", f"{what}, so the upstream that holds it is unknown; give upstream= one of {names}")
 
 
-def check_upstream(name: object, rt: Runtime) -> None:
-    """The ``upstream`` option must name an upstream of the pool."""
-    if not isinstance(name, str) or name not in rt.pool.by_name:
-        raise InvalidInput(f"field 'upstream': unknown upstream {name!r}; the pool has {', '.join(rt.pool.names)}")
+def check_pin(kind: str, call: Mapping[str, Any], rt: Runtime) -> None:
+    """Producer side, before anything is queued: the upstream a job's options pin it to can serve it."""
+    if call.get("parent_result") is not None:
+        return  # a follow-up runs on its parent's upstream (checked by the worker: ``pin_of``)
+    task_ref = call.get("task_id") if kind in KNOWN_TASK_KINDS else None
+    if call.get("upstream") or task_ref:
+        pin_of(call.get("upstream"), None, rt, job_mode(KINDS[kind], call, call.get("mode")), task_ref)
+
+
+def check_upstream(name: object, rt: Runtime, mode: str | None = None) -> None:
+    """The ``upstream`` option must name an upstream of the pool that serves the job's mode."""
+    problem = rt.pool.pin_problem(name, mode)
+    if problem:
+        raise InvalidInput("upstream", problem)
 
 
 def start_job(
@@ -199,7 +230,8 @@ def _create(
         mode = mode or parent.get("mode")
     resolved_mode = job_mode(spec, payload, mode)
     try:
-        pin = pin_of(upstream, parent, rt, payload.get("task_id") if spec.name in ("action", "modal") else None)
+        task_ref = payload.get("task_id") if spec.name in KNOWN_TASK_KINDS else None
+        pin = pin_of(upstream, parent, rt, resolved_mode, task_ref)
         build_request(spec, payload, None, resolved_mode, rt)  # validation (worker side, for send_task users)
         if modal:
             build_request(KINDS["modal"], {"task_id": "0", **modal}, None, resolved_mode, rt)
@@ -631,10 +663,9 @@ class JobTask(Task):  # type: ignore[misc]
         check_caller_fields(call)
         check_job_options(call)
         check_callback(call, rt.settings)
-        if call.get("upstream"):
-            check_upstream(call["upstream"], rt)
         payload = {k: v for k, v in call.items() if k not in JOB_OPTIONS}
         mode = job_mode(spec, payload, call.get("mode"))
+        check_pin(self.kind, call, rt)
         build_request(spec, payload, None, mode, rt)  # raises InvalidInput before anything is queued
         if call.get("modal"):
             build_request(KINDS["modal"], {"task_id": "0", **call["modal"]}, None, mode, rt)

@@ -45,6 +45,26 @@ class ClientRecords:
         self.redis.hsetnx(keys.API_OWNER, f"batch:{batch_id}", owner)
         return cast(str, self.redis.hget(keys.API_OWNER, f"batch:{batch_id}"))
 
+    def claim_jobs(self, owner: str, job_ids: Sequence[str]) -> tuple[list[str], list[str]]:
+        """Make ``owner`` the owner of each job id that has none (atomic per id, so two keys sending one id at
+        once cannot both get it, whether or not a worker recorded the job yet); returns (claimed now, ids
+        another key owns)."""
+        if not job_ids:
+            return [], []
+        pipe = self.redis.pipeline()
+        for job_id in job_ids:
+            pipe.hsetnx(keys.API_OWNER, f"job:{job_id}", owner)
+        got = pipe.execute()
+        claimed = [job_id for job_id, new in zip(job_ids, got, strict=True) if new]
+        others = [job_id for job_id, new in zip(job_ids, got, strict=True) if not new]
+        taken = [job_id for job_id in others if self.owner("job", job_id) != owner]
+        return claimed, taken
+
+    def release_jobs(self, job_ids: Sequence[str]) -> None:
+        """Give up owner entries ``claim_jobs`` made for a request that was then refused."""
+        if job_ids:
+            self.redis.hdel(keys.API_OWNER, *[f"job:{job_id}" for job_id in job_ids])
+
     def add_jobs(self, owner: str, job_ids: Sequence[str]) -> None:
         """Record single jobs created by ``owner`` (listed by ``GET /v1/jobs``)."""
         if not job_ids:

@@ -276,9 +276,12 @@ class Ledger:
         return [j for j in (self.get_job(i) for i in ids) if j is not None]
 
     # ---------------------------------------------------------------- waiting / in flight
-    def park(self, job_id: str, message: Mapping[str, Any] | None, score: float) -> str:
-        """Store the task message and add the job to its waiting set: 'parked'|'held'|'cancelled'|status."""
-        return str(self._park(args=[job_id, _dump(message) if message else "", repr(score)]))
+    def park(self, job_id: str, message: Mapping[str, Any] | None, score: float,
+             room: Sequence[Mapping[str, Any]] = ()) -> str:  # fmt: skip
+        """Store the task message and add the job to its waiting set: 'parked'|'held'|'cancelled'|status, or
+        'parked_room' when one of ``room`` ({name, limit}: where it may go) has a slot free (see park.lua)."""
+        extra = [json.dumps(list(room)), repr(time.time())] if room else []
+        return str(self._park(args=[job_id, _dump(message) if message else "", repr(score), *extra]))
 
     def waiting_count(self, mode: str) -> int:
         return int(self.redis.zcard(keys.waiting(mode)))

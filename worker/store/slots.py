@@ -83,6 +83,12 @@ class Slots:
             open_.sort(key=lambda u: u.name != current)
         return open_
 
+    def room_tables(self, mode: str, pin: str | None) -> list[dict[str, Any]]:
+        """Where a parked job of ``mode`` could start ({name, limit} each, no Redis read): what ``Ledger.park``
+        checks for a slot freed while the job was on its way to its waiting set."""
+        ups = [self.pool.by_name[pin]] if pin and pin in self.pool.by_name else self.pool.serving(mode)
+        return [{"name": u.name, "limit": u.admission_limit(mode)} for u in ups if u.serves(mode)]
+
     def try_admit(
         self, mode: str, job_id: str, score: float, candidates: Sequence[Upstream] | None = None
     ) -> Admission:

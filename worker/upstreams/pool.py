@@ -174,6 +174,22 @@ class Pool:
     def serving(self, mode: str) -> list[Upstream]:
         return [u for u in self.upstreams if u.serves(mode)]
 
+    def pin_problem(self, name: object, mode: str | None = None) -> str | None:
+        """Why a job of ``mode`` cannot be pinned to ``name`` (None: it can): an unknown name, or an upstream that
+        does not serve the mode (its jobs would wait for ever: no slot of that mode exists there)."""
+        if not isinstance(name, str) or name not in self.by_name:
+            return f"unknown upstream {name!r}; the pool has {', '.join(self.names)}"
+        up = self.by_name[name]
+        if mode is not None and not up.serves(mode):
+            others = ", ".join(u.name for u in self.serving(mode)) or "none"
+            return f"{name} does not serve {mode} jobs (it serves {', '.join(up.modes) or 'none'}; {mode}: {others})"
+        return None
+
+    def served_modes(self) -> dict[str, tuple[str, ...]]:
+        """Each upstream's name and the modes it serves (what a prompt file's ``upstream`` column is checked
+        against, without the rest of the pool)."""
+        return {u.name: u.modes for u in self.upstreams}
+
 
 def route_order(candidates: Iterable[Upstream], used_today: Mapping[str, int]) -> list[Upstream]:
     """Where a root job is tried, in order: by weight, then by least used today — the upstream with the fewest

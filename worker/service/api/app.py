@@ -37,7 +37,7 @@ from worker.batchfile import (
     validate_plan,
 )
 from worker.jobs.kinds import ID_RULE, JOB_ID_RE
-from worker.jobs.start import check_upstream
+from worker.jobs.start import check_pin
 from worker.keyfile import KeyFileError, ServiceKey
 from worker.logs import configure as configure_logging
 from worker.mjapi.errors import InvalidInput
@@ -156,8 +156,7 @@ def _create_jobs(
     for i, (job, job_id) in enumerate(zip(jobs, ids, strict=True)):
         try:
             name, kwargs = task_call(job, job_id)
-            if job.upstream is not None:
-                check_upstream(job.upstream, svc.rt)  # before anything of the request is queued
+            check_pin(job.kind, kwargs, svc.rt)  # before anything of the request is queued
         except InvalidInput as exc:
             raise ApiError.invalid(exc, field_prefix=where(i)) from None
         if kwargs.get("callback_url") and key.callback_secret:
@@ -192,18 +191,23 @@ def _create_jobs(
     fresh = [(call, job_id) for call, job_id in zip(calls, ids, strict=True) if job_id not in known]
     mine = {job_id for job_id in ids if svc.records.owner("job", job_id) == key.name}
     fresh = [(call, job_id) for call, job_id in fresh if not (replay and job_id in mine)]
+    owned, taken = svc.records.claim_jobs(key.name, [job_id for _, job_id in fresh])
     try:
+        if taken:  # another key sent this id first, its job perhaps not recorded by a worker yet
+            raise ApiError(409, f"job id {taken[0]!r} is taken", field="job_id", rule="choose another job_id")
         _take_quota(svc, key, len(fresh))
     except ApiError:
+        svc.records.release_jobs(owned)
         if not replay:
             for claim_key in claims:
                 svc.records.forget_request(key.name, claim_key)
         raise
     svc.records.add_jobs(key.name, [job_id for _, job_id in fresh])
-    for (name, kwargs), job_id in fresh:
+    for sent, ((name, kwargs), job_id) in enumerate(fresh):
         try:
             getattr(tasks, name).apply_async(kwargs=kwargs)
         except InvalidInput as exc:
+            svc.records.release_jobs([j for _, j in fresh[sent:] if j in owned])
             for claim_key in claims:
                 svc.records.forget_request(key.name, claim_key)
             index = ids.index(job_id)
@@ -302,7 +306,8 @@ def _submit_batch(
     defaults = Defaults(mode=mode, bot=bot, then=then, priority=priority)
     try:
         plan = read_batch_data(
-            data, Path(f"upload{suffix}"), defaults, max_permutations=MAX_PERMUTATIONS, scope=batch_id, files=False
+            data, Path(f"upload{suffix}"), defaults, max_permutations=MAX_PERMUTATIONS, scope=batch_id, files=False,
+            upstreams=svc.rt.pool.served_modes(),
         )
     except BatchFileError as exc:
         raise ApiError(400, str(exc), field="body") from None
