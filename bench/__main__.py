@@ -77,8 +77,8 @@ def phases(sizes: Sizes, chosen: set[str]) -> list[Phase]:
         Phase("scale", f"5 scale: {sizes.waiting:,} waiting jobs, {sizes.window_s:g} s windows, ours and naive",
               ("scale",)),
         Phase("series", "7 scale series: " + ", ".join(f"{n:,}" for n in sizes.series) + " prompts", ("series",)),
-        Phase("pool", f"8 pool: {sizes.pool:,} prompts over 3 upstreams (3/2/1), failover of "
-              f"{sizes.pool_failover}, round-robin baseline of {sizes.pool_baseline:,}", ("pool",)),
+        Phase("pool", f"8 pool: {sizes.pool:,} prompts over 3 upstreams (3/2/1), failover in {pool.OUTAGES} batches "
+              f"of {sizes.pool_failover}, round-robin baseline of {sizes.pool_baseline:,}", ("pool",)),
         Phase("api", f"9 http api: POST /v1/batches of {sizes.api:,} rows, then `mjq batch` of the same file",
               ("api",)),
         Phase("dashboard", f"10 dashboard: a {sizes.dashboard:,}-job batch's pages, and its static gallery",
