@@ -57,13 +57,15 @@ def redis_client(settings: Settings, *, decode_responses: bool = True) -> redis.
         return redis.Redis.from_url(url, decode_responses=decode_responses)
     target = parse_sentinel_url(url)
     sentinel_password = settings.redis_sentinel_password.get_secret_value() or None
-    sentinels = Sentinel(  # type: ignore[no-untyped-call]
+    # Any: redis-py types Sentinel from 8.2 on, not before (a ``type: ignore`` is wrong for one or the other)
+    sentinel_class: Any = Sentinel
+    sentinels = sentinel_class(
         target.hosts,
         sentinel_kwargs={"password": sentinel_password, "socket_timeout": SOCKET_TIMEOUT_S},
         socket_timeout=SOCKET_TIMEOUT_S,
         socket_connect_timeout=SOCKET_TIMEOUT_S,
     )
-    client: redis.Redis = sentinels.master_for(  # type: ignore[no-untyped-call]
+    client: redis.Redis = sentinels.master_for(
         settings.redis_sentinel_master,
         db=target.db,
         username=target.username,
