@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 BATCH_EVENT = "batch.finished"
@@ -25,6 +26,7 @@ class Fields:
     at: str  # when it was delivered
 
 
+@cache  # read for every job of an export: the names of an event never change
 def fields(event: str) -> Fields:
     if event in ("finished", BATCH_EVENT):  # the job's end keeps the names results have always shown
         since = "callback_started" if event == "finished" else "callback_since"

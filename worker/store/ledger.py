@@ -139,6 +139,8 @@ def decode_job(raw: Mapping[str, str]) -> dict[str, Any]:
 
 # What a succeeded, finished job drops (Ledger.shed_spent): read only to submit, resend or time out a job.
 SPENT_FIELDS = ("message", "request", "deadline_at")
+UNSENT_FIELDS = frozenset({"message", "request"})  # read to submit only, never part of a result
+PAGE = 1000  # records per round trip when a whole batch is read
 
 # Money on a batch record (micros and counts; worker.pricing, gates.lua, prelude.lua)
 MONEY_FIELDS = ("spent_micros", "budget_micros", "charged_failed_n", "charged_failed_micros")
@@ -558,12 +560,16 @@ class Ledger:
         return cast(list[str], self.redis.zrange(keys.batch_jobs(batch_id), 0, -1))
 
     def batch_jobs(self, batch_id: str) -> list[dict[str, Any]]:
-        """Job results of a batch in creation order."""
+        """Job results of a batch in creation order, read ``PAGE`` records per round trip (no transaction: a
+        100,000-job batch never holds Redis in one long EXEC)."""
         ids = self.batch_job_ids(batch_id)
-        pipe = self.redis.pipeline()
-        for job_id in ids:
-            pipe.hgetall(keys.job(job_id))
-        return [result_of(decode_job(raw)) for raw in pipe.execute() if raw]
+        out: list[dict[str, Any]] = []
+        for start in range(0, len(ids), PAGE):
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id in ids[start : start + PAGE]:
+                pipe.hgetall(keys.job(job_id))
+            out.extend(result_of(decode_job(_unsent(raw))) for raw in pipe.execute() if raw)
+        return out
 
     def batch_job_ids_page(self, batch_id: str, start: int, count: int) -> list[str]:
         """A slice of the batch's job ids in creation order (to walk a huge batch in bounded steps)."""
@@ -770,6 +776,12 @@ def log_transition(job_id: str, batch_id: str, upstream: str, before: str, after
         extra={"job_id": job_id, "batch_id": batch_id or None, "upstream": upstream or keys.DEFAULT_UPSTREAM,
                "from_state": before or None, "to_state": after, "reason": reason or None},
     )
+
+
+def _unsent(raw: Mapping[str, str]) -> dict[str, str]:
+    """A record without what only a submit reads (its stored task message and request, the largest fields of a
+    waiting job): a result never shows them, so they are not decoded."""
+    return {k: v for k, v in raw.items() if k not in UNSENT_FIELDS}
 
 
 def result_of(job: Mapping[str, Any]) -> dict[str, Any]:
