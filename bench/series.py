@@ -3,7 +3,8 @@
 Each size runs on a fresh stack with submitting stopped (the breaker tripped), so its jobs are recorded and
 parked as a night's are while the upstream is busy: the enqueue time of the ``mjq batch`` path (read the prompt
 file, send through the producer), Redis memory per 1,000 waiting jobs, the worker's RSS, ``mjq status`` of the
-batch (the calls the command makes, in this process) and ``mjq export``. Then, for sizes up to
+batch (the calls the command makes, in this process), ``mjq export`` and the dashboard's batch page (from
+``mjq serve``, over HTTP). Then, for sizes up to
 ``Sizes.series_finish``, submitting resumes on a simulator with room for ``ROOM`` jobs at once and Redis memory
 per finished job (results included) is measured: ``MEMORY USAGE`` of every key the run added (records, results,
 logs, indexes), per job. ``used_memory``'s growth per job is kept in the figure's notes; on a fresh server it
@@ -15,9 +16,12 @@ shows whether cost is linear.
 from __future__ import annotations
 
 import io
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
 
 from bench.bounds import FIXED_S, Reached, mark, wait_bounded
 from bench.report import Figure
@@ -33,6 +37,7 @@ HUGE = 100_000  # from this size the figures are taken HUGE_PARK_S after the enq
 HUGE_PARK_S = 30.0  # one worker about 14 min (about 120 jobs/s measured), more than the full run's 20 min can hold
 STATUS_TARGET_MS = 200.0
 EXPORT_TARGET_S = 10.0
+DASHBOARD_AUTH = ("bench", "bench-series")
 FINISHED_TARGET_KB = 3.0
 
 
@@ -49,6 +54,7 @@ class Point:
     finished_kb_per_job: float | None
     reached: Reached
     finished_used_kb_per_job: float | None = None  # used_memory's growth per finished job (fixed costs included)
+    dashboard_ms: float = math.nan  # the batch page of the dashboard, over HTTP
 
 
 def _used(client: object) -> int:
@@ -86,6 +92,19 @@ def _status_ms(batch_id: str) -> float:
         handle.close()
 
 
+def _dashboard_ms(base_url: str, batch_id: str) -> float:
+    """The dashboard's batch page (counts, failure groups, the first gallery page) from ``mjq serve`` over
+    HTTP, best of 3 after a first request that compiles the templates."""
+    best = math.inf
+    with httpx.Client(base_url=base_url, auth=DASHBOARD_AUTH, timeout=120.0) as client:
+        client.get(f"/batches/{batch_id}").raise_for_status()
+        for _ in range(3):
+            started = time.perf_counter()
+            client.get(f"/batches/{batch_id}").raise_for_status()
+            best = min(best, time.perf_counter() - started)
+    return best * 1000
+
+
 def _export_s(batch_id: str) -> float:
     from worker.reports.export import write_manifest
     from worker.store.runtime import runtime
@@ -104,7 +123,7 @@ def measure(root: Path, time_factor: float, n: int, finish_up_to: int = FINISH_U
     from worker.producer import Backend, submit_jobs
     from worker.store.runtime import runtime
 
-    env = {"MJQ_SLOTS_FAST": str(ROOM)}
+    env = {"MJQ_SLOTS_FAST": str(ROOM), "MJQ_DASHBOARD_AUTH": ":".join(DASHBOARD_AUTH)}
     with running(root, f"series-{n}", time_factor=time_factor, env=env,
                  sim_args=("--fast-slots", str(ROOM))) as bench:
         rt = runtime()
@@ -129,6 +148,7 @@ def measure(root: Path, time_factor: float, n: int, finish_up_to: int = FINISH_U
         rss = rss_mb(bench.pid("worker"))
         status_ms = min(_status_ms("series") for _ in range(3))
         export_s = _export_s("series")
+        dashboard_ms = _dashboard_ms(str(bench.stack.serve_url), "series")
         finished_kb = finished_used_kb = None
         if n <= finish_up_to and not reached.partial:
             control.resume_submitting(rt)
@@ -145,7 +165,8 @@ def measure(root: Path, time_factor: float, n: int, finish_up_to: int = FINISH_U
             finished_kb = _dataset(bench.redis, before) / max(1, finished.done) / 1024
             if finished.partial:
                 reached = finished
-        return Point(n, enqueue_s, waiting_kb, rss, status_ms, export_s, finished_kb, reached, finished_used_kb)
+        return Point(n, enqueue_s, waiting_kb, rss, status_ms, export_s, finished_kb, reached, finished_used_kb,
+                     dashboard_ms)
 
 
 def figures(p: Point, first: Point, *, largest: bool) -> list[Figure]:
@@ -164,6 +185,8 @@ def figures(p: Point, first: Point, *, largest: bool) -> list[Figure]:
         Figure(NAME, f"`mjq export` of {p.jobs:,} jobs", p.export_s, "s", base, first.export_s,
                target=f"≤ {EXPORT_TARGET_S:.0f} s at 100,000" if p.jobs >= 100_000 else "",
                met=p.export_s <= EXPORT_TARGET_S if p.jobs >= 100_000 else None),
+        Figure(NAME, f"dashboard batch page of a {p.jobs:,}-job batch", p.dashboard_ms, "ms", base,
+               first.dashboard_ms),
     ]
     if p.finished_kb_per_job is not None:
         row.append(Figure(NAME, f"Redis per finished job, results included ({p.jobs:,})", p.finished_kb_per_job,

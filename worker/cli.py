@@ -74,7 +74,6 @@ from worker.reports.money import batch_money, money_line
 from worker.reports.progress import Blocked, Snapshot, queued_line, render, watch
 from worker.reports.reading import ReadProgress
 from worker.reports.upstreams import batch_blocked, stopped_note, upstreams_report
-from worker.service.api import serve as serve_api
 from worker.service.webhook import serve
 from worker.settings import Settings, SettingsError, get_settings, settings_table
 from worker.store import workers
@@ -1031,6 +1030,8 @@ def webhook_cmd() -> None:
 @cli_command("serve")
 def serve_cmd() -> None:
     """Run the HTTP API for other services (`MJQ_SERVE_HOST`/`MJQ_SERVE_PORT`; keys: `mjq serve-key add`)."""
+    from worker.service.api import serve as serve_api  # FastAPI and the dashboard: only this command needs them
+
     serve_api()
 
 
