@@ -4,7 +4,8 @@ Sizes: ``full`` (the published figures: 1,000-prompt utilisation batch, 10,000 e
 200 fan-outs, a 1,000 / 10,000 / 100,000 scale series, the pool's 2,000 prompts over 3 upstreams, a
 10,000-row ``POST /v1/batches``, a 10,000-job dashboard; the README estimates its duration per phase),
 ``quick`` (a few minutes, for a look) and ``smoke`` (what CI runs to prove it still works). ``--only`` picks
-benchmarks by number or name; ``--readme`` writes the table into README.md.
+benchmarks by number or name; ``--readme`` writes the table into README.md; ``--park-all`` lets the series'
+100,000 point park every job (about 15 min more) instead of reading it 30 s after its enqueue.
 
 Each phase's figures are printed and written to the results file as soon as it ends; every phase has a time
 bound derived from its size, and a side that hits it gives the figure it reached, marked partial. Ctrl-C,
