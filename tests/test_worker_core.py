@@ -280,7 +280,13 @@ def test_a_long_parked_job_keeps_its_images(lean_stack: Stack, sim: Any) -> None
 
     stack = lean_stack
     stack.ledger.trip_breaker("test: hold the job longer than its images live")
-    result = tasks.imagine.delay("parked with an image prompt", base64_array=[png_data_uri("purple")])
+    # The producer stores the image for 120 s: a busy machine may deliver the task after the worker's 6 s
+    # (its job then fails, its image gone before it started); from the park on, the worker's 6 s apply.
+    stack_support.apply_env_here({**stack.env, "MJQ_IMAGE_TTL_S": "120"})
+    try:
+        result = tasks.imagine.delay("parked with an image prompt", base64_array=[png_data_uri("purple")])
+    finally:
+        stack_support.apply_env_here(stack.env)
     parked = keys.waiting("fast")  # this job (an earlier test's may wait beside it)
     stack.wait(lambda: stack.redis.zscore(parked, result.id) is not None, 60, "the job parked")
     (ref,) = stack.job(result.id)["request"]["base64_array"]
