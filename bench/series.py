@@ -94,14 +94,18 @@ def _status_ms(batch_id: str) -> float:
 
 def _dashboard_ms(base_url: str, batch_id: str) -> float:
     """The dashboard's batch page (counts, failure groups, the first gallery page) from ``mjq serve`` over
-    HTTP, best of 3 after a first request that compiles the templates."""
+    HTTP, best of 3 after a first request that compiles the templates; NaN (no figure, the size's others kept)
+    when the server does not answer in time or answers an error."""
     best = math.inf
-    with httpx.Client(base_url=base_url, auth=DASHBOARD_AUTH, timeout=120.0) as client:
-        client.get(f"/batches/{batch_id}").raise_for_status()
-        for _ in range(3):
-            started = time.perf_counter()
+    try:
+        with httpx.Client(base_url=base_url, auth=DASHBOARD_AUTH, timeout=120.0) as client:
             client.get(f"/batches/{batch_id}").raise_for_status()
-            best = min(best, time.perf_counter() - started)
+            for _ in range(3):
+                started = time.perf_counter()
+                client.get(f"/batches/{batch_id}").raise_for_status()
+                best = min(best, time.perf_counter() - started)
+    except httpx.HTTPError:
+        return math.nan
     return best * 1000
 
 
