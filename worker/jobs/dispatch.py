@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Iterable
+from functools import cache
 from typing import Any
+
+from celery.utils.timer2 import Timer
 
 from worker.app import FINISH_MANY_TASK, FINISH_TASK, POLL_TASK, TRACK, app
 
@@ -48,9 +50,13 @@ def task_event_again(delay_s: float, still: Callable[[], bool], hostname: str | 
         except Exception:  # events are for Flower; a failed look never matters to the job
             log.debug("no second %s event", kind, exc_info=True)
 
-    timer = threading.Timer(delay_s, again)
-    timer.daemon = True
-    timer.start()
+    _later().call_after(delay_s, again)
+
+
+@cache
+def _later() -> Timer:
+    """One timer thread for every delayed event (a thread per parked job cost its start-up at each park)."""
+    return Timer()
 
 
 def task_event(hostname: str | None, kind: str, **fields: Any) -> None:
