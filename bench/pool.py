@@ -127,9 +127,9 @@ class Failover:
 
 
 def measure_outage(bench: Bench, sims: dict[str, SimulatorProcess], n: int, tag: str) -> tuple[float, int, Reached]:
-    """One outage mid-batch (``_mid_batch``): seconds from the failing account's
-    out-of-credit answer to that job's acceptance elsewhere (the slowest such job), and how many jobs it
-    refused; the batch must end with every job succeeded once. The upstream is resumed afterwards."""
+    """One outage mid-batch (``_mid_batch``): seconds from the failing account's out-of-credit answer to that
+    job's acceptance elsewhere (the slowest such job), and how many jobs it refused; the batch must end with
+    every job succeeded once. The upstream is resumed afterwards."""
     from worker import control
     from worker.store.runtime import runtime
 
